@@ -1,0 +1,322 @@
+"""Probe inputs: read the texts a probe set is made of, and fingerprint the tokenized batch.
+
+Supported inputs (chosen by extension; a directory is a ``datasets`` ``save_to_disk`` folder):
+
+========================  ==============================================================
+``.csv`` / ``.tsv``       a header row; the ``text_column`` is read as strings, nothing
+                          is turned into NaN ("NA", "null" stay text)
+``.jsonl``                one JSON object per line; blank lines are skipped
+``.json``                 a JSON list of objects
+``.txt``                  one example per line; blank lines are skipped
+directory                 ``datasets.load_from_disk``; for a ``DatasetDict`` the split
+                          ``"train"`` is used if present, otherwise the first split
+========================  ==============================================================
+
+Empty and whitespace-only texts are dropped; every other text is returned exactly as stored
+(nothing is stripped), in file order. Every problem with the input raises a one-line
+:class:`~layerprobe.errors.LayerProbeError` that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from layerprobe.errors import LayerProbeError
+
+__all__ = ["PROBE_EXTENSIONS", "fingerprint", "read_probe_texts"]
+
+PROBE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
+_EXPECTED = "expected .csv, .tsv, .jsonl, .json, .txt or a directory saved with datasets.save_to_disk"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _names(names: Iterable[Any], limit: int = 10) -> str:
+    names = [str(n) for n in names]
+    shown = ", ".join(repr(n) for n in names[:limit])
+    if len(names) > limit:
+        shown += f", ... ({len(names)} in all)"
+    return shown or "none"
+
+
+def read_probe_texts(
+    path: str | os.PathLike,
+    text_column: str = "text",
+    max_examples: int | None = None,
+) -> list[str]:
+    """Read probe texts from a file or a saved ``datasets`` directory.
+
+    Args:
+        path: a ``.csv``, ``.tsv``, ``.jsonl``, ``.json`` or ``.txt`` file, or a directory written
+            by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``. For a ``DatasetDict`` the
+            ``"train"`` split is used when present, otherwise the first split in stored order.
+        text_column: column (CSV/TSV/dataset) or key (JSON) holding the text. Ignored for ``.txt``.
+        max_examples: keep only the first N usable texts (deterministic); ``None`` keeps all.
+
+    Returns:
+        The non-empty texts, in file order, unmodified.
+
+    Raises:
+        LayerProbeError: missing or empty file, bytes that are not UTF-8, malformed JSON, the text
+            column absent, an unknown extension, or no usable (non-blank) text at all.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "probe.txt")
+    >>> _ = open(p, "w").write("first line\\n\\n  \\nsecond line\\n")
+    >>> read_probe_texts(p)
+    ['first line', 'second line']
+    """
+    path = os.fspath(path)
+    if max_examples is not None:
+        if isinstance(max_examples, bool) or not isinstance(max_examples, (int, np.integer)) or max_examples < 1:
+            raise LayerProbeError(
+                f"max_examples must be a positive integer or None, got {max_examples!r}"
+            )
+        max_examples = int(max_examples)
+    if not os.path.exists(path):
+        raise LayerProbeError("probe file not found", path=path)
+    if os.path.isdir(path):
+        texts = _read_saved_dataset(path, text_column, max_examples)
+    else:
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in PROBE_EXTENSIONS:
+            raise LayerProbeError(
+                f"unknown probe file type {ext or '(no extension)'!r} ({_EXPECTED})", path=path
+            )
+        content = _read_utf8(path)
+        if ext in (".csv", ".tsv"):
+            raw = _parse_table(path, content, "\t" if ext == ".tsv" else ",", text_column)
+        elif ext == ".jsonl":
+            raw = _parse_jsonl(path, content, text_column)
+        elif ext == ".json":
+            raw = _parse_json_list(path, content, text_column)
+        else:
+            raw = _parse_txt(content)
+        texts = _usable(raw, max_examples)
+    if not texts:
+        where = "" if path.endswith(".txt") else f" in column {text_column!r}"
+        raise LayerProbeError(
+            f"no usable probe texts{where} (all empty or whitespace-only), expected at least one",
+            path=path,
+        )
+    return texts
+
+
+def _usable(raw: Iterable[str | None], max_examples: int | None) -> list[str]:
+    out: list[str] = []
+    for text in raw:
+        if text is None or not text.strip():
+            continue
+        out.append(text)
+        if max_examples is not None and len(out) >= max_examples:
+            break
+    return out
+
+
+def _read_utf8(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise LayerProbeError(f"cannot read probe file ({_one_line(exc.strerror or exc)})", path=path) from None
+    if not data:
+        raise LayerProbeError("probe file is empty (0 bytes), expected probe texts", path=path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise LayerProbeError(
+            f"not UTF-8 text: invalid byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+            f"(line {line}); re-save the file as UTF-8",
+            path=path,
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _parse_txt(content: str) -> list[str]:
+    # Split on "\n" only (str.splitlines would also split on form feeds, U+2028 and friends).
+    lines = content.split("\n")
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _parse_table(path: str, content: str, sep: str, text_column: str) -> list[str]:
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(
+            io.StringIO(content), sep=sep, dtype=str, keep_default_na=False, na_filter=False
+        )
+    except pd.errors.EmptyDataError:
+        raise LayerProbeError("probe file has no header row, expected a header naming the text column", path=path) from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise LayerProbeError(f"malformed {'TSV' if sep == chr(9) else 'CSV'}: {_one_line(exc)}", path=path) from None
+    if text_column not in df.columns:
+        raise LayerProbeError(
+            f"text column {text_column!r} not found; columns found: {_names(df.columns)}", path=path
+        )
+    return [str(v) for v in df[text_column].tolist()]
+
+
+def _text_value(path: str, value: Any, text_column: str, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise LayerProbeError(
+        f"{where}: field {text_column!r} is a {type(value).__name__}, expected a string", path=path
+    )
+
+
+def _parse_jsonl(path: str, content: str, text_column: str) -> list[str | None]:
+    out: list[str | None] = []
+    keys_seen: dict[str, None] = {}
+    for lineno, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LayerProbeError(
+                f"malformed JSON on line {lineno} (column {exc.colno}): {exc.msg}; "
+                "expected one JSON object per line",
+                path=path,
+            ) from None
+        if not isinstance(obj, dict):
+            raise LayerProbeError(
+                f"line {lineno} holds a JSON {type(obj).__name__}, expected a JSON object", path=path
+            )
+        if text_column not in obj:
+            keys_seen.update(dict.fromkeys(obj))
+            if not out:  # absent from the first object: report the keys found
+                raise LayerProbeError(
+                    f"text field {text_column!r} not found on line {lineno}; keys found: {_names(obj)}",
+                    path=path,
+                )
+            raise LayerProbeError(
+                f"line {lineno} has no field {text_column!r}; keys found: {_names(obj)}", path=path
+            )
+        out.append(_text_value(path, obj[text_column], text_column, f"line {lineno}"))
+    return out
+
+
+def _parse_json_list(path: str, content: str, text_column: str) -> list[str | None]:
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise LayerProbeError(
+            f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path=path
+        ) from None
+    if not isinstance(data, list):
+        raise LayerProbeError(
+            f"the JSON holds a {type(data).__name__}, expected a list of objects "
+            "(use .jsonl for one object per line)",
+            path=path,
+        )
+    out: list[str | None] = []
+    for i, obj in enumerate(data):
+        if not isinstance(obj, dict):
+            raise LayerProbeError(
+                f"item {i} is a JSON {type(obj).__name__}, expected a JSON object", path=path
+            )
+        if text_column not in obj:
+            raise LayerProbeError(
+                f"text field {text_column!r} not found in item {i}; keys found: {_names(obj)}",
+                path=path,
+            )
+        out.append(_text_value(path, obj[text_column], text_column, f"item {i}"))
+    return out
+
+
+def _read_saved_dataset(path: str, text_column: str, max_examples: int | None) -> list[str]:
+    markers = ("dataset_dict.json", "state.json", "dataset_info.json")
+    if not any(os.path.isfile(os.path.join(path, m)) for m in markers):
+        raise LayerProbeError(
+            "directory is not a saved dataset (no dataset_dict.json or state.json); "
+            f"{_EXPECTED}",
+            path=path,
+        )
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        raise LayerProbeError("reading a saved dataset needs the 'datasets' package (pip install datasets)", path=path) from None
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as exc:  # datasets raises many types for broken folders
+        raise LayerProbeError(
+            f"cannot load saved dataset ({type(exc).__name__}: {_one_line(exc)})", path=path
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if not ds:
+            raise LayerProbeError("saved DatasetDict has no splits, expected at least one", path=path)
+        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+    if text_column not in ds.column_names:
+        raise LayerProbeError(
+            f"text column {text_column!r} not found; columns found: {_names(ds.column_names)}",
+            path=path,
+        )
+    feature = ds.features[text_column]
+    dtype = getattr(feature, "dtype", None)
+    if dtype not in ("string", "large_string"):
+        raise LayerProbeError(
+            f"column {text_column!r} has type {_one_line(feature)}, expected strings", path=path
+        )
+    column = ds.select_columns([text_column])
+    out: list[str] = []
+    batch = 1024 if max_examples is None else max(1, min(1024, max_examples))
+    for start in range(0, len(column), batch):
+        out.extend(_usable(column[start : start + batch][text_column], None))
+        if max_examples is not None and len(out) >= max_examples:
+            return out[:max_examples]
+    return out
+
+
+def _as_int64(x: Any, what: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biu":
+        raise LayerProbeError(f"{what} must hold integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype="<i8")
+
+
+def fingerprint(input_ids: Any, attention_mask: Any) -> str:
+    """SHA-256 hex digest of a tokenized probe batch, stable across runs and platforms.
+
+    The ids and the mask are hashed as little-endian int64 C-contiguous bytes, each preceded by
+    its shape, so the same tokens give the same digest whether they come as a torch tensor, a
+    numpy array or nested lists, and a reshaped batch gives a different one.
+
+    Args:
+        input_ids: integer token ids, shape ``(batch, seq)``.
+        attention_mask: 0/1 mask, same shape as ``input_ids``.
+
+    Returns:
+        64 hex characters.
+
+    Raises:
+        LayerProbeError: non-integer input or shapes that differ.
+
+    >>> fingerprint([[101, 7592, 102]], [[1, 1, 1]])[:16]
+    '96c2bbdf7768662d'
+    >>> fingerprint([[101, 7592, 102]], [[1, 1, 0]]) != fingerprint([[101, 7592, 102]], [[1, 1, 1]])
+    True
+    """
+    ids = _as_int64(input_ids, "input_ids")
+    mask = _as_int64(attention_mask, "attention_mask")
+    if ids.shape != mask.shape:
+        raise LayerProbeError(
+            f"input_ids and attention_mask shapes differ: {tuple(ids.shape)} vs {tuple(mask.shape)}"
+        )
+    h = hashlib.sha256(b"layerprobe-fingerprint-v1\0")
+    for name, arr in ((b"input_ids", ids), (b"attention_mask", mask)):
+        h.update(name + b"\0")
+        h.update(np.asarray([arr.ndim, *arr.shape], dtype="<i8").tobytes())
+        h.update(arr.tobytes(order="C"))
+    return h.hexdigest()
