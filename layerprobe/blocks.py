@@ -119,8 +119,16 @@ class Blocks:
         return out
 
 
-def _module_name_matches(path: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(path, pattern) or re.fullmatch(pattern, path) is not None
+def _match_modules(paths: Iterable[str], pattern: str) -> list[str]:
+    """Module paths matching a glob (``encoder.layer.*``); if the glob matches none, a regex."""
+    paths = [p for p in paths if p]
+    hits = [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
+    if not hits:
+        try:
+            hits = [p for p in paths if re.fullmatch(pattern, p)]
+        except re.error:
+            hits = []
+    return hits
 
 
 def _is_embedding_like(path: str, module: nn.Module | None) -> bool:
@@ -179,7 +187,7 @@ def find_blocks(
         return path[len(prefix) + 1 :] if prefix and path.startswith(prefix + ".") else path
 
     if blocks is not None:
-        matched = [p for p in named if p and _module_name_matches(p, blocks)]
+        matched = _match_modules(named, blocks)
         matched = [p for p in matched if not any(q != p and p.startswith(q + ".") for q in matched)]
         if not matched:
             raise LayerProbeError(f"block pattern {blocks!r} matches no module of {type(model).__name__}")
@@ -202,7 +210,7 @@ def find_blocks(
 
     if embeddings is not None:
         pats = [embeddings] if isinstance(embeddings, str) else list(embeddings)
-        emb_paths = [p for p in named if p and any(pat and _module_name_matches(p, pat) for pat in pats)]
+        emb_paths = [p for pat in pats if pat for p in _match_modules(named, pat)]
     else:
         emb_paths = []
         get_emb = getattr(model, "get_input_embeddings", None)
@@ -273,8 +281,9 @@ def blocks_from_names(param_names: Sequence[str]) -> Blocks:
     prefix = ""
     if "." in stack:
         first = stack.split(".", 1)[0]
-        under = [n.split(".")[1:] for n in param_names if n.startswith(first + ".") and not n.startswith(stack + ".")]
-        if any(any(_is_embedding_like(part, None) for part in parts[:-1]) for parts in under):
+        embed = [n for n in param_names
+                 if not n.startswith(stack + ".") and any(_is_embedding_like(c, None) for c in n.split(".")[:-1])]
+        if embed and all(n.startswith(first + ".") for n in embed):
             prefix = first
 
     def canon(n: str) -> str:
