@@ -1,0 +1,152 @@
+"""Turn per-entry measurements into freeze advice: a bottom prefix, with a reason per entry.
+
+The rule (documented in README, calibrated in ``analyses/freeze_study.py``):
+
+1. Walk the entries bottom-up, embeddings first.
+2. An entry *qualifies* when its representation barely changed: CKA(base, tuned) >= ``min_cka``
+   — using the lower end of the bootstrap interval when one was computed (``use_interval``) —
+   and, if ``max_drift`` is set, its relative weight drift <= ``max_drift``.
+3. Freeze the longest qualifying bottom prefix; the first entry that does not qualify and every
+   entry above it train (freezing is only useful as a prefix: a frozen block above a trainable
+   one still needs the backward pass through it).
+4. At least ``min_train_blocks`` blocks always train.
+
+Without CKA (weights-only comparison) the advice uses ``max_drift`` alone, and only if it was
+given: weight drift is nearly flat across blocks (see REFERENCES.md), so a drift-only rule is
+weak and layerprobe says so rather than guessing.
+
+Savings are reported as the share of parameters frozen and a compute estimate: a frozen bottom
+prefix skips its backward pass (about 2/3 of its training compute), so
+``est_compute_saving = 2/3 * frozen_block_fraction`` counting blocks by parameter count
+(embedding lookups are ~free in compute but count as parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The knobs of the freeze rule (CLI flags ``--min-cka``, ``--max-drift``, ...)."""
+
+    min_cka: float = 0.95
+    max_drift: float | None = None
+    use_interval: bool = True
+    min_train_blocks: int = 1
+
+
+@dataclass
+class Recommendation:
+    """Which entries to freeze (a bottom prefix) and which to train, with reasons."""
+
+    freeze: list[str]
+    train: list[str]
+    reasons: dict[str, str]
+    thresholds: dict
+    frozen_param_fraction: float
+    basis: str
+    est_compute_saving: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fmt_cka(entry: dict) -> str:
+    s = f"CKA {entry['cka']:.3f}"
+    ci = entry.get("cka_ci")
+    if ci and all(v is not None and math.isfinite(v) for v in ci):
+        s += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return s
+
+
+def _qualifies(entry: dict, t: Thresholds, basis: str) -> tuple[bool, str]:
+    parts, ok = [], True
+    if basis == "cka":
+        cka = entry.get("cka")
+        if cka is None or not math.isfinite(cka):
+            return False, "CKA undefined"
+        ci = entry.get("cka_ci")
+        value = ci[0] if (t.use_interval and ci and ci[0] is not None and math.isfinite(ci[0])) else cka
+        what = "lower bound" if value is not cka else "CKA"
+        if value >= t.min_cka:
+            parts.append(f"{_fmt_cka(entry)}: {what} >= {t.min_cka}")
+        else:
+            ok = False
+            parts.append(f"{_fmt_cka(entry)}: {what} < {t.min_cka}")
+    if t.max_drift is not None:
+        d = entry.get("weight_drift")
+        if d is None or not math.isfinite(d) or d > t.max_drift:
+            ok = False
+            parts.append(f"drift {d:.4f} > {t.max_drift}")
+        else:
+            parts.append(f"drift {d:.4f} <= {t.max_drift}")
+    return ok, "; ".join(parts)
+
+
+def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_params: int = 0) -> Recommendation:
+    """Advise a frozen bottom prefix from per-entry measurements.
+
+    Args:
+        entries: in model order (embeddings first), dicts with ``name``, ``kind``, ``n_params``,
+            ``weight_drift`` and optionally ``cka`` and ``cka_ci`` ([low, high]).
+        thresholds: the rule's knobs (defaults: :class:`Thresholds`).
+        other_params: parameters outside the entries (pooler, head): they always train and
+            count in the denominator of ``frozen_param_fraction``.
+
+    Returns:
+        :class:`Recommendation`.
+
+    >>> e = [dict(name="embeddings", kind="embeddings", n_params=10, weight_drift=.01, cka=.999),
+    ...      dict(name="block.0", kind="block", n_params=5, weight_drift=.01, cka=.97),
+    ...      dict(name="block.1", kind="block", n_params=5, weight_drift=.01, cka=.5)]
+    >>> r = recommend(e)
+    >>> r.freeze, r.train, round(r.frozen_param_fraction, 2)
+    (['embeddings', 'block.0'], ['block.1'], 0.75)
+    """
+    t = thresholds or Thresholds()
+    has_cka = any(e.get("cka") is not None for e in entries)
+    basis = "cka" if has_cka else ("drift" if t.max_drift is not None else "none")
+    notes: list[str] = []
+    reasons: dict[str, str] = {}
+    freeze: list[str] = []
+    n_blocks = sum(e["kind"] == "block" for e in entries)
+    max_frozen_blocks = max(0, n_blocks - t.min_train_blocks)
+    if basis == "none":
+        notes.append("no CKA (weights only) and no --max-drift: no freeze advice; weight drift alone does not "
+                     "separate blocks reliably — rerun with --probe, or set --max-drift")
+    stopped = basis == "none"
+    frozen_blocks = 0
+    for e in entries:
+        if stopped:
+            reasons[e["name"]] = reasons.get(e["name"]) or (
+                "train: no measurement to justify freezing" if basis == "none" else "train: above a block that must train"
+            )
+            continue
+        ok, why = _qualifies(e, t, basis)
+        if ok and e["kind"] == "block" and frozen_blocks >= max_frozen_blocks:
+            ok, why = False, why + f"; keeping at least {t.min_train_blocks} block(s) trainable"
+        if ok:
+            freeze.append(e["name"])
+            frozen_blocks += e["kind"] == "block"
+            reasons[e["name"]] = f"freeze: {why}"
+        else:
+            stopped = True
+            reasons[e["name"]] = f"train: {why}"
+    train = [e["name"] for e in entries if e["name"] not in freeze]
+    total = sum(int(e["n_params"]) for e in entries) + int(other_params)
+    frozen = sum(int(e["n_params"]) for e in entries if e["name"] in freeze)
+    block_params = sum(int(e["n_params"]) for e in entries if e["kind"] == "block")
+    frozen_block_params = sum(int(e["n_params"]) for e in entries if e["kind"] == "block" and e["name"] in freeze)
+    return Recommendation(
+        freeze=freeze,
+        train=train,
+        reasons=reasons,
+        thresholds=asdict(t),
+        frozen_param_fraction=frozen / total if total else 0.0,
+        basis=basis,
+        est_compute_saving=(2 / 3) * frozen_block_params / block_params if block_params else 0.0,
+        notes=notes,
+    )

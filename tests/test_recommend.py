@@ -1,0 +1,75 @@
+"""The freeze rule: a bottom prefix, reasons per entry, thresholds, savings."""
+
+from __future__ import annotations
+
+import pytest
+
+from layerprobe.recommend import Thresholds, recommend
+
+
+def entries(ckas, drifts=None, n=(100, 10, 10, 10, 10), cis=None):
+    names = ["embeddings"] + [f"block.{i}" for i in range(len(ckas) - 1)]
+    out = []
+    for i, (name, c) in enumerate(zip(names, ckas)):
+        e = dict(name=name, kind="embeddings" if i == 0 else "block", n_params=n[i],
+                 weight_drift=(drifts[i] if drifts else 0.01), cka=c)
+        if cis:
+            e["cka_ci"] = cis[i]
+        out.append(e)
+    return out
+
+
+def test_prefix_stops_at_first_changed_block():
+    # block.2 qualifies again, but sits above block.1 which must train: not frozen
+    r = recommend(entries([0.999, 0.97, 0.60, 0.99, 0.4]))
+    assert r.freeze == ["embeddings", "block.0"]
+    assert r.train == ["block.1", "block.2", "block.3"]
+    assert r.reasons["block.0"].startswith("freeze: CKA 0.970")
+    assert r.reasons["block.1"].startswith("train: CKA 0.600")
+    assert r.reasons["block.2"] == "train: above a block that must train"
+    assert r.frozen_param_fraction == pytest.approx(110 / 140)
+    assert r.est_compute_saving == pytest.approx(2 / 3 * 10 / 40)
+    assert r.basis == "cka"
+
+
+def test_threshold_moves_the_cut():
+    e = entries([0.999, 0.97, 0.93, 0.5, 0.4])
+    assert recommend(e, Thresholds(min_cka=0.9)).freeze == ["embeddings", "block.0", "block.1"]
+    assert recommend(e, Thresholds(min_cka=0.9999)).freeze == []
+
+
+def test_top_block_always_trains():
+    r = recommend(entries([1.0, 1.0, 1.0, 1.0, 1.0]))
+    assert r.train == ["block.3"]
+    assert "keeping at least 1 block(s) trainable" in r.reasons["block.3"]
+    r2 = recommend(entries([1.0, 1.0, 1.0, 1.0, 1.0]), Thresholds(min_train_blocks=2))
+    assert r2.train == ["block.2", "block.3"]
+
+
+def test_interval_lower_bound_is_used():
+    cis = [[0.998, 1.0], [0.94, 0.99], [0.5, 0.7], [0.3, 0.5], [0.2, 0.3]]
+    e = entries([0.999, 0.97, 0.6, 0.4, 0.3], cis=cis)
+    assert recommend(e).freeze == ["embeddings"]
+    assert "[0.940, 0.990]" in recommend(e).reasons["block.0"]
+    assert recommend(e, Thresholds(use_interval=False)).freeze == ["embeddings", "block.0"]
+
+
+def test_drift_guard_and_drift_only():
+    e = entries([0.999, 0.99, 0.6, 0.4, 0.3], drifts=[0.001, 0.05, 0.1, 0.1, 0.1])
+    assert recommend(e, Thresholds(max_drift=0.01)).freeze == ["embeddings"]
+    for x in e:
+        x["cka"] = None
+    r = recommend(e)
+    assert r.freeze == [] and r.basis == "none" and "no freeze advice" in r.notes[0]
+    r = recommend(e, Thresholds(max_drift=0.06))
+    assert r.basis == "drift" and r.freeze == ["embeddings", "block.0"]
+
+
+def test_undefined_cka_never_freezes():
+    r = recommend(entries([float("nan"), 0.99, 0.99, 0.99, 0.99]))
+    assert r.freeze == [] and "undefined" in r.reasons["embeddings"]
+
+
+def test_other_params_count_in_the_fraction():
+    r = recommend(entries([0.999, 0.3, 0.3, 0.3, 0.3]), other_params=60)
+    assert r.frozen_param_fraction == pytest.approx(100 / 200)
