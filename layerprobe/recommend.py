@@ -69,13 +69,11 @@ def _qualifies(entry: dict, t: Thresholds, basis: str) -> tuple[bool, str]:
         if cka is None or not math.isfinite(cka):
             return False, "CKA undefined"
         ci = entry.get("cka_ci")
-        value = ci[0] if (t.use_interval and ci and ci[0] is not None and math.isfinite(ci[0])) else cka
-        what = "lower bound" if value is not cka else "CKA"
-        if value >= t.min_cka:
-            parts.append(f"{_fmt_cka(entry)}: {what} >= {t.min_cka}")
-        else:
-            ok = False
-            parts.append(f"{_fmt_cka(entry)}: {what} < {t.min_cka}")
+        use_low = t.use_interval and ci and ci[0] is not None and math.isfinite(ci[0])
+        value = ci[0] if use_low else cka
+        what = f"{_fmt_cka(entry)}: lower bound" if use_low else _fmt_cka(entry)
+        ok = value >= t.min_cka
+        parts.append(f"{what} {'>=' if ok else '<'} {t.min_cka}")
     if t.max_drift is not None:
         d = entry.get("weight_drift")
         if d is None or not math.isfinite(d) or d > t.max_drift:

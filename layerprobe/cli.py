@@ -1,0 +1,166 @@
+"""Command line: ``layerprobe snapshot | compare | demo``. Parses arguments, calls the library.
+
+Exit codes: 0 success; 2 bad input (one line on stderr, no traceback, no partial output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from ._version import __version__
+from .errors import LayerProbeError
+
+POOLINGS = ("mean", "first", "last", "tokens")
+
+
+def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
+    p.add_argument("--probe", required=probe_required, metavar="FILE",
+                   help="probe texts: CSV, TSV, JSONL, TXT (one per line) or a saved datasets directory")
+    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    p.add_argument("--max-examples", type=int, default=None, metavar="N", help="use the first N probe examples")
+    p.add_argument("--max-length", type=int, default=None, metavar="L", help="truncate to L tokens (default 128)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="mean over real tokens (default), first token, last real token, or all tokens")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="K",
+                   help="with --pooling tokens: keep at most K tokens per example")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerprobe",
+        description="Which transformer blocks changed during fine-tuning, and which could have been frozen?",
+    )
+    parser.add_argument("--version", action="version", version=f"layerprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("snapshot", help="snapshot a model's weights and block representations on a probe set")
+    p.add_argument("model", help="Hugging Face model directory")
+    _add_probe_args(p, probe_required=True)
+    p.add_argument("-o", "--output", required=True, help="snapshot file to write (.pt)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("compare", help="compare base and tuned: per-block CKA, drift, and freeze advice")
+    p.add_argument("a", help="base: snapshot .pt, HF model directory, .safetensors or state-dict .pt")
+    p.add_argument("b", help="tuned: same kinds as A")
+    _add_probe_args(p, probe_required=False)
+    p.add_argument("--format", choices=("table", "json", "csv", "markdown"), default="table")
+    p.add_argument("--out", metavar="DIR", help="also write comparison.json, comparison.csv, groups.csv, blocks.png")
+    p.add_argument("--min-cka", type=float, default=0.95, help="freeze only entries with CKA >= this (default 0.95)")
+    p.add_argument("--max-drift", type=float, default=None,
+                   help="also require relative weight drift <= this (the only criterion without CKA)")
+    p.add_argument("--no-interval", action="store_true",
+                   help="judge by the CKA point estimate even when an interval was computed")
+    p.add_argument("--min-train-blocks", type=int, default=1, help="always train at least this many blocks")
+    p.add_argument("--no-anatomy", action="store_true", help="skip the per-parameter-group anatomy (faster)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("demo", help="the main job: MiniLM-L6 fine-tuned on Rotten Tomatoes, end to end")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--train-size", type=int, default=4000)
+    p.add_argument("--probe-size", type=int, default=512)
+    p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _positive(args, *names) -> None:
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None and v <= 0:
+            raise LayerProbeError(f"--{n.replace('_', '-')} must be positive, got {v}")
+
+
+def cmd_snapshot(args) -> int:
+    from .compare import _load_hf_dir
+    from .probe import read_probe_texts
+    from .snapshot import take_snapshot
+
+    _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
+    if not os.path.isdir(args.model):
+        raise LayerProbeError("expected a Hugging Face model directory", args.model)
+    texts = read_probe_texts(args.probe, text_column=args.text_column, max_examples=args.max_examples)
+    model, tok = _load_hf_dir(args.model)
+    if tok is None:
+        raise LayerProbeError("no tokenizer in the model directory", args.model)
+    snap = take_snapshot(model, tok, texts, pooling=args.pooling or "mean", max_length=args.max_length or 128,
+                         max_tokens=args.max_tokens, batch_size=args.batch_size, progress=not args.quiet)
+    snap.meta["source"] = {"path": args.model, "kind": "hf_dir"}
+    snap.save(args.output)
+    print(f"wrote {args.output}: {len(snap.names)} entries, {snap.meta['n_examples']} examples, "
+          f"pooling {snap.meta['pooling']}, probe {snap.fingerprint[:12]}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ._atomic import atomic_write_text, ensure_writable_dir
+    from .compare import compare
+    from .recommend import Thresholds
+    from .report import render, to_csv
+
+    _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
+    if not 0.0 <= args.min_cka <= 1.0:
+        raise LayerProbeError(f"--min-cka must be in [0, 1], got {args.min_cka}")
+    if args.out:
+        ensure_writable_dir(args.out)  # fail before any work
+    thresholds = Thresholds(min_cka=args.min_cka, max_drift=args.max_drift, use_interval=not args.no_interval,
+                            min_train_blocks=args.min_train_blocks)
+    result = compare(args.a, args.b, probe=args.probe, text_column=args.text_column,
+                     max_examples=args.max_examples, pooling=args.pooling, max_length=args.max_length,
+                     max_tokens=args.max_tokens, batch_size=args.batch_size, thresholds=thresholds,
+                     anatomy=not args.no_anatomy, progress=not args.quiet)
+    text = render(result, args.format)
+    if args.out:
+        from .plots import plot_blocks
+
+        atomic_write_text(os.path.join(args.out, "comparison.json"), result.to_json())
+        atomic_write_text(os.path.join(args.out, "comparison.csv"), to_csv(result))
+        atomic_write_text(os.path.join(args.out, "groups.csv"),
+                          result.groups_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+        plot_blocks(result.to_dict(), os.path.join(args.out, "blocks.png"))
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+
+    _positive(args, "train_size", "probe_size", "test_size", "epochs", "lr")
+    cfg = DemoConfig(train_size=args.train_size, probe_size=args.probe_size, test_size=args.test_size,
+                     epochs=args.epochs, lr=args.lr, seed=args.seed)
+    run_demo(args.out, cfg, progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {"snapshot": cmd_snapshot, "compare": cmd_compare, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 bad input)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return COMMANDS[args.command](args)
+    except LayerProbeError as err:
+        print(f"layerprobe: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("layerprobe: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

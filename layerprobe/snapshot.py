@@ -1,0 +1,272 @@
+"""Snapshots: every entry's weights and probe representations, as plain tensors on disk.
+
+A snapshot file is a ``torch.save``-d dict of tensors, strings, numbers, lists and dicts only, so
+it loads with ``torch.load(..., weights_only=True)`` and no code from the file runs. Layout::
+
+    {"format": "layerprobe-snapshot", "format_version": 1,
+     "meta": {...},                       # version, model class, config JSON, entries, probe info
+     "representations": {entry: (n, d)},  # float64 pooled (float32 rows for pooling="tokens")
+     "token_examples": (n_rows,) | None,  # pooling="tokens": example index of each row
+     "weights": {entry or "other": {relative param name: tensor as stored}}}
+
+The probe fingerprint hashes the real token ids of every example (padding-free), so it does not
+depend on batch size or padding side; CKA across snapshots whose fingerprints differ is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._atomic import atomic_save_torch
+from ._version import __version__
+from .batching import collate, encode, pad_id
+from .blocks import OTHER, Blocks, find_blocks
+from .capture import POOLINGS, capture
+from .errors import LayerProbeError
+from .probe import fingerprint
+
+FORMAT = "layerprobe-snapshot"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Snapshot:
+    """Weights and representations of one model on one probe set.
+
+    Attributes:
+        meta: simple metadata (see module docstring); ``meta["entries"]`` lists the entries.
+        representations: ``{entry name: (n, d) tensor}``; empty for a weights-only snapshot.
+        weights: ``{entry name or "other": {relative parameter name: tensor}}``.
+        token_examples: with ``pooling="tokens"``, the example index of each representation row.
+    """
+
+    meta: dict
+    representations: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    token_examples: torch.Tensor | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [e["name"] for e in self.meta["entries"]]
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.meta.get("probe_fingerprint")
+
+    @property
+    def has_representations(self) -> bool:
+        return bool(self.representations)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "meta": self.meta,
+            "representations": self.representations,
+            "token_examples": self.token_examples,
+            "weights": self.weights,
+        }
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the snapshot atomically (no half-written file on failure); returns the path."""
+        return atomic_save_torch(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Snapshot:
+        """Load a snapshot file safely (``weights_only=True``) and validate its layout."""
+        from .checkpoints import safe_torch_load
+
+        return cls.from_dict(safe_torch_load(path), path)
+
+    @classmethod
+    def from_dict(cls, obj, path: str | os.PathLike | None = None) -> Snapshot:
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise LayerProbeError("not a layerprobe snapshot (no 'format': 'layerprobe-snapshot')", path)
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise LayerProbeError(
+                f"snapshot format version {version!r} is not supported (this layerprobe reads <= {FORMAT_VERSION})",
+                path,
+            )
+        meta, reps, weights = obj.get("meta"), obj.get("representations"), obj.get("weights")
+        if not isinstance(meta, dict) or not isinstance(meta.get("entries"), list):
+            raise LayerProbeError("snapshot has no valid 'meta' with 'entries'", path)
+        if not isinstance(reps, dict) or not isinstance(weights, dict):
+            raise LayerProbeError("snapshot lacks 'representations' or 'weights' dicts", path)
+        names = [e.get("name") for e in meta["entries"]]
+        sizes = set()
+        for name, rep in reps.items():
+            if name not in names or not torch.is_tensor(rep) or rep.dim() != 2:
+                raise LayerProbeError(f"snapshot representation {name!r} is not a 2-D tensor of a known entry", path)
+            sizes.add(rep.shape[0])
+        if len(sizes) > 1:
+            raise LayerProbeError(f"snapshot representations have different row counts {sorted(sizes)}", path)
+        for name, group in weights.items():
+            if name not in names and name != OTHER:
+                raise LayerProbeError(f"snapshot weights for unknown entry {name!r}", path)
+            if not isinstance(group, dict) or not all(torch.is_tensor(t) for t in group.values()):
+                raise LayerProbeError(f"snapshot weights of {name!r} are not a dict of tensors", path)
+        return cls(meta=meta, representations=reps, weights=weights, token_examples=obj.get("token_examples"))
+
+
+def _config_json(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return "{}"
+    try:
+        return json.dumps(config.to_dict(), sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return "{}"
+
+
+def model_weights(model: nn.Module, blocks: Blocks) -> dict[str, dict[str, torch.Tensor]]:
+    """Copy every parameter to CPU, grouped by entry and named relative to it."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        entry = blocks.entry_of(name)
+        key = entry.relative(blocks.canonical(name)) if entry else blocks.canonical(name)
+        out.setdefault(entry.name if entry else OTHER, {})[key] = p.detach().to("cpu", copy=True)
+    return out
+
+
+def describe_model(model: nn.Module, blocks: Blocks) -> dict:
+    """Simple metadata about a model and its entries (JSON-friendly)."""
+    return {
+        "layerprobe_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "model_class": type(model).__name__,
+        "config_json": _config_json(model),
+        "stack": blocks.stack,
+        "prefix": blocks.prefix,
+        "entries": [
+            {"name": e.name, "kind": e.kind, "index": e.index, "modules": list(e.modules)} for e in blocks
+        ],
+    }
+
+
+def tokenize_probe(tokenizer, texts: list[str], max_length: int) -> tuple[list[dict], str]:
+    """Tokenize each text once (no padding); returns per-example encodings and the fingerprint."""
+    if not texts:
+        raise LayerProbeError("the probe set is empty")
+    examples = encode(tokenizer, texts, max_length)
+    lengths = np.array([len(e["input_ids"]) for e in examples])
+    ids = np.zeros((len(examples), int(lengths.max())), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, e in enumerate(examples):
+        ids[i, : lengths[i]] = e["input_ids"]
+        mask[i, : lengths[i]] = e.get("attention_mask", [1] * lengths[i])
+    return examples, fingerprint(ids, mask)
+
+
+def _forward_kwargs(model: nn.Module, batch: dict) -> dict:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in batch.items() if k in params or takes_kwargs}
+    if "use_cache" in params:
+        kwargs["use_cache"] = False  # decoders: no KV cache for a probe pass
+    return kwargs
+
+
+def run_probe(
+    model: nn.Module,
+    examples: list[dict],
+    blocks: Blocks,
+    pooling: str = "mean",
+    max_tokens: int | None = None,
+    batch_size: int = 32,
+    pad: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One forward pass per batch over the tokenized probe, every entry captured at once.
+
+    Examples are batched by length (less padding, faster), and representations are returned
+    in the original example order.
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    with capture(model, blocks, pooling=pooling, max_tokens=max_tokens) as cap:
+        for start in tqdm(range(0, len(order), batch_size), desc="probe", unit="batch", disable=not progress,
+                          leave=False):
+            batch = collate([examples[i] for i in order[start : start + batch_size]], pad, device)
+            model(**_forward_kwargs(model, batch))
+    outputs = cap.outputs
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    if pooling != "tokens":
+        return {k: v[inverse] for k, v in outputs.items()}, None
+    # rows are grouped by sorted position; map to original example ids and sort stably
+    original = torch.tensor(order)[cap.token_examples]
+    perm = torch.sort(original, stable=True).indices
+    return {k: v[perm] for k, v in outputs.items()}, original[perm]
+
+
+def take_snapshot(
+    model: nn.Module,
+    tokenizer=None,
+    texts: list[str] | None = None,
+    *,
+    pooling: str = "mean",
+    max_length: int = 128,
+    max_tokens: int | None = None,
+    batch_size: int = 32,
+    blocks: Blocks | None = None,
+    with_weights: bool = True,
+    progress: bool = True,
+) -> Snapshot:
+    """Snapshot a model's weights and, given a probe, every entry's representations.
+
+    Args:
+        model: a Hugging Face model (bare or with a task head); its train/eval mode is kept.
+        tokenizer: the model's tokenizer (needed with ``texts``).
+        texts: the probe sentences; None for a weights-only snapshot.
+        pooling: ``"mean"`` (default), ``"first"``, ``"last"`` or ``"tokens"``.
+        max_length: truncation length in tokens.
+        max_tokens: per-example token cap with ``pooling="tokens"``.
+        batch_size: examples per forward pass.
+        blocks: entries (found with :func:`find_blocks` if None).
+        with_weights: copy the weights too (default True).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`Snapshot` with ``(n, d)`` representations per entry.
+
+    >>> from transformers import BertConfig, BertModel
+    >>> m = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+    ...                          intermediate_size=20, vocab_size=50))
+    >>> s = take_snapshot(m, with_weights=True)  # weights only
+    >>> s.names, s.has_representations
+    (['embeddings', 'block.0', 'block.1'], False)
+    """
+    if pooling not in POOLINGS:
+        raise LayerProbeError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    blocks = blocks if blocks is not None else find_blocks(model)
+    meta = describe_model(model, blocks)
+    reps: dict[str, torch.Tensor] = {}
+    token_examples = None
+    if texts is not None:
+        if tokenizer is None:
+            raise LayerProbeError("a tokenizer is needed to run the probe texts")
+        examples, fp = tokenize_probe(tokenizer, texts, max_length)
+        reps, token_examples = run_probe(
+            model, examples, blocks, pooling, max_tokens, batch_size, pad_id(tokenizer), progress
+        )
+        meta.update(
+            probe_fingerprint=fp,
+            n_examples=len(texts),
+            pooling=pooling,
+            max_length=max_length,
+            max_tokens=max_tokens,
+            n_tokens=int(sum(len(e["input_ids"]) for e in examples)),
+        )
+    weights = model_weights(model, blocks) if with_weights else {}
+    meta["param_shapes"] = {g: {k: list(t.shape) for k, t in ws.items()} for g, ws in weights.items()}
+    return Snapshot(meta=meta, representations=reps, weights=weights, token_examples=token_examples)

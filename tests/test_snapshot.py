@@ -1,0 +1,92 @@
+"""take_snapshot / Snapshot.save / Snapshot.load: plain tensors, safe loading, stable probe identity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_bert
+from layerprobe import Snapshot, take_snapshot
+from layerprobe.errors import LayerProbeError
+
+
+def test_snapshot_contents(bert, tokenizer, texts):
+    s = take_snapshot(bert, tokenizer, texts, progress=False, max_length=32)
+    assert s.names == ["embeddings", "block.0", "block.1", "block.2", "block.3"]
+    assert all(r.shape == (48, 32) and r.dtype == torch.float64 for r in s.representations.values())
+    assert s.meta["n_examples"] == 48 and s.meta["pooling"] == "mean" and s.meta["max_length"] == 32
+    assert len(s.fingerprint) == 64
+    assert set(s.weights) == {"embeddings", "block.0", "block.1", "block.2", "block.3", "other"}
+    assert "attention.self.query.weight" in s.weights["block.0"]
+    assert s.meta["param_shapes"]["block.0"]["attention.self.query.weight"] == [32, 32]
+    # copies, not live references
+    w = s.weights["block.0"]["attention.self.query.weight"]
+    assert w.data_ptr() != bert.encoder.layer[0].attention.self.query.weight.data_ptr()
+
+
+def test_batch_size_and_order_do_not_change_results(bert, tokenizer, texts):
+    a = take_snapshot(bert, tokenizer, texts, batch_size=5, progress=False)
+    b = take_snapshot(bert, tokenizer, texts, batch_size=48, progress=False)
+    assert a.fingerprint == b.fingerprint
+    for k in a.representations:
+        torch.testing.assert_close(a.representations[k], b.representations[k], rtol=1e-5, atol=1e-6)
+    one = take_snapshot(bert, tokenizer, texts[7:8], progress=False)
+    torch.testing.assert_close(one.representations["block.3"][0], a.representations["block.3"][7], rtol=1e-5, atol=1e-6)
+
+
+def test_fingerprint_tracks_the_probe(bert, tokenizer, texts):
+    a = take_snapshot(bert, tokenizer, texts, progress=False)
+    assert take_snapshot(bert, tokenizer, texts[:-1], progress=False).fingerprint != a.fingerprint
+    assert take_snapshot(bert, tokenizer, texts, max_length=4, progress=False).fingerprint != a.fingerprint
+    other = tiny_bert(1)
+    assert take_snapshot(other, tokenizer, texts, progress=False).fingerprint == a.fingerprint
+
+
+def test_round_trip_loads_with_weights_only(tmp_path, bert, tokenizer, texts):
+    s = take_snapshot(bert, tokenizer, texts, pooling="tokens", max_tokens=5, progress=False)
+    path = s.save(tmp_path / "s.pt")
+    raw = torch.load(path, weights_only=True)  # no code runs, no custom classes needed
+    assert raw["format"] == "layerprobe-snapshot"
+    t = Snapshot.load(path)
+    assert t.meta == s.meta
+    assert torch.equal(t.token_examples, s.token_examples)
+    for k in s.representations:
+        assert torch.equal(t.representations[k], s.representations[k])
+    assert t.token_examples.max() == 47 and s.representations["block.0"].dtype == torch.float32
+
+
+def test_token_rows_in_example_order(bert, tokenizer, texts):
+    s = take_snapshot(bert, tokenizer, texts, pooling="tokens", batch_size=7, progress=False)
+    ex = s.token_examples
+    assert torch.all(ex[1:] >= ex[:-1])
+    n_tokens = [len(tokenizer(t)["input_ids"]) for t in texts]
+    assert torch.bincount(ex).tolist() == n_tokens
+
+
+def test_train_mode_is_kept(bert, tokenizer, texts):
+    bert.train()
+    take_snapshot(bert, tokenizer, texts[:4], progress=False)
+    assert bert.training
+
+
+def test_load_refuses_files_it_does_not_understand(tmp_path):
+    p = tmp_path / "x.pt"
+    torch.save({"a": torch.zeros(2)}, p)
+    with pytest.raises(LayerProbeError, match="not a layerprobe snapshot"):
+        Snapshot.load(p)
+    torch.save({"format": "layerprobe-snapshot", "format_version": 99}, p)
+    with pytest.raises(LayerProbeError, match="version 99 is not supported"):
+        Snapshot.load(p)
+    torch.save({"format": "layerprobe-snapshot", "format_version": 1, "meta": {"entries": [{"name": "e"}]},
+                "representations": {"e": torch.zeros(3)}, "weights": {}}, p)
+    with pytest.raises(LayerProbeError, match="not a 2-D tensor"):
+        Snapshot.load(p)
+
+
+def test_errors(bert, tokenizer):
+    with pytest.raises(LayerProbeError, match="empty"):
+        take_snapshot(bert, tokenizer, [], progress=False)
+    with pytest.raises(LayerProbeError, match="tokenizer is needed"):
+        take_snapshot(bert, None, ["a"], progress=False)
+    with pytest.raises(LayerProbeError, match="unknown pooling"):
+        take_snapshot(bert, tokenizer, ["good"], pooling="max", progress=False)
