@@ -8,7 +8,7 @@ trusted.
 What can be opened (:func:`open_checkpoint`, :func:`checkpoint_kind`):
 
 * ``"safetensors"`` — one ``.safetensors`` file, read one tensor at a time.
-* ``"hf_dir"`` — a Hugging Face model directory with ``model.safetensors``, a sharded
+* ``"hf_dir"`` — a Hugging Face model directory (or its ``*.index.json``) with ``model.safetensors``, a sharded
   ``model.safetensors.index.json`` + shards, ``pytorch_model.bin`` or a sharded
   ``pytorch_model.bin.index.json`` + shards (safetensors preferred when both exist). Shards are
   opened only when one of their tensors is asked for; at most one ``.bin`` shard is held at a time.
@@ -254,11 +254,11 @@ def _extract_state_dict(path: str, obj: Any) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         if not isinstance(key, str):
             raise LayerProbeError(
-                f"state dict key {key!r} is a {type(key).__name__}, expected a string name", path=path
+                f"state dict key {key!r} has type {type(key).__name__}, expected a string name", path=path
             )
         if not isinstance(value, torch.Tensor):
             raise LayerProbeError(
-                f"value of {key!r} is a {type(value).__name__}, expected a tensor "
+                f"value of {key!r} has type {type(value).__name__}, expected a tensor "
                 "(a state dict maps parameter names to tensors)",
                 path=path,
             )
@@ -495,9 +495,9 @@ class ShardedSource(TensorSource):
 
     kind = "hf_dir"
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, weights_file: str | None = None):
         self.path = os.fspath(path)
-        weights = _hf_weights_file(self.path)
+        weights = weights_file or _hf_weights_file(self.path)
         self.weights_file = weights
         self._safetensors = weights.endswith((".safetensors", ".safetensors.index.json"))
         self._closed = False
@@ -663,6 +663,8 @@ def open_checkpoint(path: str | os.PathLike) -> TensorSource:
         raise LayerProbeError("checkpoint not found", path=path)
     if os.path.isdir(path):
         return ShardedSource(path)
+    if path.endswith(".index.json"):  # the index of a sharded directory, named directly
+        return ShardedSource(os.path.dirname(os.path.abspath(path)), weights_file=path)
     _check_file(path)
     if _sniff(path) == "safetensors" or path.endswith(".safetensors"):
         return SafetensorsSource(path)
@@ -909,7 +911,7 @@ def match_state(
             bad.append((na, nb, sa, sb))
     if bad:
         na, nb, sa, sb = bad[0]
-        shown = repr(na) if na == nb else f"{na!r} (B: {nb!r})"
+        shown = repr(na) if na == nb else f"{na!r} ({nb!r} in {pb})"
         more = f" (and {len(bad) - 1} more mismatched)" if len(bad) > 1 else ""
         raise LayerProbeError(
             f"shape mismatch with {pb}: parameter {shown} is {sa} in {pa} but {sb} in {pb}{more}",

@@ -170,7 +170,7 @@ def _text_value(path: str, value: Any, text_column: str, where: str) -> str | No
     if value is None or isinstance(value, str):
         return value
     raise LayerProbeError(
-        f"{where}: field {text_column!r} is a {type(value).__name__}, expected a string", path=path
+        f"{where}: field {text_column!r} has type {type(value).__name__}, expected a string", path=path
     )
 
 

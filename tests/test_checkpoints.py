@@ -123,6 +123,17 @@ def test_atomic_write_missing_or_bad_directory(tmp_path):
     assert os.path.isdir(made)
 
 
+def test_unwritable_directory_by_access_check(tmp_path, monkeypatch):
+    # Tests run as root, where chmod cannot make a directory unwritable: fake os.access instead.
+    import layerprobe._atomic as atomic_mod
+
+    monkeypatch.setattr(atomic_mod.os, "access", lambda p, mode: False)
+    expect_error(lambda: ensure_writable_dir(tmp_path), tmp_path, "not writable")
+    expect_error(lambda: atomic_write_bytes(tmp_path / "x.bin", b""), tmp_path, "not writable")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
 def test_ensure_writable_dir_read_only(tmp_path):
     ro = tmp_path / "ro"
@@ -248,7 +259,7 @@ def test_state_dict_file_roundtrip(tmp_path, wrap):
 def test_state_dict_errors(tmp_path):
     torch.save({"a": torch.ones(1), "epoch": 3}, tmp_path / "mixed.pt")
     expect_error(lambda: open_checkpoint(tmp_path / "mixed.pt"), "mixed.pt",
-                 "value of 'epoch' is a int, expected a tensor")
+                 "value of 'epoch' has type int, expected a tensor")
     torch.save([torch.ones(1)], tmp_path / "list.pt")
     expect_error(lambda: open_checkpoint(tmp_path / "list.pt"), "list.pt", "holds a list, expected a state dict")
     torch.save({}, tmp_path / "empty_dict.pt")
@@ -301,6 +312,8 @@ def test_hf_sharded_safetensors_dir(tiny_bert):
         assert_same(src, state)
         index = json.loads((d / "model.safetensors.index.json").read_text())
         assert src.keys() == list(index["weight_map"])
+    with open_checkpoint(d / "model.safetensors.index.json") as src:  # the index named directly
+        assert src.kind == "hf_dir" and sorted(src.keys()) == sorted(state)
 
 
 def test_hf_dir_errors(tiny_bert, tmp_path):

@@ -134,7 +134,7 @@ def test_error_malformed_json_line_number(tmp_path):
     _err(r, "expected a list of objects")
     s = tmp_path / "num.jsonl"
     s.write_text('{"text": 5}\n')
-    _err(s, "line 1: field 'text' is a int, expected a string")
+    _err(s, "line 1: field 'text' has type int, expected a string")
 
 
 def test_error_zero_usable(tmp_path):
