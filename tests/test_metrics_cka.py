@@ -14,6 +14,7 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.metrics.cka import (
     CKASubsampleWarning,
     CKAUndefinedWarning,
+    CrossMoments,
     MinibatchCKA,
     StreamingCKA,
     _weighted_linear_cka,
@@ -338,7 +339,8 @@ def test_streaming_merge_equals_single_accumulator():
     assert a.n == 500
     # merging an empty accumulator changes nothing; state can be cached and resumed
     assert a.merge(StreamingCKA()).compute() == pytest.approx(whole, rel=1e-12)
-    resumed = StreamingCKA(stream(x[:250], y[:250], 50).state)
+    cached = {k: v.clone() for k, v in stream(x[:250], y[:250], 50).state.to_dict().items()}
+    resumed = StreamingCKA(CrossMoments.from_dict(cached))
     resumed.update(x[250:], y[250:])
     assert resumed.compute() == pytest.approx(whole, rel=1e-12)
 

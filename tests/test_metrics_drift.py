@@ -212,7 +212,16 @@ PARAM_GROUPS = [
     ("layer.1.DenseReluDense.wo.weight", "ffn.out"),
     ("pooler.dense.weight", "other"),
     ("classifier.weight", "other"),
-    ("attention.self.distance_embedding.weight", "embed.other"),
+    ("attention.self.distance_embedding.weight", "embed.position"),
+    ("layer.0.SelfAttention.relative_attention_bias.weight", "embed.position"),
+    ("layer.0.SelfAttention.q.weight", "attn.q"),
+    ("embeddings_project.weight", "embed.other"),
+    ("attention.query_key_value.weight", "attn.qkv"),
+    ("attention.dense.weight", "attn.out"),
+    ("mlp.dense_h_to_4h.weight", "ffn.in"),
+    ("mlp.dense_4h_to_h.weight", "ffn.out"),
+    ("mlp.fc1.weight", "ffn.in"),
+    ("layer_norm1.weight", "norm"),
 ]
 
 

@@ -137,7 +137,7 @@ def _prepare(x: torch.Tensor, name: str) -> tuple[torch.Tensor | None, str | Non
     norm = torch.linalg.vector_norm(xc)
     if not float(norm) > 0.0:
         return None, f"{name} is constant (zero variance after centring), {name}.shape={tuple(x.shape)}"
-    return xc / norm, None
+    return xc.div_(norm), None
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -502,6 +502,27 @@ class CrossMoments:
     min_y: torch.Tensor
     max_y: torch.Tensor
 
+    def to_dict(self) -> dict:
+        """Plain tensors (``n`` as a 0-d int64 tensor), e.g. for ``torch.save``/safetensors.
+
+        >>> import numpy as np
+        >>> m = cross_moments(np.ones((3, 2)) * [[1], [2], [4]], np.ones((3, 1)))
+        >>> CrossMoments.from_dict(m.to_dict()).n
+        3
+        """
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "n"}
+        out["n"] = torch.tensor(self.n, dtype=torch.int64)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CrossMoments:
+        """Inverse of :meth:`to_dict` (tensors are converted to float64 on the CPU)."""
+        fields = [k for k in cls.__dataclass_fields__ if k != "n"]
+        missing = [k for k in ["n", *fields] if k not in d]
+        if missing:
+            raise LayerProbeError(f"CrossMoments state is missing keys {missing}")
+        return cls(n=int(d["n"]), **{k: _as_f64(d[k], k) for k in fields})
+
 
 def cross_moments(x, y) -> CrossMoments:
     """Moments of one batch, computed centred on the batch mean.
@@ -700,34 +721,40 @@ def cka_matrix(xs: Sequence, ys: Sequence | None = None) -> np.ndarray:
     ((3, 3), 1.0, True)
     """
     symmetric = ys is None
-    xs_t = [_as_f64(x, f"xs[{i}]") for i, x in enumerate(xs)]
-    ys_t = xs_t if symmetric else [_as_f64(y, f"ys[{j}]") for j, y in enumerate(ys)]
-    if not xs_t or not ys_t:
-        raise LayerProbeError(f"cka_matrix needs non-empty lists, got {len(xs_t)=}, {len(ys_t)=}")
-    for name, ts in (("xs", xs_t), ("ys", ys_t)):
-        for i, t in enumerate(ts):
-            _check_2d(t, f"{name}[{i}]")
-    n = xs_t[0].shape[0]
-    bad = [(nm, i, tuple(t.shape)) for nm, ts in (("xs", xs_t), ("ys", ys_t))
-           for i, t in enumerate(ts) if t.shape[0] != n]
+    xs_l = list(xs)
+    ys_l = xs_l if symmetric else list(ys)
+    if not xs_l or not ys_l:
+        raise LayerProbeError(f"cka_matrix needs non-empty lists, got {len(xs_l)=}, {len(ys_l)=}")
+    # Validate all shapes before any heavy work; convert one matrix at a time afterwards so
+    # that only the centred copies (or Gram matrices) are held, not float64 copies of inputs.
+    shapes = {}
+    for name, items in (("xs", xs_l), ("ys", ys_l)):
+        for i, t in enumerate(items):
+            shape = tuple(t.shape) if hasattr(t, "shape") else np.shape(t)
+            if len(shape) != 2:
+                raise LayerProbeError(
+                    f"{name}[{i}] must be 2-D (n examples × d features), got {name}[{i}].shape={shape}"
+                )
+            shapes[name, i] = shape
+    n = shapes["xs", 0][0]
+    bad = [f"{nm}[{i}].shape={s}" for (nm, i), s in shapes.items() if s[0] != n]
     if bad:
         raise LayerProbeError(
             f"all representations must have the same number of rows n={n} "
-            f"(xs[0].shape={tuple(xs_t[0].shape)}); differing: "
-            + ", ".join(f"{nm}[{i}].shape={s}" for nm, i, s in bad)
+            f"(xs[0].shape={shapes['xs', 0]}); differing: " + ", ".join(bad)
         )
     if n < 2:
-        raise LayerProbeError(f"linear CKA needs at least 2 rows, got xs[0].shape={tuple(xs_t[0].shape)}")
+        raise LayerProbeError(f"linear CKA needs at least 2 rows, got xs[0].shape={shapes['xs', 0]}")
 
-    widths = [t.shape[1] for t in xs_t] + ([] if symmetric else [t.shape[1] for t in ys_t])
+    widths = [s[1] for (nm, _), s in shapes.items() if nm == "xs" or not symmetric]
     gram = n <= float(np.mean(widths))
     reasons: list[str] = []
 
-    def features(ts, name):
+    def features(items, name):
         """Per matrix: (operand, self-norm) or None if undefined."""
         out = []
-        for i, t in enumerate(ts):
-            tc, why = _prepare(t, f"{name}[{i}]")
+        for i, t in enumerate(items):
+            tc, why = _prepare(_as_f64(t, f"{name}[{i}]"), f"{name}[{i}]")
             if why:
                 reasons.append(why)
                 out.append(None)
@@ -738,8 +765,8 @@ def cka_matrix(xs: Sequence, ys: Sequence | None = None) -> np.ndarray:
                 out.append((tc, _fro(tc.T @ tc)))
         return out
 
-    fx = features(xs_t, "xs")
-    fy = fx if symmetric else features(ys_t, "ys")
+    fx = features(xs_l, "xs")
+    fy = fx if symmetric else features(ys_l, "ys")
     result = np.full((len(fx), len(fy)), np.nan)
     for i, a in enumerate(fx):
         if a is None:

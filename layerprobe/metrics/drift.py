@@ -272,7 +272,8 @@ _FFN_CTX = {"mlp", "ffn", "feed_forward", "feedforward", "densereludense", "inte
 _EMB_WORD = {"word_embeddings", "wte", "embed_tokens", "tok_embeddings", "token_embedding",
              "word_embedding", "shared"}
 _EMB_POS = {"position_embeddings", "wpe", "embed_positions", "position_embedding", "pos_embed",
-            "pos_embedding", "rel_embeddings", "embed_pos"}
+            "pos_embedding", "rel_embeddings", "embed_pos", "distance_embedding",
+            "relative_attention_bias"}
 _EMB_TYPE = {"token_type_embeddings", "segment_embeddings", "token_type_embedding"}
 _EMB_OTHER = {"cls_token", "mask_token", "dist_token", "distillation_token", "patch_embeddings",
               "patch_embed", "register_tokens"}
