@@ -116,7 +116,7 @@ def resolve_side(
         return side
     if not isinstance(x, (str, os.PathLike)):
         raise LayerProbeError(f"cannot compare an object of type {type(x).__name__}")
-    from .checkpoints import load_pt_or_snapshot, open_checkpoint
+    from .checkpoints import StateDictSource, load_pt_or_snapshot, open_checkpoint
 
     path = os.fspath(x)
     label = label or path
@@ -130,13 +130,15 @@ def resolve_side(
         side = resolve_side(model, probe_texts, tok, kw, label)
         side.meta["source"] = {"path": path, "kind": "hf_dir"}
         return side
-    if path.endswith(".pt") or path.endswith(".pth") or path.endswith(".bin"):
-        kind, obj = load_pt_or_snapshot(path)
+    source = None
+    if os.path.isfile(path) and not path.endswith(".safetensors"):
+        kind, obj = load_pt_or_snapshot(path)  # loaded once, safely
         if kind == "snapshot":
             side = _side_from_snapshot(Snapshot.from_dict(obj, path), label)
             side.meta["source"] = {"path": path, "kind": "snapshot"}
             return side
-    source = open_checkpoint(path)
+        source = StateDictSource(path, tensors=obj)
+    source = source or open_checkpoint(path)
     table, blocks = WeightTable.from_source(source)
     meta = {
         "entries": [{"name": e.name, "kind": e.kind, "index": e.index, "modules": list(e.modules)} for e in blocks],

@@ -16,18 +16,18 @@ WORDS = (
 ).split()
 
 
-def make_tokenizer(tmp_path_factory):
+def make_tokenizer():
     from transformers import BertTokenizerFast
 
-    d = tmp_path_factory.mktemp("tok")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    assert tok("good movie")["input_ids"][1] != tok.unk_token_id
+    return tok
 
 
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory)
+    return make_tokenizer()
 
 
 def tiny_bert_config(**kw):
