@@ -1,0 +1,115 @@
+"""The CLI through its real entry points: snapshot -> compare, formats, --out, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_bert
+from layerprobe.cli import main
+
+NAMES = ["embeddings", "block.0", "block.1", "block.2", "block.3"]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("models")
+    base, tuned = tiny_bert(0, head=True), tiny_bert(0, head=True)
+    with torch.no_grad():
+        for p in tuned.bert.encoder.layer[3].parameters():
+            p.add_(0.3 * p.abs().mean() * torch.randn_like(p))
+    for name, m in (("base", base), ("tuned", tuned)):
+        m.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root / "base", root / "tuned"
+
+
+@pytest.fixture(scope="module")
+def probe_csv(tmp_path_factory, texts):
+    p = tmp_path_factory.mktemp("probe") / "probe.csv"
+    p.write_text("text,label\n" + "\n".join(f'"{t}",1' for t in texts) + "\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory, model_dirs, probe_csv):
+    out = tmp_path_factory.mktemp("snaps")
+    for name, d in zip(("base", "tuned"), model_dirs):
+        assert main(["snapshot", str(d), "--probe", str(probe_csv), "-o", str(out / f"{name}.pt"), "--quiet",
+                     "--max-length", "32"]) == 0
+    return out / "base.pt", out / "tuned.pt"
+
+
+def test_snapshot_writes_a_loadable_file(snapshots, capsys):
+    from layerprobe import Snapshot
+
+    s = Snapshot.load(snapshots[0])
+    assert s.names == NAMES and s.meta["n_examples"] == 48 and s.meta["max_length"] == 32
+    assert s.meta["model_class"] == "BertModel"
+
+
+def test_compare_table(snapshots, capsys):
+    assert main(["compare", str(snapshots[0]), str(snapshots[1])]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["entry", "CKA", "drift"]
+    assert "advice: freeze embeddings, block.0, block.1, block.2; train block.3" in out
+    assert "block.3: train: CKA" in out
+
+
+def test_compare_json_and_out_dir(snapshots, capsys, tmp_path):
+    out_dir = tmp_path / "res"
+    assert main(["compare", str(snapshots[0]), str(snapshots[1]), "--format", "json", "--out", str(out_dir),
+                 "--min-cka", "0.9"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [b["name"] for b in d["blocks"]] == NAMES
+    assert d["blocks"][0]["cka"] == pytest.approx(1.0) and d["blocks"][-1]["cka"] < 0.999
+    assert d["recommendation"]["thresholds"]["min_cka"] == 0.9
+    assert sorted(os.listdir(out_dir)) >= ["blocks.png", "comparison.csv", "comparison.json", "groups.csv"]
+    assert json.loads((out_dir / "comparison.json").read_text()) == d
+    assert (out_dir / "blocks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("fmt,first", [("csv", "index,name,kind,cka"), ("markdown", "| entry | CKA")])
+def test_compare_formats(snapshots, capsys, fmt, first):
+    assert main(["compare", str(snapshots[0]), str(snapshots[1]), "--format", fmt]) == 0
+    assert capsys.readouterr().out.startswith(first)
+
+
+def test_compare_models_with_probe_equals_snapshots(model_dirs, probe_csv, snapshots, capsys):
+    assert main(["compare", *map(str, model_dirs), "--probe", str(probe_csv), "--max-length", "32",
+                 "--format", "json", "--quiet"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert main(["compare", *map(str, snapshots), "--format", "json"]) == 0
+    files = json.loads(capsys.readouterr().out)
+    for a, b in zip(direct["blocks"], files["blocks"]):
+        assert a["cka"] == pytest.approx(b["cka"], abs=1e-12) and a["weight_drift"] == b["weight_drift"]
+
+
+def test_weights_only_says_why(model_dirs, capsys):
+    assert main(["compare", *map(str, model_dirs)]) == 0
+    out = capsys.readouterr().out
+    assert "note: CKA not computed" in out and "no probe given" in out
+    assert "advice: freeze nothing" in out
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, snapshots, capsys):
+    assert main(["compare", str(tmp_path / "nope.pt"), str(snapshots[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.pt" in err and "Traceback" not in err
+    assert main(["compare", str(snapshots[0]), str(snapshots[1]), "--min-cka", "2"]) == 2
+    assert "--min-cka" in capsys.readouterr().err
+
+
+def test_console_script_runs(snapshots):
+    exe = os.path.join(os.path.dirname(sys.executable), "layerprobe")
+    r = subprocess.run([exe, "compare", str(snapshots[0]), str(snapshots[1]), "--format", "json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["meta"]["cka_computed"] is True
+    r = subprocess.run([exe, "compare", "missing-a.pt", "missing-b.pt"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("layerprobe: error: missing-a.pt") and r.stdout == ""
