@@ -80,14 +80,64 @@ def _side_from_snapshot(snap: Snapshot, label: str) -> Side:
                 None if snap.has_representations else f"{label} is a weights-only snapshot")
 
 
+def _refuse_remote_code(path: str) -> None:
+    """Refuse a model directory whose config asks for custom Python code (``auto_map``)."""
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            if name == "config.json":
+                raise LayerProbeError("no config.json: expected a Hugging Face model directory", path)
+            continue
+        try:
+            with open(f, "rb") as fh:
+                cfg = json.loads(fh.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LayerProbeError(f"malformed JSON ({str(err).splitlines()[0]})", f) from None
+        if not isinstance(cfg, dict):
+            raise LayerProbeError(f"expected a JSON object, found {type(cfg).__name__}", f)
+        if "auto_map" in cfg:
+            raise LayerProbeError(
+                "refused: 'auto_map' asks for custom Python code from the model directory "
+                "(remote code is never run); use a model whose class ships with transformers", f)
+
+
+def _check_bin_weights(path: str) -> None:
+    """Validate ``pytorch_model.bin`` weights with the weights-only loader before transformers sees them.
+
+    transformers 5.x also loads ``.bin`` files with ``weights_only=True``; checking first gives
+    layerprobe's one-line error (suggesting safetensors) instead of a library traceback.
+    """
+    from .checkpoints import _read_index, load_pt_or_snapshot
+
+    if any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
+        return
+    shards = []
+    if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        shards = ["pytorch_model.bin"]
+    elif os.path.isfile(os.path.join(path, "pytorch_model.bin.index.json")):
+        shards = sorted(set(_read_index(os.path.join(path, "pytorch_model.bin.index.json")).values()))
+    for shard in shards:
+        kind, _ = load_pt_or_snapshot(os.path.join(path, shard))  # weights only; memory-mapped
+        if kind == "snapshot":
+            raise LayerProbeError("is a layerprobe snapshot, expected model weights", os.path.join(path, shard))
+
+
 def _load_hf_dir(path: str):
-    """Load a model directory safely: no remote code; safetensors preferred by transformers."""
+    """Load a model directory safely: no remote code (``auto_map`` refused), ``.bin`` weights
+    checked with the weights-only loader first; safetensors preferred by transformers."""
+    import pickle
+
     from transformers import AutoModel, AutoTokenizer
 
+    _refuse_remote_code(path)
+    _check_bin_weights(path)
     try:
         model = AutoModel.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise LayerProbeError(f"cannot load the model: {str(err).splitlines()[0]}", path) from None
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
+        raise LayerProbeError(f"cannot load the model: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+                              path) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError):
@@ -185,24 +235,46 @@ def _result(acc: DriftAccumulator) -> dict:
             "max_abs_change": r["max_abs_change"], "n_params": r["n_params"]}
 
 
+#: Update ranks (one float64 SVD each) are computed only for matrices with at most this many
+#: elements (2**22, e.g. 2048 x 2048 or 768 x 3072 in BERT-base); a bigger ΔW would need several
+#: float64 copies of itself and minutes of SVD, so its group reports no rank (drift is still exact).
+RANK_MAX_NUMEL = 1 << 22
+
+#: Elements checked for NaN/Inf at a time (the bool mask never covers a whole huge tensor).
+_FINITE_CHUNK = 1 << 24
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    if not (t.is_floating_point() or t.is_complex()):
+        return True
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[s:s + _FINITE_CHUNK]).all()) for s in range(0, flat.numel(), _FINITE_CHUNK))
+
+
 def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
-    """Drift of one entry, overall and per parameter group, reading one tensor pair at a time."""
+    """Drift of one entry, overall and per parameter group, reading one tensor pair at a time.
+
+    Memory: one tensor of each side at a time plus fixed-size float64 chunks; update ranks only
+    for matrices up to :data:`RANK_MAX_NUMEL` elements.
+    """
     total = DriftAccumulator()
     groups: dict[str, DriftAccumulator] = {}
     ranks: dict[str, dict] = {}
     for rel, ka, kb in _match_params(a, b, entry):
         t0, t1 = a.weights.get(ka), b.weights.get(kb)
         for name, t in ((a.label, t0), (b.label, t1)):
-            if not torch.isfinite(t).all():
+            if not _all_finite(t):
                 raise LayerProbeError(f"non-finite values (NaN/Inf) in parameter {entry}/{rel}", name)
         total.add(rel, t0, t1)
         if anatomy:
             g = param_group(rel)
             groups.setdefault(g, DriftAccumulator()).add(rel, t0, t1)
-            if t0.dim() >= 2 and g not in ("embed.word", "embed.position", "embed.type"):
+            if (t0.dim() >= 2 and t0.numel() <= RANK_MAX_NUMEL
+                    and g not in ("embed.word", "embed.position", "embed.type")):
                 r = update_rank(t1.double() - t0.double())
                 if r is not None and (g not in ranks or t0.numel() > ranks[g]["numel"]):
                     ranks[g] = {**r, "numel": t0.numel()}
+        del t0, t1, t  # free this pair before the next is read: never two pairs in memory
     out = _result(total)
     if anatomy:
         out["groups"] = {}
