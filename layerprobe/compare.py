@@ -131,13 +131,20 @@ def _load_hf_dir(path: str):
 
     from transformers import AutoModel, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     _refuse_remote_code(path)
     _check_bin_weights(path)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # stderr carries only layerprobe's own progress and errors
     try:
         model = AutoModel.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
         raise LayerProbeError(f"cannot load the model: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
                               path) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError):
