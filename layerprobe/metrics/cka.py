@@ -41,6 +41,7 @@ __all__ = [
     "bootstrap_cka",
     "bootstrap_cka_many",
     "cka_from_moments",
+    "cka_maps",
     "cka_matrix",
     "cross_moments",
     "debiased_cka",
@@ -131,10 +132,12 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
 
 def _prepare(x: torch.Tensor, name: str) -> tuple[torch.Tensor | None, str | None]:
     """Centre and scale to unit Frobenius norm (CKA is scale invariant), or say why undefined."""
-    if not bool(torch.isfinite(x).all()):
-        return None, f"{name} contains NaN or Inf"
+    # NaN/Inf anywhere propagates into the column means and so into the norm (Inf − Inf = NaN):
+    # checking the norm replaces a separate full pass over x.
     xc = _centre(x)
     norm = torch.linalg.vector_norm(xc)
+    if not math.isfinite(float(norm)) or not bool(torch.isfinite(x.sum(dim=0)).all()):
+        return None, f"{name} contains NaN or Inf"
     if not float(norm) > 0.0:
         return None, f"{name} is constant (zero variance after centring), {name}.shape={tuple(x.shape)}"
     return xc.div_(norm), None
@@ -693,6 +696,65 @@ class StreamingCKA:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_list_shapes(lists: dict[str, list]) -> int:
+    """Validate that every item of every list is 2-D with the same n; return n (≥ 2)."""
+    shapes = {}
+    for name, items in lists.items():
+        for i, t in enumerate(items):
+            shape = tuple(t.shape) if hasattr(t, "shape") else np.shape(t)
+            if len(shape) != 2:
+                raise LayerProbeError(
+                    f"{name}[{i}] must be 2-D (n examples × d features), got {name}[{i}].shape={shape}"
+                )
+            shapes[name, i] = shape
+    first = next(iter(shapes))
+    n = shapes[first][0]
+    bad = [f"{nm}[{i}].shape={s}" for (nm, i), s in shapes.items() if s[0] != n]
+    if bad:
+        raise LayerProbeError(
+            f"all representations must have the same number of rows n={n} "
+            f"({first[0]}[0].shape={shapes[first]}); differing: " + ", ".join(bad)
+        )
+    if n < 2:
+        raise LayerProbeError(f"linear CKA needs at least 2 rows, got {first[0]}[0].shape={shapes[first]}")
+    return n
+
+
+def _map_operands(items, name: str, gram: bool, reasons: list[str]) -> list:
+    """Per matrix: (operand, self-norm) or None if undefined. Each input is converted, centred
+    and its self-product formed exactly once; the float64 copy of the input is not kept."""
+    out = []
+    for i, t in enumerate(items):
+        tc, why = _prepare(_as_f64(t, f"{name}[{i}]"), f"{name}[{i}]")
+        if why:
+            reasons.append(why)
+            out.append(None)
+        elif gram:
+            k = tc @ tc.T
+            out.append((k, _fro(k)))
+        else:
+            out.append((tc, _fro(tc.T @ tc)))
+    return out
+
+
+def _map_from_operands(fx: list, fy: list, gram: bool, symmetric: bool) -> np.ndarray:
+    result = np.full((len(fx), len(fy)), np.nan)
+    for i, a in enumerate(fx):
+        if a is None:
+            continue
+        for j, b in enumerate(fy):
+            if b is None or (symmetric and j < i):
+                continue
+            if symmetric and i == j:
+                result[i, j] = 1.0
+                continue
+            cross = _dot(a[0], b[0]) if gram else _fro(b[0].T @ a[0]) ** 2
+            result[i, j] = _clip01(cross / (a[1] * b[1]))
+            if symmetric:
+                result[j, i] = result[i, j]
+    return result
+
+
 def cka_matrix(xs: Sequence, ys: Sequence | None = None) -> np.ndarray:
     """Linear CKA between every representation in ``xs`` and every one in ``ys``.
 
@@ -727,63 +789,55 @@ def cka_matrix(xs: Sequence, ys: Sequence | None = None) -> np.ndarray:
         raise LayerProbeError(f"cka_matrix needs non-empty lists, got {len(xs_l)=}, {len(ys_l)=}")
     # Validate all shapes before any heavy work; convert one matrix at a time afterwards so
     # that only the centred copies (or Gram matrices) are held, not float64 copies of inputs.
-    shapes = {}
-    for name, items in (("xs", xs_l), ("ys", ys_l)):
-        for i, t in enumerate(items):
-            shape = tuple(t.shape) if hasattr(t, "shape") else np.shape(t)
-            if len(shape) != 2:
-                raise LayerProbeError(
-                    f"{name}[{i}] must be 2-D (n examples × d features), got {name}[{i}].shape={shape}"
-                )
-            shapes[name, i] = shape
-    n = shapes["xs", 0][0]
-    bad = [f"{nm}[{i}].shape={s}" for (nm, i), s in shapes.items() if s[0] != n]
-    if bad:
-        raise LayerProbeError(
-            f"all representations must have the same number of rows n={n} "
-            f"(xs[0].shape={shapes['xs', 0]}); differing: " + ", ".join(bad)
-        )
-    if n < 2:
-        raise LayerProbeError(f"linear CKA needs at least 2 rows, got xs[0].shape={shapes['xs', 0]}")
-
-    widths = [s[1] for (nm, _), s in shapes.items() if nm == "xs" or not symmetric]
+    n = _check_list_shapes({"xs": xs_l} if symmetric else {"xs": xs_l, "ys": ys_l})
+    widths = [np.shape(t)[1] if not hasattr(t, "shape") else t.shape[1] for t in xs_l + ([] if symmetric else ys_l)]
     gram = n <= float(np.mean(widths))
     reasons: list[str] = []
-
-    def features(items, name):
-        """Per matrix: (operand, self-norm) or None if undefined."""
-        out = []
-        for i, t in enumerate(items):
-            tc, why = _prepare(_as_f64(t, f"{name}[{i}]"), f"{name}[{i}]")
-            if why:
-                reasons.append(why)
-                out.append(None)
-            elif gram:
-                k = tc @ tc.T
-                out.append((k, _fro(k)))
-            else:
-                out.append((tc, _fro(tc.T @ tc)))
-        return out
-
-    fx = features(xs_l, "xs")
-    fy = fx if symmetric else features(ys_l, "ys")
-    result = np.full((len(fx), len(fy)), np.nan)
-    for i, a in enumerate(fx):
-        if a is None:
-            continue
-        for j, b in enumerate(fy):
-            if b is None or (symmetric and j < i):
-                continue
-            if symmetric and i == j:
-                result[i, j] = 1.0
-                continue
-            cross = _dot(a[0], b[0]) if gram else _fro(b[0].T @ a[0]) ** 2
-            result[i, j] = _clip01(cross / (a[1] * b[1]))
-            if symmetric:
-                result[j, i] = result[i, j]
+    fx = _map_operands(xs_l, "xs", gram, reasons)
+    fy = fx if symmetric else _map_operands(ys_l, "ys", gram, reasons)
+    result = _map_from_operands(fx, fy, gram, symmetric)
     if reasons:
         _undefined("; ".join(reasons))
     return result
+
+
+def cka_maps(xs: Sequence, ys: Sequence) -> dict[str, np.ndarray]:
+    """The three cross-layer linear CKA maps of two models, sharing all per-entry work.
+
+    Each representation is converted, centred and its self-product (XᵀX, or the Gram matrix
+    XXᵀ when n ≤ the mean width) formed **once**; the three maps then only add cross products.
+    Equal to ``cka_matrix(xs, ys)``, ``cka_matrix(xs)`` and ``cka_matrix(ys)``.
+
+    Args:
+        xs: representations of model A, each (n, d_i) (e.g. embeddings then every block).
+        ys: representations of model B, each (n, e_j), the same n examples.
+
+    Returns:
+        ``{"xy": (len(xs), len(ys)), "xx": (len(xs), len(xs)), "yy": (len(ys), len(ys))}`` float64
+        arrays; nan rows/columns for undefined inputs, with one :class:`CKAUndefinedWarning`.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> a = [rng.standard_normal((30, 4)) for _ in range(3)]
+    >>> m = cka_maps(a, [2 * t for t in a])
+    >>> [m[k].shape for k in ("xy", "xx", "yy")], bool(np.allclose(np.diag(m["xy"]), 1))
+    ([(3, 3), (3, 3), (3, 3)], True)
+    """
+    xs_l, ys_l = list(xs), list(ys)
+    if not xs_l or not ys_l:
+        raise LayerProbeError(f"cka_maps needs non-empty lists, got {len(xs_l)=}, {len(ys_l)=}")
+    n = _check_list_shapes({"xs": xs_l, "ys": ys_l})
+    widths = [t.shape[1] if hasattr(t, "shape") else np.shape(t)[1] for t in xs_l + ys_l]
+    gram = n <= float(np.mean(widths))
+    reasons: list[str] = []
+    fx = _map_operands(xs_l, "xs", gram, reasons)
+    fy = _map_operands(ys_l, "ys", gram, reasons)
+    out = {"xy": _map_from_operands(fx, fy, gram, False),
+           "xx": _map_from_operands(fx, fx, gram, True),
+           "yy": _map_from_operands(fy, fy, gram, True)}
+    if reasons:
+        _undefined("; ".join(reasons))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
