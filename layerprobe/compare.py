@@ -222,9 +222,13 @@ def _match_params(a: Side, b: Side, entry: str) -> list[tuple[str, str, str]]:
     ia, ib = a.weights.index.get(entry, {}), b.weights.index.get(entry, {})
     only_a, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
     if entry != OTHER and (only_a or only_b):
-        side, names = (a, only_a) if only_a else (b, only_b)
-        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
-        raise LayerProbeError(f"parameter keys differ in {entry}: only in {side.label}: {', '.join(names[:3])}{more}")
+        def listed(names):
+            return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+        parts = [f"only in {s.label}: {listed(n)}" for s, n in ((a, only_a), (b, only_b)) if n]
+        hint = "; different architectures?" if not (set(ia) & set(ib)) else ""
+        raise LayerProbeError(f"parameter keys differ in {entry} between {a.label} and {b.label}: "
+                              f"{'; '.join(parts)}{hint}")
     pairs = []
     for rel in ia:
         if rel not in ib:
@@ -439,6 +443,12 @@ def compare_sides(sa: Side, sb: Side, thresholds: Thresholds | None = None, anat
             for label, r in ((sa.label, ra), (sb.label, rb)):
                 if not torch.isfinite(r).all():
                     raise LayerProbeError(f"non-finite values (NaN/Inf) in the representations of {name}", label)
+                if r.shape[0] < 2:
+                    raise LayerProbeError(f"linear CKA needs at least 2 probe examples, got {r.shape[0]} "
+                                          f"(representations of {name})", label)
+                if not bool((r.double() - r[:1].double()).abs().amax() > 0):
+                    raise LayerProbeError(f"constant (zero-variance) representations of {name}: every probe "
+                                          f"example gives the same vector, so CKA is undefined", label)
             row["cka"] = linear_cka(ra, rb)
         row.update(stats)
         entries.append(row)
