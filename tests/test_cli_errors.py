@@ -205,6 +205,9 @@ def test_bad_input(f, capsys, tmp_path, case):
         assert e.lower() in msg.lower(), msg
     assert out == ""
     assert _files_under(out_dir) == [], "partial output left behind"
+    if os.environ.get("LAYERPROBE_CATALOGUE"):  # regenerate docs/errors.md's example messages
+        with open(os.environ["LAYERPROBE_CATALOGUE"], "a", encoding="utf-8") as fh:
+            fh.write(json.dumps([case[0], msg.replace(str(f["root"]) + "/", "")]) + "\n")
     assert not os.path.exists(os.path.join(str(f["a_file"]), "s.pt"))
 
 
