@@ -8,9 +8,10 @@ from .errors import LayerProbeError
 from .freeze import freeze, parameter_names, unfreeze
 from .recommend import Recommendation, Thresholds, recommend
 from .snapshot import Snapshot, take_snapshot
+from .track import FreezePolicy, LayerProbeCallback, Tracker
 
 __all__ = [
     "__version__", "BlockRef", "Blocks", "Comparison", "LayerProbeError", "Recommendation", "Snapshot",
     "Thresholds", "capture", "compare", "find_blocks", "freeze", "parameter_names", "recommend",
-    "take_snapshot", "unfreeze",
+    "take_snapshot", "unfreeze", "FreezePolicy", "LayerProbeCallback", "Tracker",
 ]

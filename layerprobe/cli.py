@@ -57,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge by the CKA point estimate even when an interval was computed")
     p.add_argument("--min-train-blocks", type=int, default=1, help="always train at least this many blocks")
     p.add_argument("--no-anatomy", action="store_true", help="skip the per-parameter-group anatomy (faster)")
+    p.add_argument("--estimator", choices=("linear", "debiased", "rbf"), default="linear",
+                   help="CKA estimator (default linear). The freeze thresholds (--min-cka) are calibrated for "
+                        "linear CKA; debiased/rbf values are on a different scale")
+    ci = p.add_mutually_exclusive_group()
+    ci.add_argument("--ci", dest="ci", action="store_true", default=None,
+                    help="bootstrap interval per entry over probe examples (default: on for linear CKA with "
+                         "up to 2048 representation rows; the advice then uses the lower bound)")
+    ci.add_argument("--no-ci", dest="ci", action="store_false", help="no bootstrap interval")
+    p.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--ci-level", type=float, default=0.95, help="interval coverage (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--cross-layer", action="store_true",
+                   help="also CKA between every entry of A and of B and within each (JSON 'cross_layer'; "
+                        "with --out: cross_layer.csv and cross_layer.png)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("demo", help="the main job: MiniLM-L6 fine-tuned on Rotten Tomatoes, end to end")
@@ -68,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("plot-trajectory", help="draw per-block CKA and drift over training steps from a run's CSV")
+    p.add_argument("run_dir", help="folder holding layerprobe_trajectory.csv (or the CSV itself)")
+    p.add_argument("-o", "--output", help="PNG to write (default RUN_DIR/layerprobe_trajectory.png)")
+    p.add_argument("--title", default=None)
+
+    p = sub.add_parser("freeze-list", help="full parameter names of the entries a comparison advises to freeze")
+    p.add_argument("comparison", help="comparison.json written by compare --out (or --format json)")
+    p.add_argument("model", help="Hugging Face model directory whose parameter names to list")
+    p.add_argument("-o", "--output", help="file to write, one name per line (default: stdout)")
     return parser
 
 
@@ -105,7 +129,7 @@ def cmd_compare(args) -> int:
     from .recommend import Thresholds
     from .report import render, to_csv
 
-    _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
+    _positive(args, "max_examples", "max_length", "max_tokens", "batch_size", "n_boot")
     if not 0.0 <= args.min_cka <= 1.0:
         raise LayerProbeError(f"--min-cka must be in [0, 1], got {args.min_cka}")
     if args.out:
@@ -115,7 +139,9 @@ def cmd_compare(args) -> int:
     result = compare(args.a, args.b, probe=args.probe, text_column=args.text_column,
                      max_examples=args.max_examples, pooling=args.pooling, max_length=args.max_length,
                      max_tokens=args.max_tokens, batch_size=args.batch_size, thresholds=thresholds,
-                     anatomy=not args.no_anatomy, progress=not args.quiet)
+                     anatomy=not args.no_anatomy, progress=not args.quiet, estimator=args.estimator,
+                     ci=args.ci, n_boot=args.n_boot, ci_level=args.ci_level, seed=args.seed,
+                     cross_layer=args.cross_layer, on_undefined="raise")
     text = render(result, args.format)
     if args.out:
         from .plots import plot_blocks
@@ -125,6 +151,12 @@ def cmd_compare(args) -> int:
         atomic_write_text(os.path.join(args.out, "groups.csv"),
                           result.groups_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
         plot_blocks(result.to_dict(), os.path.join(args.out, "blocks.png"))
+        if result.cross_layer is not None:
+            from .plots import plot_cross_layer
+            from .report import cross_layer_csv
+
+            atomic_write_text(os.path.join(args.out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
+            plot_cross_layer(result.to_dict(), os.path.join(args.out, "cross_layer.png"))
     sys.stdout.write(text)
     return 0
 
@@ -139,7 +171,56 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"snapshot": cmd_snapshot, "compare": cmd_compare, "demo": cmd_demo}
+def cmd_plot_trajectory(args) -> int:
+    from .trajectory_plot import plot_trajectory, read_trajectory
+
+    df = read_trajectory(args.run_dir)
+    out = args.output or os.path.join(args.run_dir if os.path.isdir(args.run_dir) else
+                                      os.path.dirname(args.run_dir) or ".", "layerprobe_trajectory.png")
+    plot_trajectory(df, out, title=args.title)
+    print(f"wrote {out}: {df['block'].nunique()} entries, {df['step'].nunique()} checks")
+    return 0
+
+
+def cmd_freeze_list(args) -> int:
+    import json
+
+    from ._atomic import atomic_write_text
+    from .freeze import parameter_names
+
+    try:
+        with open(args.comparison, encoding="utf-8") as f:
+            advice = json.load(f)["recommendation"]["freeze"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LayerProbeError(f"not a comparison JSON with recommendation.freeze ({type(exc).__name__})",
+                              args.comparison) from None
+    if not isinstance(advice, list) or not all(isinstance(n, str) for n in advice):
+        raise LayerProbeError("recommendation.freeze is not a list of entry names", args.comparison)
+    if not os.path.isdir(args.model):
+        raise LayerProbeError("expected a Hugging Face model directory", args.model)
+    import torch
+    import transformers
+
+    try:  # names only: build the saved architecture (with its head) on the meta device, no weights
+        config = transformers.AutoConfig.from_pretrained(args.model)
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        with torch.device("meta"):
+            model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+    except (OSError, ValueError) as exc:
+        raise LayerProbeError(f"cannot load the model config: {str(exc).splitlines()[0]}", args.model) from None
+    names = parameter_names(model, advice)
+    text = "".join(n + "\n" for n in names)
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"wrote {args.output}: {len(names)} parameters of {len(advice)} entries {advice}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+COMMANDS = {"snapshot": cmd_snapshot, "compare": cmd_compare, "demo": cmd_demo,
+            "plot-trajectory": cmd_plot_trajectory, "freeze-list": cmd_freeze_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,77 @@
+"""Draw a training trajectory (``layerprobe_trajectory.csv``) — from the CSV only, never a model."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from .errors import LayerProbeError
+
+REQUIRED = ("step", "block", "cka_to_start", "cka_to_previous", "weight_drift")
+
+
+def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a trajectory CSV (a file, or a run directory that holds one).
+
+    Raises:
+        LayerProbeError: no such file, unreadable, missing columns or no rows.
+    """
+    from .track import TRAJECTORY_CSV
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, TRAJECTORY_CSV)
+    if not os.path.isfile(path):
+        raise LayerProbeError(f"no trajectory file (expected {TRAJECTORY_CSV} from LayerProbeCallback/Tracker)",
+                              path)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise LayerProbeError(f"cannot read the trajectory CSV: {exc}", path) from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise LayerProbeError(f"trajectory CSV lacks columns {missing}; found {list(df.columns)}", path)
+    if df.empty:
+        raise LayerProbeError("trajectory CSV has no rows", path)
+    for c in ("step", "cka_to_start", "weight_drift"):
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            raise LayerProbeError(f"trajectory column {c!r} is not numeric", path)
+    return df
+
+
+def plot_trajectory(df: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> str:
+    """Per-entry CKA to the start (left) and weight drift from the start (right) over steps.
+
+    Entries keep the model order of the CSV (embeddings first); colour goes from light (bottom)
+    to dark (top). Writes a PNG atomically and returns its path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .plots import save_figure
+
+    order = list(dict.fromkeys(df["block"]))
+    palette = dict(zip(order, sns.color_palette("viridis_r", len(order))))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in order:
+        d = df[df["block"] == name].sort_values("step")
+        axes[0].plot(d["step"], d["cka_to_start"], marker="o", ms=3, color=palette[name], label=name)
+        axes[1].plot(d["step"], d["weight_drift"], marker="o", ms=3, color=palette[name], label=name)
+    if "frozen" in df.columns:
+        first = df[df["frozen"].astype(str).str.lower() == "true"].groupby("block")["step"].min()
+        for name, step in first.items():
+            if step > df["step"].min():
+                axes[0].axvline(step, color=palette.get(name, "grey"), ls=":", lw=1)
+    axes[0].set(xlabel="step", ylabel="linear CKA to start (1 = unchanged)", title="representation")
+    axes[1].set(xlabel="step", ylabel="‖W − W₀‖ / ‖W₀‖ (0 = unchanged)", title="weight drift")
+    axes[0].legend(fontsize=8, loc="lower left")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
