@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="where to write the pair (default: a new folder under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the generated pair")
     ap.add_argument("--blocks", type=int)
+    ap.add_argument("--reuse", action="store_true", help="reuse a pair already in --workdir (implies --keep)")
     ap.add_argument("--results", help="folder for big_checkpoint.{md,json} "
                     "(default benchmarks/results in full mode, none with --quick)")
     args = ap.parse_args(argv)
@@ -263,18 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(workdir, exist_ok=True)
     need = sum(math.prod(shape) for _, shape, _ in tensor_specs(**cfg)) * 6  # 4 B (A) + 2 B (B)
     free = shutil.disk_usage(workdir).free
-    if need * 1.1 > free:
+    if need * 1.1 > free and not args.reuse:
         raise SystemExit(f"{workdir}: needs {need / GB:.1f} GB free, has {free / GB:.1f} GB")
     try:
         t0 = time.perf_counter()
-        a, b = generate_pair(workdir, **cfg)
+        if args.reuse and os.path.isfile(os.path.join(workdir, "b_bf16", "model.safetensors.index.json")):
+            a, b = os.path.join(workdir, "a_fp32"), os.path.join(workdir, "b_bf16")
+        else:
+            a, b = generate_pair(workdir, **cfg)
         gen_s = time.perf_counter() - t0
         r = run_benchmark(a, b)
         r["config"] = cfg
         r["generate_s"] = gen_s
         r["quick"] = args.quick
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({k: v for k, v in r.items() if k != "machine"}, indent=1))
     results = args.results or (None if args.quick else os.path.join(ROOT, "benchmarks", "results"))

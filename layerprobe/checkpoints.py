@@ -405,11 +405,44 @@ class _SafetensorsFile:
         self.keys = keys
         self.meta = meta
 
+    def _offsets(self) -> dict[str, tuple[int, int]]:
+        """``{name: (absolute start, end)}`` of each tensor's bytes, from the JSON header."""
+        cached = getattr(self, "_offsets_cache", None)
+        if cached is None:
+            with open(self.path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n).decode("utf-8"))
+            cached = {k: (8 + n + int(v["data_offsets"][0]), 8 + n + int(v["data_offsets"][1]))
+                      for k, v in header.items() if k != "__metadata__"}
+            self._offsets_cache = cached
+        return cached
+
     def get(self, name: str) -> torch.Tensor:
         if self._handle is None:
             raise LayerProbeError("checkpoint is closed", path=self.path)
         try:
-            return self._handle.get_tensor(name)
+            # A plain positioned read into a fresh buffer, not safe_open's memory map: the pages
+            # of a read tensor do not stay mapped in this process, so a streamed comparison of
+            # two big checkpoints holds only the tensors it is using (see docs, big checkpoints).
+            shape, dtype = self.meta[name]
+            start, end = self._offsets()[name]
+            numel = 1
+            for d in shape:
+                numel *= d
+            if end - start != numel * dtype.itemsize:
+                raise ValueError(f"{end - start} bytes for shape {shape} and dtype {dtype}")
+            out = torch.empty(shape, dtype=dtype)
+            if numel:
+                buf = memoryview(out.view(-1).view(torch.uint8).numpy())
+                with open(self.path, "rb", buffering=0) as f:
+                    f.seek(start)
+                    got = 0
+                    while got < len(buf):
+                        k = f.readinto(buf[got:])
+                        if not k:
+                            raise ValueError("unexpected end of file")
+                        got += k
+            return out
         except Exception as exc:
             raise LayerProbeError(
                 f"cannot read tensor {name!r} ({_one_line(exc, 120)})", path=self.path
