@@ -157,7 +157,7 @@ class FeatureCache:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureCache:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(os.fspath(path), framework="pt") as f:
@@ -165,7 +165,7 @@ class FeatureCache:
                 if meta.get("format") != "layerprobe-feature-cache":
                     raise LayerProbeError("not a layerprobe feature cache", path)
                 return cls(hidden=f.get_tensor("hidden"), offsets=f.get_tensor("offsets"), k=int(meta["k"]))
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, SafetensorError) as exc:
             if isinstance(exc, LayerProbeError):
                 raise
             raise LayerProbeError(f"cannot read the feature cache: {exc}", path) from None
