@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +27,15 @@ from torch import nn
 from ._version import __version__
 from .blocks import OTHER, Blocks, blocks_from_names
 from .errors import LayerProbeError
-from .metrics.cka import linear_cka
+from .metrics.cka import (
+    CKASubsampleWarning,
+    CKAUndefinedWarning,
+    bootstrap_cka,
+    cka_maps,
+    debiased_cka,
+    linear_cka,
+    rbf_cka,
+)
 from .metrics.drift import DriftAccumulator, param_group, update_rank
 from .recommend import Recommendation, Thresholds, recommend
 from .snapshot import Snapshot, take_snapshot
@@ -284,7 +293,7 @@ def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
                     and g not in ("embed.word", "embed.position", "embed.type")):
                 r = update_rank(t1.double() - t0.double())
                 if r is not None and (g not in ranks or t0.numel() > ranks[g]["numel"]):
-                    ranks[g] = {**r, "numel": t0.numel()}
+                    ranks[g] = {**r, "numel": t0.numel(), "param": rel}
         del t0, t1, t  # free this pair before the next is read: never two pairs in memory
     out = _result(total)
     if anatomy:
@@ -294,6 +303,7 @@ def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
             if g in ranks:
                 stats["stable_rank"] = ranks[g]["stable_rank"]
                 stats["rank90"] = ranks[g]["rank90"]
+                stats["rank_param"] = ranks[g]["param"]  # the group's largest matrix, whose ΔW was ranked
             out["groups"][g] = stats
     return out
 
@@ -316,11 +326,14 @@ class Comparison:
     recommendation: Recommendation
     meta: dict
     other: dict | None = None
+    cross_layer: dict | None = None
 
     def to_dict(self) -> dict:
         d = {"blocks": self.blocks, "recommendation": self.recommendation.to_dict(), "meta": self.meta}
         if self.other is not None:
             d["other"] = self.other
+        if self.cross_layer is not None:
+            d["cross_layer"] = self.cross_layer
         return _nan_to_none(d)
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -364,6 +377,13 @@ def compare(
     thresholds: Thresholds | None = None,
     anatomy: bool = True,
     progress: bool = False,
+    estimator: str = "linear",
+    ci: bool | None = None,
+    n_boot: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    cross_layer: bool = False,
+    on_undefined: str = "warn",
 ) -> Comparison:
     """Compare a base and a tuned model entry by entry and advise what could be frozen.
 
@@ -378,6 +398,20 @@ def compare(
         thresholds: the freeze rule's knobs.
         anatomy: also compute per-parameter-group drift and update ranks.
         progress: show progress bars.
+        estimator: ``"linear"`` (default; the freeze thresholds are calibrated for it),
+            ``"debiased"`` (unbiased HSIC₁) or ``"rbf"`` (median bandwidth, subsampled above
+            2048 rows). Recorded in ``meta["estimator"]``.
+        ci: bootstrap interval per entry (``"cka_ci": [low, high]``) from the cached
+            representations, resampling probe examples (whole examples for token rows). None
+            (default) = on when representations exist, the estimator is linear and there are at
+            most :data:`CI_AUTO_MAX_ROWS` rows (cheap there; see README benchmarks).
+        n_boot, ci_level, seed: bootstrap resamples, coverage and seed (deterministic; every
+            entry uses the same resamples).
+        cross_layer: also the linear CKA maps between every entry of A and every entry of B,
+            and within each model: top-level ``"cross_layer"`` in the JSON.
+        on_undefined: an entry whose representation is constant or non-finite gets
+            ``cka = nan`` and a :class:`CKAUndefinedWarning` naming it (``"warn"``), or raises
+            :class:`LayerProbeError` (``"raise"``, what the CLI uses).
 
     Returns:
         :class:`Comparison` with ``.to_frame()`` and ``.to_json()``.
@@ -411,11 +445,78 @@ def compare(
     if sa.representations and sa.meta.get("pooling"):  # the other side follows a snapshot's settings
         kw.update(pooling=sa.meta["pooling"], max_length=sa.meta["max_length"], max_tokens=sa.meta.get("max_tokens"))
     sb = resolve_side(b, texts, tokenizer, kw, label=None if not isinstance(b, Snapshot) else "B")
-    return compare_sides(sa, sb, thresholds=thresholds, anatomy=anatomy)
+    return compare_sides(sa, sb, thresholds=thresholds, anatomy=anatomy, estimator=estimator, ci=ci,
+                         n_boot=n_boot, ci_level=ci_level, seed=seed, cross_layer=cross_layer,
+                         on_undefined=on_undefined)
 
 
-def compare_sides(sa: Side, sb: Side, thresholds: Thresholds | None = None, anatomy: bool = True) -> Comparison:
-    """The pure core of :func:`compare` once both sides are resolved."""
+#: Estimators selectable with ``estimator=`` / ``--estimator``.
+ESTIMATORS = {"linear": linear_cka, "debiased": debiased_cka, "rbf": rbf_cka}
+
+#: ``ci=None`` turns the bootstrap on up to this many representation rows (the Gram matrices of
+#: the bootstrap are n×n; above this bootstrap_cka would subsample).
+CI_AUTO_MAX_ROWS = 2048
+
+
+def _rep_problem(r: torch.Tensor) -> str | None:
+    """Why a representation makes CKA undefined (non-finite or constant), or None."""
+    if r.shape[0] < 2:
+        return None  # bad input, not an undefined value: the validation below raises
+    if not bool(torch.isfinite(r).all()):
+        return "non-finite values (NaN/Inf) in the representations"
+    if not bool((r - r[:1]).abs().amax() > 0):
+        return "constant (zero-variance) representation"
+    return None
+
+
+def _find_undefined(sa: Side, sb: Side, names: list[str], on_undefined: str) -> dict[str, str]:
+    """Entries whose CKA is undefined, with a message naming the entry and side; warn or raise."""
+    out = {}
+    for name in names:
+        for side in (sa, sb):
+            why = _rep_problem(side.representations[name])
+            if why:
+                msg = f"{why} in {name} of {side.label}: CKA is undefined"
+                if on_undefined == "raise":
+                    raise LayerProbeError(msg)
+                warnings.warn(msg + "; cka = nan for this entry", CKAUndefinedWarning, stacklevel=3)
+                out[name] = msg
+                break
+    return out
+
+
+def _cross_layer(sa: Side, sb: Side, names: list[str]) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CKAUndefinedWarning)  # already reported per entry
+        m = cka_maps([sa.representations[n] for n in names], [sb.representations[n] for n in names])
+    return {"estimator": "linear", "names": list(names), "base_vs_tuned": m["xy"].tolist(),
+            "base": m["xx"].tolist(), "tuned": m["yy"].tolist()}
+
+
+def compare_sides(
+    sa: Side,
+    sb: Side,
+    thresholds: Thresholds | None = None,
+    anatomy: bool = True,
+    *,
+    estimator: str = "linear",
+    ci: bool | None = None,
+    n_boot: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    cross_layer: bool = False,
+    on_undefined: str = "warn",
+) -> Comparison:
+    """The pure core of :func:`compare` once both sides are resolved (same keywords)."""
+    if estimator not in ESTIMATORS:
+        raise LayerProbeError(f"unknown estimator {estimator!r}; expected one of {sorted(ESTIMATORS)}")
+    if on_undefined not in ("warn", "raise"):
+        raise LayerProbeError(f"on_undefined must be 'warn' or 'raise', got {on_undefined!r}")
+    if ci and estimator != "linear":
+        raise LayerProbeError(f"the bootstrap interval is implemented for the linear estimator only, "
+                              f"got estimator={estimator!r}")
+    if not 0.0 < ci_level < 1.0 or n_boot < 1:
+        raise LayerProbeError(f"need 0 < ci_level < 1 and n_boot >= 1, got {ci_level=}, {n_boot=}")
     _check_entries(sa, sb)
     reps_ok, why_not = True, None
     if not (sa.representations and sb.representations):
@@ -433,12 +534,17 @@ def compare_sides(sa: Side, sb: Side, thresholds: Thresholds | None = None, anat
                                       f"{sb.meta.get(key)!r} in {sb.label}")
     if sa.weights is None or sb.weights is None:
         raise LayerProbeError(f"{(sa if sa.weights is None else sb).label}: snapshot holds no weights")
+    names = [e["name"] for e in sa.meta["entries"]]
+    undefined = _find_undefined(sa, sb, names, on_undefined) if reps_ok else {}
     entries = []
     for e in sa.meta["entries"]:
         name = e["name"]
         stats = weight_stats(sa, sb, name, anatomy)
         row = {"index": e["index"], "name": name, "kind": e["kind"], "cka": None}
-        if reps_ok:
+        if reps_ok and name in undefined:
+            row["cka"] = float("nan")
+            row["cka_undefined"] = undefined[name]
+        elif reps_ok:
             ra, rb = sa.representations[name], sb.representations[name]
             for label, r in ((sa.label, ra), (sb.label, rb)):
                 if not torch.isfinite(r).all():
@@ -449,9 +555,31 @@ def compare_sides(sa: Side, sb: Side, thresholds: Thresholds | None = None, anat
                 if not bool((r.double() - r[:1].double()).abs().amax() > 0):
                     raise LayerProbeError(f"constant (zero-variance) representations of {name}: every probe "
                                           f"example gives the same vector, so CKA is undefined", label)
-            row["cka"] = linear_cka(ra, rb)
+            row["cka"] = ESTIMATORS[estimator](ra, rb)
         row.update(stats)
         entries.append(row)
+    n_rows = next(iter(sa.representations.values())).shape[0] if reps_ok else 0
+    do_ci = bool(reps_ok and estimator == "linear" and (ci if ci is not None else n_rows <= CI_AUTO_MAX_ROWS))
+    ci_meta = None
+    if do_ci:
+        groups = sa.token_examples.numpy() if sa.token_examples is not None else None
+        subsampled = False
+        for row in entries:
+            if row["name"] in undefined:
+                row["cka_ci"] = [float("nan"), float("nan")]
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", CKASubsampleWarning)
+                row["cka_ci"] = list(bootstrap_cka(sa.representations[row["name"]], sb.representations[row["name"]],
+                                                   n_boot=n_boot, level=ci_level, seed=seed, groups=groups))
+            subsampled |= any(issubclass(w.category, CKASubsampleWarning) for w in caught)
+        ci_meta = {"method": "percentile bootstrap over probe examples (same resamples for every entry)",
+                   "n_boot": n_boot, "level": ci_level, "seed": seed,
+                   "resample_unit": "example (all its token rows)" if groups is not None else "example",
+                   "subsampled": subsampled}
+    xmap = None
+    if cross_layer and reps_ok:
+        xmap = _cross_layer(sa, sb, names)
     other = None
     if OTHER in sa.weights.index and OTHER in sb.weights.index:
         pairs = _match_params(sa, sb, OTHER)
@@ -464,10 +592,18 @@ def compare_sides(sa: Side, sb: Side, thresholds: Thresholds | None = None, anat
     rec = recommend(entries, thresholds, other_params=other_params)
     if not reps_ok:
         rec.notes.insert(0, f"CKA not computed: {why_not}")
+        if cross_layer:
+            rec.notes.append(f"cross-layer maps not computed: {why_not}")
+    for msg in undefined.values():
+        rec.notes.append(msg)
+    if reps_ok and estimator != "linear":
+        rec.notes.append(f"estimator {estimator}: the freeze thresholds were calibrated for linear CKA")
     meta = {
         "layerprobe_version": __version__,
         "inputs": {"a": sa.label, "b": sb.label},
         "cka_computed": reps_ok,
+        "estimator": estimator,
+        "ci": ci_meta,
         "cka_missing_reason": why_not,
         "n_examples": sa.meta.get("n_examples") if reps_ok else None,
         "pooling": sa.meta.get("pooling") if reps_ok else None,
@@ -476,4 +612,4 @@ def compare_sides(sa: Side, sb: Side, thresholds: Thresholds | None = None, anat
         "model_class": {"a": sa.meta.get("model_class"), "b": sb.meta.get("model_class")},
         "torch_version": torch.__version__.split("+")[0],
     }
-    return Comparison(entries, rec, meta, other)
+    return Comparison(entries, rec, meta, other, xmap)

@@ -44,7 +44,9 @@ def plot_blocks(result: dict, path: str | os.PathLike, title: str | None = None)
     if df["cka"].notna().any():
         ax.bar(x, df["cka"].fillna(0), color=[palette[f] for f in df["frozen"]])
         if df["cka_low"].notna().any():
-            err = [df["cka"] - df["cka_low"], df["cka_high"] - df["cka"]]
+            # a percentile interval may sit just beside the point estimate (rounding, or CKA
+            # near 1): draw the bar to the interval's end, never a negative length
+            err = [(df["cka"] - df["cka_low"]).clip(lower=0), (df["cka_high"] - df["cka"]).clip(lower=0)]
             ax.errorbar(x, df["cka"], yerr=err, fmt="none", ecolor="black", capsize=3)
         thr = result["recommendation"]["thresholds"].get("min_cka")
         if thr is not None:
@@ -65,4 +67,31 @@ def plot_blocks(result: dict, path: str | os.PathLike, title: str | None = None)
     fig.legend(handles=handles, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.05))
     if title:
         fig.suptitle(title, y=1.1)
+    return save_figure(fig, path)
+
+
+def plot_cross_layer(result: dict, path: str | os.PathLike, title: str | None = None) -> str:
+    """Three heatmaps from a comparison dict's ``"cross_layer"``: A vs B, within A, within B.
+
+    Drawn from the saved result only (``Comparison.to_dict()`` or the JSON); undefined cells
+    (null) are left blank.
+    """
+    import numpy as np
+
+    x = result["cross_layer"]
+    names = x["names"]
+    panels = [("base_vs_tuned", "base (rows) vs tuned (columns)"), ("base", "within base"),
+              ("tuned", "within tuned")]
+    sns.set_theme(style="white", context="notebook")
+    size = max(3.5, 0.35 * len(names) + 1.5)
+    fig, axes = plt.subplots(1, 3, figsize=(3 * size + 1.5, size))
+    for ax, (key, label) in zip(axes, panels):
+        m = np.array([[np.nan if v is None else v for v in row] for row in x[key]], dtype=float)
+        sns.heatmap(m, ax=ax, vmin=0.0, vmax=1.0, cmap="viridis", square=True, cbar=key == "tuned",
+                    xticklabels=names, yticklabels=names if key == "base_vs_tuned" else False,
+                    cbar_kws={"label": "linear CKA (1 = same)"} if key == "tuned" else None)
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=90)
+    if title:
+        fig.suptitle(title)
     return save_figure(fig, path)

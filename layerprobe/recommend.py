@@ -71,7 +71,7 @@ def _qualifies(entry: dict, t: Thresholds, basis: str) -> tuple[bool, str]:
         ci = entry.get("cka_ci")
         use_low = t.use_interval and ci and ci[0] is not None and math.isfinite(ci[0])
         value = ci[0] if use_low else cka
-        what = f"{_fmt_cka(entry)}: lower bound" if use_low else _fmt_cka(entry)
+        what = f"{_fmt_cka(entry)}: lower bound {value:.3f}" if use_low else _fmt_cka(entry)
         ok = value >= t.min_cka
         parts.append(f"{what} {'>=' if ok else '<'} {t.min_cka}")
     if t.max_drift is not None:

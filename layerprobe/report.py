@@ -92,3 +92,24 @@ def render(c: Comparison, fmt: str) -> str:
     if fmt == "markdown":
         return to_markdown(c)
     raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+
+
+def cross_layer_csv(result: dict) -> str:
+    """The cross-layer maps of a comparison dict in long form: ``map,row,column,cka``.
+
+    ``map`` is ``base_vs_tuned`` (row: entry of A, column: entry of B), ``base`` or ``tuned``;
+    an undefined value is an empty cell.
+
+    >>> d = {"cross_layer": {"names": ["e", "b0"], "base_vs_tuned": [[1.0, 0.5], [0.4, None]],
+    ...      "base": [[1.0, 0.3], [0.3, 1.0]], "tuned": [[1.0, 0.2], [0.2, 1.0]]}}
+    >>> cross_layer_csv(d).splitlines()[:3]
+    ['map,row,column,cka', 'base_vs_tuned,e,e,1', 'base_vs_tuned,e,b0,0.5']
+    """
+    x = result["cross_layer"]
+    names = x["names"]
+    lines = ["map,row,column,cka"]
+    for key in ("base_vs_tuned", "base", "tuned"):
+        for i, row in enumerate(x[key]):
+            for j, v in enumerate(row):
+                lines.append(f"{key},{names[i]},{names[j]},{'' if v is None else format(v, '.10g')}")
+    return "\n".join(lines) + "\n"
