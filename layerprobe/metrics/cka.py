@@ -85,6 +85,16 @@ def _as_f64(x, name: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def _as_f64_owned(x, name: str) -> tuple[torch.Tensor, bool]:
+    """:func:`_as_f64` plus whether the result is a private copy (safe to modify in place)."""
+    t = _as_f64(x, name)
+    if isinstance(x, torch.Tensor):
+        return t, t.data_ptr() != x.data_ptr()
+    if isinstance(x, np.ndarray):
+        return t, not np.may_share_memory(t.numpy(), x)
+    return t, True
+
+
 def _check_2d(x: torch.Tensor, name: str) -> None:
     if x.ndim != 2:
         raise LayerProbeError(
@@ -115,26 +125,34 @@ def _constant_columns(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return (hi - lo) <= 8.0 * _EPS * scale
 
 
-def _centre(x: torch.Tensor) -> torch.Tensor:
+def _centre(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Column-centre ``x`` stably: subtract the mean, then the mean of the residual.
 
     Columns that are constant up to rounding become exactly zero, so a constant representation
-    is detected as such instead of producing a number from rounding noise.
+    is detected as such instead of producing a number from rounding noise. With ``inplace``
+    ``x`` itself is overwritten (no n×d allocation: large inputs spend much of their time in
+    page faults of fresh buffers).
     """
-    xc = x - x.mean(dim=0, keepdim=True)
-    xc -= xc.mean(dim=0, keepdim=True)
+    const = None
     if x.shape[0] > 0 and x.shape[1] > 0:
-        const = _constant_columns(x.amin(dim=0), x.amax(dim=0))
-        if bool(const.any()):
-            xc[:, const] = 0.0
+        lo, hi = torch.aminmax(x, dim=0)
+        const = _constant_columns(lo, hi)
+    mean = x.mean(dim=0, keepdim=True)
+    xc = x.sub_(mean) if inplace else x - mean
+    xc -= xc.mean(dim=0, keepdim=True)
+    if const is not None and bool(const.any()):
+        xc[:, const] = 0.0
     return xc
 
 
-def _prepare(x: torch.Tensor, name: str) -> tuple[torch.Tensor | None, str | None]:
-    """Centre and scale to unit Frobenius norm (CKA is scale invariant), or say why undefined."""
+def _prepare(x: torch.Tensor, name: str, inplace: bool = False) -> tuple[torch.Tensor | None, str | None]:
+    """Centre and scale to unit Frobenius norm (CKA is scale invariant), or say why undefined.
+
+    With ``inplace`` the caller's private copy ``x`` is reused as the output buffer.
+    """
     # NaN/Inf anywhere propagates into the column means and so into the norm (Inf − Inf = NaN):
     # checking the norm replaces a separate full pass over x.
-    xc = _centre(x)
+    xc = _centre(x, inplace)
     norm = torch.linalg.vector_norm(xc)
     if not math.isfinite(float(norm)) or not bool(torch.isfinite(x.sum(dim=0)).all()):
         return None, f"{name} contains NaN or Inf"
@@ -232,10 +250,10 @@ def linear_cka(x, y) -> float:
     >>> 0.0 < linear_cka(x, np.tanh(x @ rng.standard_normal((8, 4)))) < 1.0
     True
     """
-    x, y = _as_f64(x, "x"), _as_f64(y, "y")
+    (x, own_x), (y, own_y) = _as_f64_owned(x, "x"), _as_f64_owned(y, "y")
     _check_pair(x, y, 2, "linear_cka")
-    xc, why_x = _prepare(x, "x")
-    yc, why_y = _prepare(y, "y")
+    xc, why_x = _prepare(x, "x", inplace=own_x)
+    yc, why_y = _prepare(y, "y", inplace=own_y)
     if why_x or why_y:
         return _undefined("; ".join(w for w in (why_x, why_y) if w))
     n, d1 = xc.shape
@@ -725,7 +743,8 @@ def _map_operands(items, name: str, gram: bool, reasons: list[str]) -> list:
     and its self-product formed exactly once; the float64 copy of the input is not kept."""
     out = []
     for i, t in enumerate(items):
-        tc, why = _prepare(_as_f64(t, f"{name}[{i}]"), f"{name}[{i}]")
+        tf, own = _as_f64_owned(t, f"{name}[{i}]")
+        tc, why = _prepare(tf, f"{name}[{i}]", inplace=own)
         if why:
             reasons.append(why)
             out.append(None)
