@@ -103,6 +103,7 @@ def _positive(args, *names) -> None:
 
 
 def cmd_snapshot(args) -> int:
+    from ._atomic import ensure_writable_dir
     from .compare import _load_hf_dir
     from .probe import read_probe_texts
     from .snapshot import take_snapshot
@@ -110,6 +111,7 @@ def cmd_snapshot(args) -> int:
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
     if not os.path.isdir(args.model):
         raise LayerProbeError("expected a Hugging Face model directory", args.model)
+    ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))  # fail before any work
     texts = read_probe_texts(args.probe, text_column=args.text_column, max_examples=args.max_examples)
     model, tok = _load_hf_dir(args.model)
     if tok is None:
