@@ -261,3 +261,18 @@ def test_plot_cross_layer_from_dict_only(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CKAUndefinedWarning)
         assert plot_cross_layer(d, tmp_path / "x.png").endswith("x.png")
+
+
+def test_linear_cka_never_modifies_its_input():
+    import torch
+
+    rng = np.random.default_rng(0)
+    x64 = rng.standard_normal((30, 4)) + 5.0
+    t64 = torch.from_numpy(x64.copy())
+    t32 = t64.float()
+    before = [x64.copy(), t64.clone(), t32.clone()]
+    linear_cka(x64, t64)
+    linear_cka(t32, t64)
+    cka_matrix([x64, t32, t64])
+    for a, b in zip([x64, t64, t32], before):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
