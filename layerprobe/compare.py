@@ -285,8 +285,7 @@ def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
         for name, t in ((a.label, t0), (b.label, t1)):
             if not _all_finite(t):
                 raise LayerProbeError(f"non-finite values (NaN/Inf) in parameter {entry}/{rel}", name)
-        total.add(rel, t0, t1)
-        if anatomy:
+        if anatomy:  # each tensor is read and summed once: the block total merges its groups
             g = param_group(rel)
             groups.setdefault(g, DriftAccumulator()).add(rel, t0, t1)
             if (t0.dim() >= 2 and t0.numel() <= RANK_MAX_NUMEL
@@ -294,7 +293,11 @@ def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
                 r = update_rank(t1.double() - t0.double())
                 if r is not None and (g not in ranks or t0.numel() > ranks[g]["numel"]):
                     ranks[g] = {**r, "numel": t0.numel(), "param": rel}
+        else:
+            total.add(rel, t0, t1)
         del t0, t1, t  # free this pair before the next is read: never two pairs in memory
+    for acc in groups.values():
+        total.merge(acc)
     out = _result(total)
     if anatomy:
         out["groups"] = {}

@@ -85,7 +85,8 @@ def test_hf_dirs_with_probe_and_weights_only(tmp_path, tokenizer, texts):
     assert c.blocks[-1]["cka"] < 0.9999
     w = compare(str(da), str(db))
     assert not w.meta["cka_computed"] and "no probe given" in w.meta["cka_missing_reason"]
-    assert [e["weight_drift"] for e in w.blocks] == [e["weight_drift"] for e in c.blocks]
+    # same numbers; only the summation order differs (file order vs model order)
+    assert [e["weight_drift"] for e in w.blocks] == pytest.approx([e["weight_drift"] for e in c.blocks], rel=1e-12)
     assert all(e["cka"] is None for e in w.blocks)
     assert w.recommendation.freeze == [] and "CKA not computed" in w.recommendation.notes[0]
     # the head (classifier, pooler) is reported outside the blocks, not as a mismatch

@@ -144,6 +144,25 @@ class DriftAccumulator:
         self.n_params += int(a.numel())
         self.n_tensors += 1
 
+    def merge(self, other: DriftAccumulator) -> DriftAccumulator:
+        """Fold another accumulator's sums into this one (e.g. parameter groups into a block).
+
+        >>> a, b = DriftAccumulator(), DriftAccumulator()
+        >>> a.add("a", torch.tensor([3.0, 0.0]), torch.tensor([3.0, 4.0]))
+        >>> b.add("b", torch.tensor([4.0]), torch.tensor([4.0]))
+        >>> a.merge(b).result()["weight_drift"]
+        0.8
+        """
+        self.sq_delta += other.sq_delta
+        self.sq_w0 += other.sq_w0
+        self.sq_w1 += other.sq_w1
+        self.dot += other.dot
+        if math.isnan(other.max_abs) or other.max_abs > self.max_abs:
+            self.max_abs = other.max_abs
+        self.n_params += other.n_params
+        self.n_tensors += other.n_tensors
+        return self
+
     def result(self) -> dict:
         """Return ``{"weight_drift", "cosine", "max_abs_change", "n_params"}``."""
         if self.sq_w0 > 0.0:
