@@ -878,15 +878,19 @@ def _weighted_linear_cka(k: torch.Tensor, l_: torch.Tensor, w: torch.Tensor) -> 
     Returns:
         shape (B,); nan where a resample's representation is constant.
     """
+    n = k.shape[0]
     total = w.sum(dim=1)
-    kw, lw = w @ k, w @ l_
+    # One GEMM against [K∘L | K∘K | L∘L | K | L] instead of five (about 2x faster).
+    p = w @ torch.cat([k * l_, k * k, l_ * l_, k, l_], dim=1)
+    q_kl, q_kk, q_ll = ((p[:, i * n:(i + 1) * n] * w).sum(dim=1) for i in range(3))
+    kw, lw = p[:, 3 * n:4 * n], p[:, 4 * n:]
     wkw, wlw = (w * kw).sum(dim=1), (w * lw).sum(dim=1)
-    hxy = ((w @ (k * l_)) * w).sum(dim=1) - 2.0 * (w * kw * lw).sum(dim=1) / total + wkw * wlw / total**2
-    hxx = ((w @ (k * k)) * w).sum(dim=1) - 2.0 * (w * kw * kw).sum(dim=1) / total + wkw**2 / total**2
-    hyy = ((w @ (l_ * l_)) * w).sum(dim=1) - 2.0 * (w * lw * lw).sum(dim=1) / total + wlw**2 / total**2
+    hxy = q_kl - 2.0 * (w * kw * lw).sum(dim=1) / total + wkw * wlw / total**2
+    hxx = q_kk - 2.0 * (w * kw * kw).sum(dim=1) / total + wkw**2 / total**2
+    hyy = q_ll - 2.0 * (w * lw * lw).sum(dim=1) / total + wlw**2 / total**2
     den = torch.sqrt(hxx * hyy)
     # Relative floor: a resample whose centred data vanish (e.g. one distinct row) is undefined.
-    scale = torch.sqrt(((w @ (k * k)) * w).sum(dim=1) * ((w @ (l_ * l_)) * w).sum(dim=1))
+    scale = torch.sqrt(q_kk * q_ll)
     ok = (hxx > 0) & (hyy > 0) & (den > 1e-12 * scale)
     out = torch.full_like(hxy, float("nan"))
     out[ok] = (hxy[ok] / den[ok]).clamp(0.0, 1.0)
@@ -979,7 +983,7 @@ def bootstrap_cka(
     k, l_ = xc @ xc.T, yc @ yc.T
     gid_t = torch.from_numpy(gid)
     values = []
-    chunk = max(1, min(n_boot, 2**22 // max(n, 1)))
+    chunk = max(1, min(n_boot, 2**22 // max(5 * n, 1)))  # the (chunk × 5n) product stays ≤ 32 MB
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         draws = rng.integers(0, n_groups, size=(b, n_groups))
