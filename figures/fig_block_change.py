@@ -15,7 +15,7 @@ import seaborn as sns
 def main() -> None:
     a = C.parse("fig_block_change", __doc__)
     adv = C.read_json(os.path.join(a.results, "advice.json"))
-    tasks = C.tasks_in(a.results)
+    tasks = [t for t in C.tasks_in(a.results) if C.comparisons(a.results, t)]
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.6 * len(tasks)), squeeze=False)
     for row, task in zip(axes, tasks):
@@ -26,6 +26,8 @@ def main() -> None:
         info = adv["tasks"][task]
         n_default = _n_frozen(info["default"]["config"])
         calib = info.get("calibrated")
+        if calib and calib["min_cka"] == 0.95:
+            calib = None  # the default was kept: nothing else to mark
         colors = ["#4C72B0" if i < n_default else "#DD8452" for i in range(len(names))]
         for ax, metric, label in ((row[0], "cka", "linear CKA base vs tuned (1 = unchanged)"),
                                   (row[1], "weight_drift", "relative weight drift ‖ΔW‖/‖W₀‖")):
