@@ -178,3 +178,27 @@ def test_cli_plot_trajectory_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "lacks columns" in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "layerprobe_trajectory.png")
+
+
+@pytest.mark.slow
+def test_real_minilm_trainer_callback_policy_and_cache(tmp_path):
+    """The shipped MiniLM-L6 with the Trainer (callback + policy) and the feature cache."""
+    from layerprobe.demo import DemoConfig, default_model_path, load_classifier, split_rotten_tomatoes
+    from layerprobe.feature_cache import build_cache, cached_logits
+
+    train, _, probe = split_rotten_tomatoes(DemoConfig(train_size=24, test_size=50, probe_size=16))
+    model, tok = load_classifier(default_model_path(), 2, seed=0)
+    texts = train["text"].tolist()
+    policy = FreezePolicy(threshold=1.0, patience=1)  # freezes at the first decision: exercises the path
+    cb = LayerProbeCallback(tokenizer=tok, probe_texts=probe["text"].tolist(), every_n_steps=1, max_length=32,
+                            freeze_policy=policy)
+    _trainer(model, tok, texts, tmp_path, cb, steps=2).train()
+    df = pd.read_csv(tmp_path / TRAJECTORY_CSV)
+    assert sorted(df["step"].unique()) == [0, 1, 2] and df["block"].nunique() == 7
+    assert policy.frozen == ["embeddings"] + [f"block.{i}" for i in range(5)]
+    cache = build_cache(model, tok, texts[:8], 3, max_length=32, progress=False)
+    from layerprobe.batching import collate, encode
+
+    with torch.no_grad():
+        full = model.eval()(**collate(encode(tok, texts[:8], 32), tok.pad_token_id)).logits
+    assert torch.allclose(cached_logits(model, cache), full, atol=1e-4)
