@@ -443,23 +443,40 @@ def main(argv=None) -> int:
                 "bottom_half_rule": "embeddings + bottom 3 of 6 blocks frozen", "torch_threads": 1,
                 "time_measure": "train_cpu_seconds (process CPU time of fine_tune) for time saved; "
                                 "train_seconds (wall) also recorded",
-                "order": "seed 0 all configs; then full, emb+3, emb+4, emb+5 for seeds 1,2; then the rest"}
+                "order": "seed 0 all configs; then per seed full + its advised config; then emb+3, emb+4; then the rest"}
     from tqdm.auto import tqdm
 
     import torch
 
     torch.set_num_threads(1)  # the machine is shared: 1 thread avoids oversubscription; CPU time stays clean
-    # priority order, so partial results are already useful: seed 0 of every task and config, then the
-    # configs the comparisons need (full, emb+3 bottom half, emb+4 top quarter, emb+5) for the other
-    # seeds, then the rest
-    key = {(False, 0): 0, (True, 3): 1, (True, 4): 2, (True, 5): 3}
-    plan = [(s, t, c) for s in seeds[:1] for t in tasks for c in configs]
-    plan += [(s, t, c) for s in seeds[1:] for t in tasks for c in sorted(configs, key=lambda c: key.get(c, 9)) if c in key]
-    plan += [(s, t, c) for s in seeds[1:] for t in tasks for c in configs if c not in key]
+    # priority order, so partial results are already useful: seed 0 of every task and config; then for
+    # the other seeds the full run and, right after it, the config that seed's own advice picks (read
+    # from the comparison the full run just saved); then bottom half (emb+3) and top quarter (emb+4);
+    # then the rest. Cached runs are skipped, so a rerun resumes.
+    def advised(task: str, seed: int) -> list[tuple[bool, int]]:
+        c = load_comparisons(out, task).get(seed)
+        return [advice_to_config(recommend(c["blocks"], Thresholds()).freeze)] if c else []
+
+    def plan_iter():
+        for s in seeds[:1]:
+            for t in tasks:
+                yield from ((s, t, c) for c in configs)
+        for s in seeds[1:]:
+            for t in tasks:
+                if (False, 0) in configs:
+                    yield s, t, (False, 0)
+                yield from ((s, t, c) for c in advised(t, s) if c in configs)
+        for s in seeds[1:]:
+            for t in tasks:
+                yield from ((s, t, c) for c in [(True, 3), (True, 4)] if c in configs)
+        for s in seeds[1:]:
+            for t in tasks:
+                yield from ((s, t, c) for c in configs)
+
     data_cache: dict = {}
-    if a.report_only:
-        plan = []
-    bar = tqdm(plan, desc="freeze study", unit="run", disable=a.no_progress)
+    plan = [] if a.report_only else plan_iter()
+    bar = tqdm(plan, desc="freeze study", unit="run", disable=a.no_progress,
+               total=None if a.report_only else len(seeds) * len(tasks) * len(configs))
     for seed, task, (emb, k) in bar:
         b = budgets[task]
         path = os.path.join(cache, task, f"{config_name(emb, k)}_seed{seed}.json")
