@@ -15,6 +15,8 @@ and records, per entry (embeddings and each block, names as in ``compare``):
 * ``weight_drift`` — ‖W_t − W_0‖/‖W_0‖ over the entry's parameters (distance, 0 = unchanged).
   The start weights are copied to CPU once; drift is accumulated tensor by tensor in float64
   chunks (:class:`layerprobe.metrics.drift.DriftAccumulator`), never as a second full copy;
+* ``frozen`` — whether every parameter of the entry has ``requires_grad=False`` after this
+  check (and after the policy's decision at it);
 * ``track_seconds`` — wall time this check took (probe + CKA + drift + policy), and
   ``track_seconds_total`` — the running total, so the overhead is visible in the file.
 
@@ -351,19 +353,20 @@ class Tracker:
         if first:
             self._start_reps = reps
         drift = self._drift()
-        frozen = {n for n in self.blocks.names
-                  if all(not p.requires_grad for _, p in self._entry_params()[n])}
         rows, changes = [], {}
         for name in self.blocks.names:
             to_start = linear_cka(self._start_reps[name], reps[name])
             to_prev = math.nan if first else linear_cka(self._prev_reps[name], reps[name])
             changes[name] = 1.0 - to_prev
             rows.append({"step": int(step), "block": name, "cka_to_start": to_start, "cka_to_previous": to_prev,
-                         "change": 1.0 - to_prev, "weight_drift": drift[name], "frozen": name in frozen})
+                         "change": 1.0 - to_prev, "weight_drift": drift[name]})
         self._prev_reps = reps
         self.last_step = int(step)
         if self.policy is not None and not first:
             self.policy.decide(step, changes, self.model, self.blocks)
+        params = self._entry_params()  # frozen = state after this check's policy decision
+        for r in rows:
+            r["frozen"] = all(not p.requires_grad for _, p in params[r["block"]])
         seconds = time.perf_counter() - t0
         self.seconds_total += seconds
         for r in rows:
