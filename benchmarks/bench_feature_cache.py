@@ -41,13 +41,14 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--k", type=int, nargs="+", default=[2])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     if args.smoke:
         args.train, args.test, args.epochs, args.k, args.repeats = 64, 32, 1.0, [2], 1
     train, test, _ = split_rotten_tomatoes(DemoConfig(train_size=args.train, test_size=args.test, probe_size=64))
     texts, labels = train["text"].tolist(), train["label"].tolist()
-    cfg = TrainConfig(epochs=args.epochs, batch_size=32, max_length=64, seed=0)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, max_length=64, seed=0)
     runs = []
     for r in range(args.repeats):
         for k in args.k:
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
                 runs.append(row)
                 print(json.dumps(row), flush=True)
     summary = {"train_examples": args.train, "test_examples": args.test, "epochs": args.epochs,
-               "batch_size": 32, "max_length": 64, "repeats": args.repeats, "per_k": {}, "runs": runs}
+               "batch_size": 32, "max_length": 64, "lr": args.lr, "repeats": args.repeats, "per_k": {}, "runs": runs}
     for k in args.k:
         med = {v: {key: statistics.median(x[key] for x in runs if x["k"] == k and x["variant"] == v)
                    for key in ("seconds_per_epoch", "total_seconds", "accuracy", "build_seconds")}

@@ -43,13 +43,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=1e-4)
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--static-k", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     if args.smoke:
         args.train, args.test, args.every = 96, 32, 1
     train, test, probe = split_rotten_tomatoes(DemoConfig(train_size=args.train, test_size=args.test, probe_size=64))
     texts, labels = train["text"].tolist(), train["label"].tolist()
-    cfg = TrainConfig(epochs=1.0, batch_size=32, max_length=64, seed=0)
+    cfg = TrainConfig(epochs=1.0, lr=args.lr, batch_size=32, max_length=64, seed=0)
     runs, log = [], None
     for variant in ("full", "static", "online"):
         model, tok = load_classifier(default_model_path(), 2, seed=0)
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
                 tracker.write_csv(os.path.join(RESULTS, "online_freeze_trajectory.csv"))
         runs.append(row)
         print(json.dumps(row), flush=True)
-    summary = {"train_examples": args.train, "test_examples": args.test, "epochs": 1.0, "batch_size": 32,
+    summary = {"train_examples": args.train, "test_examples": args.test, "epochs": 1.0, "lr": args.lr, "batch_size": 32,
                "every_n_steps": args.every, "threshold": args.threshold, "patience": args.patience,
                "static_k": args.static_k, "runs": runs}
     if not args.smoke:
