@@ -558,7 +558,16 @@ def compare_sides(
                 if not bool((r.double() - r[:1].double()).abs().amax() > 0):
                     raise LayerProbeError(f"constant (zero-variance) representations of {name}: every probe "
                                           f"example gives the same vector, so CKA is undefined", label)
-            row["cka"] = ESTIMATORS[estimator](ra, rb)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", CKAUndefinedWarning)
+                row["cka"] = ESTIMATORS[estimator](ra, rb)
+            if not math.isfinite(row["cka"]):  # e.g. rbf: zero median distance; debiased: HSIC₁ <= 0
+                why = next((str(w.message) for w in caught if issubclass(w.category, CKAUndefinedWarning)), "nan")
+                msg = f"{estimator} CKA of {name} is undefined ({why.split('; returning')[0]})"
+                if on_undefined == "raise":
+                    raise LayerProbeError(msg)
+                warnings.warn(msg + "; cka = nan for this entry", CKAUndefinedWarning, stacklevel=2)
+                row["cka_undefined"] = undefined[name] = msg
         row.update(stats)
         entries.append(row)
     n_rows = next(iter(sa.representations.values())).shape[0] if reps_ok else 0

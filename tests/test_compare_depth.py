@@ -276,3 +276,32 @@ def test_linear_cka_never_modifies_its_input():
     cka_matrix([x64, t32, t64])
     for a, b in zip([x64, t64, t32], before):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_estimator_nan_is_named_never_silent(snaps):
+    a, b = snaps
+    # rows duplicated so that more than half the pairwise distances are 0: rbf bandwidth undefined
+    a2, b2 = copy.copy(a), copy.copy(b)
+    a2.representations = {k: v.clone() for k, v in a.representations.items()}
+    b2.representations = {k: v.clone() for k, v in b.representations.items()}
+    for s in (a2, b2):
+        r = s.representations["block.2"]
+        r[1:] = r[0]
+        r[-1] += 1.0
+    with pytest.warns(CKAUndefinedWarning, match=r"rbf CKA of block\.2 is undefined"):
+        c = compare(a2, b2, estimator="rbf")
+    assert math.isnan(c.blocks[3]["cka"]) and "block.2" in c.blocks[3]["cka_undefined"]
+    with pytest.raises(LayerProbeError, match=r"block\.2"):
+        compare(a2, b2, estimator="rbf", on_undefined="raise")
+
+
+def test_cli_token_level_ci_and_cross_layer(token_snaps, tmp_path, capsys):
+    a, b = token_snaps
+    a.save(tmp_path / "A.pt")
+    b.save(tmp_path / "B.pt")
+    rc = main(["compare", str(tmp_path / "A.pt"), str(tmp_path / "B.pt"), "--quiet", "--cross-layer",
+               "--n-boot", "100", "--format", "json"])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and d["meta"]["pooling"] == "tokens"
+    assert "token" in d["meta"]["ci"]["resample_unit"] and all(len(e["cka_ci"]) == 2 for e in d["blocks"])
+    assert d["cross_layer"]["names"] == NAMES and len(d["cross_layer"]["base"]) == len(NAMES)
