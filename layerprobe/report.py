@@ -26,6 +26,8 @@ def _rows(c: Comparison) -> list[list[str]]:
         groups = e.get("groups") or {}
         moved = {g: v.get("weight_drift") or 0.0 for g, v in groups.items()}
         top = max(moved, key=moved.get) if moved and max(moved.values()) > 0 else "—"
+        if top != "—" and groups[top].get("rank90") is not None:  # LoRA-rank hint of its update
+            top += f" (rank90 {groups[top]['rank90']})"
         rows.append([
             e["name"], cka, _num(e["weight_drift"], ".4f"), _num(e["weight_cosine"], ".5f"),
             f"{e['n_params']:,}", top, "FREEZE" if e["name"] in freeze else "train",
@@ -34,6 +36,8 @@ def _rows(c: Comparison) -> list[list[str]]:
 
 
 HEADER = ["entry", "CKA", "drift", "cosine", "params", "most-moved group", "advice"]
+#: "most-moved group" shows the parameter group with the largest relative drift and, for weight
+#: matrices, the rank holding 90% of its update's energy (``groups`` in the JSON has the rest).
 
 
 def to_table(c: Comparison) -> str:

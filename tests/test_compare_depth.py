@@ -218,6 +218,10 @@ def test_groups_carry_ranks_and_rank_param(snaps, tmp_path, capsys):
     c = compare(a, b, ci=False)
     g = c.blocks[-1]["groups"]["attn.q"]
     assert g["rank90"] >= 1 and g["stable_rank"] >= 1.0 and g["rank_param"].endswith("query.weight")
+    from layerprobe.report import render
+
+    g["weight_drift"] = 10.0  # make it the most-moved group: the table shows it with its rank
+    assert f"attn.q (rank90 {g['rank90']})" in render(c, "table")
     a.save(tmp_path / "A.pt")
     b.save(tmp_path / "B.pt")
     out = tmp_path / "out"
