@@ -22,7 +22,6 @@ checkpoints) as an encoder with absolute positions. Anything else raises
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +34,6 @@ from tqdm.auto import tqdm
 from ._atomic import atomic_write_bytes
 from .batching import collate, encode, pad_id
 from .errors import LayerProbeError
-from .freeze import trainable_parameters
 
 __all__ = ["FeatureCache", "build_cache", "cached_logits", "check_supported", "prefix_forward",
            "suffix_forward", "train_on_cache"]
@@ -242,7 +240,7 @@ def train_on_cache(model: nn.Module, cache: FeatureCache, labels: Sequence[int],
         ``{"seconds", "steps", "trainable_params", "peak_rss_mb", "final_loss", "cache_mb"}``
         (``seconds`` excludes the cache build; see ``cache.build_seconds``).
     """
-    from .train import TrainConfig, _reset_peak_rss, peak_rss_mb, seed_everything
+    from .train import TrainConfig, train_loop
 
     config = config or TrainConfig()
     check_supported(model, cache.k)
@@ -254,50 +252,11 @@ def train_on_cache(model: nn.Module, cache: FeatureCache, labels: Sequence[int],
     for layer in bert.encoder.layer[: cache.k]:
         for p in layer.parameters():
             p.requires_grad_(False)
-    seed_everything(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    per_epoch = (len(cache) + config.batch_size - 1) // config.batch_size
-    total = max(1, int(round(per_epoch * config.epochs)))
-    warm = int(config.warmup * total)
-
-    def lr_lambda(step: int) -> float:
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda)
-    gen = torch.Generator().manual_seed(config.seed)
     y = torch.tensor(list(map(int, labels)))
-    model.train()
-    _reset_peak_rss()
-    start = time.perf_counter()
-    step, loss_val = 0, math.nan
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
-    while step < total:
-        order = torch.randperm(len(cache), generator=gen).tolist()
-        for i in range(0, len(order), config.batch_size):
-            if step >= total:
-                break
-            idx = order[i : i + config.batch_size]
-            hidden, mask = cache.batch(idx)
-            _, loss = suffix_forward(model, cache.k, hidden, mask, y[idx])
-            loss.backward()
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            loss_val = float(loss.detach())
-            bar.update(1)
-            for cb in on_step:
-                cb(step, model)
-    bar.close()
-    seconds = time.perf_counter() - start
-    model.eval()
-    return {"seconds": seconds, "steps": step, "trainable_params": trainable_parameters(model),
-            "peak_rss_mb": peak_rss_mb(), "final_loss": loss_val, "cache_mb": cache.nbytes / 2**20}
+
+    def batch_loss(idx: list[int]) -> torch.Tensor:
+        hidden, mask = cache.batch(idx)
+        return suffix_forward(model, cache.k, hidden, mask, y[idx])[1]
+
+    stats = train_loop(model, len(cache), batch_loss, config, on_step, progress, desc)
+    return {**stats, "cache_mb": cache.nbytes / 2**20}

@@ -64,6 +64,80 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def train_loop(
+    model: nn.Module,
+    n_examples: int,
+    batch_loss: Callable[[list[int]], torch.Tensor],
+    config: TrainConfig = TrainConfig(),
+    on_step: Sequence[Callable[[int, nn.Module], None]] = (),
+    progress: bool = True,
+    desc: str = "fine-tune",
+) -> dict:
+    """The one training loop: AdamW over trainable parameters, warm-up + linear decay, seeded order.
+
+    Args:
+        model: trained in place; parameters with ``requires_grad=False`` get no update.
+        n_examples: size of the training set.
+        batch_loss: maps a list of example indices to the batch's scalar loss.
+        config: the budget (epochs, lr, batch size, warm-up, weight decay, seed).
+        on_step: callbacks ``(step, model)`` after each optimizer step.
+
+    Returns:
+        ``{"seconds", "cpu_seconds", "steps", "trainable_params", "peak_rss_mb", "final_loss"}``.
+    """
+    seed_everything(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    per_epoch = (n_examples + config.batch_size - 1) // config.batch_size
+    total = max(1, int(round(per_epoch * config.epochs)))
+    warm = int(config.warmup * total)
+
+    def lr_lambda(step: int) -> float:
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda)
+    gen = torch.Generator().manual_seed(config.seed)
+    model.train()
+    _reset_peak_rss()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    step, loss_val = 0, float("nan")
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    while step < total:
+        order = torch.randperm(n_examples, generator=gen).tolist()
+        for i in range(0, len(order), config.batch_size):
+            if step >= total:
+                break
+            loss = batch_loss(order[i : i + config.batch_size])
+            loss.backward()
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            loss_val = float(loss.detach())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.3f}")
+            for cb in on_step:
+                cb(step, model)
+    bar.close()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    model.eval()
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "steps": step,
+        "trainable_params": trainable_parameters(model),
+        "peak_rss_mb": peak_rss_mb(),
+        "final_loss": loss_val,
+    }
+
+
 def fine_tune(
     model: nn.Module,
     tokenizer,
@@ -77,63 +151,16 @@ def fine_tune(
     """Fine-tune ``model`` (a ``*ForSequenceClassification``) in place; frozen params stay frozen.
 
     Returns:
-        ``{"seconds", "steps", "trainable_params", "peak_rss_mb", "final_loss"}``.
+        the dict of :func:`train_loop`.
     """
-    seed_everything(config.seed)
     data = encode(tokenizer, texts, config.max_length)
-    labels = list(map(int, labels))
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    per_epoch = (len(data) + config.batch_size - 1) // config.batch_size
-    total = max(1, int(round(per_epoch * config.epochs)))
-    warm = int(config.warmup * total)
-
-    def lr_lambda(step: int) -> float:
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda)
-    gen = torch.Generator().manual_seed(config.seed)
+    y = torch.tensor(list(map(int, labels)))
     pad = pad_id(tokenizer)
-    model.train()
-    _reset_peak_rss()
-    start = time.perf_counter()
-    step, loss_val = 0, float("nan")
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
-    while step < total:
-        order = torch.randperm(len(data), generator=gen).tolist()
-        for i in range(0, len(order), config.batch_size):
-            if step >= total:
-                break
-            idx = order[i : i + config.batch_size]
-            batch = collate([data[j] for j in idx], pad)
-            out = model(**batch, labels=torch.tensor([labels[j] for j in idx]))
-            out.loss.backward()
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            loss_val = float(out.loss.detach())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}")
-            for cb in on_step:
-                cb(step, model)
-    bar.close()
-    seconds = time.perf_counter() - start
-    model.eval()
-    return {
-        "seconds": seconds,
-        "steps": step,
-        "trainable_params": trainable_parameters(model),
-        "peak_rss_mb": peak_rss_mb(),
-        "final_loss": loss_val,
-    }
+
+    def batch_loss(idx: list[int]) -> torch.Tensor:
+        return model(**collate([data[j] for j in idx], pad), labels=y[idx]).loss
+
+    return train_loop(model, len(data), batch_loss, config, on_step, progress, desc)
 
 
 @torch.no_grad()
