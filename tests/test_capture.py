@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_bert
 from layerprobe import capture, find_blocks
 from layerprobe.capture import pool
 from layerprobe.errors import LayerProbeError

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tiny_bert
-from layerprobe import Snapshot, Thresholds, compare, take_snapshot
+from layerprobe import Thresholds, compare, take_snapshot
 from layerprobe.errors import LayerProbeError
 
 NAMES = ["embeddings", "block.0", "block.1", "block.2", "block.3"]
