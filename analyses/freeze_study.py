@@ -419,6 +419,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=None, help="run cache (default analyses/cache; smoke: <out>/cache)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report-only", action="store_true", help="rebuild results from the cache; run nothing")
+    p.add_argument("--first", default="", help="runs to do before the default order, e.g. rt:emb+1:1,bbc:emb+3:2")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
@@ -457,7 +458,13 @@ def main(argv=None) -> int:
         c = load_comparisons(out, task).get(seed)
         return [advice_to_config(recommend(c["blocks"], Thresholds()).freeze)] if c else []
 
+    by_name = {config_name(*c): c for c in configs}
+
     def plan_iter():
+        for item in filter(None, a.first.split(",")):
+            t, c, s = item.split(":")
+            if t in tasks and c in by_name:
+                yield int(s), t, by_name[c]
         for s in seeds[:1]:
             for t in tasks:
                 yield from ((s, t, c) for c in configs)
