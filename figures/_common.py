@@ -45,6 +45,28 @@ def comparisons(results: str, task: str, suffix: str = "") -> list[dict]:
     return out
 
 
+def study_panels(name: str, doc: str):
+    """Parse the arguments, read the study's summary and advice, and open one panel per task.
+
+    Returns ``(args, advice, summary DataFrame, [(task, axis, task rows, config order), ...], fig)``.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    a = parse(name, doc)
+    adv = read_json(os.path.join(a.results, "advice.json"))
+    df = pd.read_csv(os.path.join(a.results, "summary.csv"))
+    tasks = [t for t in tasks_in(a.results) if t in set(df.task)]
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    panels = []
+    for ax, task in zip(axes[0], tasks):
+        d = df[df.task == task]
+        panels.append((task, ax, d, [c for c in CONFIG_ORDER if c in set(d.config)]))
+    return a, adv, df, panels, fig
+
+
 def save(fig, path: str) -> None:
     from layerprobe.plots import save_figure
 

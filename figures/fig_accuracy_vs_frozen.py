@@ -3,24 +3,14 @@ seeds, one panel per task; full fine-tuning's 99% line and the advised configura
 
 from __future__ import annotations
 
-import os
 
 import _common as C
-import matplotlib.pyplot as plt
-import pandas as pd
 import seaborn as sns
 
 
 def main() -> None:
-    a = C.parse("fig_accuracy_vs_frozen", __doc__)
-    adv = C.read_json(os.path.join(a.results, "advice.json"))
-    df = pd.read_csv(os.path.join(a.results, "summary.csv"))
-    tasks = [t for t in C.tasks_in(a.results) if t in set(df.task)]
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        d = df[df.task == task]
-        order = [c for c in C.CONFIG_ORDER if c in set(d.config)]
+    a, adv, df, panels, fig = C.study_panels("fig_accuracy_vs_frozen", __doc__)
+    for task, ax, d, order in panels:
         g = d.groupby("config")["accuracy"].agg(["mean", "std", "count"]).reindex(order)
         x = range(len(order))
         ax.errorbar(x, g["mean"], yerr=g["std"].fillna(0), fmt="o-", capsize=4, color="#4C72B0", label="mean ± std")
@@ -38,7 +28,7 @@ def main() -> None:
                         mfc="none", mew=2, label=label)
         ax.set_xticks(list(x))
         ax.set_xticklabels(order, rotation=30)
-        ax.set_xlabel("frozen bottom prefix (emb+k = embeddings + k blocks; emb+6 = head only)")
+        ax.set_xlabel("frozen bottom prefix (emb+k = embeddings + k blocks)")
         ax.set_ylabel("test accuracy")
         n = int(g["count"].max())
         ax.set_title(f"{C.TASK_TITLES.get(task, task)}, {n} seed{'s' if n > 1 else ''}", fontsize=10, loc="left")
