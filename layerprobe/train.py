@@ -64,6 +64,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def schedule_steps(n_examples: int, config: TrainConfig) -> tuple[int, int]:
+    """``(total_steps, warmup_steps)`` of :func:`train_loop` for ``n_examples`` and ``config``."""
+    per_epoch = (n_examples + config.batch_size - 1) // config.batch_size
+    total = max(1, int(round(per_epoch * config.epochs)))
+    return total, int(config.warmup * total)
+
+
+def lr_factor(step: int, total: int, warm: int) -> float:
+    """The learning-rate multiplier used for optimizer step ``step`` (0-based): linear warm-up, linear decay.
+
+    >>> [round(lr_factor(s, 10, 2), 3) for s in (0, 1, 2, 9)]
+    [0.5, 1.0, 1.0, 0.125]
+    """
+    if step < warm:
+        return (step + 1) / max(1, warm)
+    return max(0.0, (total - step) / max(1, total - warm))
+
+
 def train_loop(
     model: nn.Module,
     n_examples: int,
@@ -72,6 +90,7 @@ def train_loop(
     on_step: Sequence[Callable[[int, nn.Module], None]] = (),
     progress: bool = True,
     desc: str = "fine-tune",
+    on_epoch: Callable[[int, nn.Module], bool] | None = None,
 ) -> dict:
     """The one training loop: AdamW over trainable parameters, warm-up + linear decay, seeded order.
 
@@ -81,9 +100,12 @@ def train_loop(
         batch_loss: maps a list of example indices to the batch's scalar loss.
         config: the budget (epochs, lr, batch size, warm-up, weight decay, seed).
         on_step: callbacks ``(step, model)`` after each optimizer step.
+        on_epoch: called ``(epoch, model)`` after each complete epoch (1-based); returning True
+            stops training there (early stopping). The schedule still spans ``config.epochs``.
 
     Returns:
-        ``{"seconds", "cpu_seconds", "steps", "trainable_params", "peak_rss_mb", "final_loss"}``.
+        ``{"seconds", "cpu_seconds", "steps", "epochs", "trainable_params", "peak_rss_mb",
+        "final_loss"}`` (``epochs``: complete epochs run, fractional for a partial last one).
     """
     seed_everything(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,23 +116,18 @@ def train_loop(
         lr=config.lr,
     )
     per_epoch = (n_examples + config.batch_size - 1) // config.batch_size
-    total = max(1, int(round(per_epoch * config.epochs)))
-    warm = int(config.warmup * total)
+    total, warm = schedule_steps(n_examples, config)
 
-    def lr_lambda(step: int) -> float:
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: lr_factor(step, total, warm))
     gen = torch.Generator().manual_seed(config.seed)
     model.train()
     _reset_peak_rss()
     start, cpu_start = time.perf_counter(), time.process_time()
-    step, loss_val = 0, float("nan")
+    step, loss_val, epoch, stop = 0, float("nan"), 0, False
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
-    while step < total:
+    while step < total and not stop:
         order = torch.randperm(n_examples, generator=gen).tolist()
+        epoch_start = step
         for i in range(0, len(order), config.batch_size):
             if step >= total:
                 break
@@ -125,6 +142,10 @@ def train_loop(
             bar.set_postfix(loss=f"{loss_val:.3f}")
             for cb in on_step:
                 cb(step, model)
+        if step - epoch_start == per_epoch:
+            epoch += 1
+            if on_epoch is not None and on_epoch(epoch, model):
+                stop = True
     bar.close()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.eval()
@@ -132,6 +153,7 @@ def train_loop(
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "steps": step,
+        "epochs": step / per_epoch,
         "trainable_params": trainable_parameters(model),
         "peak_rss_mb": peak_rss_mb(),
         "final_loss": loss_val,
@@ -147,6 +169,7 @@ def fine_tune(
     on_step: Sequence[Callable[[int, nn.Module], None]] = (),
     progress: bool = True,
     desc: str = "fine-tune",
+    on_epoch: Callable[[int, nn.Module], bool] | None = None,
 ) -> dict:
     """Fine-tune ``model`` (a ``*ForSequenceClassification``) in place; frozen params stay frozen.
 
@@ -160,7 +183,7 @@ def fine_tune(
     def batch_loss(idx: list[int]) -> torch.Tensor:
         return model(**collate([data[j] for j in idx], pad), labels=y[idx]).loss
 
-    return train_loop(model, len(data), batch_loss, config, on_step, progress, desc)
+    return train_loop(model, len(data), batch_loss, config, on_step, progress, desc, on_epoch)
 
 
 @torch.no_grad()
