@@ -1,17 +1,67 @@
-"""layerprobe: which transformer blocks changed during fine-tuning, and which could be frozen."""
+"""layerprobe: which transformer blocks changed during fine-tuning, and which could be frozen.
+
+The public names are lazy attributes (PEP 562): ``import layerprobe`` loads no torch and no
+transformers; ``layerprobe.compare`` etc. import their module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .blocks import BlockRef, Blocks, find_blocks
-from .capture import capture
-from .compare import Comparison, compare
-from .errors import LayerProbeError
-from .freeze import freeze, parameter_names, unfreeze
-from .recommend import Recommendation, Thresholds, recommend
-from .snapshot import Snapshot, take_snapshot
-from .track import FreezePolicy, LayerProbeCallback, Tracker
 
-__all__ = [
-    "__version__", "BlockRef", "Blocks", "Comparison", "LayerProbeError", "Recommendation", "Snapshot",
-    "Thresholds", "capture", "compare", "find_blocks", "freeze", "parameter_names", "recommend",
-    "take_snapshot", "unfreeze", "FreezePolicy", "LayerProbeCallback", "Tracker",
-]
+#: public name -> the submodule that defines it
+_LAZY = {
+    "BlockRef": "blocks", "Blocks": "blocks", "find_blocks": "blocks",
+    "capture": "capture",
+    "Comparison": "compare",
+    "compare": "compare",
+    "LayerProbeError": "errors",
+    "freeze": "freeze", "parameter_names": "freeze", "unfreeze": "freeze",
+    "Recommendation": "recommend", "Thresholds": "recommend", "recommend": "recommend",
+    "Snapshot": "snapshot", "take_snapshot": "snapshot",
+    "FreezePolicy": "track", "LayerProbeCallback": "track", "Tracker": "track",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .blocks import BlockRef, Blocks, find_blocks
+    from .capture import capture
+    from .compare import Comparison, compare
+    from .errors import LayerProbeError
+    from .freeze import freeze, parameter_names, unfreeze
+    from .recommend import Recommendation, Thresholds, recommend
+    from .snapshot import Snapshot, take_snapshot
+    from .track import FreezePolicy, LayerProbeCallback, Tracker
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'layerprobe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    # a submodule named like its function (compare, capture, freeze, recommend) must not shadow it
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """Keeps ``layerprobe.compare`` (and capture, freeze, recommend) the function when the
+    submodule of the same name is imported: the import system sets the submodule as an attribute
+    of the package, as the old eager ``from .compare import compare`` used to overwrite."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

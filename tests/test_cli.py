@@ -113,3 +113,18 @@ def test_console_script_runs(snapshots):
     assert json.loads(r.stdout)["meta"]["cka_computed"] is True
     r = subprocess.run([exe, "compare", "missing-a.pt", "missing-b.pt"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("layerprobe: error: missing-a.pt") and r.stdout == ""
+
+
+def test_light_start_up():
+    """``import layerprobe`` and ``layerprobe --version/--help`` load neither torch nor transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\nimport layerprobe\nfrom layerprobe.cli import main\n"
+            "for argv in (['--version'], ['--help'], ['compare', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try: main(argv)\n"
+            "        except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
