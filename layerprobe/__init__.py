@@ -17,12 +17,14 @@ from ._version import __version__
 _LAZY = {
     "BlockRef": "blocks", "Blocks": "blocks", "find_blocks": "blocks",
     "capture": "capture",
-    "Comparison": "compare",
+    "Comparison": "result",
     "compare": "compare",
     "LayerProbeError": "errors",
     "freeze": "freeze", "parameter_names": "freeze", "unfreeze": "freeze",
     "Recommendation": "recommend", "Thresholds": "recommend", "recommend": "recommend",
     "Snapshot": "snapshot", "take_snapshot": "snapshot",
+    "ProbeOptions": "options", "CKAOptions": "options",
+    "load_hf_model": "sources",
     "FreezePolicy": "track", "LayerProbeCallback": "track", "Tracker": "track",
 }
 
@@ -31,11 +33,14 @@ __all__ = ["__version__", *_LAZY]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .blocks import BlockRef, Blocks, find_blocks
     from .capture import capture
-    from .compare import Comparison, compare
+    from .compare import compare
     from .errors import LayerProbeError
     from .freeze import freeze, parameter_names, unfreeze
+    from .options import CKAOptions, ProbeOptions
     from .recommend import Recommendation, Thresholds, recommend
+    from .result import Comparison
     from .snapshot import Snapshot, take_snapshot
+    from .sources import load_hf_model
     from .track import FreezePolicy, LayerProbeCallback, Tracker
 
 

@@ -27,8 +27,7 @@ from torch import nn
 
 from .blocks import Blocks, block_modules, find_blocks
 from .errors import LayerProbeError
-
-POOLINGS = ("mean", "first", "last", "tokens")
+from .options import POOLINGS
 
 
 def _unwrap(output):

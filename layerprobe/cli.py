@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 from ._version import __version__
 from .errors import LayerProbeError
-
-POOLINGS = ("mean", "first", "last", "tokens")
+from .options import CSV_OPTIONS, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
 
 
 def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
@@ -27,7 +26,7 @@ def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
                    help="mean over real tokens (default), first token, last real token, or all tokens")
     p.add_argument("--max-tokens", type=int, default=None, metavar="K",
                    help="with --pooling tokens: keep at most K tokens per example")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=ProbeOptions.batch_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="base: snapshot .pt, HF model directory, .safetensors or state-dict .pt")
     p.add_argument("b", help="tuned: same kinds as A")
     _add_probe_args(p, probe_required=False)
-    p.add_argument("--format", choices=("table", "json", "csv", "markdown"), default="table")
+    p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--out", metavar="DIR", help="also write comparison.json, comparison.csv, groups.csv, blocks.png")
     p.add_argument("--min-cka", type=float, default=0.95, help="freeze only entries with CKA >= this (default 0.95)")
     p.add_argument("--max-drift", type=float, default=None,
@@ -57,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge by the CKA point estimate even when an interval was computed")
     p.add_argument("--min-train-blocks", type=int, default=1, help="always train at least this many blocks")
     p.add_argument("--no-anatomy", action="store_true", help="skip the per-parameter-group anatomy (faster)")
-    p.add_argument("--estimator", choices=("linear", "debiased", "rbf"), default="linear",
+    p.add_argument("--estimator", choices=ESTIMATORS, default=CKAOptions.estimator,
                    help="CKA estimator (default linear). The freeze thresholds (--min-cka) are calibrated for "
                         "linear CKA; debiased/rbf values are on a different scale")
     ci = p.add_mutually_exclusive_group()
@@ -65,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bootstrap interval per entry over probe examples (default: on for linear CKA with "
                          "up to 2048 representation rows; the advice then uses the lower bound)")
     ci.add_argument("--no-ci", dest="ci", action="store_false", help="no bootstrap interval")
-    p.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
-    p.add_argument("--ci-level", type=float, default=0.95, help="interval coverage (default 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--n-boot", type=int, default=CKAOptions.n_boot, metavar="N",
+                   help=f"bootstrap resamples (default {CKAOptions.n_boot})")
+    p.add_argument("--ci-level", type=float, default=CKAOptions.ci_level,
+                   help=f"interval coverage (default {CKAOptions.ci_level})")
+    p.add_argument("--seed", type=int, default=CKAOptions.seed, help=f"bootstrap seed (default {CKAOptions.seed})")
     p.add_argument("--cross-layer", action="store_true",
                    help="also CKA between every entry of A and of B and within each (JSON 'cross_layer'; "
                         "with --out: cross_layer.csv and cross_layer.png)")
@@ -95,29 +96,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(args, *names) -> None:
+def _positive(args: argparse.Namespace, *names: str) -> None:
     for n in names:
         v = getattr(args, n, None)
         if v is not None and v <= 0:
             raise LayerProbeError(f"--{n.replace('_', '-')} must be positive, got {v}")
 
 
-def cmd_snapshot(args) -> int:
+def _probe_options(args: argparse.Namespace) -> ProbeOptions:
+    return ProbeOptions(pooling=args.pooling, max_length=args.max_length, max_tokens=args.max_tokens,
+                        batch_size=args.batch_size)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
     from ._atomic import ensure_writable_dir
-    from .compare import _load_hf_dir
     from .probe import read_probe_texts
     from .snapshot import take_snapshot
+    from .sources import load_hf_model
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
     if not os.path.isdir(args.model):
         raise LayerProbeError("expected a Hugging Face model directory", args.model)
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))  # fail before any work
     texts = read_probe_texts(args.probe, text_column=args.text_column, max_examples=args.max_examples)
-    model, tok = _load_hf_dir(args.model)
+    model, tok = load_hf_model(args.model)
     if tok is None:
         raise LayerProbeError("no tokenizer in the model directory", args.model)
-    snap = take_snapshot(model, tok, texts, pooling=args.pooling or "mean", max_length=args.max_length or 128,
-                         max_tokens=args.max_tokens, batch_size=args.batch_size, progress=not args.quiet)
+    opts = _probe_options(args).settle()
+    snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), progress=not args.quiet)
     snap.meta["source"] = {"path": args.model, "kind": "hf_dir"}
     snap.save(args.output)
     print(f"wrote {args.output}: {len(snap.names)} entries, {snap.meta['n_examples']} examples, "
@@ -125,7 +131,7 @@ def cmd_snapshot(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     from ._atomic import atomic_write_text, ensure_writable_dir
     from .compare import compare
     from .recommend import Thresholds
@@ -138,12 +144,12 @@ def cmd_compare(args) -> int:
         ensure_writable_dir(args.out)  # fail before any work
     thresholds = Thresholds(min_cka=args.min_cka, max_drift=args.max_drift, use_interval=not args.no_interval,
                             min_train_blocks=args.min_train_blocks)
+    cka = CKAOptions(estimator=args.estimator, ci=args.ci, n_boot=args.n_boot, ci_level=args.ci_level,
+                     seed=args.seed, cross_layer=args.cross_layer)
     result = compare(args.a, args.b, probe=args.probe, text_column=args.text_column,
-                     max_examples=args.max_examples, pooling=args.pooling, max_length=args.max_length,
-                     max_tokens=args.max_tokens, batch_size=args.batch_size, thresholds=thresholds,
-                     anatomy=not args.no_anatomy, progress=not args.quiet, estimator=args.estimator,
-                     ci=args.ci, n_boot=args.n_boot, ci_level=args.ci_level, seed=args.seed,
-                     cross_layer=args.cross_layer, on_undefined="raise")
+                     max_examples=args.max_examples, probe_options=_probe_options(args), cka_options=cka,
+                     thresholds=thresholds, anatomy=not args.no_anatomy, progress=not args.quiet,
+                     on_undefined="raise")
     text = render(result, args.format)
     if args.out:
         from .plots import plot_blocks
@@ -151,7 +157,7 @@ def cmd_compare(args) -> int:
         atomic_write_text(os.path.join(args.out, "comparison.json"), result.to_json())
         atomic_write_text(os.path.join(args.out, "comparison.csv"), to_csv(result))
         atomic_write_text(os.path.join(args.out, "groups.csv"),
-                          result.groups_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+                          result.groups_frame().to_csv(**CSV_OPTIONS))
         plot_blocks(result.to_dict(), os.path.join(args.out, "blocks.png"))
         if result.cross_layer is not None:
             from .plots import plot_cross_layer
@@ -163,7 +169,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     _positive(args, "train_size", "probe_size", "test_size", "epochs", "lr")
@@ -173,7 +179,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_plot_trajectory(args) -> int:
+def cmd_plot_trajectory(args: argparse.Namespace) -> int:
     from .trajectory_plot import plot_trajectory, read_trajectory
 
     df = read_trajectory(args.run_dir)
@@ -184,7 +190,7 @@ def cmd_plot_trajectory(args) -> int:
     return 0
 
 
-def cmd_freeze_list(args) -> int:
+def cmd_freeze_list(args: argparse.Namespace) -> int:
     import json
 
     from ._atomic import atomic_write_text

@@ -13,19 +13,17 @@ weights-only comparison never holds two whole models in memory.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
-import pandas as pd
 import torch
-from torch import nn
 
 from ._version import __version__
-from .blocks import OTHER, Blocks, blocks_from_names
+from .blocks import OTHER
 from .errors import LayerProbeError
 from .metrics.cka import (
     CKASubsampleWarning,
@@ -37,183 +35,25 @@ from .metrics.cka import (
     rbf_cka,
 )
 from .metrics.drift import DriftAccumulator, param_group, update_rank
-from .recommend import Recommendation, Thresholds, recommend
-from .snapshot import Snapshot, take_snapshot
+from .options import CKAOptions, ProbeOptions, merge
+from .recommend import Thresholds, recommend
+from .result import Comparison, _nan_to_none  # noqa: F401
+from .snapshot import Snapshot
 
+# re-exported: these lived here before the split (sources.py resolves sides, result.py holds the result)
+from .sources import (  # noqa: F401
+    Side,
+    WeightTable,
+    _check_bin_weights,
+    _load_hf_dir,
+    _refuse_remote_code,
+    _side_from_snapshot,
+    read_probe,
+    resolve_side,
+)
 
-@dataclass
-class WeightTable:
-    """Where each entry's parameters are: ``index[entry][relative name] -> key`` for ``get``."""
-
-    index: dict[str, dict[str, str]]
-    shapes: dict[str, tuple]
-    get: Callable[[str], torch.Tensor]
-
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> WeightTable:
-        flat = {f"{g}\0{k}": t for g, ws in snap.weights.items() for k, t in ws.items()}
-        index = {g: {k: f"{g}\0{k}" for k in ws} for g, ws in snap.weights.items()}
-        return cls(index, {k: tuple(t.shape) for k, t in flat.items()}, flat.__getitem__)
-
-    @classmethod
-    def from_source(cls, source) -> tuple[WeightTable, Blocks]:
-        keys = list(source.keys())
-        blocks = blocks_from_names(keys)
-        index: dict[str, dict[str, str]] = {}
-        for k in keys:
-            entry = blocks.entry_of(k)
-            rel = entry.relative(blocks.canonical(k)) if entry else blocks.canonical(k)
-            index.setdefault(entry.name if entry else OTHER, {})[rel] = k
-        return cls(index, {k: tuple(source.shape(k)) for k in keys}, source.get), blocks
-
-
-@dataclass
-class Side:
-    """One side of a comparison, resolved from whatever the user passed."""
-
-    label: str
-    meta: dict
-    weights: WeightTable | None
-    representations: dict[str, torch.Tensor] = field(default_factory=dict)
-    token_examples: torch.Tensor | None = None
-    why_no_reps: str | None = None
-
-    @property
-    def names(self) -> list[str]:
-        return [e["name"] for e in self.meta["entries"]]
-
-
-def _side_from_snapshot(snap: Snapshot, label: str) -> Side:
-    return Side(label, snap.meta, WeightTable.from_snapshot(snap) if snap.weights else None,
-                snap.representations, snap.token_examples,
-                None if snap.has_representations else f"{label} is a weights-only snapshot")
-
-
-def _refuse_remote_code(path: str) -> None:
-    """Refuse a model directory whose config asks for custom Python code (``auto_map``)."""
-    import json
-
-    for name in ("config.json", "tokenizer_config.json"):
-        f = os.path.join(path, name)
-        if not os.path.isfile(f):
-            if name == "config.json":
-                raise LayerProbeError("no config.json: expected a Hugging Face model directory", path)
-            continue
-        try:
-            with open(f, "rb") as fh:
-                cfg = json.loads(fh.read().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise LayerProbeError(f"malformed JSON ({str(err).splitlines()[0]})", f) from None
-        if not isinstance(cfg, dict):
-            raise LayerProbeError(f"expected a JSON object, found {type(cfg).__name__}", f)
-        if "auto_map" in cfg:
-            raise LayerProbeError(
-                "refused: 'auto_map' asks for custom Python code from the model directory "
-                "(remote code is never run); use a model whose class ships with transformers", f)
-
-
-def _check_bin_weights(path: str) -> None:
-    """Validate ``pytorch_model.bin`` weights with the weights-only loader before transformers sees them.
-
-    transformers 5.x also loads ``.bin`` files with ``weights_only=True``; checking first gives
-    layerprobe's one-line error (suggesting safetensors) instead of a library traceback.
-    """
-    from .checkpoints import _read_index, load_pt_or_snapshot
-
-    if any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
-        return
-    shards = []
-    if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
-        shards = ["pytorch_model.bin"]
-    elif os.path.isfile(os.path.join(path, "pytorch_model.bin.index.json")):
-        shards = sorted(set(_read_index(os.path.join(path, "pytorch_model.bin.index.json")).values()))
-    for shard in shards:
-        kind, _ = load_pt_or_snapshot(os.path.join(path, shard))  # weights only; memory-mapped
-        if kind == "snapshot":
-            raise LayerProbeError("is a layerprobe snapshot, expected model weights", os.path.join(path, shard))
-
-
-def _load_hf_dir(path: str):
-    """Load a model directory safely: no remote code (``auto_map`` refused), ``.bin`` weights
-    checked with the weights-only loader first; safetensors preferred by transformers."""
-    import pickle
-
-    from transformers import AutoModel, AutoTokenizer
-
-    from transformers.utils import logging as hf_logging
-
-    _refuse_remote_code(path)
-    _check_bin_weights(path)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # stderr carries only layerprobe's own progress and errors
-    try:
-        model = AutoModel.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
-        raise LayerProbeError(f"cannot load the model: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
-                              path) from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError):
-        tokenizer = None
-    return model.eval(), tokenizer
-
-
-def resolve_side(
-    x,
-    probe_texts: Sequence[str] | None,
-    tokenizer=None,
-    snapshot_kwargs: dict | None = None,
-    label: str | None = None,
-) -> Side:
-    """Turn a snapshot, model or path into a :class:`Side`, running the probe where possible."""
-    kw = dict(snapshot_kwargs or {})
-    if isinstance(x, Snapshot):
-        return _side_from_snapshot(x, label or "snapshot")
-    if isinstance(x, nn.Module):
-        if probe_texts is not None and tokenizer is None:
-            raise LayerProbeError("a tokenizer is needed to run the probe through a model object")
-        snap = take_snapshot(x, tokenizer, list(probe_texts) if probe_texts is not None else None, **kw)
-        side = _side_from_snapshot(snap, label or type(x).__name__)
-        if probe_texts is None:
-            side.why_no_reps = "no probe given"
-        return side
-    if not isinstance(x, (str, os.PathLike)):
-        raise LayerProbeError(f"cannot compare an object of type {type(x).__name__}")
-    from .checkpoints import StateDictSource, load_pt_or_snapshot, open_checkpoint
-
-    path = os.fspath(x)
-    label = label or path
-    if not os.path.exists(path):
-        raise LayerProbeError("no such file or directory", path)
-    if os.path.isdir(path) and probe_texts is not None:
-        model, tok = _load_hf_dir(path)
-        tok = tok or tokenizer
-        if tok is None:
-            raise LayerProbeError("no tokenizer in the model directory to run the probe", path)
-        side = resolve_side(model, probe_texts, tok, kw, label)
-        side.meta["source"] = {"path": path, "kind": "hf_dir"}
-        return side
-    source = None
-    if os.path.isfile(path) and not path.endswith(".safetensors"):
-        kind, obj = load_pt_or_snapshot(path)  # loaded once, safely
-        if kind == "snapshot":
-            side = _side_from_snapshot(Snapshot.from_dict(obj, path), label)
-            side.meta["source"] = {"path": path, "kind": "snapshot"}
-            return side
-        source = StateDictSource(path, tensors=obj)
-    source = source or open_checkpoint(path)
-    table, blocks = WeightTable.from_source(source)
-    meta = {
-        "entries": [{"name": e.name, "kind": e.kind, "index": e.index, "modules": list(e.modules)} for e in blocks],
-        "stack": blocks.stack,
-        "prefix": blocks.prefix,
-        "source": {"path": path, "kind": "weights"},
-    }
-    why = "no probe given" if probe_texts is None else "a weights-only file has no architecture to run the probe"
-    return Side(label, meta, table, why_no_reps=f"{label}: {why}")
+__all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "compare", "compare_sides",
+           "weight_stats"]
 
 
 def _check_entries(a: Side, b: Side) -> None:
@@ -311,82 +151,30 @@ def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
     return out
 
 
-def _nan_to_none(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
-    return x
-
-
-@dataclass
-class Comparison:
-    """The result of :func:`compare`: per-entry measurements, advice and metadata."""
-
-    blocks: list[dict]
-    recommendation: Recommendation
-    meta: dict
-    other: dict | None = None
-    cross_layer: dict | None = None
-
-    def to_dict(self) -> dict:
-        d = {"blocks": self.blocks, "recommendation": self.recommendation.to_dict(), "meta": self.meta}
-        if self.other is not None:
-            d["other"] = self.other
-        if self.cross_layer is not None:
-            d["cross_layer"] = self.cross_layer
-        return _nan_to_none(d)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """Strict JSON (NaN becomes null), stable key order: same inputs give the same bytes."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per entry: index, name, kind, cka (and interval), drift, cosine, params, advice."""
-        rows = []
-        freeze = set(self.recommendation.freeze)
-        for e in self.blocks:
-            ci = e.get("cka_ci") or [None, None]
-            rows.append({
-                "index": e["index"], "name": e["name"], "kind": e["kind"],
-                "cka": e.get("cka"), "cka_low": ci[0], "cka_high": ci[1],
-                "weight_drift": e["weight_drift"], "weight_cosine": e["weight_cosine"],
-                "max_abs_change": e["max_abs_change"], "n_params": e["n_params"],
-                "advice": "freeze" if e["name"] in freeze else "train",
-                "reason": self.recommendation.reasons.get(e["name"], ""),
-            })
-        return pd.DataFrame(rows)
-
-    def groups_frame(self) -> pd.DataFrame:
-        """One row per (entry, parameter group): the anatomy of the weight change."""
-        rows = [{"name": e["name"], "group": g, **s} for e in self.blocks for g, s in (e.get("groups") or {}).items()]
-        return pd.DataFrame(rows)
-
-
 def compare(
-    a,
-    b,
+    a: Any,
+    b: Any,
     probe: Sequence[str] | str | os.PathLike | None = None,
-    tokenizer=None,
+    tokenizer: Any = None,
     *,
+    probe_options: ProbeOptions | None = None,
+    cka_options: CKAOptions | None = None,
     text_column: str = "text",
     max_examples: int | None = None,
+    thresholds: Thresholds | None = None,
+    anatomy: bool = True,
+    progress: bool = False,
+    on_undefined: str = "warn",
     pooling: str | None = None,
     max_length: int | None = None,
     max_tokens: int | None = None,
     batch_size: int = 32,
-    thresholds: Thresholds | None = None,
-    anatomy: bool = True,
-    progress: bool = False,
     estimator: str = "linear",
     ci: bool | None = None,
     n_boot: int = 1000,
     ci_level: float = 0.95,
     seed: int = 0,
     cross_layer: bool = False,
-    on_undefined: str = "warn",
 ) -> Comparison:
     """Compare a base and a tuned model entry by entry and advise what could be frozen.
 
@@ -395,26 +183,21 @@ def compare(
             snapshot ``.pt``, an HF model directory, a ``.safetensors`` file or a state-dict ``.pt``.
         probe: probe texts (a list, or a probe file path) to run through model sides.
         tokenizer: tokenizer for ``nn.Module`` sides (HF directories bring their own).
+        probe_options: :class:`~layerprobe.options.ProbeOptions` (pooling, max_length,
+            max_tokens, batch_size); unset fields follow a snapshot side, then the defaults. A
+            setting that contradicts a snapshot side raises (it is never silently replaced).
+        cka_options: :class:`~layerprobe.options.CKAOptions` (estimator, ci, n_boot, ci_level,
+            seed, cross_layer).
         text_column, max_examples: how to read a probe file.
-        pooling, max_length, max_tokens, batch_size: probe settings; when one side is a
-            snapshot its settings are used for the other side.
         thresholds: the freeze rule's knobs.
         anatomy: also compute per-parameter-group drift and update ranks.
         progress: show progress bars.
-        estimator: ``"linear"`` (default; the freeze thresholds are calibrated for it),
-            ``"debiased"`` (unbiased HSIC₁) or ``"rbf"`` (median bandwidth, subsampled above
-            2048 rows). Recorded in ``meta["estimator"]``.
-        ci: bootstrap interval per entry (``"cka_ci": [low, high]``) from the cached
-            representations, resampling probe examples (whole examples for token rows). None
-            (default) = on when representations exist, the estimator is linear and there are at
-            most :data:`CI_AUTO_MAX_ROWS` rows (cheap there; see README benchmarks).
-        n_boot, ci_level, seed: bootstrap resamples, coverage and seed (deterministic; every
-            entry uses the same resamples).
-        cross_layer: also the linear CKA maps between every entry of A and every entry of B,
-            and within each model: top-level ``"cross_layer"`` in the JSON.
         on_undefined: an entry whose representation is constant or non-finite gets
             ``cka = nan`` and a :class:`CKAUndefinedWarning` naming it (``"warn"``), or raises
             :class:`LayerProbeError` (``"raise"``, what the CLI uses).
+        pooling, max_length, max_tokens, batch_size, estimator, ci, n_boot, ci_level, seed,
+            cross_layer: the fields of the two option objects as keywords (the older spelling;
+            pass one or the other).
 
     Returns:
         :class:`Comparison` with ``.to_frame()`` and ``.to_json()``.
@@ -427,34 +210,30 @@ def compare(
     >>> [e["weight_drift"] for e in c.blocks], c.blocks[0]["cka"]
     ([0.0, 0.0, 0.0], None)
     """
-    texts = None
-    if probe is not None:
-        if isinstance(probe, (str, os.PathLike)):
-            from .probe import read_probe_texts
-
-            texts = read_probe_texts(probe, text_column=text_column, max_examples=max_examples)
-        else:
-            texts = list(probe)[:max_examples] if max_examples else list(probe)
-    snaps = [x for x in (a, b) if isinstance(x, Snapshot) and x.has_representations]
-    ref = snaps[0].meta if snaps else {}
-    kw = {
-        "pooling": pooling or ref.get("pooling", "mean"),
-        "max_length": max_length or ref.get("max_length", 128),
-        "max_tokens": max_tokens if max_tokens is not None else ref.get("max_tokens"),
-        "batch_size": batch_size,
-        "progress": progress,
-    }
+    popts = merge(probe_options, ProbeOptions, {"pooling": pooling, "max_length": max_length,
+                                                 "max_tokens": max_tokens, "batch_size": batch_size},
+                  {"batch_size": 32})
+    copts = merge(cka_options, CKAOptions, {"estimator": estimator, "ci": ci, "n_boot": n_boot,
+                                            "ci_level": ci_level, "seed": seed, "cross_layer": cross_layer},
+                  _CKA_DEFAULTS)
+    texts = read_probe(probe, text_column, max_examples)
+    # a snapshot side fixes the probe settings; a setting given that contradicts one raises here,
+    # before any model runs (it used to be replaced silently by side A's)
+    snaps = [(x, label) for x, label in ((a, "A"), (b, "B")) if isinstance(x, Snapshot) and x.has_representations]
+    for x, label in snaps:
+        popts.settle(x.meta, label)
+    kw = {**popts.settle(snaps[0][0].meta if snaps else None).snapshot_kwargs(), "progress": progress}
     sa = resolve_side(a, texts, tokenizer, kw, label=None if not isinstance(a, Snapshot) else "A")
-    if sa.representations and sa.meta.get("pooling"):  # the other side follows a snapshot's settings
-        kw.update(pooling=sa.meta["pooling"], max_length=sa.meta["max_length"], max_tokens=sa.meta.get("max_tokens"))
+    if sa.representations and sa.meta.get("pooling"):  # e.g. a snapshot file: the other side follows it
+        kw.update(popts.settle(sa.meta, sa.label).snapshot_kwargs())
     sb = resolve_side(b, texts, tokenizer, kw, label=None if not isinstance(b, Snapshot) else "B")
-    return compare_sides(sa, sb, thresholds=thresholds, anatomy=anatomy, estimator=estimator, ci=ci,
-                         n_boot=n_boot, ci_level=ci_level, seed=seed, cross_layer=cross_layer,
+    return compare_sides(sa, sb, thresholds=thresholds, anatomy=anatomy, cka_options=copts,
                          on_undefined=on_undefined)
 
 
-#: Estimators selectable with ``estimator=`` / ``--estimator``.
+#: Estimators selectable with ``estimator=`` / ``--estimator`` (names: :data:`layerprobe.options.ESTIMATORS`).
 ESTIMATORS = {"linear": linear_cka, "debiased": debiased_cka, "rbf": rbf_cka}
+_CKA_DEFAULTS = asdict(CKAOptions())
 
 #: ``ci=None`` turns the bootstrap on up to this many representation rows (the Gram matrices of
 #: the bootstrap are n×n; above this bootstrap_cka would subsample).
@@ -500,24 +279,24 @@ def compare_sides(
     thresholds: Thresholds | None = None,
     anatomy: bool = True,
     *,
+    cka_options: CKAOptions | None = None,
+    on_undefined: str = "warn",
     estimator: str = "linear",
     ci: bool | None = None,
     n_boot: int = 1000,
     ci_level: float = 0.95,
     seed: int = 0,
     cross_layer: bool = False,
-    on_undefined: str = "warn",
 ) -> Comparison:
-    """The pure core of :func:`compare` once both sides are resolved (same keywords)."""
-    if estimator not in ESTIMATORS:
-        raise LayerProbeError(f"unknown estimator {estimator!r}; expected one of {sorted(ESTIMATORS)}")
+    """The core of :func:`compare` once both sides are resolved (same keywords; weights are read
+    from the sides' tables, one tensor pair at a time)."""
+    opts = merge(cka_options, CKAOptions, {"estimator": estimator, "ci": ci, "n_boot": n_boot,
+                                           "ci_level": ci_level, "seed": seed, "cross_layer": cross_layer},
+                 _CKA_DEFAULTS)
     if on_undefined not in ("warn", "raise"):
         raise LayerProbeError(f"on_undefined must be 'warn' or 'raise', got {on_undefined!r}")
-    if ci and estimator != "linear":
-        raise LayerProbeError(f"the bootstrap interval is implemented for the linear estimator only, "
-                              f"got estimator={estimator!r}")
-    if not 0.0 < ci_level < 1.0 or n_boot < 1:
-        raise LayerProbeError(f"need 0 < ci_level < 1 and n_boot >= 1, got {ci_level=}, {n_boot=}")
+    estimator, ci, n_boot, ci_level, seed, cross_layer = (opts.estimator, opts.ci, opts.n_boot, opts.ci_level,
+                                                          opts.seed, opts.cross_layer)
     _check_entries(sa, sb)
     reps_ok, why_not = True, None
     if not (sa.representations and sb.representations):

@@ -64,6 +64,7 @@ def split_rotten_tomatoes(cfg: DemoConfig):
 def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True, log=print) -> dict:
     """Run the whole path once and write every result into ``out_dir``."""
     from .compare import compare
+    from .options import CSV_OPTIONS
     from .plots import plot_blocks
     from .report import render, to_csv
     from .snapshot import take_snapshot
@@ -90,7 +91,7 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
     atomic_write_text(os.path.join(out_dir, "comparison.json"), result.to_json())
     atomic_write_text(os.path.join(out_dir, "comparison.csv"), to_csv(result))
     atomic_write_text(os.path.join(out_dir, "groups.csv"),
-                      result.groups_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+                      result.groups_frame().to_csv(**CSV_OPTIONS))
     plot_blocks(result.to_dict(), os.path.join(out_dir, "blocks.png"),
                 title=f"MiniLM-L6 fine-tuned on Rotten Tomatoes (accuracy {acc0:.2f} → {acc1:.2f})")
     run = {

@@ -12,17 +12,14 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ._atomic import atomic_write  # noqa: E402
+from .result import entry_rows  # noqa: E402
 
 
 def blocks_frame(result: dict) -> pd.DataFrame:
     """Per-entry rows from a comparison dict (``Comparison.to_dict()`` or the saved JSON)."""
-    freeze = set(result["recommendation"]["freeze"])
-    rows = []
-    for e in result["blocks"]:
-        ci = e.get("cka_ci") or [None, None]
-        rows.append({"name": e["name"], "cka": e.get("cka"), "cka_low": ci[0], "cka_high": ci[1],
-                     "weight_drift": e["weight_drift"], "frozen": e["name"] in freeze})
-    return pd.DataFrame(rows)
+    keep = ("name", "cka", "cka_low", "cka_high", "weight_drift", "frozen")
+    rows = entry_rows(result["blocks"], result["recommendation"]["freeze"])
+    return pd.DataFrame([{k: r[k] for k in keep} for r in rows])
 
 
 def save_figure(fig, path: str | os.PathLike) -> str:

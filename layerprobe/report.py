@@ -4,33 +4,27 @@ from __future__ import annotations
 
 import math
 
-from .compare import Comparison
+from .options import CSV_OPTIONS, FORMATS
+from .result import Comparison, entry_rows
 
-FORMATS = ("table", "json", "csv", "markdown")
+__all__ = ["FORMATS", "HEADER", "advice_text", "cross_layer_csv", "render", "to_csv", "to_markdown", "to_table"]
 
 
-def _num(x, fmt: str) -> str:
+def _num(x: object, fmt: str) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     return format(x, fmt)
 
 
 def _rows(c: Comparison) -> list[list[str]]:
-    freeze = set(c.recommendation.freeze)
     rows = []
-    for e in c.blocks:
-        ci = e.get("cka_ci")
-        cka = _num(e.get("cka"), ".4f")
-        if ci and ci[0] is not None:
-            cka += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-        groups = e.get("groups") or {}
-        moved = {g: v.get("weight_drift") or 0.0 for g, v in groups.items()}
-        top = max(moved, key=moved.get) if moved and max(moved.values()) > 0 else "—"
-        if top != "—" and groups[top].get("rank90") is not None:  # LoRA-rank hint of its update
-            top += f" (rank90 {groups[top]['rank90']})"
+    for r in entry_rows(c.blocks, c.recommendation.freeze):
+        cka = _num(r["cka"], ".4f")
+        if r["cka_low"] is not None:
+            cka += f" [{r['cka_low']:.3f}, {r['cka_high']:.3f}]"
         rows.append([
-            e["name"], cka, _num(e["weight_drift"], ".4f"), _num(e["weight_cosine"], ".5f"),
-            f"{e['n_params']:,}", top, "FREEZE" if e["name"] in freeze else "train",
+            r["name"], cka, _num(r["weight_drift"], ".4f"), _num(r["weight_cosine"], ".5f"),
+            f"{r['n_params']:,}", r["most_moved"] or "—", "FREEZE" if r["frozen"] else "train",
         ])
     return rows
 
@@ -83,7 +77,7 @@ def to_markdown(c: Comparison) -> str:
 
 
 def to_csv(c: Comparison) -> str:
-    return c.to_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n")
+    return c.to_frame().to_csv(**CSV_OPTIONS)
 
 
 def render(c: Comparison, fmt: str) -> str:

@@ -1,0 +1,132 @@
+"""The knobs of a comparison, with their defaults and choices in one place.
+
+:class:`ProbeOptions` says how a model is run over the probe; :class:`CKAOptions` how CKA is
+computed. Both are frozen and validated on construction; the API (:func:`~layerprobe.compare`),
+the CLI and the tracker share them. This module imports nothing heavy (the CLI reads the choices
+from it before torch is loaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .errors import LayerProbeError
+
+__all__ = ["CKAOptions", "ProbeOptions", "POOLINGS", "ESTIMATORS", "FORMATS", "CSV_OPTIONS"]
+
+#: ``pooling=`` choices: mean over real tokens, first token, last real token, every token
+POOLINGS = ("mean", "first", "last", "tokens")
+#: ``estimator=`` choices (the freeze thresholds are calibrated for ``linear``)
+ESTIMATORS = ("linear", "debiased", "rbf")
+#: output formats of the report / ``--format``
+FORMATS = ("table", "json", "csv", "markdown")
+#: how every CSV layerprobe writes is formatted (``DataFrame.to_csv(**CSV_OPTIONS)``)
+CSV_OPTIONS: Mapping[str, Any] = {"index": False, "float_format": "%.10g", "lineterminator": "\n"}
+
+DEFAULT_POOLING = "mean"
+DEFAULT_MAX_LENGTH = 128
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How a model is run over the probe.
+
+    ``None`` in ``pooling``, ``max_length`` or ``max_tokens`` means "not set": a comparison with a
+    snapshot side follows the snapshot's setting, otherwise the default (``mean``, 128, no cap)
+    applies. A setting that is given and contradicts a snapshot side is an error.
+
+    >>> ProbeOptions().settle().pooling, ProbeOptions().settle().max_length
+    ('mean', 128)
+    >>> ProbeOptions(pooling="first").settle({"pooling": "mean", "max_length": 64}, "A")
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: pooling='first' was asked for but snapshot A was taken with pooling='mean'
+    """
+
+    pooling: str | None = None
+    max_length: int | None = None
+    max_tokens: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise LayerProbeError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+        for name in ("max_length", "max_tokens", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise LayerProbeError(f"{name} must be positive, got {v}")
+
+    def settle(self, snapshot_meta: Mapping[str, Any] | None = None, label: str = "") -> ProbeOptions:
+        """Concrete options: unset fields follow ``snapshot_meta`` (a snapshot side's meta), then
+        the defaults; a set field that contradicts the snapshot raises :class:`LayerProbeError`."""
+        ref = snapshot_meta or {}
+        out = {}
+        for name in ("pooling", "max_length", "max_tokens"):
+            mine, theirs = getattr(self, name), ref.get(name)
+            if mine is not None and name in ref and theirs != mine:
+                raise LayerProbeError(f"{name}={mine!r} was asked for but snapshot {label} was taken with "
+                                      f"{name}={theirs!r}")
+            out[name] = mine if mine is not None else theirs
+        out["pooling"] = out["pooling"] or DEFAULT_POOLING
+        out["max_length"] = out["max_length"] or DEFAULT_MAX_LENGTH
+        return replace(self, **out)
+
+    def snapshot_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~layerprobe.snapshot.take_snapshot` (call on settled options)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CKAOptions:
+    """How CKA is computed from the representations.
+
+    Args:
+        estimator: ``"linear"`` (default; the freeze thresholds are calibrated for it),
+            ``"debiased"`` (unbiased HSIC₁) or ``"rbf"`` (median bandwidth).
+        ci: bootstrap interval per entry; ``None`` = on for linear CKA with at most
+            :data:`~layerprobe.compare.CI_AUTO_MAX_ROWS` representation rows.
+        n_boot, ci_level, seed: bootstrap resamples, coverage and seed.
+        cross_layer: also the every-entry-vs-every-entry linear CKA maps.
+
+    >>> CKAOptions(estimator="rbf", ci=True)
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: the bootstrap interval is implemented for the linear estimator only, got estimator='rbf'
+    """
+
+    estimator: str = "linear"
+    ci: bool | None = None
+    n_boot: int = 1000
+    ci_level: float = 0.95
+    seed: int = 0
+    cross_layer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise LayerProbeError(f"unknown estimator {self.estimator!r}; expected one of {sorted(ESTIMATORS)}")
+        if self.ci and self.estimator != "linear":
+            raise LayerProbeError(f"the bootstrap interval is implemented for the linear estimator only, "
+                                  f"got estimator={self.estimator!r}")
+        ci_level, n_boot = self.ci_level, self.n_boot
+        if not 0.0 < ci_level < 1.0 or n_boot < 1:
+            raise LayerProbeError(f"need 0 < ci_level < 1 and n_boot >= 1, got {ci_level=}, {n_boot=}")
+
+
+def merge(options: Any, cls: type, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Any:
+    """``options`` (an instance of ``cls`` or None) combined with old-style keyword arguments.
+
+    ``given`` maps field names to the keyword values a caller passed; a value equal to its entry
+    in ``defaults`` counts as not passed. Passing both an options object and a differing keyword
+    is an error (which one should win is not obvious).
+    """
+    changed = {k: v for k, v in given.items() if v != defaults.get(k)}
+    if options is None:
+        return cls(**{k: v for k, v in given.items() if k in {f.name for f in fields(cls)}})
+    if not isinstance(options, cls):
+        raise LayerProbeError(f"expected {cls.__name__}, got {type(options).__name__}")
+    if changed:
+        raise LayerProbeError(f"pass either a {cls.__name__} or the keywords {sorted(changed)}, not both")
+    return options

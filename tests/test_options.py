@@ -1,0 +1,45 @@
+"""options: defaults in one place, validation on construction, the old keywords still work."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_bert
+from layerprobe import CKAOptions, ProbeOptions, compare, take_snapshot
+from layerprobe.errors import LayerProbeError
+
+
+def test_defaults_and_validation():
+    assert ProbeOptions().settle() == ProbeOptions("mean", 128, None, 32)
+    assert ProbeOptions(max_length=64).settle({"pooling": "first", "max_length": 64}).pooling == "first"
+    with pytest.raises(LayerProbeError, match="unknown pooling 'avg'"):
+        ProbeOptions(pooling="avg")
+    with pytest.raises(LayerProbeError, match="batch_size must be positive, got 0"):
+        ProbeOptions(batch_size=0)
+    with pytest.raises(LayerProbeError, match="unknown estimator 'cosine'"):
+        CKAOptions(estimator="cosine")
+    with pytest.raises(LayerProbeError, match="0 < ci_level < 1"):
+        CKAOptions(ci_level=1.5)
+    with pytest.raises(Exception):  # frozen
+        CKAOptions().seed = 3  # type: ignore[misc]
+
+
+def test_option_objects_equal_the_old_keywords(bert, tokenizer, texts):
+    other = tiny_bert(1)
+    old = compare(bert, other, texts, tokenizer, pooling="tokens", max_tokens=4, max_length=16, n_boot=50, seed=3, ci=True)
+    new = compare(bert, other, texts, tokenizer, probe_options=ProbeOptions(pooling="tokens", max_tokens=4, max_length=16),
+                  cka_options=CKAOptions(n_boot=50, seed=3, ci=True))
+    assert old.to_json() == new.to_json()
+    with pytest.raises(LayerProbeError, match="either a CKAOptions or the keywords"):
+        compare(bert, other, texts, tokenizer, cka_options=CKAOptions(), seed=4)
+
+
+def test_pooling_given_against_a_snapshot_is_refused_not_replaced(bert, tokenizer, texts):
+    snap = take_snapshot(bert, tokenizer, texts, pooling="mean")
+    # not set: follows the snapshot, as before
+    c = compare(snap, tiny_bert(1), texts, tokenizer)
+    assert c.meta["pooling"] == "mean"
+    # set and contradicting side A's snapshot: an error before any model runs (was silently replaced)
+    with pytest.raises(LayerProbeError, match="pooling='first' was asked for but snapshot A was taken with "
+                                              "pooling='mean'"):
+        compare(snap, tiny_bert(1), texts, tokenizer, pooling="first")
