@@ -295,3 +295,41 @@ def test_matrix_updates():
     assert list(m) == ["a.weight", "b.weight"]
     assert m["a.weight"] == {"shape": (6, 5), "stable_rank": pytest.approx(5 / 4), "rank90": 2}
     assert m["b.weight"]["rank90"] == 3
+
+
+# ------------------------------------------------------------------------------------------
+# The chunked, threaded accumulation: float64-reference values, identical for any thread count
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pair_sums_match_float64_reference_and_ignore_thread_count(dtype):
+    from layerprobe.metrics import drift as drift_mod
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1_000_003, generator=g).to(dtype)
+    b = (a.double() + 1e-3 * torch.randn(1_000_003, generator=g, dtype=torch.float64)).to(dtype)
+    ad, bd = a.double(), b.double()
+    ref = (float(ad @ ad), float(bd @ bd), float(ad @ bd), float((bd - ad) @ (bd - ad)),
+           float((bd - ad).abs().max()))
+    runs = []
+    saved = torch.get_num_threads()
+    try:
+        for torch_threads, workers in [(1, 1), (2, 2), (1, 3), (2, 1)]:
+            torch.set_num_threads(torch_threads)
+            runs.append(drift_mod.pair_sums(a, b, chunk=1 << 14, threads=workers))
+    finally:
+        torch.set_num_threads(saved)
+    assert all(r == runs[0] for r in runs)  # byte-identical whatever the threads
+    for got, want in zip(runs[0], ref):
+        assert got == pytest.approx(want, rel=1e-12)
+    acc = DriftAccumulator(chunk=1 << 14)
+    assert acc.add("w", a, b) == (True, True)
+    assert acc.result()["weight_drift"] == pytest.approx(math.sqrt(ref[3] / ref[0]), rel=1e-9)
+
+
+def test_add_reports_non_finite_sides():
+    acc = DriftAccumulator()
+    assert acc.add("w", torch.tensor([1.0, float("inf")]), torch.tensor([1.0, 2.0])) == (False, True)
+    assert acc.add("v", torch.tensor([1.0, 2.0]), torch.tensor([float("nan"), 2.0])) == (True, False)
+    assert math.isnan(acc.result()["max_abs_change"])

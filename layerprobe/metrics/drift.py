@@ -12,9 +12,12 @@ There is one code path: :class:`DriftAccumulator` keeps five scalars, and :func:
 from __future__ import annotations
 
 import math
+import os
 import re
+import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ __all__ = [
     "block_anatomy",
     "matrix_updates",
     "max_abs_change",
+    "pair_sums",
     "param_group",
     "update_rank",
     "weight_cosine",
@@ -54,8 +58,20 @@ GROUPS = (
     "other",
 )
 
-#: Elements converted to float64 at a time.
-CHUNK = 1 << 24
+#: Elements converted to float64 at a time (two rows of 2 MiB: the chunk stays in cache).
+CHUNK = 1 << 18
+
+#: Chunks handed to a worker at a time.
+_CHUNKS_PER_TASK = 16
+
+#: Worker threads for big tensors (default: every core, at most 8). The output does not depend
+#: on it: chunks are fixed by :data:`CHUNK`, each is summed the same way, merged in chunk order.
+THREADS = max(1, min(8, os.cpu_count() or 1))
+
+_local = threading.local()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
 
 
 def _as_tensor(t, name: str) -> torch.Tensor:
@@ -73,17 +89,106 @@ def _as_tensor(t, name: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _chunks(t: torch.Tensor, chunk: int) -> Iterator[tuple[int, int]]:
-    n = t.numel()
-    for start in range(0, n, chunk):
-        yield start, min(n, start + chunk)
+def _buffer(chunk: int) -> torch.Tensor:
+    """This thread's reused (2, chunk) float64 buffer: rows W0 and ΔW of one chunk."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.shape[1] < chunk:
+        buf = _local.buf = torch.empty(2, chunk, dtype=torch.float64)
+    return buf
+
+
+def _chunk_sums(fa: torch.Tensor, fb: torch.Tensor, starts: range, chunk: int) -> list[tuple[float, float, float, float]]:
+    """Per chunk: ⟨a,a⟩, ⟨a,Δ⟩, ⟨Δ,Δ⟩ (Δ = b − a in float64) and max|Δ|, in one pass over the chunk.
+
+    The three inner products come from one 2×2 product of the stacked rows [a; Δ]; ‖b‖² and
+    ⟨a,b⟩ follow exactly as ‖a‖² + 2⟨a,Δ⟩ + ‖Δ‖² and ‖a‖² + ⟨a,Δ⟩ (no cancellation: the small
+    quantity, Δ, is formed directly).
+    """
+    buf = _buffer(chunk)
+    out = []
+    for s in starts:
+        e = min(fa.numel(), s + chunk)
+        k = e - s
+        a, d = buf[0, :k], buf[1, :k]
+        a.copy_(fa[s:e])
+        d.copy_(fb[s:e])
+        d.sub_(a)
+        rows = buf[:, :k]
+        g = torch.mm(rows, rows.T)
+        out.append((float(g[0, 0]), float(g[0, 1]), float(g[1, 1]), float(d.abs().max())))
+    return out
+
+
+def _get_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size != threads:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool, _pool_size = ThreadPoolExecutor(threads, thread_name_prefix="layerprobe-drift"), threads
+        return _pool
+
+
+class _OneTorchThread:
+    """Run torch ops single-threaded (restored on exit), so that no reduction is split in a way
+    that depends on the thread count: parallelism comes from our own workers instead."""
+
+    def __enter__(self) -> None:
+        self.saved = torch.get_num_threads()
+        if self.saved != 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.saved != 1:
+            torch.set_num_threads(self.saved)
+
+
+def pair_sums(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK, threads: int | None = None) -> tuple:
+    """``(Σa², Σb², Σab, Σ(b−a)², max|b−a|)`` of two same-shape tensors, accumulated in float64.
+
+    One pass per chunk through a reused float64 buffer; big tensors are split over ``threads``
+    workers. The result is identical for any thread count: the chunks are fixed by ``chunk``, each
+    is summed single-threaded, and the per-chunk sums are added in chunk order. NaN/Inf in ``a``
+    (``b``) make Σa² (Σb²) non-finite, so finiteness needs no separate pass.
+
+    >>> import torch
+    >>> pair_sums(torch.tensor([3.0, 0.0]), torch.tensor([3.0, 4.0]))
+    (9.0, 25.0, 9.0, 16.0, 4.0)
+    """
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    if fa.device.type != "cpu":
+        fa, fb = fa.cpu(), fb.cpu()
+    n = fa.numel()
+    if n == 0:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    threads = THREADS if threads is None else max(1, int(threads))
+    starts = range(0, n, chunk)
+    with _OneTorchThread():
+        if threads == 1 or len(starts) <= _CHUNKS_PER_TASK:
+            parts = _chunk_sums(fa, fb, starts, chunk)
+        else:
+            step = _CHUNKS_PER_TASK
+            pool = _get_pool(threads)
+            futures = [pool.submit(_chunk_sums, fa, fb, starts[i:i + step], chunk)
+                       for i in range(0, len(starts), step)]
+            parts = [p for f in futures for p in f.result()]
+    aa = ad = dd = 0.0
+    mx = 0.0
+    for paa, pad, pdd, pm in parts:  # fixed order: byte-identical whatever the thread count
+        aa += paa
+        ad += pad
+        dd += pdd
+        if math.isnan(pm) or pm > mx:
+            mx = pm if not math.isnan(mx) else mx
+    return aa, aa + 2.0 * ad + dd, aa + ad, dd, mx
 
 
 class DriftAccumulator:
     """Streams tensor pairs and keeps only scalars: Σ‖Δ‖², Σ‖w0‖², Σ‖w1‖², Σ⟨w0,w1⟩, max|Δ|, n.
 
-    Each tensor is flattened and converted to float64 ``chunk`` elements at a time (default
-    16M), so a 1 GB tensor never has full float64 copies.
+    Each tensor pair goes through :func:`pair_sums`: one pass per chunk of ``chunk`` elements
+    through a reused float64 buffer (no float64 copy of a tensor, no fresh buffer per chunk),
+    split over ``threads`` workers for big tensors with a result that does not depend on them.
 
     ``result()`` conventions: ``weight_drift`` = ‖W1−W0‖/‖W0‖ over everything added; if
     ‖W0‖ = 0 it is ``inf`` when anything changed and ``0.0`` otherwise. ``cosine`` is 1.0 when
@@ -93,16 +198,19 @@ class DriftAccumulator:
     >>> import torch
     >>> acc = DriftAccumulator()
     >>> acc.add("a", torch.tensor([3.0, 0.0]), torch.tensor([3.0, 4.0]))
+    (True, True)
     >>> acc.add("b", torch.tensor([4.0]), torch.tensor([4.0]))
+    (True, True)
     >>> r = acc.result()
     >>> r["weight_drift"], r["max_abs_change"], r["n_params"]
     (0.8, 4.0, 3)
     """
 
-    def __init__(self, chunk: int = CHUNK) -> None:
+    def __init__(self, chunk: int = CHUNK, threads: int | None = None) -> None:
         if chunk < 1:
             raise LayerProbeError(f"chunk must be ≥ 1, got {chunk=}")
         self.chunk = int(chunk)
+        self.threads = threads
         self.sq_delta = 0.0
         self.sq_w0 = 0.0
         self.sq_w1 = 0.0
@@ -111,8 +219,8 @@ class DriftAccumulator:
         self.n_params = 0
         self.n_tensors = 0
 
-    def add(self, name: str, t0, t1) -> None:
-        """Add one parameter.
+    def add(self, name: str, t0, t1) -> tuple[bool, bool]:
+        """Add one parameter; return whether each side was finite (no NaN/Inf).
 
         Args:
             name: parameter name (used in error messages).
@@ -127,29 +235,26 @@ class DriftAccumulator:
             raise LayerProbeError(
                 f"parameter {name!r}: shape mismatch, before {tuple(a.shape)} vs after {tuple(b.shape)}"
             )
-        fa, fb = a.reshape(-1), b.reshape(-1)
-        for s, e in _chunks(fa, self.chunk):
-            ca = fa[s:e].to(device="cpu", dtype=torch.float64)
-            cb = fb[s:e].to(device="cpu", dtype=torch.float64)
-            self.sq_w0 += float(torch.dot(ca, ca))
-            self.sq_w1 += float(torch.dot(cb, cb))
-            self.dot += float(torch.dot(ca, cb))
-            d = cb - ca  # never in place: .to() returns the caller's tensor if already float64
-            self.sq_delta += float(torch.dot(d, d))
-            m = float(d.abs().max()) if e > s else 0.0
-            if math.isnan(m):
-                self.max_abs = m
-            elif m > self.max_abs:  # stays nan once nan
-                self.max_abs = m
+        s0, s1, dt, sd, mx = pair_sums(a, b, self.chunk, self.threads)
+        self.sq_w0 += s0
+        self.sq_w1 += s1
+        self.dot += dt
+        self.sq_delta += sd
+        if math.isnan(mx) or mx > self.max_abs:  # stays nan once nan
+            self.max_abs = mx if not math.isnan(self.max_abs) else self.max_abs
         self.n_params += int(a.numel())
         self.n_tensors += 1
+        ok0 = math.isfinite(s0)
+        # Σb² is derived from a's sums too: only when a is non-finite must b be checked apart
+        ok1 = math.isfinite(s1) if ok0 else not (b.is_floating_point() and not bool(torch.isfinite(b).all()))
+        return ok0, ok1
 
     def merge(self, other: DriftAccumulator) -> DriftAccumulator:
         """Fold another accumulator's sums into this one (e.g. parameter groups into a block).
 
         >>> a, b = DriftAccumulator(), DriftAccumulator()
-        >>> a.add("a", torch.tensor([3.0, 0.0]), torch.tensor([3.0, 4.0]))
-        >>> b.add("b", torch.tensor([4.0]), torch.tensor([4.0]))
+        >>> _ = a.add("a", torch.tensor([3.0, 0.0]), torch.tensor([3.0, 4.0]))
+        >>> _ = b.add("b", torch.tensor([4.0]), torch.tensor([4.0]))
         >>> a.merge(b).result()["weight_drift"]
         0.8
         """
