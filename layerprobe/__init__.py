@@ -25,23 +25,27 @@ _LAZY = {
     "Snapshot": "snapshot", "take_snapshot": "snapshot",
     "ProbeOptions": "options", "CKAOptions": "options",
     "load_hf_model": "sources",
-    "FreezePolicy": "track", "LayerProbeCallback": "track", "Tracker": "track",
+    "FreezePolicy": "policy", "AutoFreezePolicy": "policy", "Tracker": "tracker",
+    "LayerProbeCallback": "integrations.hf", "PrefixCache": "prefix_cache",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .blocks import BlockRef, Blocks, find_blocks
-    from .capture import capture
-    from .compare import compare
-    from .errors import LayerProbeError
-    from .freeze import freeze, parameter_names, unfreeze
-    from .options import CKAOptions, ProbeOptions
-    from .recommend import Recommendation, Thresholds, recommend
-    from .result import Comparison
-    from .snapshot import Snapshot, take_snapshot
-    from .sources import load_hf_model
-    from .track import FreezePolicy, LayerProbeCallback, Tracker
+    from .blocks import BlockRef, Blocks, find_blocks  # noqa: F401
+    from .capture import capture  # noqa: F401
+    from .compare import compare  # noqa: F401
+    from .errors import LayerProbeError  # noqa: F401
+    from .freeze import freeze, parameter_names, unfreeze  # noqa: F401
+    from .options import CKAOptions, ProbeOptions  # noqa: F401
+    from .recommend import Recommendation, Thresholds, recommend  # noqa: F401
+    from .result import Comparison  # noqa: F401
+    from .snapshot import Snapshot, take_snapshot  # noqa: F401
+    from .sources import load_hf_model  # noqa: F401
+    from .integrations.hf import LayerProbeCallback
+    from .policy import AutoFreezePolicy, FreezePolicy
+    from .prefix_cache import PrefixCache
+    from .tracker import Tracker  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

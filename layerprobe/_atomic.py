@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.errors import one_line as _one_line
 
 __all__ = [
     "atomic_save_torch",
@@ -29,10 +30,6 @@ __all__ = [
     "atomic_write_text",
     "ensure_writable_dir",
 ]
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> str:

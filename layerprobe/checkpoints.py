@@ -26,46 +26,33 @@ from __future__ import annotations
 import abc
 import json
 import os
-import re
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.errors import one_line as _one_line
+from layerprobe.safe_load import (  # noqa: F401  (safe_torch_load, load_pt_or_snapshot: public here too)
+    SNAPSHOT_FORMAT,
+    _check_file,
+    _sniff,
+    load_pt_or_snapshot,
+    safe_torch_load,
+)
 
 __all__ = [
-    "HEAD_MODULES",
     "SNAPSHOT_FORMAT",
-    "Alignment",
     "SafetensorsSource",
     "ShardedSource",
     "StateDictSource",
     "TensorSource",
-    "align_names",
     "check_finite",
     "checkpoint_kind",
     "load_pt_or_snapshot",
-    "match_sources",
-    "match_state",
     "open_checkpoint",
     "safe_torch_load",
-    "strip_common_prefix",
 ]
-
-SNAPSHOT_FORMAT = "layerprobe-snapshot"
-
-#: First name component (after any model prefix such as ``bert.``) of task-head parameters:
-#: present in a task model and absent from the bare encoder, so never a mismatch.
-HEAD_MODULES = frozenset(
-    {
-        "classifier", "pre_classifier", "pooler", "lm_head", "cls", "qa_outputs", "score",
-        "vocab_transform", "vocab_layer_norm", "vocab_projector", "generator_lm_head",
-        "discriminator_predictions", "sequence_summary", "lm_loss", "heads", "head",
-    }
-)
 
 _HF_WEIGHT_FILES = (
     "model.safetensors",
@@ -77,214 +64,6 @@ _NO_WEIGHTS = (
     "no model weights found (expected model.safetensors, model.safetensors.index.json, "
     "pytorch_model.bin)"
 )
-_UNSAFE = (
-    "refused: the file needs arbitrary Python objects to load (unsafe pickle); "
-    "convert it to .safetensors"
-)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _one_line(text: object, limit: int = 200) -> str:
-    s = " ".join(_ANSI.sub("", str(text)).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-def _names(names: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(repr(n) for n in list(names)[:limit])
-    return shown + (", ..." if len(names) > limit else "")
-
-
-# --------------------------------------------------------------------------- raw file access
-
-
-def _sniff(path: str) -> str:
-    """What the bytes of ``path`` look like: safetensors, torch_zip, pickle, empty or unknown."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        return "empty"
-    if head[:4] == b"PK\x03\x04":
-        return "torch_zip"
-    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:  # pickle PROTO opcode
-        return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    return "unknown"
-
-
-def _check_file(path: str, what: str = "file") -> None:
-    if not os.path.exists(path):
-        raise LayerProbeError(f"{what} not found", path=path)
-    if os.path.isdir(path):
-        raise LayerProbeError(f"is a directory, expected a {what}", path=path)
-    if not os.access(path, os.R_OK):
-        raise LayerProbeError("cannot read: permission denied", path=path)
-    if os.path.getsize(path) == 0:
-        raise LayerProbeError(f"{what} is empty (0 bytes), expected a checkpoint", path=path)
-
-
-def _global_status(dotted: str) -> str:
-    """``"real"``, ``"missing"`` or ``"unknown"`` for a ``module.attr`` name from a pickle.
-
-    Looks only at *already imported* modules: a module named by a file must never be imported
-    on the file's behalf. ``"missing"``: the module is loaded but has no such attribute.
-    """
-    import sys
-
-    parts = dotted.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        module = sys.modules.get(".".join(parts[:i]))
-        if module is None:
-            continue
-        obj: Any = module
-        for attr in parts[i:]:
-            if not hasattr(obj, attr):
-                return "missing"
-            obj = getattr(obj, attr)
-        return "real"
-    return "unknown"
-
-
-def _translate_unpickling(path: str, exc: Exception) -> LayerProbeError:
-    msg = _ANSI.sub("", str(exc))
-    match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", msg)
-    if match:
-        name = match.group(1)
-        status = _global_status(name)
-        if status == "missing" or (name.startswith("torch.") and status != "real"):
-            # A garbled torch internal name: damaged bytes, not a foreign class.
-            return LayerProbeError(
-                "not a readable PyTorch file: truncated or corrupted (garbled pickle data)", path=path
-            )
-        return LayerProbeError(f"{_UNSAFE} (it asks for {name})", path=path)
-    if re.search(r"Can only (create new object|build)|call reduce for unrecognized", msg):
-        return LayerProbeError(_UNSAFE, path=path)
-    if "Unsupported operand" in msg:
-        return LayerProbeError(
-            "not a checkpoint: a pickle that torch.save did not write (weights-only loader "
-            f"rejected it: {_one_line(msg.split('WeightsUnpickler error:')[-1].split('Check the documentation')[0], 80)})",
-            path=path,
-        )
-    return LayerProbeError(
-        "not a readable PyTorch file: truncated or corrupted "
-        f"({_one_line(msg.split('WeightsUnpickler error:')[-1].split('Check the documentation')[0], 80)})",
-        path=path,
-    )
-
-
-def safe_torch_load(path: str | os.PathLike) -> Any:
-    """Load a file written by ``torch.save`` without running any code from it.
-
-    Uses ``torch.load(path, map_location="cpu", weights_only=True)``, memory-mapped
-    (``mmap=True``) for the zip format so tensors are read from disk only when touched.
-
-    Args:
-        path: the file.
-
-    Returns:
-        The loaded object (tensors, containers and primitive values only).
-
-    Raises:
-        LayerProbeError: missing or empty file; not a PyTorch file ("not a checkpoint"); a
-            truncated or corrupted file; a pickle that needs arbitrary Python objects
-            ("refused: ... unsafe pickle; convert it to .safetensors"); a TorchScript archive.
-
-    >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "w.pt")
-    >>> torch.save({"w": torch.ones(2)}, p)
-    >>> safe_torch_load(p)["w"].tolist()
-    [1.0, 1.0]
-    """
-    path = os.fspath(path)
-    _check_file(path)
-    kind = _sniff(path)
-    if kind == "safetensors":
-        raise LayerProbeError(
-            "is a safetensors file, not a torch.save file; open it with open_checkpoint", path=path
-        )
-    if kind not in ("torch_zip", "pickle"):
-        raise LayerProbeError(
-            "not a checkpoint: no PyTorch zip or pickle header found (text or another format?)",
-            path=path,
-        )
-    import pickle
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "torch_zip")
-    except pickle.UnpicklingError as exc:
-        raise _translate_unpickling(path, exc) from None
-    except RuntimeError as exc:
-        msg = _ANSI.sub("", str(exc))
-        if "TorchScript" in msg:
-            raise LayerProbeError(
-                "refused: a TorchScript archive contains code; save the state_dict as .safetensors",
-                path=path,
-            ) from None
-        reason = msg.split(". ")[0].replace("PytorchStreamReader ", "")
-        raise LayerProbeError(
-            f"not a readable PyTorch file: truncated or corrupted ({_one_line(reason, 100)})",
-            path=path,
-        ) from None
-    except (EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
-            UnicodeDecodeError, OverflowError, MemoryError) as exc:
-        raise LayerProbeError(
-            "not a readable PyTorch file: truncated or corrupted "
-            f"({type(exc).__name__}{': ' + _one_line(exc, 80) if str(exc) else ''})",
-            path=path,
-        ) from None
-
-
-def _extract_state_dict(path: str, obj: Any) -> dict[str, torch.Tensor]:
-    """The flat name → tensor dict inside a loaded ``.pt`` object, validated."""
-    if not isinstance(obj, Mapping):
-        raise LayerProbeError(
-            f"holds a {type(obj).__name__}, expected a state dict (a dict of parameter name -> tensor)",
-            path=path,
-        )
-    nested = [k for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)]
-    if nested and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        if len(nested) > 1:
-            raise LayerProbeError(
-                "ambiguous checkpoint: both 'state_dict' and 'model' hold dicts, expected one",
-                path=path,
-            )
-        obj = obj[nested[0]]
-    if not obj:
-        raise LayerProbeError("the state dict is empty, expected parameter tensors", path=path)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in obj.items():
-        if not isinstance(key, str):
-            raise LayerProbeError(
-                f"state dict key {key!r} has type {type(key).__name__}, expected a string name", path=path
-            )
-        if not isinstance(value, torch.Tensor):
-            raise LayerProbeError(
-                f"value of {key!r} has type {type(value).__name__}, expected a tensor "
-                "(a state dict maps parameter names to tensors)",
-                path=path,
-            )
-        out[key] = value
-    return out
-
-
-def load_pt_or_snapshot(path: str | os.PathLike) -> tuple[str, Any]:
-    """Load a ``torch.save`` file once and say what it is.
-
-    Returns:
-        ``("snapshot", obj)`` for a layerprobe snapshot (the loaded dict, unvalidated: the
-        snapshot reader checks it), else ``("state_dict", tensors)`` with the validated flat
-        name → tensor dict (tensors memory-mapped where possible).
-
-    Raises:
-        LayerProbeError: everything :func:`safe_torch_load` raises, or not a state dict.
-    """
-    path = os.fspath(path)
-    obj = safe_torch_load(path)
-    if isinstance(obj, Mapping) and obj.get("format") == SNAPSHOT_FORMAT:
-        return "snapshot", obj
-    return "state_dict", _extract_state_dict(path, obj)
 
 
 # --------------------------------------------------------------------------- tensor sources
@@ -710,8 +489,12 @@ def open_checkpoint(path: str | os.PathLike) -> TensorSource:
 # --------------------------------------------------------------------------- value checks
 
 
+#: Elements checked for NaN/Inf at a time (the bool mask never covers a whole huge tensor).
+_FINITE_CHUNK = 1 << 24
+
+
 def check_finite(name: str, tensor: torch.Tensor, path: str | os.PathLike | None = None) -> None:
-    """Raise if a floating-point tensor holds NaN or Inf.
+    """Raise if a floating-point tensor holds NaN or Inf (checked in chunks; counted only on failure).
 
     Raises:
         LayerProbeError: ``"non-finite values (NaN/Inf) in parameter 'x': 2 of 6 values (1 NaN, 1 Inf)"``.
@@ -724,240 +507,14 @@ def check_finite(name: str, tensor: torch.Tensor, path: str | os.PathLike | None
     """
     if not (tensor.is_floating_point() or tensor.is_complex()):
         return
-    finite = torch.isfinite(tensor)
-    if bool(finite.all()):
+    flat = tensor.reshape(-1)
+    chunks = [flat[i:i + _FINITE_CHUNK] for i in range(0, flat.numel(), _FINITE_CHUNK)]  # views, no copies
+    if all(bool(torch.isfinite(c).all()) for c in chunks):
         return
-    n_nan = int(torch.isnan(tensor).sum())
-    n_bad = int((~finite).sum())
+    n_nan = sum(int(torch.isnan(c).sum()) for c in chunks)
+    n_bad = sum(int((~torch.isfinite(c)).sum()) for c in chunks)
     raise LayerProbeError(
         f"non-finite values (NaN/Inf) in parameter {name!r}: {n_bad} of {tensor.numel()} values "
         f"({n_nan} NaN, {n_bad - n_nan} Inf)",
         path=path,
-    )
-
-
-# --------------------------------------------------------------------------- name alignment
-
-
-def strip_common_prefix(keys: Iterable[str]) -> tuple[str, list[str]]:
-    """Remove the longest dotted prefix shared by *all* names (e.g. ``module.`` from DDP).
-
-    >>> strip_common_prefix(["module.a.w", "module.b.w"])
-    ('module.', ['a.w', 'b.w'])
-    >>> strip_common_prefix(["a.w", "b.w"])
-    ('', ['a.w', 'b.w'])
-    """
-    keys = list(keys)
-    if not keys:
-        return "", []
-    parts = [k.split(".") for k in keys]
-    n = 0
-    while all(len(p) > n + 1 and p[n] == parts[0][n] for p in parts):
-        n += 1
-    prefix = "".join(p + "." for p in parts[0][:n])
-    return prefix, [k[len(prefix):] for k in keys]
-
-
-def _is_head(stripped: str, head_modules: frozenset[str]) -> bool:
-    return stripped.split(".", 1)[0] in head_modules
-
-
-def _is_ignorable_buffer(stripped: str) -> bool:
-    # Buffers that some library versions save and others do not (not learned parameters).
-    return stripped.endswith(".position_ids") or stripped == "embeddings.token_type_ids" or stripped.endswith(
-        ".num_batches_tracked"
-    )
-
-
-def _candidate_prefixes(keys: Sequence[str]) -> list[str]:
-    counts: dict[str, int] = {}
-    for k in keys:
-        parts = k.split(".")
-        for depth in (1, 2):
-            if len(parts) > depth:
-                p = ".".join(parts[:depth]) + "."
-                counts[p] = counts.get(p, 0) + 1
-    threshold = max(1, len(keys) // 2)
-    return [""] + sorted((p for p, c in counts.items() if c >= threshold), key=len)
-
-
-def _strip_map(keys: Sequence[str], prefix: str) -> dict[str, str] | None:
-    out: dict[str, str] = {}
-    for k in keys:
-        s = k[len(prefix):] if prefix and k.startswith(prefix) else k
-        if s in out:
-            return None  # stripping would merge two names
-        out[s] = k
-    return out
-
-
-@dataclass(frozen=True)
-class Alignment:
-    """How the parameter names of checkpoint A and checkpoint B correspond.
-
-    Attributes:
-        pairs: ``(name in A, name in B)`` for every parameter present in both, in A's order.
-        prefix_a, prefix_b: the leading module name removed from each side (``""`` if none),
-            e.g. ``"bert."`` for a task model compared with a bare encoder.
-        only_a, only_b: non-head parameters present on one side only (original names).
-        head_only_a, head_only_b: task-head parameters (``classifier.*``, ``pooler.*``, ...)
-            present on one side only — expected when a task model meets a bare model.
-        ignored_a, ignored_b: bookkeeping buffers on one side only (``position_ids``, ...).
-    """
-
-    pairs: list[tuple[str, str]]
-    prefix_a: str = ""
-    prefix_b: str = ""
-    only_a: list[str] = field(default_factory=list)
-    only_b: list[str] = field(default_factory=list)
-    head_only_a: list[str] = field(default_factory=list)
-    head_only_b: list[str] = field(default_factory=list)
-    ignored_a: list[str] = field(default_factory=list)
-    ignored_b: list[str] = field(default_factory=list)
-
-
-def align_names(
-    keys_a: Sequence[str],
-    keys_b: Sequence[str],
-    head_modules: Iterable[str] = HEAD_MODULES,
-) -> Alignment:
-    """Map the names of B onto the names of A, tolerating one extra leading module name.
-
-    Tries stripping ``""`` and each leading one- or two-component prefix that covers at least
-    half of a side's names (``bert.``, ``model.``, ``module.``, ``model.bert.``) from each side
-    and keeps the choice that matches the most names (ties: the shortest prefixes). Names
-    without the prefix (e.g. ``classifier.weight`` next to ``bert.*``) are kept as they are.
-    Never raises: the caller decides what is an error (see :func:`match_state`).
-
-    >>> al = align_names(["bert.encoder.w", "bert.pooler.w", "classifier.w"], ["encoder.w"])
-    >>> al.pairs, al.prefix_a, al.head_only_a, al.only_a
-    ([('bert.encoder.w', 'encoder.w')], 'bert.', ['bert.pooler.w', 'classifier.w'], [])
-    """
-    keys_a, keys_b = list(keys_a), list(keys_b)
-    heads = frozenset(head_modules)
-    best: tuple[tuple[int, int], str, str, dict[str, str], dict[str, str]] | None = None
-    for pa in _candidate_prefixes(keys_a):
-        map_a = _strip_map(keys_a, pa)
-        if map_a is None:
-            continue
-        for pb in _candidate_prefixes(keys_b):
-            map_b = _strip_map(keys_b, pb)
-            if map_b is None:
-                continue
-            score = (len(map_a.keys() & map_b.keys()), -(len(pa) + len(pb)))
-            if best is None or score > best[0]:
-                best = (score, pa, pb, map_a, map_b)
-    assert best is not None  # "" / "" always qualifies: names within one file are unique
-    _, pa, pb, map_a, map_b = best
-    pairs = [(map_a[s], map_b[s]) for s in map_a if s in map_b]
-    result: dict[str, dict[str, list[str]]] = {}
-    for side, mine, other in (("a", map_a, map_b), ("b", map_b, map_a)):
-        lists: dict[str, list[str]] = {"only": [], "head": [], "ignored": []}
-        for s, original in mine.items():
-            if s in other:
-                continue
-            if _is_head(s, heads):
-                lists["head"].append(original)
-            elif _is_ignorable_buffer(s):
-                lists["ignored"].append(original)
-            else:
-                lists["only"].append(original)
-        result[side] = lists
-    return Alignment(
-        pairs=pairs,
-        prefix_a=pa,
-        prefix_b=pb,
-        only_a=result["a"]["only"],
-        only_b=result["b"]["only"],
-        head_only_a=result["a"]["head"],
-        head_only_b=result["b"]["head"],
-        ignored_a=result["a"]["ignored"],
-        ignored_b=result["b"]["ignored"],
-    )
-
-
-def _shape_of(
-    shapes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]], name: str, index: dict[str, int]
-) -> tuple[int, ...]:
-    if isinstance(shapes, Mapping):
-        return tuple(int(d) for d in shapes[name])
-    return tuple(int(d) for d in shapes[index[name]])
-
-
-def match_state(
-    keys_a: Sequence[str],
-    shapes_a: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
-    keys_b: Sequence[str],
-    shapes_b: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
-    path_a: str | os.PathLike,
-    path_b: str | os.PathLike,
-    head_modules: Iterable[str] = HEAD_MODULES,
-) -> Alignment:
-    """Check that two checkpoints hold the same parameters with the same shapes.
-
-    Names are aligned with :func:`align_names` (a ``bert.``-style prefix on one side is fine).
-    Task-head parameters present on one side only are returned in ``head_only_*``, not raised.
-
-    Args:
-        keys_a, keys_b: parameter names of each checkpoint.
-        shapes_a, shapes_b: ``{name: shape}`` or a list of shapes parallel to the keys.
-        path_a, path_b: the files, for messages.
-        head_modules: first name components that mark task-head parameters.
-
-    Returns:
-        The :class:`Alignment` (``pairs`` in A's order).
-
-    Raises:
-        LayerProbeError: one line saying exactly what differs — non-head names on one side
-            only (count and up to 3 names per side), the first shape mismatch (name and both
-            shapes, plus how many others differ), or no names in common at all.
-
-    >>> match_state(["w"], {"w": (2, 3)}, ["w"], {"w": (3, 2)}, "a.pt", "b.pt")
-    Traceback (most recent call last):
-    ...
-    layerprobe.errors.LayerProbeError: a.pt: shape mismatch with b.pt: parameter 'w' is (2, 3) in a.pt but (3, 2) in b.pt
-    """
-    pa, pb = os.fspath(path_a), os.fspath(path_b)
-    keys_a, keys_b = list(keys_a), list(keys_b)
-    al = align_names(keys_a, keys_b, head_modules)
-    if not al.pairs:
-        raise LayerProbeError(
-            f"no parameter names in common with {pb} ({len(keys_a)} names here, e.g. "
-            f"{_names(keys_a)}; {len(keys_b)} there, e.g. {_names(keys_b)}); expected the same model",
-            path=pa,
-        )
-    if al.only_a or al.only_b:
-        parts = []
-        if al.only_a:
-            parts.append(f"{len(al.only_a)} only in {pa} ({_names(al.only_a)})")
-        if al.only_b:
-            parts.append(f"{len(al.only_b)} only in {pb} ({_names(al.only_b)})")
-        raise LayerProbeError(
-            f"parameter names differ from {pb}: " + "; ".join(parts)
-            + f"; {len(al.pairs)} in common; expected the same architecture",
-            path=pa,
-        )
-    idx_a = {k: i for i, k in enumerate(keys_a)}
-    idx_b = {k: i for i, k in enumerate(keys_b)}
-    bad = []
-    for na, nb in al.pairs:
-        sa = _shape_of(shapes_a, na, idx_a)
-        sb = _shape_of(shapes_b, nb, idx_b)
-        if sa != sb:
-            bad.append((na, nb, sa, sb))
-    if bad:
-        na, nb, sa, sb = bad[0]
-        shown = repr(na) if na == nb else f"{na!r} ({nb!r} in {pb})"
-        more = f" (and {len(bad) - 1} more mismatched)" if len(bad) > 1 else ""
-        raise LayerProbeError(
-            f"shape mismatch with {pb}: parameter {shown} is {sa} in {pa} but {sb} in {pb}{more}",
-            path=pa,
-        )
-    return al
-
-
-def match_sources(src_a: TensorSource, src_b: TensorSource, head_modules: Iterable[str] = HEAD_MODULES) -> Alignment:
-    """:func:`match_state` for two open :class:`TensorSource` objects (reads no tensor data)."""
-    return match_state(
-        src_a.keys(), src_a.shapes(), src_b.keys(), src_b.shapes(), src_a.path, src_b.path, head_modules
     )

@@ -24,6 +24,7 @@ import torch
 
 from ._version import __version__
 from .blocks import OTHER
+from .checkpoints import check_finite
 from .errors import LayerProbeError
 from .metrics.cka import (
     CKASubsampleWarning,
@@ -100,17 +101,6 @@ def _result(acc: DriftAccumulator) -> dict:
 #: float64 copies of itself and minutes of SVD, so its group reports no rank (drift is still exact).
 RANK_MAX_NUMEL = 1 << 22
 
-#: Elements checked for NaN/Inf at a time (the bool mask never covers a whole huge tensor).
-_FINITE_CHUNK = 1 << 24
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    if not (t.is_floating_point() or t.is_complex()):
-        return True
-    flat = t.reshape(-1)
-    return all(bool(torch.isfinite(flat[s:s + _FINITE_CHUNK]).all()) for s in range(0, flat.numel(), _FINITE_CHUNK))
-
-
 def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
     """Drift of one entry, overall and per parameter group, reading one tensor pair at a time.
 
@@ -123,8 +113,7 @@ def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
     for rel, ka, kb in _match_params(a, b, entry):
         t0, t1 = a.weights.get(ka), b.weights.get(kb)
         for name, t in ((a.label, t0), (b.label, t1)):
-            if not _all_finite(t):
-                raise LayerProbeError(f"non-finite values (NaN/Inf) in parameter {entry}/{rel}", name)
+            check_finite(f"{entry}/{rel}", t, name)
         if anatomy:  # each tensor is read and summed once: the block total merges its groups
             g = param_group(rel)
             groups.setdefault(g, DriftAccumulator()).add(rel, t0, t1)

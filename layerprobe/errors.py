@@ -7,6 +7,20 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import os
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` as one line for an error message: colour codes dropped, whitespace collapsed,
+    cut to ``limit`` characters (with ``...``) when given.
+
+    >>> one_line("bad   header  here", limit=12)
+    'bad heade...'
+    """
+    s = " ".join(_ANSI.sub("", str(text)).split())
+    return s if limit is None or len(s) <= limit else s[: limit - 3] + "..."
 
 
 class LayerProbeError(ValueError):

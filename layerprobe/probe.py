@@ -29,15 +29,12 @@ from typing import Any
 import numpy as np
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.errors import one_line as _one_line
 
 __all__ = ["PROBE_EXTENSIONS", "fingerprint", "read_probe_texts"]
 
 PROBE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
 _EXPECTED = "expected .csv, .tsv, .jsonl, .json, .txt or a directory saved with datasets.save_to_disk"
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _names(names: Iterable[Any], limit: int = 10) -> str:

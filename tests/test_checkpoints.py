@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerprobe import checkpoints as ck
 from layerprobe._atomic import (
     atomic_save_torch,
     atomic_write,
@@ -22,11 +21,8 @@ from layerprobe.checkpoints import (
     check_finite,
     checkpoint_kind,
     load_pt_or_snapshot,
-    match_sources,
-    match_state,
     open_checkpoint,
     safe_torch_load,
-    strip_common_prefix,
 )
 from layerprobe.errors import LayerProbeError
 
@@ -371,7 +367,7 @@ def test_hf_pytorch_bin_dirs(tmp_path):
                      "'ghost.weight' is listed in pytorch_model.bin.index.json but missing")
 
 
-# ----------------------------------------------------------------------------- checks and matching
+# ----------------------------------------------------------------------------- checks
 
 
 def test_check_finite():
@@ -382,50 +378,3 @@ def test_check_finite():
         check_finite("encoder.w", t, "m.pt")
     assert str(info.value) == ("m.pt: non-finite values (NaN/Inf) in parameter 'encoder.w': "
                                "3 of 4 values (1 NaN, 2 Inf)")
-
-
-def test_match_task_model_against_bare_model(tiny_bert):
-    root, state, cls = tiny_bert
-    with open_checkpoint(root / "cls") as a, open_checkpoint(root / "sharded") as b:
-        al = match_sources(a, b)
-        assert al.prefix_a == "bert." and al.prefix_b == ""
-        assert al.head_only_a == ["classifier.bias", "classifier.weight"]
-        assert al.only_a == al.only_b == al.head_only_b == []
-        assert len(al.pairs) == len(state)
-        assert all(na == "bert." + nb for na, nb in al.pairs)
-        # Reverse direction: the head is reported on B's side.
-        al2 = match_sources(b, a)
-        assert al2.prefix_b == "bert." and al2.head_only_b == ["classifier.bias", "classifier.weight"]
-        # Same weights (same seed) after alignment; the head-only tensors are not compared.
-        cls_state = cls.state_dict()
-        for na, nb in al.pairs:
-            assert a.get(na).shape == b.get(nb).shape
-            assert torch.equal(a.get(na), cls_state[na])
-
-
-def test_match_state_errors():
-    keys_a = [f"encoder.layer.{i}.w" for i in range(6)]
-    shapes = {k: (4, 4) for k in keys_a}
-    msg = expect_error(lambda: match_state(keys_a, shapes, keys_a[:1], shapes, "a.pt", "b.pt"), "a.pt",
-                       "5 only in a.pt ('encoder.layer.1.w', 'encoder.layer.2.w', 'encoder.layer.3.w', ...)",
-                       "1 in common")
-    assert "b.pt" in msg and "only in b.pt" not in msg
-    keys_b = keys_a[:5] + ["decoder.x"]
-    expect_error(lambda: match_state(keys_a, shapes, keys_b, {**shapes, "decoder.x": (1,)}, "a.pt", "b.pt"),
-                 "a.pt", "1 only in a.pt ('encoder.layer.5.w')", "1 only in b.pt ('decoder.x')")
-    bad = {**shapes, "encoder.layer.2.w": (4, 8), "encoder.layer.4.w": (2,)}
-    expect_error(lambda: match_state(keys_a, shapes, keys_a, bad, "a.pt", "b.pt"), "a.pt",
-                 "parameter 'encoder.layer.2.w' is (4, 4) in a.pt but (4, 8) in b.pt (and 1 more mismatched)")
-    expect_error(lambda: match_state(["x"], [(1,)], ["y"], [(1,)], "a.pt", "b.pt"), "a.pt", "no parameter names in common")
-    # Shapes as lists parallel to the keys; a prefix on B; a stale position_ids buffer ignored.
-    al = match_state(["emb.w", "layer.0.w"], [(2, 2), (3,)],
-                     ["model.emb.w", "model.layer.0.w", "model.embeddings.position_ids"],
-                     [(2, 2), (3,), (1, 5)], "a.pt", "b.pt")
-    assert al.pairs == [("emb.w", "model.emb.w"), ("layer.0.w", "model.layer.0.w")]
-    assert al.ignored_b == ["model.embeddings.position_ids"] and al.prefix_b == "model."
-
-
-def test_strip_common_prefix():
-    assert strip_common_prefix(["module.bert.a.w", "module.bert.b.w"]) == ("module.bert.", ["a.w", "b.w"])
-    assert strip_common_prefix(["w"]) == ("", ["w"])
-    assert strip_common_prefix([]) == ("", [])
