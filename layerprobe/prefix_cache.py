@@ -188,7 +188,7 @@ class PrefixCache:
                 return None
             s, n = run
             h = hashlib.blake2b(digest_size=20)
-            h.update(f"{s}|{n}|{ids.shape[1] if extra_c else 0}|".encode())
+            h.update(f"{s}|{n}|{len(extra_c)}|".encode())
             h.update(ids_c[r, s: s + n].to(torch.int64).numpy().tobytes())
             for t in extra_c:
                 h.update(t[r, s: s + n].to(torch.int64).numpy().tobytes())

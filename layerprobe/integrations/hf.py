@@ -1,0 +1,124 @@
+"""``transformers.Trainer`` integration: :class:`LayerProbeCallback`.
+
+Importing this module imports ``transformers`` (the Trainer callback base class); nothing else in
+layerprobe does at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from transformers import TrainerCallback
+
+from ..blocks import Blocks
+from ..errors import LayerProbeError
+from ..policy import AutoFreezePolicy, FreezePolicy
+from ..tracker import DEFAULT_MAX_LENGTH, FREEZE_LOG_CSV, TRAJECTORY_CSV, Tracker
+
+__all__ = ["LayerProbeCallback"]
+
+class LayerProbeCallback(TrainerCallback):
+    """A ``transformers.TrainerCallback`` that tracks every entry, gives the current advice, and
+    (with ``auto_freeze=True``) freezes the bottom prefix in the same run.
+
+    At train begin it records step 0; every ``every_n_steps`` optimizer steps it records a check
+    and rewrites ``<args.output_dir>/layerprobe_trajectory.csv`` (atomically); at train end it
+    records the final step. With a policy (``auto_freeze=True`` or ``freeze_policy=``) the policy
+    acts after each check and logs every decision with its numbers to
+    ``<args.output_dir>/layerprobe_freeze_log.csv``.
+
+    ``auto_freeze=True`` uses :class:`~layerprobe.policy.AutoFreezePolicy`: it freezes the advised
+    bottom prefix once each of its blocks has settled (change per unit of learning rate, read from
+    the Trainer's optimizer at every step) and, with ``cache=True``, stops recomputing the frozen
+    prefix: a :class:`~layerprobe.prefix_cache.PrefixCache` serves each example's stored output of
+    the last frozen block from the next epoch on. Nothing else in the user's script changes. What
+    does change: the frozen prefix runs in eval mode (no dropout there). At train end the cache is
+    detached and the model is a plain model again (its frozen parameters stay frozen).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        probe_texts: a small probe set (e.g. 64 texts).
+        auto_freeze: freeze progressively in the same run (contract keyword).
+        every_n_steps: steps between checks; default 50, or with ``auto_freeze`` about 20 checks per
+            run (``max_steps // 20``).
+        max_length, pooling, blocks, batch_size: as for :class:`~layerprobe.tracker.Tracker`.
+        freeze_policy: an explicit policy instead of the default one (``FreezePolicy`` or
+            ``AutoFreezePolicy``).
+        thresholds, settle, patience, cache: knobs of the default ``AutoFreezePolicy``.
+        filename: name of the trajectory file in ``args.output_dir``.
+
+    Example::
+
+        cb = LayerProbeCallback(tokenizer=tok, probe_texts=probe, auto_freeze=True)
+        trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb])
+        trainer.train()   # -> layerprobe_trajectory.csv, layerprobe_freeze_log.csv in output_dir
+        cb.advice()       # the current advice, at any step
+    """
+
+    def __init__(self, tokenizer=None, probe_texts: Sequence[str] = (), every_n_steps: int | None = None,
+                 max_length: int = DEFAULT_MAX_LENGTH, pooling: str = "mean", blocks: Blocks | None = None,
+                 batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
+                 filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
+                 settle: float | None = None, patience: int | None = None, cache: bool = True) -> None:
+        if tokenizer is None:
+            raise LayerProbeError("LayerProbeCallback needs tokenizer=...")
+        if auto_freeze and freeze_policy is not None:
+            raise LayerProbeError("LayerProbeCallback: give auto_freeze=True or freeze_policy=..., not both")
+        if not auto_freeze and (settle is not None or patience is not None or thresholds is not None):
+            raise LayerProbeError("LayerProbeCallback: thresholds/settle/patience configure auto_freeze=True")
+        if auto_freeze:
+            kw = {k: v for k, v in (("thresholds", thresholds), ("settle", settle), ("patience", patience))
+                  if v is not None}
+            freeze_policy = AutoFreezePolicy(cache=cache, **kw)
+        self._auto_every = auto_freeze and every_n_steps is None
+        self.tracker = Tracker(None, tokenizer, probe_texts, every_n_steps=every_n_steps, max_length=max_length,
+                               pooling=pooling, blocks=blocks, batch_size=batch_size, freeze_policy=freeze_policy)
+        self.filename = filename
+        self.output_dir: str | None = None
+        self.is_main = True
+
+    @property
+    def policy(self) -> FreezePolicy | AutoFreezePolicy | None:
+        return self.tracker.policy
+
+    def advice(self, thresholds=None):
+        """The freeze advice from the latest check (:meth:`Tracker.advice`)."""
+        return self.tracker.advice(thresholds)
+
+    def _write(self) -> None:
+        if self.output_dir is None or not self.is_main:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        self.tracker.write_csv(os.path.join(self.output_dir, self.filename))
+        if self.policy is not None:
+            self.policy.write_csv(os.path.join(self.output_dir, FREEZE_LOG_CSV))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise LayerProbeError("LayerProbeCallback: the Trainer passed no model to on_train_begin")
+        self.output_dir = args.output_dir
+        self.is_main = bool(getattr(state, "is_world_process_zero", True))
+        if self._auto_every and getattr(state, "max_steps", 0):
+            self.tracker.every_n_steps = max(1, int(state.max_steps) // 20)
+        self.tracker.start(model, step=int(state.global_step))
+        self._write()
+        return control
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None and optimizer.param_groups:  # the rate this step will apply
+            self.tracker.add_lr(float(optimizer.param_groups[0]["lr"]))
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.tracker.maybe_record(int(state.global_step)):
+            self._write()
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.tracker.finish(int(state.global_step))
+        close = getattr(self.policy, "close", None)
+        if close is not None:
+            close()
+        self._write()
+        return control

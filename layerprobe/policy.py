@@ -1,0 +1,334 @@
+"""Online freeze policies: decide, during training, which bottom prefix to freeze.
+
+* :class:`FreezePolicy` — the simple threshold policy: freeze entries whose per-interval change
+  stayed below a threshold for ``patience`` checks.
+* :class:`AutoFreezePolicy` — the same-run policy behind ``LayerProbeCallback(auto_freeze=True)``:
+  freezes the advised prefix once each of its entries has settled (learning-rate-normalised
+  change), and hands the frozen prefix to a :class:`~layerprobe.prefix_cache.PrefixCache`.
+
+Both act through :meth:`decide`/``observe`` called by :class:`~layerprobe.tracker.Tracker` after
+each check, keep the frozen set a bottom prefix (embeddings first) that never shrinks, and log
+every decision with its numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ._atomic import atomic_write_text
+from .blocks import Blocks
+from .errors import LayerProbeError
+from .freeze import freeze, trainable_parameters
+
+__all__ = ["LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
+
+# --------------------------------------------------------------------------------------------
+# Online freeze policy
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FreezePolicy:
+    """Freeze a growing bottom prefix of entries that stopped changing (opt-in).
+
+    At each check the policy reads every entry's ``change = 1 - cka_to_previous``. An entry's
+    *streak* counts consecutive checks with ``change < threshold`` (reset to 0 otherwise). The
+    frozen prefix then grows from the bottom (embeddings first) over the entries whose streak is
+    ``≥ patience``, stopping at the first entry that does not qualify — so the frozen set is
+    always a bottom prefix, never a hole in the middle. At least ``min_train_blocks`` blocks stay
+    trainable. Freezing never reverses.
+
+    Every decision for every entry is appended to :attr:`log` with its numbers (``step, block,
+    change, streak, action, reason, trainable_params``).
+
+    The threshold is per check interval, so scale it with the interval: the default 2e-3 suits
+    checks every 50 steps (on MiniLM-L6 it picks the embeddings + 2 blocks after 50 steps). The
+    change also shrinks as the learning rate decays, so late in a run slowed-down blocks qualify.
+
+    Args:
+        threshold: largest per-interval change (1 − CKA to the previous check) counted as "still".
+        patience: consecutive still checks needed (M).
+        every_n_steps: decide only at checks whose step is a multiple of this (None: every check
+            of the tracker; must be a multiple of the tracker's ``every_n_steps``).
+        min_train_blocks: blocks always left trainable at the top.
+        embeddings: allow freezing the embeddings (they are the bottom of the prefix).
+
+    Note: with the plain loop and the Trainer the optimizer still holds the frozen parameters,
+    but with ``requires_grad=False`` they get no gradient (``grad is None`` after
+    ``zero_grad(set_to_none=True)``) and ``torch.optim.AdamW`` skips them entirely — no update and
+    no weight decay (checked in tests/test_freeze.py).
+    """
+
+    threshold: float = 2e-3
+    patience: int = 2
+    every_n_steps: int | None = None
+    min_train_blocks: int = 1
+    embeddings: bool = True
+    log: list[dict] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    _streak: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (self.threshold >= 0 and math.isfinite(self.threshold)):
+            raise LayerProbeError(f"threshold must be a finite number ≥ 0, got {self.threshold=}")
+        if self.patience < 1:
+            raise LayerProbeError(f"patience must be ≥ 1, got {self.patience=}")
+        if self.every_n_steps is not None and self.every_n_steps < 1:
+            raise LayerProbeError(f"every_n_steps must be ≥ 1, got {self.every_n_steps=}")
+        if self.min_train_blocks < 0:
+            raise LayerProbeError(f"min_train_blocks must be ≥ 0, got {self.min_train_blocks=}")
+
+    def decide(self, step: int, changes: dict[str, float], model: nn.Module, blocks: Blocks) -> list[str]:
+        """Update the streaks with one check's changes, freeze the grown prefix; return new names.
+
+        Args:
+            step: the optimizer step of this check.
+            changes: ``{entry: 1 - cka_to_previous}`` in model order (NaN counts as not still).
+            model: the model to freeze in place.
+            blocks: its entries.
+        """
+        if self.every_n_steps is not None and step % self.every_n_steps:
+            return []
+        order = [n for n in blocks.names if self.embeddings or n != "embeddings"]
+        n_blocks = len(blocks.blocks)
+        max_blocks = max(0, n_blocks - self.min_train_blocks)
+        for name in order:
+            c = changes.get(name, math.nan)
+            still = name in self.frozen or (not math.isnan(c) and c < self.threshold)
+            self._streak[name] = self._streak.get(name, 0) + 1 if still else 0
+        new: list[str] = []
+        reasons: dict[str, tuple[str, str]] = {}
+        blocked_by = None
+        frozen_blocks = sum(1 for n in self.frozen if n != "embeddings")
+        for name in order:
+            c, s = changes.get(name, math.nan), self._streak[name]
+            if name in self.frozen:
+                reasons[name] = ("frozen", "frozen earlier")
+                continue
+            if blocked_by is not None:
+                reasons[name] = ("train", f"{blocked_by} below still trains (frozen set stays a bottom prefix)")
+                continue
+            is_block = name != "embeddings"
+            if s < self.patience:
+                why = (f"change {c:.3g} ≥ threshold {self.threshold:g}" if not (c < self.threshold)
+                       else f"still for {s} < {self.patience} checks")
+                reasons[name] = ("train", why)
+                blocked_by = name
+            elif is_block and frozen_blocks + 1 > max_blocks:
+                reasons[name] = ("train", f"min_train_blocks={self.min_train_blocks} keeps the top trainable")
+                blocked_by = name
+            else:
+                new.append(name)
+                frozen_blocks += int(is_block)
+                reasons[name] = ("freeze", f"change < {self.threshold:g} for {s} ≥ {self.patience} checks")
+        trainable = freeze(model, new, blocks) if new else trainable_parameters(model)
+        self.frozen.extend(new)
+        for name in order:
+            action, reason = reasons[name]
+            self.log.append({
+                "step": int(step), "block": name, "change": float(changes.get(name, math.nan)),
+                "streak": int(self._streak[name]), "threshold": float(self.threshold),
+                "patience": int(self.patience), "action": action, "reason": reason,
+                "trainable_params": int(trainable),
+            })
+        return new
+
+    def log_frame(self):
+        """The decision log as a pandas DataFrame."""
+        import pandas as pd
+
+        cols = ["step", "block", "change", "streak", "threshold", "patience", "action", "reason",
+                "trainable_params"]
+        return pd.DataFrame(self.log, columns=cols)
+
+    def write_csv(self, path: str | os.PathLike) -> str:
+        """Write the decision log atomically; returns the path."""
+        return atomic_write_text(path, self.log_frame().to_csv(index=False, float_format="%.10g",
+                                                               lineterminator="\n"))
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# Same-run auto freeze
+# --------------------------------------------------------------------------------------------
+
+LOG_COLUMNS = ("step", "block", "cka_to_start", "change", "lr_sum", "speed", "peak_speed", "advised_streak",
+               "settled_streak", "action", "reason", "frozen_prefix", "trainable_params")
+
+
+@dataclass
+class AutoFreezePolicy:
+    """Freeze the advised bottom prefix during the run, once each of its entries has settled.
+
+    At every tracker check (after the first ``warmup_checks``), for each entry *i*:
+
+    * ``d_i = 1 - CKA(start, now)`` — how far its representation has moved; the static rule
+      (:func:`~layerprobe.recommend.recommend` with ``thresholds``) applied to these values gives
+      the *current advice*, a bottom prefix;
+    * ``speed_i = change_i / lr_sum`` — its change over the last interval per unit of learning
+      rate (``change = 1 - CKA(previous check, now)``, ``lr_sum`` the learning rates applied in
+      the interval), so a decaying schedule is not mistaken for convergence; its running maximum
+      is ``peak_i``.
+
+    An entry is *advised* at a check when it lies in the current advice, and *settled* when
+    ``speed_i <= settle * peak_i``. The frozen prefix grows (never shrinks) to the longest bottom
+    prefix whose entries have been advised **and** settled for ``patience`` consecutive checks;
+    at least ``thresholds.min_train_blocks`` blocks keep training. Without a learning rate
+    (``lr_sum`` NaN) the raw change is used as the speed.
+
+    With ``cache=True``, once the embeddings and ``k >= 1`` blocks are frozen a
+    :class:`~layerprobe.prefix_cache.PrefixCache` stands in for them (re-attached, and refilled,
+    when the prefix grows): later epochs stop recomputing the frozen prefix. The frozen prefix then
+    runs in eval mode (no dropout there).
+
+    Every decision for every entry is appended to :attr:`log` (:data:`LOG_COLUMNS`).
+
+    Args:
+        thresholds: the static rule's knobs (default :class:`~layerprobe.recommend.Thresholds`).
+        settle: fraction of its own peak speed below which an entry counts as settled.
+        patience: consecutive checks an entry must be advised and settled before it freezes.
+        warmup_checks: checks (after the start) that only observe (the profile is not formed yet).
+        cache: attach a prefix cache to the frozen prefix.
+        cache_dtype: storage dtype of the cache (``torch.float32`` if None).
+    """
+
+    thresholds: object | None = None
+    settle: float = 0.5
+    patience: int = 2
+    warmup_checks: int = 2
+    cache: bool = True
+    cache_dtype: object | None = None
+    log: list[dict] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    freeze_steps: dict[str, int] = field(default_factory=dict)
+    prefix_cache: object | None = field(default=None, repr=False)
+    _checks: int = field(default=0, repr=False)
+    _peak: dict[str, float] = field(default_factory=dict, repr=False)
+    _advised: dict[str, int] = field(default_factory=dict, repr=False)
+    _settled: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        from .recommend import Thresholds
+
+        if self.thresholds is None:
+            self.thresholds = Thresholds()
+        if not (0 < self.settle <= 1 and math.isfinite(self.settle)):
+            raise LayerProbeError(f"settle must be in (0, 1], got {self.settle=}")
+        if int(self.patience) < 1:
+            raise LayerProbeError(f"patience must be ≥ 1, got {self.patience=}")
+        if int(self.warmup_checks) < 0:
+            raise LayerProbeError(f"warmup_checks must be ≥ 0, got {self.warmup_checks=}")
+
+    def observe(self, step: int, rows: list[dict], model: nn.Module, blocks: Blocks) -> list[str]:
+        """Take one check's rows (:class:`~layerprobe.tracker.Tracker` columns); freeze; return new names."""
+        from .recommend import recommend
+
+        self._checks += 1
+        by = {r["block"]: r for r in rows}
+        order = [n for n in blocks.names if n in by]
+        speeds = {}
+        for n in order:
+            r = by[n]
+            c, lr = r.get("change", math.nan), r.get("lr_sum", math.nan)
+            sp = c / lr if (lr is not None and math.isfinite(lr) and lr > 0) else c
+            speeds[n] = sp
+            if math.isfinite(sp) and n not in self.frozen:
+                self._peak[n] = max(self._peak.get(n, 0.0), sp)
+        observing = self._checks <= self.warmup_checks
+        n_params = {n: 0 for n in order}
+        for pname, p in model.named_parameters():
+            e = blocks.entry_of(pname)
+            if e is not None and e.name in n_params:
+                n_params[e.name] += p.numel()
+        entries = [{"name": n, "kind": "embeddings" if n == "embeddings" else "block", "n_params": n_params[n],
+                    "weight_drift": by[n].get("weight_drift", math.nan), "cka": by[n].get("cka_to_start")}
+                   for n in order]
+        advised = set(recommend(entries, self.thresholds).freeze)
+        reasons: dict[str, tuple[str, str]] = {}
+        new: list[str] = []
+        blocked_by = None
+        for n in order:
+            sp, peak = speeds[n], self._peak.get(n, math.nan)
+            settled = math.isfinite(sp) and math.isfinite(peak) and sp <= self.settle * peak
+            self._advised[n] = self._advised.get(n, 0) + 1 if (n in advised or n in self.frozen) else 0
+            self._settled[n] = self._settled.get(n, 0) + 1 if (settled or n in self.frozen) else 0
+            if n in self.frozen:
+                reasons[n] = ("frozen", f"frozen at step {self.freeze_steps[n]}")
+                continue
+            if observing:
+                reasons[n] = ("train", f"observing: check {self._checks} of {self.warmup_checks} warm-up checks")
+                continue
+            if blocked_by is not None:
+                reasons[n] = ("train", f"{blocked_by} below still trains (the frozen set stays a bottom prefix)")
+                continue
+            if self._advised[n] < self.patience:
+                why = "not in the current advice" if n not in advised else \
+                    f"advised for {self._advised[n]} < {self.patience} checks"
+            elif self._settled[n] < self.patience:
+                why = (f"speed {sp:.3g} > {self.settle:g} x peak {peak:.3g}" if not settled
+                       else f"settled for {self._settled[n]} < {self.patience} checks")
+            else:
+                new.append(n)
+                reasons[n] = ("freeze", f"advised for {self._advised[n]} and settled (speed {sp:.3g} <= "
+                                        f"{self.settle:g} x peak {peak:.3g}) for {self._settled[n]} checks")
+                continue
+            reasons[n] = ("train", why)
+            blocked_by = n
+        trainable = freeze(model, new, blocks) if new else trainable_parameters(model)
+        for n in new:
+            self.frozen.append(n)
+            self.freeze_steps[n] = int(step)
+        if new and self.cache:
+            self._attach_cache(model, blocks)
+        prefix = len(self.frozen)
+        for n in order:
+            action, reason = reasons[n]
+            r = by[n]
+            self.log.append({
+                "step": int(step), "block": n, "cka_to_start": float(r.get("cka_to_start", math.nan)),
+                "change": float(r.get("change", math.nan)), "lr_sum": float(r.get("lr_sum", math.nan)),
+                "speed": float(speeds[n]), "peak_speed": float(self._peak.get(n, math.nan)),
+                "advised_streak": int(self._advised[n]), "settled_streak": int(self._settled[n]),
+                "action": action, "reason": reason, "frozen_prefix": prefix, "trainable_params": int(trainable),
+            })
+        return new
+
+    def _attach_cache(self, model: nn.Module, blocks: Blocks) -> None:
+        k = sum(1 for n in self.frozen if n != "embeddings")
+        emb_ok = "embeddings" not in blocks.names or "embeddings" in self.frozen
+        if k < 1 or not emb_ok:
+            return
+        from .prefix_cache import PrefixCache
+
+        if self.prefix_cache is None:
+            import torch
+
+            self.prefix_cache = PrefixCache(model, k, blocks=blocks, dtype=self.cache_dtype or torch.float32)
+        else:
+            self.prefix_cache.attach(k)
+
+    def close(self) -> None:
+        """Detach the prefix cache (the model is left frozen as decided)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.detach()
+
+    def summary(self) -> dict:
+        """Frozen entries with the step each froze at, and the cache's counters."""
+        return {"frozen": list(self.frozen), "freeze_steps": dict(self.freeze_steps), "checks": self._checks,
+                "cache": self.prefix_cache.stats() if self.prefix_cache is not None else None}
+
+    def log_frame(self):
+        """The decision log as a pandas DataFrame (:data:`LOG_COLUMNS`)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.log, columns=list(LOG_COLUMNS))
+
+    def write_csv(self, path: str | os.PathLike) -> str:
+        """Write the decision log atomically; returns the path."""
+        return atomic_write_text(path, self.log_frame().to_csv(index=False, float_format="%.10g",
+                                                               lineterminator="\n"))
