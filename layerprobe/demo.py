@@ -65,6 +65,7 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
     """Run the whole path once and write every result into ``out_dir``."""
     from .compare import compare
     from .options import CSV_OPTIONS
+    from .schema import SCHEMA_VERSION
     from .plots import plot_blocks
     from .report import render, to_csv
     from .snapshot import take_snapshot
@@ -95,6 +96,7 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
     plot_blocks(result.to_dict(), os.path.join(out_dir, "blocks.png"),
                 title=f"MiniLM-L6 fine-tuned on Rotten Tomatoes (accuracy {acc0:.2f} → {acc1:.2f})")
     run = {
+        "schema_version": SCHEMA_VERSION,
         "config": cfg.__dict__,
         "accuracy_before": acc0,
         "accuracy_after": acc1,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .recommend import Recommendation
+from .schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:  # pandas is imported when a frame is asked for
     import pandas as pd
@@ -95,7 +96,8 @@ class Comparison:
     cross_layer: dict | None = None
 
     def to_dict(self) -> dict:
-        d = {"blocks": self.blocks, "recommendation": self.recommendation.to_dict(), "meta": self.meta}
+        d = {"schema_version": SCHEMA_VERSION, "blocks": self.blocks,
+             "recommendation": self.recommendation.to_dict(), "meta": self.meta}
         if self.other is not None:
             d["other"] = self.other
         if self.cross_layer is not None:
