@@ -5,7 +5,11 @@ The rule (documented in README, calibrated in ``analyses/freeze_study.py``):
 1. Walk the entries bottom-up, embeddings first.
 2. An entry *qualifies* when its representation barely changed: CKA(base, tuned) >= ``min_cka``
    — using the lower end of the bootstrap interval when one was computed (``use_interval``) —
-   and, if ``max_drift`` is set, its relative weight drift <= ``max_drift``.
+   and, if ``max_drift`` is set, its relative weight drift <= ``max_drift``; and, if
+   ``max_relative_change`` is set, its change ``1 - CKA`` (upper end of the interval) is at most
+   ``max_relative_change`` times the largest change among the blocks (a criterion relative to how
+   much the top blocks moved, so it does not depend on how long or how hard the run trained).
+   ``min_cka=None`` drops the absolute criterion.
 3. Freeze the longest qualifying bottom prefix; the first entry that does not qualify and every
    entry above it train (freezing is only useful as a prefix: a frozen block above a trainable
    one still needs the backward pass through it).
@@ -31,10 +35,25 @@ from dataclasses import asdict, dataclass, field
 class Thresholds:
     """The knobs of the freeze rule (CLI flags ``--min-cka``, ``--max-drift``, ...)."""
 
-    min_cka: float = 0.95
+    min_cka: float | None = 0.95
     max_drift: float | None = None
     use_interval: bool = True
     min_train_blocks: int = 1
+    max_relative_change: float | None = None
+
+    def __post_init__(self) -> None:
+        from .errors import LayerProbeError
+
+        for name in ("min_cka", "max_relative_change"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise LayerProbeError(f"{name} must be a number in [0, 1], got {v!r}")
+        if self.max_drift is not None and not (isinstance(self.max_drift, (int, float))
+                                               and math.isfinite(self.max_drift) and self.max_drift >= 0):
+            raise LayerProbeError(f"max_drift must be a finite number >= 0, got {self.max_drift!r}")
+        if isinstance(self.min_train_blocks, bool) or not isinstance(self.min_train_blocks, int) \
+                or self.min_train_blocks < 0:
+            raise LayerProbeError(f"min_train_blocks must be an integer >= 0, got {self.min_train_blocks!r}")
 
 
 @dataclass
@@ -62,7 +81,14 @@ def _fmt_cka(entry: dict) -> str:
     return s
 
 
-def _qualifies(entry: dict, t: Thresholds, basis: str) -> tuple[bool, str]:
+def top_change(entries: list[dict]) -> float:
+    """The largest representation change ``1 - CKA`` among the blocks (point estimates; NaN if none)."""
+    vals = [1.0 - e["cka"] for e in entries
+            if e.get("kind") == "block" and e.get("cka") is not None and math.isfinite(e["cka"])]
+    return max(vals) if vals else math.nan
+
+
+def _qualifies(entry: dict, t: Thresholds, basis: str, top: float = math.nan) -> tuple[bool, str]:
     parts, ok = [], True
     if basis == "cka":
         cka = entry.get("cka")
@@ -72,8 +98,16 @@ def _qualifies(entry: dict, t: Thresholds, basis: str) -> tuple[bool, str]:
         use_low = t.use_interval and ci and ci[0] is not None and math.isfinite(ci[0])
         value = ci[0] if use_low else cka
         what = f"{_fmt_cka(entry)}: lower bound {value:.3f}" if use_low else _fmt_cka(entry)
-        ok = value >= t.min_cka
-        parts.append(f"{what} {'>=' if ok else '<'} {t.min_cka}")
+        if t.min_cka is not None:
+            ok = value >= t.min_cka
+            parts.append(f"{what} {'>=' if ok else '<'} {t.min_cka}")
+        if t.max_relative_change is not None:
+            limit = t.max_relative_change * top
+            rel_ok = math.isfinite(limit) and (1.0 - value) <= limit
+            head = "" if t.min_cka is not None else f"{what}: "
+            parts.append(f"{head}change {1.0 - value:.4f} {'<=' if rel_ok else '>'} {t.max_relative_change:g} x "
+                         f"top block's change {top:.4f}")
+            ok = ok and rel_ok
     if t.max_drift is not None:
         d = entry.get("weight_drift")
         if d is None or not math.isfinite(d) or d > t.max_drift:
@@ -117,13 +151,14 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
                      "separate blocks reliably — rerun with --probe, or set --max-drift")
     stopped = basis == "none"
     frozen_blocks = 0
+    top = top_change(entries)
     for e in entries:
         if stopped:
             reasons[e["name"]] = reasons.get(e["name"]) or (
                 "train: no measurement to justify freezing" if basis == "none" else "train: above a block that must train"
             )
             continue
-        ok, why = _qualifies(e, t, basis)
+        ok, why = _qualifies(e, t, basis, top)
         if ok and e["kind"] == "block" and frozen_blocks >= max_frozen_blocks:
             ok, why = False, why + f"; keeping at least {t.min_train_blocks} block(s) trainable"
         if ok:

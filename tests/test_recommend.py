@@ -73,3 +73,47 @@ def test_undefined_cka_never_freezes():
 def test_other_params_count_in_the_fraction():
     r = recommend(entries([0.999, 0.3, 0.3, 0.3, 0.3]), other_params=60)
     assert r.frozen_param_fraction == pytest.approx(100 / 200)
+
+
+def _profile(ckas, ci=None):
+    names = ["embeddings"] + [f"block.{i}" for i in range(len(ckas) - 1)]
+    return [dict(name=n, kind="embeddings" if n == "embeddings" else "block", n_params=10, weight_drift=0.01,
+                 cka=c, **({"cka_ci": ci[i]} if ci else {})) for i, (n, c) in enumerate(zip(names, ckas))]
+
+
+def test_relative_rule_scales_with_the_top_blocks_change():
+    from layerprobe.recommend import Thresholds, recommend, top_change
+
+    short = _profile([0.9999, 0.995, 0.97, 0.84, 0.49, 0.29, 0.20])  # top change 0.80
+    assert top_change(short) == pytest.approx(0.80)
+    t = Thresholds(min_cka=None, max_relative_change=0.05, use_interval=False)  # change <= 0.04
+    assert recommend(short, t).freeze == ["embeddings", "block.0", "block.1"]
+    # a longer run moves every block twice as far: the absolute rule freezes less, the relative one the same
+    longer = _profile([1 - 2 * (1 - c) for c in [0.9999, 0.995, 0.97, 0.84, 0.49, 0.29, 0.20]][:6] + [-0.6])
+    assert recommend(longer, t).freeze == ["embeddings", "block.0", "block.1"]
+    assert recommend(longer, Thresholds(min_cka=0.95, use_interval=False)).freeze == ["embeddings", "block.0"]
+    r = recommend(short, t)
+    assert "0.05 x top block's change 0.8000" in r.reasons["block.1"]
+    assert r.reasons["block.2"].startswith("train:")
+
+
+def test_relative_rule_uses_the_interval_and_combines_with_min_cka():
+    from layerprobe.recommend import Thresholds, recommend
+
+    e = _profile([0.999, 0.98, 0.5], ci=[[0.998, 1.0], [0.95, 0.99], [0.4, 0.6]])  # top change 0.5
+    t = Thresholds(min_cka=None, max_relative_change=0.06)  # change <= 0.03
+    assert recommend(e, t).freeze == ["embeddings"]  # block.0: 1 - 0.95 = 0.05 > 0.03 at the lower bound
+    assert recommend(e, Thresholds(min_cka=None, max_relative_change=0.06, use_interval=False)).freeze == \
+        ["embeddings", "block.0"]
+    assert recommend(e, Thresholds(min_cka=0.999, max_relative_change=1.0, use_interval=False)).freeze == \
+        ["embeddings"]
+
+
+@pytest.mark.parametrize("kw", [dict(min_cka=1.5), dict(max_relative_change=-0.1), dict(min_cka=float("nan")),
+                                dict(max_drift=-1.0), dict(min_train_blocks=-2)])
+def test_thresholds_refuse_nonsense(kw):
+    from layerprobe.errors import LayerProbeError
+    from layerprobe.recommend import Thresholds
+
+    with pytest.raises(LayerProbeError):
+        Thresholds(**kw)
