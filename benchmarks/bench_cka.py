@@ -92,6 +92,16 @@ def _impl(name: str, peers: str | None):
         from layerprobe.metrics import linear_cka
 
         return lambda x, y: linear_cka(x, y)
+    if name == "layerprobe_stream":
+        from layerprobe.metrics import StreamingCKA
+
+        def stream(x, y, batch=512):
+            s = StreamingCKA()
+            for i in range(0, x.shape[0], batch):
+                s.update(x[i:i + batch], y[i:i + batch])
+            return s.compute()
+
+        return stream
     if name == "layerprobe_debiased":
         from layerprobe.metrics import debiased_cka
 
@@ -135,10 +145,10 @@ def run_case(impl: str, n: int, d: int, reps: int, peers: str | None) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     x, y = make_data(n, d)
     if impl == "floor":
-        from layerprobe.metrics.cka import _prepare
+        from layerprobe.metrics._core import prepare
 
-        xc, _ = _prepare(x.double(), "x")
-        yc, _ = _prepare(y.double(), "y")
+        xc, _ = prepare(x.double(), "x")
+        yc, _ = prepare(y.double(), "y")
 
         def fn(_x, _y):
             a, b, c = xc.T @ xc, yc.T @ yc, yc.T @ xc
@@ -160,13 +170,13 @@ def run_case(impl: str, n: int, d: int, reps: int, peers: str | None) -> dict:
     out = {"impl": impl, "n": n, "d": d, "time_s": min(times), "reps": reps, "value": value,
            "peak_extra_mb": (peak_kb - base_kb) / 1024 if reset else None,
            "inputs_mb": 2 * n * d * 4 / 2**20}
-    if impl == "layerprobe":
+    if impl in ("layerprobe", "layerprobe_stream"):
         # the floor (XᵀX, YᵀY, YᵀX of pre-centred float64 data) in the same process, interleaved
         # with layerprobe, so that the ratio is not skewed by CPU contention changing between cases
-        from layerprobe.metrics.cka import _prepare
+        from layerprobe.metrics._core import prepare
 
-        xc, _ = _prepare(x.double(), "x")
-        yc, _ = _prepare(y.double(), "y")
+        xc, _ = prepare(x.double(), "x")
+        yc, _ = prepare(y.double(), "y")
         lp, fl = [], []
         for _ in range(max(reps, 2)):
             t0 = time.perf_counter()
@@ -311,7 +321,8 @@ def main(argv=None) -> int:
                     help="folder with peer libraries (pip install --target)")
     ap.add_argument("--mem-cap-gb", type=float, default=None,
                     help="skip cases needing more (default: min(8, 0.4 x available memory))")
-    ap.add_argument("--time-cap-s", type=float, default=90.0, help="skip cases predicted to take longer")
+    ap.add_argument("--time-cap-s", type=float, default=15.0, help="skip cases predicted to take longer")
+    ap.add_argument("--snapshot", action="store_true", help="also time take_snapshot on MiniLM (minutes)")
     ap.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -333,10 +344,12 @@ def main(argv=None) -> int:
     cap_gb = args.mem_cap_gb or min(8.0, 0.4 * _mem_available_gb())
     peers = peers_available(args.peers)
     if args.quick:
-        ns, ds, xmap, snap_texts = [512, 2048], [32], (1024, 32, 13), 0
+        ns, ds, xmaps, snap_texts = [512, 2048], [32], [(1024, 32, 13)], 0
     else:
-        ns, ds, xmap, snap_texts = [1024, 4096, 16384, 65536], [384, 768], (16384, 768, 13), 512
-    impls = ["floor", "layerprobe", "gram", *peers]
+        ns, ds = [1024, 4096, 16384], [384, 768]
+        xmaps = [(512, 384, 7), (4000, 768, 13)]  # MiniLM-like 7x7 map; BERT-base-like 13x13
+        snap_texts = 512 if args.snapshot else 0
+    impls = ["floor", "layerprobe", "layerprobe_stream", "gram", *peers]
     if "cka_pytorch" in peers:
         impls.append("layerprobe_debiased")
     rows = []
@@ -358,8 +371,11 @@ def main(argv=None) -> int:
                         last[impl] = (n, row["time_s"])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    x = _sub(["xmap", *map(str, xmap), "2" if args.quick else "1"], timeout=1800, inprocess=args.quick)
-    print(json.dumps({"xmap": x}), flush=True)
+    x = []
+    for xmap in xmaps:
+        x.append(_sub(["xmap", *map(str, xmap), "3" if xmap[0] <= 1024 else "1"], timeout=1800,
+                      inprocess=args.quick))
+        print(json.dumps({"xmap": x[-1]}), flush=True)
     s = _sub(["snapshot", str(snap_texts), "5"], timeout=1800) if snap_texts else None
     if s:
         print(json.dumps({"snapshot": s}), flush=True)
@@ -376,7 +392,7 @@ def rewrite_from_log(log: str, out: str) -> None:
                 continue
             obj = json.loads(line)
             if "xmap" in obj:
-                x = obj["xmap"]
+                x = (x or []) + [obj["xmap"]]
             elif "snapshot" in obj:
                 s = obj["snapshot"]
             else:
@@ -391,8 +407,10 @@ def rewrite_from_log(log: str, out: str) -> None:
     write_results(rows, x, s, out, cap or 0.0, wall or 0.0, quick=False)
 
 
-def write_results(rows, xmap, snap, out, cap_gb, wall, quick) -> None:
+def write_results(rows, xmaps, snap, out, cap_gb, wall, quick) -> None:
     import pandas as pd
+
+    from layerprobe.metrics._gram import _blocks as _gram_blocks
 
     os.makedirs(out, exist_ok=True)
     df = pd.DataFrame(rows)
@@ -431,6 +449,10 @@ def write_results(rows, xmap, snap, out, cap_gb, wall, quick) -> None:
         if lp.get("floor_same_process_s"):
             parts.append(f"layerprobe / d×d-product floor = {lp['time_s'] / lp['floor_same_process_s']:.2f}× "
                          f"(floor {fmt_time(lp['floor_same_process_s'])}, same process, interleaved)")
+        st = by.get(("layerprobe_stream", n, d), {})
+        if st.get("floor_same_process_s"):
+            parts.append(f"StreamingCKA (512-row batches) / floor = "
+                         f"{st['time_s'] / st['floor_same_process_s']:.2f}×")
         for impl in ("gram", "ckatorch", "cka_pytorch"):
             r = by.get((impl, n, d), {})
             if "time_s" in r:
@@ -445,19 +467,24 @@ def write_results(rows, xmap, snap, out, cap_gb, wall, quick) -> None:
             if "abs_diff_vs_layerprobe" in r:
                 parts.append(f"|{impl} − layerprobe| = {r['abs_diff_vs_layerprobe']:.1e}")
         lines.append(f"- n={n}, d={d}: " + "; ".join(parts))
-    if xmap and "map" in xmap:
-        lines += ["", f"Cross-layer map ({xmap['entries']}×{xmap['entries']}, n={xmap['n']}, d={xmap['d']}): "
-                  f"13 per-block CKAs {fmt_time(xmap['per_block'])}; the A-vs-B map "
-                  f"{fmt_time(xmap['map'])} = {xmap['map'] / xmap['per_block']:.2f}× (its diagonal equals the "
-                  f"per-block values to {xmap['max_abs_diff_diag']:.0e})"
-                  + (f"; all three maps (A×B, A×A, B×B) {fmt_time(xmap['maps3'])} = "
-                     f"{xmap['maps3'] / xmap['per_block']:.2f}×." if xmap.get("maps3") else ".")
-                  + f" By count of n·d² products the map needs {xmap['entries'] ** 2} cross + "
-                    f"{2 * xmap['entries']} self products against {3 * xmap['entries']} for the per-block CKAs "
-                    f"(a floor of {(xmap['entries'] ** 2 + 2 * xmap['entries']) / (3 * xmap['entries']):.1f}×): "
-                    "each self product is shared, each cell still costs one exact float64 product."]
-    elif xmap:
-        lines += ["", f"Cross-layer map: {xmap.get('skipped')}"]
+    for xmap in (xmaps if isinstance(xmaps, list) else [xmaps]):
+        if xmap and "map" in xmap:
+            L, n, d = xmap["entries"], xmap["n"], xmap["d"]
+            b = len(_gram_blocks(n, 2 * L))
+            gram = 2 * L * n * n * d * (b + 1) / (2 * b)
+            feat = (L * L + 2 * L) * n * d * d
+            per_block = L * (2 * n * n * d if n < 2 * d else 3 * n * d * d)
+            lines += ["", f"Cross-layer map ({L}×{L}, n={n}, d={d}): {L} per-block CKAs "
+                      f"{fmt_time(xmap['per_block'])}; the A-vs-B map {fmt_time(xmap['map'])} = "
+                      f"**{xmap['map'] / xmap['per_block']:.2f}×** the per-block cost (diagonal equal to the "
+                      f"per-block values to {xmap['max_abs_diff_diag']:.0e})"
+                      + (f"; all three maps (A×B, A×A, B×B) {fmt_time(xmap['maps3'])} = "
+                         f"{xmap['maps3'] / xmap['per_block']:.2f}×." if xmap.get("maps3") else ".")
+                      + f" Product-count floor of the map against the per-block CKAs: "
+                        f"{min(gram, feat) / per_block:.2f}× ({'Gram' if gram < feat else 'feature'} form; "
+                        f"Gram {gram / per_block:.2f}×, feature {feat / per_block:.2f}×)."]
+        elif xmap:
+            lines += ["", f"Cross-layer map: {xmap.get('skipped')}"]
     if snap and "ratio_median" in snap:
         lines += ["", f"Snapshot overhead (MiniLM-L6, {snap['n_texts']} Rotten Tomatoes probe sentences, "
                   f"{snap['reps']} interleaved repetitions): bare forward {snap['bare_s']:.2f} s, take_snapshot "

@@ -22,22 +22,24 @@ from layerprobe.metrics._core import (
     prepare,
     undefined,
 )
-from layerprobe.metrics._gram import gram_inner
+from layerprobe.metrics._gram import _blocks, gram_inner
 from layerprobe.metrics.streaming import _Moments, shift_of
 
 __all__ = ["debiased_cka", "linear_cka"]
 
 
 def use_gram(n: int, d1: int, d2: int) -> bool:
-    """Gram form costs ~n²(d1+d2), feature form ~n(d1+d2)²: use Gram when n < d1 + d2."""
-    return n < d1 + d2
+    """Whether the Gram form costs fewer multiply-adds: n²(d1+d2)·(b+1)/(2b) for b row blocks
+    (:mod:`~layerprobe.metrics._gram`) against n(d1² + d2² + d1·d2) for the feature form."""
+    b = len(_blocks(n, 2))
+    return n * n * (d1 + d2) * (b + 1) / (2 * b) < n * (d1 * d1 + d2 * d2 + d1 * d2)
 
 
 def linear_cka(x, y) -> float:
     """Linear CKA between two representations of the same n examples.
 
     Computes ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)`` after column-centring (or the identical Gram form
-    ``⟨K, L⟩/(‖K‖‖L‖)`` when n < d1 + d2, which is cheaper then). Similarity in [0, 1].
+    ``⟨K, L⟩/(‖K‖‖L‖)`` when that costs fewer multiply-adds, roughly n < 1.5·(d1 + d2)). Similarity in [0, 1].
     Arithmetic is float64 whatever the input dtype; the feature form converts a chunk of rows at
     a time, so its extra memory is O(d²), not a float64 copy of the input.
 

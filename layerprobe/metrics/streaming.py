@@ -31,9 +31,9 @@ from layerprobe.metrics._core import (
 
 __all__ = ["StreamingCKA"]
 
-#: float64 elements converted per chunk (32 MiB per side): big enough that the chunked products
+#: float64 elements converted per chunk (4 MiB per side): big enough that the chunked products
 #: run at the speed of one large product, small enough not to matter for memory.
-CHUNK_ELEMS = 1 << 22
+CHUNK_ELEMS = 1 << 19
 
 
 class _Moments:
