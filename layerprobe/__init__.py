@@ -37,14 +37,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .compare import compare  # noqa: F401
     from .errors import LayerProbeError  # noqa: F401
     from .freeze import freeze, parameter_names, unfreeze  # noqa: F401
+    from .integrations.hf import LayerProbeCallback  # noqa: F401
     from .options import CKAOptions, ProbeOptions  # noqa: F401
+    from .policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
+    from .prefix_cache import PrefixCache  # noqa: F401
     from .recommend import Recommendation, Thresholds, recommend  # noqa: F401
     from .result import Comparison  # noqa: F401
     from .snapshot import Snapshot, take_snapshot  # noqa: F401
     from .sources import load_hf_model  # noqa: F401
-    from .integrations.hf import LayerProbeCallback
-    from .policy import AutoFreezePolicy, FreezePolicy
-    from .prefix_cache import PrefixCache
     from .tracker import Tracker  # noqa: F401
 
 

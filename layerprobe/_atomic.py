@@ -115,6 +115,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             f"cannot write to output directory: {_one_line(exc.strerror or exc)}", path=directory
         ) from None
     try:
+        f: IO[Any]
         if mode == "w":
             f = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
         else:

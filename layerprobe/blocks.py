@@ -234,8 +234,8 @@ def find_blocks(
                 emb_paths.append(p)
     # keep only outermost embedding paths, in model order
     emb_paths = [p for p in emb_paths if not any(q != p and p.startswith(q + ".") for q in emb_paths)]
-    order = {p: i for i, p in enumerate(named)}
-    emb_paths.sort(key=lambda p: order.get(p, 0))
+    position = {p: i for i, p in enumerate(named)}
+    emb_paths.sort(key=lambda p: position.get(p, 0))
 
     entries: list[BlockRef] = []
     if emb_paths:

@@ -107,7 +107,7 @@ class TensorSource(abc.ABC):
         """``{name: shape}`` for every tensor, in ``keys()`` order."""
         return {k: self.shape(k) for k in self.keys()}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: sources without open files keep this no-op)
         """Release open files; the source is unusable afterwards."""
 
     def __enter__(self) -> TensorSource:
@@ -212,7 +212,7 @@ class _SafetensorsFile:
                 raise ValueError(f"{end - start} bytes for shape {shape} and dtype {dtype}")
             out = torch.empty(shape, dtype=dtype)
             if numel:
-                buf = memoryview(out.view(-1).view(torch.uint8).numpy())
+                buf = memoryview(out.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
                 with open(self.path, "rb", buffering=0) as f:
                     f.seek(start)
                     got = 0
@@ -333,9 +333,9 @@ class ShardedSource(TensorSource):
                 self._open[name] = opened
                 keys = opened.keys
             else:
-                opened = _load_bin_shard(weights)
-                self._open[name] = opened
-                keys = list(opened)
+                tensors = _load_bin_shard(weights)
+                self._open[name] = tensors
+                keys = list(tensors)
             self._weight_map = dict.fromkeys(keys, name)
 
     def _shard(self, name: str) -> tuple[str, Any]:

@@ -127,7 +127,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     snap.meta["source"] = {"path": args.model, "kind": "hf_dir"}
     snap.save(args.output)
     print(f"wrote {args.output}: {len(snap.names)} entries, {snap.meta['n_examples']} examples, "
-          f"pooling {snap.meta['pooling']}, probe {snap.fingerprint[:12]}")
+          f"pooling {snap.meta['pooling']}, probe {str(snap.fingerprint)[:12]}")
     return 0
 
 

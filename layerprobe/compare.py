@@ -69,10 +69,11 @@ def _check_entries(a: Side, b: Side) -> None:
 
 
 def _match_params(a: Side, b: Side, entry: str) -> list[tuple[str, str, str]]:
+    assert a.weights is not None and b.weights is not None  # compare_sides refuses weightless sides first
     ia, ib = a.weights.index.get(entry, {}), b.weights.index.get(entry, {})
     only_a, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
     if entry != OTHER and (only_a or only_b):
-        def listed(names):
+        def listed(names: list[str]) -> str:
             return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
 
         parts = [f"only in {s.label}: {listed(n)}" for s, n in ((a, only_a), (b, only_b)) if n]
@@ -111,7 +112,7 @@ def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
     groups: dict[str, DriftAccumulator] = {}
     ranks: dict[str, dict] = {}
     for rel, ka, kb in _match_params(a, b, entry):
-        t0, t1 = a.weights.get(ka), b.weights.get(kb)
+        t0, t1 = a.weights.get(ka), b.weights.get(kb)  # type: ignore[union-attr]  # checked in _match_params
         for name, t in ((a.label, t0), (b.label, t1)):
             check_finite(f"{entry}/{rel}", t, name)
         if anatomy:  # each tensor is read and summed once: the block total merges its groups
@@ -354,7 +355,7 @@ def compare_sides(
     xmap = None
     if cross_layer and reps_ok:
         xmap = _cross_layer(sa, sb, names)
-    other = None
+    other: dict[str, Any] | None = None
     if OTHER in sa.weights.index and OTHER in sb.weights.index:
         pairs = _match_params(sa, sb, OTHER)
         only = sorted(set(sa.weights.index[OTHER]) ^ set(sb.weights.index[OTHER]))

@@ -42,9 +42,9 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
     """Run the whole path once and write every result into ``out_dir``."""
     from .compare import compare
     from .options import CSV_OPTIONS
-    from .schema import SCHEMA_VERSION
     from .plots import plot_blocks
     from .report import render, to_csv
+    from .schema import SCHEMA_VERSION
     from .snapshot import take_snapshot
     from .train import TrainConfig, evaluate, fine_tune
 

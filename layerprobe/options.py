@@ -63,7 +63,7 @@ class ProbeOptions:
         """Concrete options: unset fields follow ``snapshot_meta`` (a snapshot side's meta), then
         the defaults; a set field that contradicts the snapshot raises :class:`LayerProbeError`."""
         ref = snapshot_meta or {}
-        out = {}
+        out: dict[str, Any] = {}
         for name in ("pooling", "max_length", "max_tokens"):
             mine, theirs = getattr(self, name), ref.get(name)
             if mine is not None and name in ref and theirs != mine:

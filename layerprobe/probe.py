@@ -23,7 +23,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,7 @@ def read_probe_texts(
                 f"unknown probe file type {ext or '(no extension)'!r} ({_EXPECTED})", path=path
             )
         content = _read_utf8(path)
+        raw: Sequence[str | None]
         if ext in (".csv", ".tsv"):
             raw = _parse_table(path, content, "\t" if ext == ".tsv" else ",", text_column)
         elif ext == ".jsonl":

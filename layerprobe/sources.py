@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from torch import nn
 from .blocks import OTHER, Blocks, blocks_from_names
 from .errors import LayerProbeError
 from .snapshot import Snapshot, take_snapshot
+
+if TYPE_CHECKING:
+    from .checkpoints import TensorSource
 
 __all__ = ["Side", "WeightTable", "load_hf_model", "read_probe", "resolve_side"]
 
@@ -39,7 +42,7 @@ class WeightTable:
         return cls(index, {k: tuple(t.shape) for k, t in flat.items()}, flat.__getitem__)
 
     @classmethod
-    def from_source(cls, source) -> tuple[WeightTable, Blocks]:
+    def from_source(cls, source: TensorSource) -> tuple[WeightTable, Blocks]:
         keys = list(source.keys())
         blocks = blocks_from_names(keys)
         index: dict[str, dict[str, str]] = {}
@@ -125,7 +128,6 @@ def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     import pickle
 
     from transformers import AutoModel, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     _refuse_remote_code(path)
@@ -148,9 +150,9 @@ def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
 
 
 def resolve_side(
-    x,
+    x: Any,
     probe_texts: Sequence[str] | None,
-    tokenizer=None,
+    tokenizer: Any = None,
     snapshot_kwargs: dict | None = None,
     label: str | None = None,
 ) -> Side:
@@ -182,7 +184,7 @@ def resolve_side(
         side = resolve_side(model, probe_texts, tok, kw, label)
         side.meta["source"] = {"path": path, "kind": "hf_dir"}
         return side
-    source = None
+    source: TensorSource | None = None
     if os.path.isfile(path) and not path.endswith(".safetensors"):
         kind, obj = load_pt_or_snapshot(path)  # loaded once, safely
         if kind == "snapshot":

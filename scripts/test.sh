@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command (2): set up .venv, then run the test suite.
-#   bash scripts/test.sh          fast suite (tiny random models, doctests)
-#   bash scripts/test.sh --ci     fast suite, then the slow real-model tests and the smoke runs
+#   bash scripts/test.sh          lint (ruff), type check (mypy), fast suite (tiny random models, doctests)
+#   bash scripts/test.sh --ci     the same, then the slow real-model tests and the smoke runs
 #   extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ci=0
 if [ "${1:-}" = "--ci" ]; then ci=1; shift; fi
+.venv/bin/ruff check .        # settings and exclusions: pyproject.toml [tool.ruff]
+.venv/bin/mypy                # settings and exclusions: pyproject.toml [tool.mypy]
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -155,7 +155,7 @@ def test_malicious_pickle_never_runs(tmp_path, via, legacy):
 
         assert ("io.open" if via == "open" else f"{os.system.__module__}.system") in pickle_globals(p)
     for fn in (safe_torch_load, open_checkpoint, checkpoint_kind, load_pt_or_snapshot):
-        msg = expect_error(lambda: fn(p), p, "refused: the file needs arbitrary Python objects")
+        msg = expect_error(lambda fn=fn: fn(p), p, "refused: the file needs arbitrary Python objects")
         assert "unsafe pickle" in msg and ".safetensors" in msg
     assert not marker.exists()
 
