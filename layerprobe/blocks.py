@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -73,7 +73,7 @@ class Blocks:
     stack: str
     prefix: str = ""
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[BlockRef]:
         return iter(self.entries)
 
     def __len__(self) -> int:
@@ -192,7 +192,7 @@ def find_blocks(
         if not matched:
             raise LayerProbeError(f"block pattern {blocks!r} matches no module of {type(model).__name__}")
 
-        def order(p: str):
+        def order(p: str) -> tuple[int, str]:
             m = re.search(r"(\d+)$", p)
             return (int(m.group(1)) if m else 0, p)
 

@@ -19,8 +19,10 @@ Pooling (``pooling=``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +32,7 @@ from .errors import LayerProbeError
 from .options import POOLINGS
 
 
-def _unwrap(output):
+def _unwrap(output: Any) -> torch.Tensor:
     """The hidden states of a block's output: tensor, tuple/list (first item), or ModelOutput."""
     if torch.is_tensor(output):
         return output
@@ -43,7 +45,8 @@ def _unwrap(output):
     raise LayerProbeError(f"cannot read hidden states from a block output of type {type(output).__name__}")
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str = "mean", max_tokens: int | None = None):
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str = "mean",
+         max_tokens: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Pool token states ``(batch, seq, d)`` into per-example vectors, padding excluded.
 
     Args:
@@ -117,6 +120,7 @@ class Capture:
             if name == self.names[0]:
                 self._examples.append(example.cpu() + self._seen)
         else:
+            assert isinstance(pooled, torch.Tensor)
             self._chunks.setdefault(name, []).append(pooled.cpu())
 
     @property
@@ -136,7 +140,7 @@ def capture(
     blocks: Blocks | None = None,
     pooling: str = "mean",
     max_tokens: int | None = None,
-):
+) -> Iterator[Capture]:
     """Record every entry's pooled output during the forward passes run inside the block.
 
     The attention mask is read from the model call's ``attention_mask`` keyword (pass it by

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import matplotlib
 
@@ -22,7 +23,7 @@ def blocks_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame([{k: r[k] for k in keep} for r in rows])
 
 
-def save_figure(fig, path: str | os.PathLike) -> str:
+def save_figure(fig: Any, path: str | os.PathLike) -> str:
     """Save a figure atomically as PNG and close it."""
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")

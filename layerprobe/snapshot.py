@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ class Snapshot:
         return cls.from_dict(safe_torch_load(path), path)
 
     @classmethod
-    def from_dict(cls, obj, path: str | os.PathLike | None = None) -> Snapshot:
+    def from_dict(cls, obj: Any, path: str | os.PathLike | None = None) -> Snapshot:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise LayerProbeError("not a layerprobe snapshot (no 'format': 'layerprobe-snapshot')", path)
         version = obj.get("format_version")
@@ -151,7 +152,7 @@ def describe_model(model: nn.Module, blocks: Blocks) -> dict:
     }
 
 
-def tokenize_probe(tokenizer, texts: list[str], max_length: int) -> tuple[list[dict], str]:
+def tokenize_probe(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[dict], str]:
     """Tokenize each text once (no padding); returns per-example encodings and the fingerprint."""
     if not texts:
         raise LayerProbeError("the probe set is empty")
@@ -211,7 +212,7 @@ def run_probe(
 
 def take_snapshot(
     model: nn.Module,
-    tokenizer=None,
+    tokenizer: Any = None,
     texts: list[str] | None = None,
     *,
     pooling: str = "mean",
