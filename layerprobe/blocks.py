@@ -164,7 +164,8 @@ def find_blocks(
     Args:
         model: the model (bare or with a task head).
         blocks: optional override, a glob or regex over module paths matching every block, e.g.
-            ``"encoder.layer.*"``; matched modules are ordered by their numeric suffix.
+            ``"encoder.layer.*"``; matched modules are ordered by their numeric suffix, and each is
+            named by it (``encoder.layer.3`` is ``block.3`` whatever else matched).
         embeddings: optional override, module path pattern(s) of the embedding stage; ``""``
             means "no embeddings entry".
 
@@ -240,7 +241,13 @@ def find_blocks(
     entries: list[BlockRef] = []
     if emb_paths:
         entries.append(BlockRef(EMBEDDINGS, "embeddings", -1, tuple(canon(p) for p in emb_paths)))
-    for i, p in enumerate(block_paths):
+    # a block keeps the model's own layer index (an override matching encoder.layer.3-5 gives block.3,
+    # block.4, block.5), so names agree with the default discovery and freeze(model, ["block.3"])
+    own = [re.search(r"(\d+)$", p) for p in block_paths]
+    indices = [int(m.group(1)) for m in own] if all(own) else list(range(len(block_paths)))
+    if len(set(indices)) != len(indices):  # e.g. blocks from two stacks with the same numbers
+        indices = list(range(len(block_paths)))
+    for i, p in zip(indices, block_paths):
         entries.append(BlockRef(f"block.{i}", "block", i, (canon(p),)))
     return Blocks(tuple(entries), canon(stack_path), prefix)
 

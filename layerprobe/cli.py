@@ -27,6 +27,14 @@ def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
     p.add_argument("--max-tokens", type=int, default=None, metavar="K",
                    help="with --pooling tokens: keep at most K tokens per example")
     p.add_argument("--batch-size", type=int, default=ProbeOptions.batch_size)
+    p.add_argument("--device", default=None, metavar="DEV", help="run models on cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="load models in this precision (default: as saved); recorded in meta")
+    p.add_argument("--blocks", default=None, metavar="PATTERN",
+                   help="module-path glob/regex of the blocks, e.g. 'encoder.layer.*' (default: found); "
+                        "names keep the model's own index (encoder.layer.3 is block.3)")
+    p.add_argument("--embeddings", default=None, metavar="PATTERN",
+                   help="module-path pattern of the embedding stage ('' for none; default: found)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("compare", help="compare base and tuned: per-block CKA, drift, and freeze advice")
-    p.add_argument("a", help="base: snapshot .pt, HF model directory, .safetensors or state-dict .pt")
-    p.add_argument("b", help="tuned: same kinds as A")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="base then tuned: snapshot .pt, HF model directory, LoRA adapter directory, .safetensors or "
+                        "state-dict .pt. More than two (or a Trainer run directory with checkpoint-N folders): a "
+                        "checkpoint series, written to --out DIR as trajectory.csv and trajectory.png")
+    p.add_argument("--weights-a", default=None, metavar="PATH",
+                   help="weight files for A when A is a representation-only snapshot (offloaded model)")
+    p.add_argument("--weights-b", default=None, metavar="PATH", help="weight files for B, likewise")
     _add_probe_args(p, probe_required=False)
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--out", metavar="DIR", help="also write comparison.json, comparison.csv, groups.csv, blocks.png")
@@ -119,11 +132,16 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         raise LayerProbeError("expected a Hugging Face model directory", args.model)
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))  # fail before any work
     texts = read_probe_texts(args.probe, text_column=args.text_column, max_examples=args.max_examples)
-    model, tok = load_hf_model(args.model)
+    model, tok = load_hf_model(args.model, device=args.device, dtype=args.dtype)
     if tok is None:
         raise LayerProbeError("no tokenizer in the model directory", args.model)
     opts = _probe_options(args).settle()
-    snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), progress=not args.quiet)
+    blocks = None
+    if args.blocks is not None or args.embeddings is not None:
+        from .blocks import find_blocks
+
+        blocks = find_blocks(model, blocks=args.blocks, embeddings=args.embeddings)
+    snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), blocks=blocks, progress=not args.quiet)
     snap.meta["source"] = {"path": args.model, "kind": "hf_dir"}
     snap.save(args.output)
     print(f"wrote {args.output}: {len(snap.names)} entries, {snap.meta['n_examples']} examples, "
@@ -142,14 +160,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise LayerProbeError(f"--min-cka must be in [0, 1], got {args.min_cka}")
     if args.out:
         ensure_writable_dir(args.out)  # fail before any work
+    from .series import expand_inputs
+
+    inputs = expand_inputs(args.inputs)
+    if len(inputs) < 2:
+        raise LayerProbeError(f"compare needs a base and a tuned input (or a run directory with checkpoints); "
+                              f"got {len(inputs)}: {args.inputs}")
+    if len(inputs) > 2:
+        return _compare_series(args, inputs)
     thresholds = Thresholds(min_cka=args.min_cka, max_drift=args.max_drift, use_interval=not args.no_interval,
                             min_train_blocks=args.min_train_blocks)
     cka = CKAOptions(estimator=args.estimator, ci=args.ci, n_boot=args.n_boot, ci_level=args.ci_level,
                      seed=args.seed, cross_layer=args.cross_layer)
-    result = compare(args.a, args.b, probe=args.probe, text_column=args.text_column,
+    result = compare(inputs[0], inputs[1], probe=args.probe, text_column=args.text_column,
                      max_examples=args.max_examples, probe_options=_probe_options(args), cka_options=cka,
                      thresholds=thresholds, anatomy=not args.no_anatomy, progress=not args.quiet,
-                     on_undefined="raise")
+                     on_undefined="raise", device=args.device, dtype=args.dtype, blocks=args.blocks,
+                     embeddings=args.embeddings, weights_a=args.weights_a, weights_b=args.weights_b)
     text = render(result, args.format)
     if args.out:
         from .plots import plot_blocks
@@ -166,6 +193,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
             atomic_write_text(os.path.join(args.out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
             plot_cross_layer(result.to_dict(), os.path.join(args.out, "cross_layer.png"))
     sys.stdout.write(text)
+    return 0
+
+
+def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
+    from .report import render
+    from .series import compare_series
+
+    if not args.out:
+        raise LayerProbeError(f"a series of {len(inputs)} inputs writes trajectory.csv: give --out DIR")
+    kw = {**_probe_options(args).settle().snapshot_kwargs(), "device": args.device, "dtype": args.dtype,
+          "block_pattern": args.blocks, "embedding_pattern": args.embeddings}
+    final, rows = compare_series(inputs, args.probe, out=args.out, text_column=args.text_column,
+                                 max_examples=args.max_examples, snapshot_kwargs=kw, anatomy=not args.no_anatomy,
+                                 progress=not args.quiet)
+    steps = final.meta["series"]["steps"]
+    print(f"wrote {os.path.join(args.out, 'trajectory.csv')}: {len(steps)} inputs (steps {steps}), "
+          f"{len(rows) // len(steps)} entries; trajectory.png; comparison.json (last vs first)")
+    sys.stdout.write(render(final, args.format))
     return 0
 
 

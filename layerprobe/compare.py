@@ -57,6 +57,24 @@ __all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "co
            "weight_stats"]
 
 
+def attach_weights(side: Side, path: str | os.PathLike) -> None:
+    """Read a side's weights from files (a representation-only snapshot of an offloaded model)."""
+    from .checkpoints import open_checkpoint
+
+    table, found = WeightTable.from_source(open_checkpoint(path))
+    have = [e["name"] for e in side.meta["entries"]]
+    if found.names != have:
+        raise LayerProbeError(f"the weight files have entries {found.names}, the snapshot {have}", path)
+    side.weights = table
+    side.meta.setdefault("weights_from", os.fspath(path))
+
+
+def _no_weight_stats(side: Side, entry: str) -> dict:
+    shapes = (side.meta.get("param_shapes") or {}).get(entry) or {}
+    return {"weight_drift": None, "weight_cosine": None, "max_abs_change": None,
+            "n_params": int(sum(math.prod(s) for s in shapes.values()))}
+
+
 def _check_entries(a: Side, b: Side) -> None:
     ka = [(e["name"], e["kind"]) for e in a.meta["entries"]]
     kb = [(e["name"], e["kind"]) for e in b.meta["entries"]]
@@ -165,6 +183,12 @@ def compare(
     ci_level: float = 0.95,
     seed: int = 0,
     cross_layer: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    blocks: str | None = None,
+    embeddings: str | Sequence[str] | None = None,
+    weights_a: str | os.PathLike | None = None,
+    weights_b: str | os.PathLike | None = None,
 ) -> Comparison:
     """Compare a base and a tuned model entry by entry and advise what could be frozen.
 
@@ -188,6 +212,15 @@ def compare(
         pooling, max_length, max_tokens, batch_size, estimator, ci, n_boot, ci_level, seed,
             cross_layer: the fields of the two option objects as keywords (the older spelling;
             pass one or the other).
+        device, dtype: where and in which precision model directories run ("cpu", "cuda", "mps";
+            "float32", "bfloat16", "float16"); recorded in ``meta``.
+        blocks, embeddings: module-path patterns overriding the block stack and the embeddings
+            (as :func:`~layerprobe.blocks.find_blocks`); blocks keep the model's own index.
+        weights_a, weights_b: weight files for a side that holds none (a representation-only
+            snapshot of an offloaded model): drift is read from them.
+
+    A PEFT/LoRA adapter directory as ``b`` is compared with ``a`` as its base
+    (:mod:`layerprobe.peft_support`).
 
     Returns:
         :class:`Comparison` with ``.to_frame()`` and ``.to_json()``.
@@ -212,11 +245,16 @@ def compare(
     snaps = [(x, label) for x, label in ((a, "A"), (b, "B")) if isinstance(x, Snapshot) and x.has_representations]
     for x, label in snaps:
         popts.settle(x.meta, label)
-    kw = {**popts.settle(snaps[0][0].meta if snaps else None).snapshot_kwargs(), "progress": progress}
+    kw = {**popts.settle(snaps[0][0].meta if snaps else None).snapshot_kwargs(), "progress": progress,
+          "device": device, "dtype": dtype, "block_pattern": blocks, "embedding_pattern": embeddings,
+          "adapter_base": a if isinstance(a, (str, os.PathLike)) else None}
     sa = resolve_side(a, texts, tokenizer, kw, label=None if not isinstance(a, Snapshot) else "A")
     if sa.representations and sa.meta.get("pooling"):  # e.g. a snapshot file: the other side follows it
         kw.update(popts.settle(sa.meta, sa.label).snapshot_kwargs())
     sb = resolve_side(b, texts, tokenizer, kw, label=None if not isinstance(b, Snapshot) else "B")
+    for side, wpath in ((sa, weights_a), (sb, weights_b)):
+        if wpath is not None:
+            attach_weights(side, wpath)
     return compare_sides(sa, sb, thresholds=thresholds, anatomy=anatomy, cka_options=copts,
                          on_undefined=on_undefined)
 
@@ -302,8 +340,9 @@ def compare_sides(
             if sa.meta.get(key) != sb.meta.get(key):
                 raise LayerProbeError(f"snapshots differ in {key}: {sa.meta.get(key)!r} in {sa.label} vs "
                                       f"{sb.meta.get(key)!r} in {sb.label}")
-    if sa.weights is None or sb.weights is None:
-        raise LayerProbeError(f"{(sa if sa.weights is None else sb).label}: snapshot holds no weights")
+    weightless = [s for s in (sa, sb) if s.weights is None]
+    if weightless and not reps_ok:
+        raise LayerProbeError(f"{weightless[0].label}: snapshot holds no weights (and no CKA can be computed)")
     names = [e["name"] for e in sa.meta["entries"]]
     if reps_ok:  # same fingerprint, so both sides have the same rows
         n = next(iter(sa.representations.values())).shape[0]
@@ -314,7 +353,8 @@ def compare_sides(
     entries = []
     for e in sa.meta["entries"]:
         name = e["name"]
-        stats = weight_stats(sa, sb, name, anatomy)
+        stats = _no_weight_stats(sa if sa.weights is None else sb, name) if weightless else \
+            weight_stats(sa, sb, name, anatomy)
         row = {"index": e["index"], "name": name, "kind": e["kind"], "cka": None}
         if reps_ok and name in undefined:
             row["cka"] = float("nan")
@@ -356,9 +396,9 @@ def compare_sides(
     if cross_layer and reps_ok:
         xmap = _cross_layer(sa, sb, names)
     other: dict[str, Any] | None = None
-    if OTHER in sa.weights.index and OTHER in sb.weights.index:
+    if not weightless and OTHER in sa.weights.index and OTHER in sb.weights.index:  # type: ignore[union-attr]
         pairs = _match_params(sa, sb, OTHER)
-        only = sorted(set(sa.weights.index[OTHER]) ^ set(sb.weights.index[OTHER]))
+        only = sorted(set(sa.weights.index[OTHER]) ^ set(sb.weights.index[OTHER]))  # type: ignore[union-attr]
         other = {"n_params_compared": 0, "unmatched": only}
         if pairs:
             other.update(weight_stats(sa, sb, OTHER, anatomy=False))
@@ -371,6 +411,14 @@ def compare_sides(
             rec.notes.append(f"cross-layer maps not computed: {why_not}")
     for msg in undefined.values():
         rec.notes.append(msg)
+    for s in weightless:
+        rec.notes.append(f"weight drift not computed: {s.label} holds no weights "
+                         f"({s.meta.get('weights_missing', 'representation-only snapshot')}); "
+                         "give its weight files (weights_a=/weights_b=, --weights-a/--weights-b)")
+    dtypes = {"a": sa.meta.get("dtype"), "b": sb.meta.get("dtype")}
+    if reps_ok and dtypes["a"] and dtypes["b"] and dtypes["a"] != dtypes["b"]:
+        rec.notes.append(f"the sides ran in different dtypes ({dtypes['a']} in {sa.label}, {dtypes['b']} in "
+                         f"{sb.label}): part of the representation change is precision, not training")
     if reps_ok and estimator != "linear":
         rec.notes.append(f"estimator {estimator}: the freeze thresholds were calibrated for linear CKA")
     meta = {
@@ -386,5 +434,15 @@ def compare_sides(
         "probe_fingerprint": sa.meta.get("probe_fingerprint") if reps_ok else None,
         "model_class": {"a": sa.meta.get("model_class"), "b": sb.meta.get("model_class")},
         "torch_version": torch.__version__.split("+")[0],
+        "device": {"a": sa.meta.get("device"), "b": sb.meta.get("device")},
+        "dtype": dtypes,
     }
+    for key in ("progress", "adapter"):
+        got = {k: s.meta[key] for k, s in (("a", sa), ("b", sb)) if s.meta.get(key) is not None}
+        if got:
+            meta[key] = got
+    if "progress" in meta and "b" in meta["progress"]:
+        from .series import progress_text
+
+        rec.notes.append(f"tuned side: {progress_text(meta['progress']['b'])}")
     return Comparison(entries, rec, meta, other, xmap)

@@ -118,12 +118,38 @@ def _qualifies(entry: dict, t: Thresholds, basis: str, top: float = math.nan) ->
     return ok, "; ".join(parts)
 
 
+def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
+    """Accept a comparison as well as its entries: a Comparison, its JSON dict, JSON text or a JSON file."""
+    import json
+    import os
+
+    if hasattr(x, "blocks") and hasattr(x, "recommendation"):  # a Comparison
+        x = x.to_dict()
+    if isinstance(x, (str, os.PathLike)):
+        text = os.fspath(x)
+        if not text.lstrip().startswith("{"):
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        x = json.loads(text)
+    if isinstance(x, dict):
+        if not isinstance(x.get("blocks"), list):
+            from .errors import LayerProbeError
+
+            raise LayerProbeError(f"expected a comparison JSON with a 'blocks' list, found keys {sorted(x)[:8]}")
+        if not other_params:
+            other_params = int((x.get("other") or {}).get("n_params_compared") or 0)
+        x = x["blocks"]
+    return list(x), other_params
+
+
 def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_params: int = 0) -> Recommendation:
     """Advise a frozen bottom prefix from per-entry measurements.
 
     Args:
         entries: in model order (embeddings first), dicts with ``name``, ``kind``, ``n_params``,
-            ``weight_drift`` and optionally ``cka`` and ``cka_ci`` ([low, high]).
+            ``weight_drift`` and optionally ``cka`` and ``cka_ci`` ([low, high]); or a whole
+            comparison — a :class:`~layerprobe.result.Comparison`, its JSON dict, JSON text or the
+            path of a ``comparison.json`` (its ``blocks``, and ``other`` parameters, are used).
         thresholds: the rule's knobs (defaults: :class:`Thresholds`).
         other_params: parameters outside the entries (pooler, head): they always train and
             count in the denominator of ``frozen_param_fraction``.
@@ -138,6 +164,7 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
     >>> r.freeze, r.train, round(r.frozen_param_fraction, 2)
     (['embeddings', 'block.0'], ['block.1'], 0.75)
     """
+    entries, other_params = _entries_of(entries, other_params)
     t = thresholds or Thresholds()
     has_cka = any(e.get("cka") is not None for e in entries)
     basis = "cka" if has_cka else ("drift" if t.max_drift is not None else "none")

@@ -104,6 +104,24 @@ class Comparison:
             d["cross_layer"] = self.cross_layer
         return _nan_to_none(d)
 
+    def __repr__(self) -> str:
+        """The readable table and the advice (what ``layerprobe compare`` prints), not a field dump."""
+        from .report import to_table
+
+        return to_table(self).rstrip("\n")
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the table as HTML, then the advice and its reasons."""
+        import html
+
+        from .report import HEADER, _rows, advice_text
+
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _rows(self))
+        advice = html.escape(advice_text(self))
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                f"<pre style='white-space:pre-wrap'>{advice}</pre>")
+
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON (NaN becomes null), stable key order: same inputs give the same bytes."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"

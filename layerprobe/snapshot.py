@@ -57,6 +57,15 @@ class Snapshot:
     def names(self) -> list[str]:
         return [e["name"] for e in self.meta["entries"]]
 
+    def __repr__(self) -> str:
+        """One line: model class, entries, examples, pooling, probe fingerprint, weights or not."""
+        m = self.meta
+        n_w = sum(t.numel() for ws in self.weights.values() for t in ws.values())
+        reps = (f"{m.get('n_examples')} examples, pooling {m.get('pooling')}, probe {str(self.fingerprint)[:12]}"
+                if self.representations else "no representations")
+        return (f"Snapshot({m.get('model_class')}, {len(self.names)} entries, {reps}, "
+                f"{f'{n_w:,} weights' if self.weights else 'no weights'})")
+
     @property
     def fingerprint(self) -> str | None:
         return self.meta.get("probe_fingerprint")
@@ -128,18 +137,37 @@ def _config_json(model: nn.Module) -> str:
 
 
 def model_weights(model: nn.Module, blocks: Blocks) -> dict[str, dict[str, torch.Tensor]]:
-    """Copy every parameter to CPU, grouped by entry and named relative to it."""
+    """Copy every parameter to CPU, grouped by entry and named relative to it.
+
+    Wrappers are seen through (:func:`~layerprobe.unwrap.effective_parameters`: a LoRA weight is
+    base + update, an FSDP2 shard is gathered); parameters that a loader initialised because they
+    were not in the files (:data:`~layerprobe.sources.NOT_IN_FILES`) are left out.
+    """
+    from .unwrap import effective_parameters
+
+    not_in_files = getattr(model, "_layerprobe_not_in_files", frozenset())
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for name, p in model.named_parameters():
+    for name, p in effective_parameters(model):
+        if name in not_in_files:
+            continue
         entry = blocks.entry_of(name)
         key = entry.relative(blocks.canonical(name)) if entry else blocks.canonical(name)
         out.setdefault(entry.name if entry else OTHER, {})[key] = p.detach().to("cpu", copy=True)
     return out
 
 
+def _dtype_name(model: nn.Module) -> str | None:
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return str(p.dtype).replace("torch.", "") if p is not None else None
+
+
 def describe_model(model: nn.Module, blocks: Blocks) -> dict:
     """Simple metadata about a model and its entries (JSON-friendly)."""
+    from .unwrap import input_device
+
     return {
+        "device": str(input_device(model)),
+        "dtype": _dtype_name(model),
         "layerprobe_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "model_class": type(model).__name__,
@@ -192,7 +220,9 @@ def run_probe(
     Examples are batched by length (less padding, faster), and representations are returned
     in the original example order.
     """
-    device = next(model.parameters()).device
+    from .unwrap import input_device
+
+    device = input_device(model)  # offloaded (meta) parameters: inputs start on the CPU
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     with capture(model, blocks, pooling=pooling, max_tokens=max_tokens) as cap:
         for start in tqdm(range(0, len(order), batch_size), desc="probe", unit="batch", disable=not progress,
@@ -247,10 +277,17 @@ def take_snapshot(
     >>> s.names, s.has_representations
     (['embeddings', 'block.0', 'block.1'], False)
     """
+    from .unwrap import has_meta_parameters, unwrap
+
     if pooling not in POOLINGS:
         raise LayerProbeError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    model = unwrap(model)  # DDP, FSDP, torch.compile, PEFT: the names of the plain model
     blocks = blocks if blocks is not None else find_blocks(model)
     meta = describe_model(model, blocks)
+    if with_weights and has_meta_parameters(model):  # device_map offload: no weight data here
+        with_weights = False
+        meta["weights_missing"] = ("parameters offloaded (meta tensors): representation-only snapshot; "
+                                   "give the weight files to compare for drift")
     reps: dict[str, torch.Tensor] = {}
     token_examples = None
     if texts is not None:
@@ -270,4 +307,9 @@ def take_snapshot(
         )
     weights = model_weights(model, blocks) if with_weights else {}
     meta["param_shapes"] = {g: {k: list(t.shape) for k, t in ws.items()} for g, ws in weights.items()}
+    if not weights:  # shapes need no data (meta tensors have them): parameter counts stay known
+        for name, p in model.named_parameters():
+            entry = blocks.entry_of(name)
+            key = entry.relative(blocks.canonical(name)) if entry else blocks.canonical(name)
+            meta["param_shapes"].setdefault(entry.name if entry else OTHER, {})[key] = list(p.shape)
     return Snapshot(meta=meta, representations=reps, weights=weights, token_examples=token_examples)

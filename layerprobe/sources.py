@@ -24,7 +24,7 @@ from .snapshot import Snapshot, take_snapshot
 if TYPE_CHECKING:
     from .checkpoints import TensorSource
 
-__all__ = ["Side", "WeightTable", "load_hf_model", "read_probe", "resolve_side"]
+__all__ = ["DTYPES", "NOT_IN_FILES", "Side", "WeightTable", "load_hf_model", "read_probe", "resolve_device", "resolve_side"]
 
 
 @dataclass
@@ -43,7 +43,12 @@ class WeightTable:
 
     @classmethod
     def from_source(cls, source: TensorSource) -> tuple[WeightTable, Blocks]:
-        keys = list(source.keys())
+        from .params import drop_non_parameters
+
+        path = getattr(source, "path", None)
+        directory = path if path and os.path.isdir(path) else None
+        # align on parameters: buffers (old files' embeddings.position_ids) and tied aliases are not weights
+        keys, _ = drop_non_parameters(list(source.keys()), {k: source.dtype(k) for k in source.keys()}, directory)
         blocks = blocks_from_names(keys)
         index: dict[str, dict[str, str]] = {}
         for k in keys:
@@ -117,8 +122,38 @@ def _check_bin_weights(path: str) -> None:
             raise LayerProbeError("is a layerprobe snapshot, expected model weights", os.path.join(path, shard))
 
 
-def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
+#: attribute set on a model loaded by :func:`load_hf_model`: parameter names that were not in the
+#: files (randomly initialised by transformers); snapshots leave them out
+NOT_IN_FILES = "_layerprobe_not_in_files"
+
+#: ``--dtype`` choices
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/"auto" -> "cpu"; "cuda"/"mps" checked for presence (one-line error if absent)."""
+    if device in (None, "", "auto", "cpu"):
+        return "cpu"
+    name = str(device)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LayerProbeError(f"--device {name}: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise LayerProbeError("--device mps: no MPS device is available")
+    if not (name.startswith("cuda") or name == "mps"):
+        raise LayerProbeError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or mps")
+    return name
+
+
+def load_hf_model(path: str | os.PathLike, device: str | None = None,
+                  dtype: str | torch.dtype | None = None) -> tuple[nn.Module, Any]:
     """Load a Hugging Face model directory safely; returns ``(model in eval mode, tokenizer or None)``.
+
+    The model is built with the class it was saved with (``config.architectures``, e.g. a
+    ``BertForSequenceClassification`` keeps its head) rather than ``AutoModel``. Parameters that
+    were not in the files (initialised at random by transformers) are listed in the model's
+    ``_layerprobe_not_in_files`` attribute, and loading runs under a fixed seed, so the same
+    directory gives the same model every time. ``device`` ("cpu", "cuda", "mps") and ``dtype``
+    ("float32", "bfloat16", "float16") choose where and in which precision the model runs.
 
     No remote code (a config with ``auto_map`` is refused), ``.bin`` weights are checked with the
     weights-only loader first, safetensors are preferred by transformers. Every problem raises a
@@ -127,15 +162,29 @@ def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     path = os.fspath(path)
     import pickle
 
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from .params import architecture_class
 
     _refuse_remote_code(path)
     _check_bin_weights(path)
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise LayerProbeError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
+    dev = resolve_device(device)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # stderr carries only layerprobe's own progress and errors
     try:
-        model = AutoModel.from_pretrained(path, trust_remote_code=False)
+        cls = architecture_class(AutoConfig.from_pretrained(path, trust_remote_code=False))
+        with torch.random.fork_rng(devices=[]):  # anything not in the files is initialised the same way each time
+            torch.manual_seed(0)
+            model, info = cls.from_pretrained(path, trust_remote_code=False, output_loading_info=True,
+                                              **({"dtype": dtype} if dtype is not None else {}))
+        setattr(model, NOT_IN_FILES, frozenset(info.get("missing_keys") or ()))
+        if dev != "cpu":
+            model = model.to(dev)
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
         raise LayerProbeError(f"cannot load the model: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
                               path) from None
@@ -158,11 +207,19 @@ def resolve_side(
 ) -> Side:
     """Turn a snapshot, model or path into a :class:`Side`, running the probe where possible."""
     kw = dict(snapshot_kwargs or {})
+    device, dtype = kw.pop("device", None), kw.pop("dtype", None)
+    block_pattern, embedding_pattern = kw.pop("block_pattern", None), kw.pop("embedding_pattern", None)
+    base = kw.pop("adapter_base", None)
     if isinstance(x, Snapshot):
         return _side_from_snapshot(x, label or "snapshot")
     if isinstance(x, nn.Module):
         if probe_texts is not None and tokenizer is None:
             raise LayerProbeError("a tokenizer is needed to run the probe through a model object")
+        if block_pattern is not None or embedding_pattern is not None:
+            from .blocks import find_blocks
+            from .unwrap import unwrap
+
+            kw["blocks"] = find_blocks(unwrap(x), blocks=block_pattern, embeddings=embedding_pattern)
         snap = take_snapshot(x, tokenizer, list(probe_texts) if probe_texts is not None else None, **kw)
         side = _side_from_snapshot(snap, label or type(x).__name__)
         if probe_texts is None:
@@ -176,13 +233,24 @@ def resolve_side(
     label = label or path
     if not os.path.exists(path):
         raise LayerProbeError("no such file or directory", path)
+    from .peft_support import is_adapter_dir
+
+    overrides = {"block_pattern": block_pattern, "embedding_pattern": embedding_pattern}
+    if os.path.isdir(path) and is_adapter_dir(path):
+        from .peft_support import resolve_adapter_side
+
+        side = resolve_adapter_side(path, base, probe_texts, tokenizer, {**kw, **overrides}, label,
+                                    device=device, dtype=dtype)
+        _add_progress(side, path)
+        return side
     if os.path.isdir(path) and probe_texts is not None:
-        model, tok = load_hf_model(path)
+        model, tok = load_hf_model(path, device=device, dtype=dtype)
         tok = tok or tokenizer
         if tok is None:
             raise LayerProbeError("no tokenizer in the model directory to run the probe", path)
-        side = resolve_side(model, probe_texts, tok, kw, label)
+        side = resolve_side(model, probe_texts, tok, {**kw, **overrides}, label)
         side.meta["source"] = {"path": path, "kind": "hf_dir"}
+        _add_progress(side, path)
         return side
     source: TensorSource | None = None
     if os.path.isfile(path) and not path.endswith(".safetensors"):
@@ -201,7 +269,17 @@ def resolve_side(
         "source": {"path": path, "kind": "weights"},
     }
     why = "no probe given" if probe_texts is None else "a weights-only file has no architecture to run the probe"
-    return Side(label, meta, table, why_no_reps=f"{label}: {why}")
+    side = Side(label, meta, table, why_no_reps=f"{label}: {why}")
+    _add_progress(side, path)
+    return side
+
+
+def _add_progress(side: Side, path: str) -> None:
+    from .series import run_progress
+
+    progress = run_progress(path)
+    if progress is not None:
+        side.meta["progress"] = progress
 
 
 def read_probe(

@@ -1,0 +1,198 @@
+"""A checkpoint series after the fact: ``layerprobe compare BASE CKPT1 CKPT2 ... --out DIR``.
+
+A Trainer run leaves ``checkpoint-500/``, ``checkpoint-1000/``, ...; :func:`compare_series`
+compares each later input with the first and with the one before it, and writes the callback's
+trajectory columns (``step, block, cka_to_start, cka_to_previous, weight_drift``) to
+``DIR/trajectory.csv`` plus ``DIR/trajectory.png``. Each model runs once over the probe: one
+side is resolved per input and at most three are held (base, previous, current).
+
+``step`` comes from a ``checkpoint-N`` name, else from ``trainer_state.json`` (``global_step``),
+else the input's position in the series. A run directory given as one argument (no weights of
+its own, ``checkpoint-N`` folders inside) expands to its checkpoints in step order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import LayerProbeError
+
+__all__ = ["SERIES_COLUMNS", "TRAJECTORY_FILE", "checkpoint_step", "compare_series", "expand_inputs",
+           "run_progress"]
+
+SERIES_COLUMNS = ("step", "block", "cka_to_start", "cka_to_previous", "weight_drift")
+TRAJECTORY_FILE = "trajectory.csv"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _trainer_state(path: str) -> dict | None:
+    f = os.path.join(path, "trainer_state.json") if os.path.isdir(path) else None
+    if f is None or not os.path.isfile(f):
+        return None
+    try:
+        with open(f, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def run_progress(path: str | os.PathLike) -> dict | None:
+    """How far the run had gone at a Trainer checkpoint, from its ``trainer_state.json``.
+
+    Returns ``{"step", "max_steps", "fraction"}`` (``fraction`` None without ``max_steps``), or
+    None when the directory holds no readable trainer state.
+    """
+    state = _trainer_state(os.fspath(path))
+    if state is None or not isinstance(state.get("global_step"), int):
+        return None
+    step, total = state["global_step"], state.get("max_steps")
+    total = total if isinstance(total, int) and total > 0 else None
+    return {"step": step, "max_steps": total, "fraction": step / total if total else None}
+
+
+def progress_text(progress: dict) -> str:
+    """``"step 250 of 1250 (20% of the run)"`` (or ``"step 250"`` without max_steps).
+
+    >>> progress_text({"step": 250, "max_steps": 1250, "fraction": 0.2})
+    'step 250 of 1250 (20% of the run)'
+    """
+    if progress.get("max_steps"):
+        return f"step {progress['step']} of {progress['max_steps']} ({progress['fraction']:.0%} of the run)"
+    return f"step {progress['step']}"
+
+
+def checkpoint_step(path: str | os.PathLike, position: int) -> int:
+    """The training step of a series input: ``checkpoint-N`` -> N, else ``global_step``, else ``position``."""
+    p = os.fspath(path).rstrip("/\\")
+    m = _CKPT.match(os.path.basename(p))
+    if m:
+        return int(m.group(1))
+    prog = run_progress(p)
+    return prog["step"] if prog else int(position)
+
+
+def _is_run_dir(path: str) -> bool:
+    if not os.path.isdir(path):
+        return False
+    own = ("config.json", "adapter_config.json", "model.safetensors", "pytorch_model.bin",
+           "model.safetensors.index.json", "pytorch_model.bin.index.json")
+    if any(os.path.exists(os.path.join(path, n)) for n in own):
+        return False
+    return any(_CKPT.match(n) and os.path.isdir(os.path.join(path, n)) for n in os.listdir(path))
+
+
+def expand_inputs(paths: Sequence[Any]) -> list[Any]:
+    """Replace each run directory by its ``checkpoint-N`` folders in step order; others stay.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> for n in (1000, 500, 1500): os.makedirs(os.path.join(d, f"checkpoint-{n}"))
+    >>> [os.path.basename(p) for p in expand_inputs([d])]
+    ['checkpoint-500', 'checkpoint-1000', 'checkpoint-1500']
+    """
+    out: list[Any] = []
+    for p in paths:
+        if isinstance(p, (str, os.PathLike)) and _is_run_dir(os.fspath(p)):
+            d = os.fspath(p)
+            found = [(int(m.group(1)), os.path.join(d, n)) for n in os.listdir(d)
+                     if (m := _CKPT.match(n)) and os.path.isdir(os.path.join(d, n))]
+            out.extend(path for _, path in sorted(found))
+        else:
+            out.append(p)
+    return out
+
+
+def compare_series(
+    inputs: Sequence[Any],
+    probe: Sequence[str] | str | os.PathLike | None = None,
+    tokenizer: Any = None,
+    *,
+    out: str | os.PathLike | None = None,
+    text_column: str = "text",
+    max_examples: int | None = None,
+    snapshot_kwargs: dict | None = None,
+    anatomy: bool = False,
+    progress: bool = False,
+    title: str | None = None,
+) -> tuple[Any, list[dict]]:
+    """Compare every later input of a series with the first (and with the one before it).
+
+    Args:
+        inputs: base first, then checkpoints (paths, snapshots or models; run directories expand).
+        probe: probe texts or a probe file; without one, CKA columns are NaN (drift only).
+        tokenizer: for model objects without their own.
+        out: folder for ``trajectory.csv``, ``trajectory.png`` and ``comparison.json`` (the last
+            input against the base, with its advice); nothing is written if None.
+        snapshot_kwargs: probe settings (pooling, max_length, ..., device, dtype, block overrides).
+        anatomy: per-group drift in the final comparison.
+        progress: progress bars.
+
+    Returns:
+        ``(final Comparison, trajectory rows)``; rows have :data:`SERIES_COLUMNS`.
+    """
+    from .compare import compare_sides
+    from .metrics.cka import linear_cka
+    from .options import CKAOptions
+    from .sources import read_probe, resolve_side
+
+    paths = expand_inputs(list(inputs))
+    if len(paths) < 2:
+        raise LayerProbeError(f"a series needs a base and at least one checkpoint; got {len(paths)} input(s)")
+    texts = read_probe(probe, text_column, max_examples)
+    kw = {**(snapshot_kwargs or {}), "progress": progress}
+    steps = [checkpoint_step(p, i) if isinstance(p, (str, os.PathLike)) else i for i, p in enumerate(paths)]
+    base = resolve_side(paths[0], texts, tokenizer, kw, label=None if isinstance(paths[0], (str, os.PathLike)) else "0")
+    names = base.names
+    rows = [{"step": steps[0], "block": n, "cka_to_start": 1.0 if base.representations else math.nan,
+             "cka_to_previous": math.nan, "weight_drift": 0.0} for n in names]
+    prev, final = base, None
+    for i, p in enumerate(paths[1:], start=1):
+        cur = resolve_side(p, texts, tokenizer, kw, label=None if isinstance(p, (str, os.PathLike)) else str(i))
+        last = i == len(paths) - 1
+        final = compare_sides(base, cur, anatomy=anatomy and last,
+                              cka_options=CKAOptions(ci=None if last else False))
+        by = {e["name"]: e for e in final.blocks}
+        both = bool(prev.representations and cur.representations)
+        for n in names:
+            rows.append({"step": steps[i], "block": n,
+                         "cka_to_start": by[n]["cka"] if by[n]["cka"] is not None else math.nan,
+                         "cka_to_previous": linear_cka(prev.representations[n], cur.representations[n]) if both
+                         else math.nan,
+                         "weight_drift": by[n]["weight_drift"]})
+        if prev is not base:
+            del prev
+        prev = cur
+    assert final is not None
+    final.meta["series"] = {"inputs": [os.fspath(p) if isinstance(p, (str, os.PathLike)) else str(i)
+                                       for i, p in enumerate(paths)], "steps": steps}
+    if out is not None:
+        write_series(rows, final, out, title=title)
+    return final, rows
+
+
+def series_csv(rows: list[dict]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=list(SERIES_COLUMNS)).to_csv(index=False, float_format="%.10g",
+                                                                    lineterminator="\n")
+
+
+def write_series(rows: list[dict], final: Any, out: str | os.PathLike, title: str | None = None) -> list[str]:
+    """Write ``trajectory.csv``, ``trajectory.png`` and ``comparison.json`` into ``out`` (atomically)."""
+    import pandas as pd
+
+    from ._atomic import atomic_write_text
+    from .trajectory_plot import plot_trajectory
+
+    out = os.fspath(out)
+    os.makedirs(out, exist_ok=True)
+    written = [atomic_write_text(os.path.join(out, TRAJECTORY_FILE), series_csv(rows)),
+               atomic_write_text(os.path.join(out, "comparison.json"), final.to_json())]
+    written.append(plot_trajectory(pd.DataFrame(rows), os.path.join(out, "trajectory.png"), title=title))
+    return written
