@@ -1,0 +1,206 @@
+"""LoRA / PEFT adapter directories compared with their base model.
+
+``compare(base_dir, adapter_dir)`` (CLI: ``layerprobe compare BASE ADAPTER_DIR``) gives the same
+table and JSON as two full models:
+
+* **drift** — each adapted weight is ``W₀ + scale·B·A``; its update norm ``‖scale·B·A‖_F`` is
+  :func:`lora_update_norm` (from the r×r Gram matrices, never the full product). Without a probe
+  the weights table serves ``W₀ + scale·B·A`` one tensor at a time (the merged model is never
+  built), so drift, cosine and update rank per group come out of the usual accumulators;
+* **CKA** — with a probe the base model is loaded, the adapter is applied with ``peft`` (an
+  optional extra: ``pip install layerprobe[peft]``) and the probe runs through the adapted model.
+
+Adapter weights are read safely: ``adapter_model.safetensors`` with safetensors, an
+``adapter_model.bin`` with the weights-only loader; nothing from the directory is executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import LayerProbeError
+
+__all__ = ["is_adapter_dir", "lora_update_norm", "read_adapter", "resolve_adapter_side"]
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """A directory holding ``adapter_config.json`` (a PEFT adapter, not a full model)."""
+    return os.path.isfile(os.path.join(os.fspath(path), ADAPTER_CONFIG))
+
+
+def lora_update_norm(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> float:
+    """``‖scale · B @ A‖_F`` without forming ``B @ A``: ``sqrt(tr((BᵀB)(AAᵀ)))·|scale|``.
+
+    Args:
+        a: ``(r, in)`` LoRA A.
+        b: ``(out, r)`` LoRA B.
+        scale: ``lora_alpha / r`` (or ``/ sqrt(r)`` with rsLoRA).
+
+    >>> a, b = torch.randn(2, 5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    >>> abs(lora_update_norm(a, b, 0.5) - torch.linalg.norm(0.5 * b @ a).item()) < 1e-12
+    True
+    """
+    a64, b64 = a.detach().double(), b.detach().double()
+    val = float(((b64.T @ b64) * (a64 @ a64.T)).sum())
+    return abs(scale) * math.sqrt(max(val, 0.0))
+
+
+def _read_config(path: str) -> dict:
+    f = os.path.join(path, ADAPTER_CONFIG)
+    try:
+        with open(f, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise LayerProbeError(f"cannot read the adapter config ({type(err).__name__})", f) from None
+    if not isinstance(cfg, dict):
+        raise LayerProbeError("adapter config is not a JSON object", f)
+    return cfg
+
+
+def _adapter_tensors(path: str) -> dict[str, torch.Tensor]:
+    from .checkpoints import load_pt_or_snapshot
+
+    st = os.path.join(path, "adapter_model.safetensors")
+    if os.path.isfile(st):
+        from safetensors.torch import load_file
+
+        return load_file(st)
+    binf = os.path.join(path, "adapter_model.bin")
+    if os.path.isfile(binf):
+        kind, obj = load_pt_or_snapshot(binf)  # weights only
+        if kind != "state_dict" or not isinstance(obj, dict):
+            raise LayerProbeError("expected adapter weights", binf)
+        return dict(obj)
+    raise LayerProbeError("no adapter weights (expected adapter_model.safetensors or adapter_model.bin)", path)
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, Any]]]:
+    """``(adapter config, {module path: {"A", "B", "scale"}})`` of a LoRA adapter directory.
+
+    Module paths are those of the base model (``base_model.model.`` stripped). Other PEFT methods
+    and DoRA are refused with a one-line error.
+    """
+    path = os.fspath(path)
+    cfg = _read_config(path)
+    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
+        raise LayerProbeError(f"peft_type {cfg.get('peft_type')!r} is not supported (LoRA adapters only)", path)
+    if cfg.get("use_dora"):
+        raise LayerProbeError("DoRA adapters are not supported (the update is not B·A·scale)", path)
+    tensors = _adapter_tensors(path)
+    alpha, r0 = float(cfg.get("lora_alpha", cfg.get("r", 8))), int(cfg.get("r", 8))
+    alpha_pattern, rslora = cfg.get("alpha_pattern") or {}, bool(cfg.get("use_rslora"))
+    modules: dict[str, dict[str, Any]] = {}
+    for k, t in tensors.items():
+        name = k[len("base_model.model."):] if k.startswith("base_model.model.") else k
+        for part, slot in ((".lora_A.weight", "A"), (".lora_B.weight", "B"),
+                           (".lora_embedding_A", "A"), (".lora_embedding_B", "B")):
+            if name.endswith(part):
+                entry = modules.setdefault(name[: -len(part)], {})
+                entry[slot] = t
+                entry["embedding"] = "embedding" in part
+                break
+    out = {}
+    for m, ab in modules.items():
+        if "A" not in ab or "B" not in ab:
+            raise LayerProbeError(f"adapter module {m!r} lacks lora_A or lora_B", path)
+        a, b = ab["A"], ab["B"]  # A (r, in), B (out, r); embeddings: A (r, vocab), B (dim, r)
+        r = int(a.shape[0]) or r0
+        al = float(next((v for pat, v in alpha_pattern.items() if m.endswith(pat)), alpha))
+        scale = al / math.sqrt(r) if rslora else al / r
+        out[m] = {"A": a, "B": b, "scale": scale, "embedding": ab["embedding"]}
+    if not out:
+        raise LayerProbeError("no LoRA weights (lora_A/lora_B) in the adapter", path)
+    return cfg, out
+
+
+def _delta(mod: dict[str, Any], fan_in_fan_out: bool, shape: tuple[int, ...]) -> torch.Tensor:
+    d = (mod["B"].double() @ mod["A"].double()) * mod["scale"]
+    if mod.get("embedding") or fan_in_fan_out or tuple(d.shape) != tuple(shape):
+        d = d.T
+    if tuple(d.shape) != tuple(shape):
+        raise LayerProbeError(f"LoRA update shape {list(d.shape)} does not fit the base weight {list(shape)}")
+    return d
+
+
+def _find_base_key(module: str, keys: Sequence[str]) -> str | None:
+    target = module + ".weight"
+    for k in keys:
+        if k == target or k.endswith("." + target) or target.endswith("." + k):
+            return k
+    return None
+
+
+def _base_path(path: str, cfg: dict, base: Any) -> str:
+    if isinstance(base, (str, os.PathLike)) and os.path.isdir(os.fspath(base)):
+        return os.fspath(base)
+    named = cfg.get("base_model_name_or_path")
+    if isinstance(named, str) and os.path.isdir(named):
+        return named
+    raise LayerProbeError("an adapter needs its base model: give the base model directory as the first input "
+                          f"(adapter_config names {named!r}, not a local directory)", path)
+
+
+def resolve_adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, tokenizer: Any,
+                         kw: dict, label: str | None, *, device: str | None = None,
+                         dtype: str | None = None) -> Any:
+    """A :class:`~layerprobe.sources.Side` for an adapter directory over its base model."""
+    from .checkpoints import open_checkpoint
+    from .sources import Side, WeightTable, load_hf_model, resolve_side
+
+    cfg, modules = read_adapter(path)
+    base_dir = _base_path(path, cfg, base)
+    label = label or path
+    info = {"kind": "lora", "base": base_dir, "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha"),
+            "modules": len(modules), "update_norm": math.sqrt(sum(lora_update_norm(m["A"], m["B"], m["scale"]) ** 2
+                                                                  for m in modules.values()))}
+    if probe_texts is not None:
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise LayerProbeError("CKA with an adapter needs peft (pip install 'layerprobe[peft]'); "
+                                  "without --probe the drift needs no peft", path) from None
+        model, tok = load_hf_model(base_dir, device=device, dtype=dtype)
+        _adapter_tensors(path)  # weights checked with the safe loaders before peft reads them
+        peft_model = PeftModel.from_pretrained(model, path, is_trainable=False).eval()
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, TypeError):
+            tok = tok or tokenizer
+        if tok is None:
+            raise LayerProbeError("no tokenizer in the adapter or base directory to run the probe", path)
+        side = resolve_side(peft_model, probe_texts, tok, kw, label)
+    else:
+        source = open_checkpoint(base_dir)
+        table, blocks = WeightTable.from_source(source)
+        keys = [k for rel in table.index.values() for k in rel.values()]
+        fan = bool(cfg.get("fan_in_fan_out"))
+        deltas: dict[str, dict[str, Any]] = {}
+        for m, mod in modules.items():
+            k = _find_base_key(m, keys)
+            if k is None:
+                raise LayerProbeError(f"adapter module {m!r} has no weight in the base model", path)
+            deltas[k] = mod
+        base_get = table.get
+
+        def get(key: str) -> torch.Tensor:  # W0 + scale·B·A, one tensor at a time
+            t = base_get(key)
+            mod = deltas.get(key)
+            return t if mod is None else (t.double() + _delta(mod, fan, tuple(t.shape))).to(t.dtype)
+
+        meta = {"entries": [{"name": e.name, "kind": e.kind, "index": e.index, "modules": list(e.modules)}
+                            for e in blocks], "stack": blocks.stack, "prefix": blocks.prefix}
+        why = "no probe given" if probe_texts is None else "no probe"
+        side = Side(label, meta, WeightTable(table.index, table.shapes, get), why_no_reps=f"{label}: {why}")
+    side.meta["source"] = {"path": path, "kind": "adapter"}
+    side.meta["adapter"] = info
+    return side
