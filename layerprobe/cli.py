@@ -161,6 +161,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out:
         ensure_writable_dir(args.out)  # fail before any work
     from .series import expand_inputs
+    from .sources import resolve_device
+
+    resolve_device(args.device)  # an absent device fails before any work
 
     inputs = expand_inputs(args.inputs)
     if len(inputs) < 2:

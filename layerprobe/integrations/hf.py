@@ -77,6 +77,8 @@ class LayerProbeCallback(TrainerCallback):
         self.filename = filename
         self.output_dir: str | None = None
         self.is_main = True
+        self._model = None
+        self._distributed = False
 
     @property
     def policy(self) -> FreezePolicy | AutoFreezePolicy | None:
@@ -99,26 +101,84 @@ class LayerProbeCallback(TrainerCallback):
             raise LayerProbeError("LayerProbeCallback: the Trainer passed no model to on_train_begin")
         self.output_dir = args.output_dir
         self.is_main = bool(getattr(state, "is_world_process_zero", True))
+        self._model = model
+        self._distributed = _world_size() > 1
+        if self._distributed and self.policy is not None:
+            _check_ddp_freezing(args, model)
+            if getattr(self.policy, "cache", False):  # the cache would stand in on rank 0 only
+                self.policy.cache = False
         if self._auto_every and getattr(state, "max_steps", 0):
             self.tracker.every_n_steps = max(1, int(state.max_steps) // 20)
-        self.tracker.start(model, step=int(state.global_step))
-        self._write()
+        if self.is_main:  # only the main process measures and writes
+            self.tracker.start(model, step=int(state.global_step))
+            self._write()
         return control
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        if optimizer is not None and optimizer.param_groups:  # the rate this step will apply
+        if self.is_main and optimizer is not None and optimizer.param_groups:  # the rate this step will apply
             self.tracker.add_lr(float(optimizer.param_groups[0]["lr"]))
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.tracker.maybe_record(int(state.global_step)):
+        step = int(state.global_step)
+        if self.is_main and self.tracker.maybe_record(step):
             self._write()
+        if self._distributed and self.policy is not None and step % self.tracker.every_n_steps == 0:
+            self._share_freezing()  # every rank, same step: rank 0's decision applied everywhere
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.tracker.finish(int(state.global_step))
+        if self.is_main:
+            self.tracker.finish(int(state.global_step))
+        if self._distributed and self.policy is not None:
+            self._share_freezing()
         close = getattr(self.policy, "close", None)
         if close is not None:
             close()
         self._write()
         return control
+
+    def _share_freezing(self) -> None:
+        """Broadcast rank 0's frozen parameter names; every other rank freezes the same ones."""
+        import torch.distributed as dist
+
+        model = self._model
+        names = [[n for n, p in model.named_parameters() if not p.requires_grad] if self.is_main else None]
+        dist.broadcast_object_list(names, src=0)
+        frozen = set(names[0] or ())
+        for n, p in model.named_parameters():
+            if n in frozen:
+                p.requires_grad_(False)
+        if not self.is_main and self.policy is not None:
+            self.policy.frozen = sorted({*self.policy.frozen, *self._entries_of(frozen)},
+                                        key=self._order)
+
+    def _entries_of(self, names: set[str]) -> list[str]:
+        from ..blocks import find_blocks
+
+        blocks = self.tracker.blocks or find_blocks(self._model)
+        self.tracker.blocks = blocks
+        params = blocks.group(n for n, _ in self._model.named_parameters())
+        return [e for e, ps in params.items() if e != "other" and ps and all(p in names for p in ps)]
+
+    def _order(self, name: str) -> int:
+        names = self.tracker.blocks.names if self.tracker.blocks is not None else []
+        return names.index(name) if name in names else len(names)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _check_ddp_freezing(args, model) -> None:
+    """Online freezing under DDP needs the reducer to accept parameters without gradients."""
+    find_unused = getattr(args, "ddp_find_unused_parameters", None)
+    if find_unused is None:  # what the Trainer then uses
+        find_unused = not bool(getattr(model, "is_gradient_checkpointing", False))
+    if not find_unused:
+        raise LayerProbeError(
+            "LayerProbeCallback: freezing during a DDP run needs ddp_find_unused_parameters=True in "
+            "TrainingArguments (frozen parameters get no gradient; with False DDP stops with 'Expected to have "
+            "finished reduction in the prior iteration'); or track without a freeze policy")

@@ -1,0 +1,40 @@
+"""DDP under torchrun (2 CPU processes, gloo): main-process-only tracking, the same freezing on every rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_train.py")
+pytestmark = pytest.mark.slow
+
+
+def _torchrun(out, find_unused: int, track: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(29500 + os.getpid() % 1000 + find_unused * 7 + track),
+                           SCRIPT, str(out), str(find_unused), str(track)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_ddp_tracks_on_rank0_and_freezes_the_same_everywhere(tmp_path):
+    r = _torchrun(tmp_path, 1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0]["frozen"] and ranks[0]["frozen"] == ranks[1]["frozen"]
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)  # replicas stayed in sync
+    assert ranks[1]["policy_frozen"] == ranks[0]["policy_frozen"]
+    df = pd.read_csv(tmp_path / "layerprobe_trajectory.csv")
+    assert sorted(df["step"].unique()) == [0, 2, 4, 6, 8, 10, 12] and df["frozen"].any()
+
+
+def test_ddp_freezing_refused_without_find_unused_parameters(tmp_path):
+    r = _torchrun(tmp_path, 0)
+    assert r.returncode != 0
+    err = json.loads((tmp_path / "rank0.json").read_text())["error"]
+    assert "ddp_find_unused_parameters=True" in err
