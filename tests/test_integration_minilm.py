@@ -11,14 +11,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def rt():
-    from layerprobe.demo import DemoConfig, split_rotten_tomatoes
+    from layerprobe.shipped import rotten_tomatoes_splits
 
-    return split_rotten_tomatoes(DemoConfig(train_size=320, test_size=200, probe_size=96))
+    return rotten_tomatoes_splits(train_size=320, test_size=200, probe_size=96, seed=0)
 
 
 def test_short_fine_tune_changes_top_blocks_most(rt):
     from layerprobe import compare, find_blocks, take_snapshot
-    from layerprobe.demo import default_model_path, load_classifier
+    from layerprobe.shipped import default_model_path, load_classifier
     from layerprobe.train import TrainConfig, fine_tune
 
     train, _test, probe = rt
