@@ -237,6 +237,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
                           pd.concat([t for t in lr_tables if len(t)]).to_csv(index=False, float_format="%.6g",
                                                                             lineterminator="\n"))
     runs = runs[runs.apply(lambda r: chosen.get(r.task) is not None and r.lr == chosen[r.task], axis=1)].copy()
+    _copy_side_files(runs, out)
     rule, cand_table = fit_rule(runs, "rt")
     atomic_write_text(os.path.join(out, "rule_candidates.csv"),
                       cand_table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
@@ -246,6 +247,12 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
                            "keeping >= 99% of full fine-tuning accuracy (mean over seeds) on Rotten Tomatoes",
                  "auto": {"settle": 0.5, "patience": 2, "warmup_checks": 2}}
     atomic_write_text(os.path.join(out, "rule.json"), json.dumps(_clean(rule_info), indent=2) + "\n")
+    # auto runs follow the rule as it stood when they ran: keep only those run with the current rule
+    def current(r) -> bool:
+        opts = r.get("auto_options") if isinstance(r.get("auto_options"), dict) else {}
+        return r["method"] != "auto" or opts.get("thresholds", asdict(Thresholds())) == _clean(asdict(t))
+
+    runs = runs[runs.apply(current, axis=1)]
     info = {}
     summary = []
     for task in budgets:
@@ -304,6 +311,20 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     atomic_write_text(os.path.join(out, "report.md"),
                       render(settings, info, rule_info, cand_table, timing, df, budgets))
     return info
+
+
+def _copy_side_files(runs: pd.DataFrame, out: str) -> None:
+    """Copy each kept run's comparison, trajectory and freeze log into ``out/runs/`` (figures read them)."""
+    import shutil
+
+    d = os.path.join(out, "runs")
+    os.makedirs(d, exist_ok=True)
+    for path in runs._path:
+        stem = path[: -len(".json")]
+        for ext in (".comparison.json", ".trajectory.csv", ".freeze_log.csv"):
+            if os.path.exists(stem + ext):
+                shutil.copyfile(stem + ext, os.path.join(d, f"{os.path.basename(os.path.dirname(path))}_"
+                                                             f"{os.path.basename(stem)}{ext}"))
 
 
 def _ratio(x) -> str:

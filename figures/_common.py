@@ -19,9 +19,9 @@ TASK_TITLES = {"rt": "Rotten Tomatoes (2 classes)", "bbc": "BBC News (5 classes)
 CONFIG_ORDER = ["full", "emb"] + [f"emb+{k}" for k in range(1, 7)]
 
 
-def parse(name: str, doc: str) -> argparse.Namespace:
+def parse(name: str, doc: str, results: str = "results") -> argparse.Namespace:
     p = argparse.ArgumentParser(description=doc)
-    p.add_argument("--results", default=os.path.join(ROOT, "analyses", "results"), help="study results dir")
+    p.add_argument("--results", default=os.path.join(ROOT, "analyses", results), help="study results dir")
     p.add_argument("--out", default=os.path.join(ROOT, "figures", f"{name}.png"), help="PNG to write")
     return p.parse_args()
 
@@ -45,26 +45,19 @@ def comparisons(results: str, task: str, suffix: str = "") -> list[dict]:
     return out
 
 
-def study_panels(name: str, doc: str):
-    """Parse the arguments, read the study's summary and advice, and open one panel per task.
+METHOD_COLORS = {"full": "#444444", "fixed": "#8da0cb", "advice": "#e78ac3", "auto": "#66c2a5"}
 
-    Returns ``(args, advice, summary DataFrame, [(task, axis, task rows, config order), ...], fig)``.
-    """
-    import matplotlib.pyplot as plt
+
+def summary(results: str):
+    """The study's summary.csv (one row per run) as a DataFrame."""
     import pandas as pd
-    import seaborn as sns
 
-    a = parse(name, doc)
-    adv = read_json(os.path.join(a.results, "advice.json"))
-    df = pd.read_csv(os.path.join(a.results, "summary.csv"))
-    tasks = [t for t in tasks_in(a.results) if t in set(df.task)]
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    panels = []
-    for ax, task in zip(axes[0], tasks):
-        d = df[df.task == task]
-        panels.append((task, ax, d, [c for c in CONFIG_ORDER if c in set(d.config)]))
-    return a, adv, df, panels, fig
+    return pd.read_csv(os.path.join(results, "summary.csv"))
+
+
+def task_order(tasks) -> list[str]:
+    tasks = list(dict.fromkeys(tasks))
+    return [t for t in ("rt", "bbc") if t in tasks] + [t for t in tasks if t not in ("rt", "bbc")]
 
 
 def save(fig, path: str) -> None:

@@ -1,5 +1,6 @@
 """Cross-layer linear CKA, base (rows) vs fully fine-tuned (columns), mean over seeds, one heatmap per
-task. Read from the 7×7 matrices the study saved (comparisons/<task>_seed<k>_cross_layer.json)."""
+task. Read from the 7×7 matrices the first (one-epoch) study saved
+(analyses/results_one_epoch/comparisons/<task>_seed<k>_cross_layer.json): a different, shorter budget."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import seaborn as sns
 
 
 def main() -> None:
-    a = C.parse("fig_cross_layer", __doc__)
+    a = C.parse("fig_cross_layer", __doc__, results="results_one_epoch")
     tasks = [t for t in C.tasks_in(a.results) if C.comparisons(a.results, t, "_cross_layer")]
     sns.set_theme(style="white", context="notebook")
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.6 * len(tasks), 4.8), squeeze=False)

@@ -176,7 +176,8 @@ class AutoFreezePolicy:
       is ``peak_i``.
 
     An entry is *advised* at a check when it lies in the current advice, and *settled* when
-    ``speed_i <= settle * peak_i``. The frozen prefix grows (never shrinks) to the longest bottom
+    ``speed_i <= settle * max(peak_i, speed of the fastest block now)``: it has slowed to a
+    fraction of its own peak, or it moves at a fraction of the pace of the block that moves most. The frozen prefix grows (never shrinks) to the longest bottom
     prefix whose entries have been advised **and** settled for ``patience`` consecutive checks;
     at least ``thresholds.min_train_blocks`` blocks keep training. Without a learning rate
     (``lr_sum`` NaN) the raw change is used as the speed.
@@ -193,6 +194,8 @@ class AutoFreezePolicy:
         settle: fraction of its own peak speed below which an entry counts as settled.
         patience: consecutive checks an entry must be advised and settled before it freezes.
         warmup_checks: checks (after the start) that only observe (the profile is not formed yet).
+        wait_for_lr_peak: also only observe while the mean learning rate per step still rises
+            (the schedule's warm-up): the block profile forms once the rate has peaked.
         cache: attach a prefix cache to the frozen prefix.
         cache_dtype: storage dtype of the cache (``torch.float32`` if None).
     """
@@ -203,11 +206,15 @@ class AutoFreezePolicy:
     warmup_checks: int = 2
     cache: bool = True
     cache_dtype: object | None = None
+    wait_for_lr_peak: bool = True
     log: list[dict] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
     freeze_steps: dict[str, int] = field(default_factory=dict)
     prefix_cache: object | None = field(default=None, repr=False)
     _checks: int = field(default=0, repr=False)
+    _last_rate: float = field(default=math.nan, repr=False)
+    _lr_peaked: bool = field(default=False, repr=False)
+    _last_step: int | None = field(default=None, repr=False)
     _peak: dict[str, float] = field(default_factory=dict, repr=False)
     _advised: dict[str, int] = field(default_factory=dict, repr=False)
     _settled: dict[str, int] = field(default_factory=dict, repr=False)
@@ -239,7 +246,17 @@ class AutoFreezePolicy:
             speeds[n] = sp
             if math.isfinite(sp) and n not in self.frozen:
                 self._peak[n] = max(self._peak.get(n, 0.0), sp)
-        observing = self._checks <= self.warmup_checks
+        block_speeds = [v for n, v in speeds.items() if n != "embeddings" and math.isfinite(v)]
+        top_now = max(block_speeds) if block_speeds else math.nan
+        lr_sum = next((float(r.get("lr_sum", math.nan)) for r in rows), math.nan)
+        steps_in = int(step) - (self._last_step if self._last_step is not None else 0)
+        rate = lr_sum / steps_in if steps_in > 0 and math.isfinite(lr_sum) else math.nan
+        if not self._lr_peaked and (not math.isfinite(rate) or
+                                    (math.isfinite(self._last_rate) and rate <= self._last_rate * (1 + 1e-9))):
+            self._lr_peaked = True  # the mean rate stopped rising: warm-up is over (or no lr is known)
+        self._last_rate = rate
+        self._last_step = int(step)
+        observing = self._checks <= self.warmup_checks or (self.wait_for_lr_peak and not self._lr_peaked)
         n_params = {n: 0 for n in order}
         for pname, p in model.named_parameters():
             e = blocks.entry_of(pname)
@@ -254,14 +271,16 @@ class AutoFreezePolicy:
         blocked_by = None
         for n in order:
             sp, peak = speeds[n], self._peak.get(n, math.nan)
-            settled = math.isfinite(sp) and math.isfinite(peak) and sp <= self.settle * peak
+            ref = max(v for v in (peak, top_now, 0.0) if math.isfinite(v))
+            settled = math.isfinite(sp) and ref > 0 and sp <= self.settle * ref
             self._advised[n] = self._advised.get(n, 0) + 1 if (n in advised or n in self.frozen) else 0
             self._settled[n] = self._settled.get(n, 0) + 1 if (settled or n in self.frozen) else 0
             if n in self.frozen:
                 reasons[n] = ("frozen", f"frozen at step {self.freeze_steps[n]}")
                 continue
             if observing:
-                reasons[n] = ("train", f"observing: check {self._checks} of {self.warmup_checks} warm-up checks")
+                reasons[n] = ("train", f"observing: check {self._checks} (warm-up: {self.warmup_checks} checks"
+                                       f"{' and the learning rate still rising' if not self._lr_peaked else ''})")
                 continue
             if blocked_by is not None:
                 reasons[n] = ("train", f"{blocked_by} below still trains (the frozen set stays a bottom prefix)")
@@ -270,12 +289,12 @@ class AutoFreezePolicy:
                 why = "not in the current advice" if n not in advised else \
                     f"advised for {self._advised[n]} < {self.patience} checks"
             elif self._settled[n] < self.patience:
-                why = (f"speed {sp:.3g} > {self.settle:g} x peak {peak:.3g}" if not settled
+                why = (f"speed {sp:.3g} > {self.settle:g} x max(own peak, fastest block now) {ref:.3g}" if not settled
                        else f"settled for {self._settled[n]} < {self.patience} checks")
             else:
                 new.append(n)
                 reasons[n] = ("freeze", f"advised for {self._advised[n]} and settled (speed {sp:.3g} <= "
-                                        f"{self.settle:g} x peak {peak:.3g}) for {self._settled[n]} checks")
+                                        f"{self.settle:g} x {ref:.3g}) for {self._settled[n]} checks")
                 continue
             reasons[n] = ("train", why)
             blocked_by = n
