@@ -244,7 +244,7 @@ def find_blocks(
     # a block keeps the model's own layer index (an override matching encoder.layer.3-5 gives block.3,
     # block.4, block.5), so names agree with the default discovery and freeze(model, ["block.3"])
     own = [re.search(r"(\d+)$", p) for p in block_paths]
-    indices = [int(m.group(1)) for m in own] if all(own) else list(range(len(block_paths)))
+    indices = [int(m.group(1)) for m in own if m] if all(own) else list(range(len(block_paths)))
     if len(set(indices)) != len(indices):  # e.g. blocks from two stacks with the same numbers
         indices = list(range(len(block_paths)))
     for i, p in zip(indices, block_paths):

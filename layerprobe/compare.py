@@ -421,7 +421,7 @@ def compare_sides(
                          f"{sb.label}): part of the representation change is precision, not training")
     if reps_ok and estimator != "linear":
         rec.notes.append(f"estimator {estimator}: the freeze thresholds were calibrated for linear CKA")
-    meta = {
+    meta: dict[str, Any] = {
         "layerprobe_version": __version__,
         "inputs": {"a": sa.label, "b": sb.label},
         "cka_computed": reps_ok,

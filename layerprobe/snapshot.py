@@ -145,7 +145,7 @@ def model_weights(model: nn.Module, blocks: Blocks) -> dict[str, dict[str, torch
     """
     from .unwrap import effective_parameters
 
-    not_in_files = getattr(model, "_layerprobe_not_in_files", frozenset())
+    not_in_files: frozenset[str] = getattr(model, "_layerprobe_not_in_files", frozenset())
     out: dict[str, dict[str, torch.Tensor]] = {}
     for name, p in effective_parameters(model):
         if name in not_in_files:
