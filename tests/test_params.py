@@ -64,35 +64,40 @@ def test_tied_alias_dropped_with_config(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def no_pooler_dirs(tmp_path_factory, tokenizer):
-    """A head model saved without a pooler: AutoModel would initialise one at random on each load."""
+def head_dirs(tmp_path_factory, tokenizer):
+    """Two identical head models; one more saved without its pooler (AutoModel would invent one at random)."""
     from conftest import tiny_bert_config
     from transformers import BertForSequenceClassification
 
     root = tmp_path_factory.mktemp("heads")
     torch.manual_seed(0)
     m = BertForSequenceClassification(tiny_bert_config())
-    sd = {k: v for k, v in m.state_dict().items() if "pooler" not in k}
-    for name in ("a", "b"):
+    for name in ("a", "b", "no_pooler"):
         m.save_pretrained(root / name)
-        save_file({k: v.contiguous() for k, v in sd.items()}, root / name / "model.safetensors", metadata={"format": "pt"})
         tokenizer.save_pretrained(root / name)
-    return root / "a", root / "b"
+    sd = {k: v.contiguous() for k, v in m.state_dict().items() if "pooler" not in k}
+    save_file(sd, root / "no_pooler" / "model.safetensors", metadata={"format": "pt"})
+    return root
 
 
-def test_head_loaded_with_its_class_and_missing_pooler_not_measured(no_pooler_dirs, texts, tmp_path):
+def test_head_loaded_with_its_class_and_output_byte_identical(head_dirs, texts, tmp_path):
     outs = []
     for run in range(2):
         out = tmp_path / f"r{run}"
-        assert main(["compare", str(no_pooler_dirs[0]), str(no_pooler_dirs[1]), "--probe-" if False else "--probe",
-                     _probe(tmp_path, texts), "--quiet", "--max-length", "16", "--out", str(out)]) == 0
+        assert main(["compare", str(head_dirs / "a"), str(head_dirs / "b"), "--probe", _probe(tmp_path, texts),
+                     "--quiet", "--max-length", "16", "--out", str(out)]) == 0
         outs.append((out / "comparison.json").read_bytes())
     assert outs[0] == outs[1]  # byte-identical across runs
     doc = json.loads(outs[0])
     assert doc["meta"]["model_class"] == {"a": "BertForSequenceClassification", "b": "BertForSequenceClassification"}
-    other = doc["other"]
-    assert other["weight_drift"] == 0.0 and other["n_params_compared"] == 32 * 2 + 2  # classifier only, no pooler
+    assert doc["other"]["weight_drift"] == 0.0 and doc["other"]["n_params_compared"] == 32 * 32 + 32 + 32 * 2 + 2
     assert all(e["cka"] == pytest.approx(1.0, abs=1e-6) for e in doc["blocks"])
+
+
+def test_missing_pooler_is_never_measured_at_random(head_dirs, texts, tmp_path, capsys):
+    assert main(["compare", str(head_dirs / "a"), str(head_dirs / "no_pooler"), "--probe", _probe(tmp_path, texts),
+                 "--quiet"]) == 2
+    assert "initialised at random" in capsys.readouterr().err
 
 
 def _probe(tmp_path, texts) -> str:
