@@ -26,6 +26,7 @@ from ._version import __version__
 from .blocks import OTHER
 from .checkpoints import check_finite
 from .errors import LayerProbeError
+from .metrics._core import column_range, constant_columns
 from .metrics.cka import (
     CKASubsampleWarning,
     CKAUndefinedWarning,
@@ -269,10 +270,15 @@ CI_AUTO_MAX_ROWS = 2048
 
 
 def _rep_problem(r: torch.Tensor) -> str | None:
-    """Why a representation makes CKA undefined (non-finite or constant), or None."""
+    """Why a representation makes CKA undefined (non-finite or constant), or None.
+
+    The one check of the product, with the metric core's definition of "constant" (every column
+    constant up to float64 rounding, so the centred representation is zero): an entry it passes
+    is never found undefined by the CKA functions for this reason.
+    """
     if not bool(torch.isfinite(r).all()):
         return "non-finite values (NaN/Inf) in the representations"
-    if not bool((r - r[:1]).abs().amax() > 0):
+    if bool(constant_columns(*column_range(r)).all()):
         return "constant (zero-variance) representation"
     return None
 

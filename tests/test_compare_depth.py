@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import tiny_bert
 from layerprobe import compare, take_snapshot
@@ -309,3 +310,15 @@ def test_cli_token_level_ci_and_cross_layer(token_snaps, tmp_path, capsys):
     assert rc == 0 and d["meta"]["pooling"] == "tokens"
     assert "token" in d["meta"]["ci"]["resample_unit"] and all(len(e["cka_ci"]) == 2 for e in d["blocks"])
     assert d["cross_layer"]["names"] == NAMES and len(d["cross_layer"]["base"]) == len(NAMES)
+
+
+def test_constant_up_to_rounding_is_caught_by_the_one_check(snaps):
+    """A representation constant up to float64 rounding gets the same message as an exact constant."""
+    a, b = snaps
+    bad = with_rep(b, "block.2", 1e3)
+    rep = bad.representations["block.2"]
+    bad.representations["block.2"] = rep + 1e-12 * torch.rand(rep.shape, dtype=rep.dtype,
+                                                              generator=torch.Generator().manual_seed(0))
+    assert not bool((bad.representations["block.2"] - bad.representations["block.2"][:1]).abs().amax() == 0)
+    with pytest.raises(LayerProbeError, match=r"constant \(zero-variance\) representation in block\.2 of B"):
+        compare(a, bad, on_undefined="raise")
