@@ -152,7 +152,6 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         policy = None
         if method == "auto":
             from layerprobe.policy import AutoFreezePolicy
-
             from layerprobe.recommend import Thresholds
 
             opts = dict(auto_options or {})
@@ -296,9 +295,8 @@ def main(argv=None) -> int:
     else:
         out = a.out or os.path.join(ROOT, "analyses", "results")
     cache = a.cache or (os.path.join(out, "cache") if a.smoke else os.path.join(ROOT, "analyses", "cache"))
-    from tqdm.auto import tqdm
-
     import torch
+    from tqdm.auto import tqdm
 
     torch.set_num_threads(1)  # one thread per run: CPU time is clean on a shared machine
     data_cache: dict = {}
@@ -327,7 +325,7 @@ def main(argv=None) -> int:
         b0 = budgets[task]
         grid_order = sorted(grid, key=lambda x: (x != 1e-4, x))
 
-        def lr_now() -> float | None:
+        def lr_now(task: str = task, b0: TaskBudget = b0, grid_order: list = grid_order) -> float | None:
             """The chosen lr when every grid run is cached; before that the best finished one (provisional)."""
             lr = chosen_lr(cache, replace(b0, lr=None), grid)
             if lr is not None:

@@ -190,7 +190,7 @@ def advice_timing(runs: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
         steps = sorted(tr.step.unique())
         total = steps[-1]
 
-        def at(step):
+        def at(step, tr=tr):
             d = tr[tr.step == step]
             return [{"name": x.block, "kind": "embeddings" if x.block == "embeddings" else "block", "n_params": 1,
                      "weight_drift": x.weight_drift, "cka": x.cka_to_start} for x in d.itertuples()]

@@ -1,8 +1,8 @@
 """Per-block CKA to the start and weight drift over training steps, from a saved trajectory CSV.
 
 Drawn from the CSV only (never a model): by default the committed
-benchmarks/results/online_freeze_trajectory.csv (MiniLM-L6 on Rotten Tomatoes, a check every 2
-steps, online freeze policy on; dotted lines mark when an entry was frozen).
+benchmarks/results/auto_freeze_trajectory.csv (MiniLM-L6 on Rotten Tomatoes in a Trainer with
+``LayerProbeCallback(auto_freeze=True)``; dotted lines mark when an entry was frozen).
 
     .venv/bin/python figures/fig_trajectory.py [CSV] [-o figures/fig_trajectory.png]
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 from layerprobe.trajectory_plot import plot_trajectory, read_trajectory  # noqa: E402
 
-DEFAULT = os.path.join(HERE, "..", "benchmarks", "results", "online_freeze_trajectory.csv")
+DEFAULT = os.path.join(HERE, "..", "benchmarks", "results", "auto_freeze_trajectory.csv")
 
 
 def main(argv=None) -> int:

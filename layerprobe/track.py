@@ -10,11 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from .policy import AutoFreezePolicy, FreezePolicy
-from .tracker import (COLUMNS, DEFAULT_EVERY_N_STEPS, DEFAULT_MAX_LENGTH, DEFAULT_PROBE_SIZE, FREEZE_LOG_CSV,
-                      TRAJECTORY_CSV, Tracker)
+from .tracker import (
+    COLUMNS,
+    DEFAULT_EVERY_N_STEPS,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_PROBE_SIZE,
+    FREEZE_LOG_CSV,
+    TRAJECTORY_CSV,
+    Tracker,
+)
 
 __all__ = ["COLUMNS", "DEFAULT_EVERY_N_STEPS", "DEFAULT_MAX_LENGTH", "DEFAULT_PROBE_SIZE", "FREEZE_LOG_CSV",
-           "TRAJECTORY_CSV", "AutoFreezePolicy", "FreezePolicy", "LayerProbeCallback", "Tracker"]
+           "TRAJECTORY_CSV", "AutoFreezePolicy", "FreezePolicy", "LayerProbeCallback", "Tracker"]  # noqa: F822
 
 
 def __getattr__(name: str) -> Any:

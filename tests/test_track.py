@@ -181,24 +181,45 @@ def test_cli_plot_trajectory_bad_input(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_real_minilm_trainer_callback_policy_and_cache(tmp_path):
-    """The shipped MiniLM-L6 with the Trainer (callback + policy) and the feature cache."""
-    from layerprobe.demo import DemoConfig, default_model_path, load_classifier, split_rotten_tomatoes
-    from layerprobe.feature_cache import build_cache, cached_logits
+def test_real_minilm_trainer_callback_auto_freeze_and_cache(tmp_path):
+    """The shipped MiniLM-L6 in a Trainer with auto_freeze: freezes, serves the prefix from the cache
+    in the second epoch, and the cache reproduces the frozen prefix (eval mode) exactly."""
+    from layerprobe.policy import AutoFreezePolicy
+    from layerprobe.prefix_cache import PrefixCache
+    from layerprobe.recommend import Thresholds
+    from layerprobe.shipped import default_model_path, load_classifier, load_rotten_tomatoes, sample
 
-    train, _, probe = split_rotten_tomatoes(DemoConfig(train_size=24, test_size=50, probe_size=16))
+    df = sample(load_rotten_tomatoes(), 40, seed=0)
     model, tok = load_classifier(default_model_path(), 2, seed=0)
-    texts = train["text"].tolist()
-    policy = FreezePolicy(threshold=1.0, patience=1)  # freezes at the first decision: exercises the path
-    cb = LayerProbeCallback(tokenizer=tok, probe_texts=probe["text"].tolist(), every_n_steps=1, max_length=32,
+    texts = df["text"].tolist()
+    policy = AutoFreezePolicy(thresholds=Thresholds(min_cka=0.0), settle=1.0, patience=1, warmup_checks=0,
+                              wait_for_lr_peak=False)
+    cb = LayerProbeCallback(tokenizer=tok, probe_texts=texts[:16], every_n_steps=1, max_length=32,
                             freeze_policy=policy)
-    _trainer(model, tok, texts, tmp_path, cb, steps=2).train()
-    df = pd.read_csv(tmp_path / TRAJECTORY_CSV)
-    assert sorted(df["step"].unique()) == [0, 1, 2] and df["block"].nunique() == 7
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    enc = tok(texts[16:], truncation=True, max_length=32)
+    ds = Dataset.from_dict({**enc, "labels": df["label"].tolist()[16:]})
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8,
+                             learning_rate=1e-4, report_to=[], use_cpu=True, save_strategy="no",
+                             logging_strategy="no", disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
+            callbacks=[cb]).train()
     assert policy.frozen == ["embeddings"] + [f"block.{i}" for i in range(5)]
-    cache = build_cache(model, tok, texts[:8], 3, max_length=32, progress=False)
+    assert policy.summary()["cache"]["hit_batches"] >= 3  # epoch 2 served from the cache
+    df_t = pd.read_csv(tmp_path / TRAJECTORY_CSV)
+    assert df_t["block"].nunique() == 7 and df_t["step"].max() == 6
+    # the cache reproduces the frozen prefix exactly (eval mode)
     from layerprobe.batching import collate, encode
 
+    batch = collate(encode(tok, texts[:8], 32), tok.pad_token_id)
+    model.eval()
     with torch.no_grad():
-        full = model.eval()(**collate(encode(tok, texts[:8], 32), tok.pad_token_id)).logits
-    assert torch.allclose(cached_logits(model, cache), full, atol=1e-4)
+        ref = model(**batch).logits
+        cache = PrefixCache(model, 5)
+        model(**batch)
+        served = model(**batch).logits
+    cache.detach()
+    assert cache.stats()["hit_batches"] == 1
+    assert torch.allclose(served, ref, atol=1e-4)
