@@ -54,7 +54,8 @@ EXTRA = ["lr", "dev_accuracy", "best_epoch", "steps", "tracker_cpu_seconds", "fi
          "peak_rss_mb", "freeze_steps"]
 #: the candidate rules (fit on Rotten Tomatoes): the absolute rule over min_cka, and the relative rule
 #: (change <= r x the top block's change) over r; the bootstrap interval is used in both.
-CANDIDATES = [{"min_cka": c} for c in (0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)] + \
+CANDIDATES = [{"min_cka": c} for c in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99,
+                                       0.995, 0.999)] + \
              [{"min_cka": None, "max_relative_change": r}
               for r in (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)]
 NAME_RE = re.compile(r"^(full|fixed|auto)_(.+)_lr([0-9.e+-]+)_seed(\d+)\.json$")
