@@ -149,7 +149,7 @@ def evaluate_rule(t: Thresholds, runs: pd.DataFrame, task: str) -> dict:
 
 def fit_rule(runs: pd.DataFrame, task: str = "rt") -> tuple[dict | None, pd.DataFrame]:
     """Most CPU time saved among candidates keeping >= 99% (mean over the seeds with every run
-    needed); ties go to the more cautious candidate (listed first within its family)."""
+    needed); ties go to the most cautious candidate."""
     rows = []
     for i, cand in enumerate(CANDIDATES):
         ev = evaluate_rule(Thresholds(**cand), runs, task)
@@ -161,7 +161,12 @@ def fit_rule(runs: pd.DataFrame, task: str = "rt") -> tuple[dict | None, pd.Data
     ok = table[(table.n_seeds > 0) & (table.n_seeds == table.n_advised) & (table.rel_acc >= TARGET_REL_ACC)]
     if not len(ok):
         return None, table
-    best = ok.sort_values(["saving", "candidate"], ascending=[False, True]).iloc[0]
+    # ties (same advice, same saving): the most cautious threshold — the highest min_cka, else the
+    # smallest relative change — so that the rule sits as far as the data allows from the unsafe side
+    caution = ok.apply(lambda r: -r.min_cka if r.min_cka == r.min_cka and r.min_cka is not None
+                       else r.max_relative_change, axis=1)
+    best = ok.assign(caution=caution, saving_r=ok.saving.round(9)) \
+        .sort_values(["saving_r", "caution"], ascending=[False, True]).iloc[0]
     return CANDIDATES[int(best.candidate)], table
 
 
