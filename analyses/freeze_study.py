@@ -98,7 +98,7 @@ def run_file(cache: str, task: str, method: str, config: str, lr: float, seed: i
 # %% data
 def task_splits(b: TaskBudget):
     """Disjoint stratified test / dev / probe / train sets (fixed per task, independent of the run seed)."""
-    from layerprobe.corpora import load_corpus, sample, split
+    from layerprobe.shipped import load_corpus, sample, split
 
     df = load_corpus(b.corpus)[["text", "label"]]
     rest, test = split(df, b.test_size, seed=b.split_seed)
@@ -115,7 +115,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     import torch
 
     from layerprobe.blocks import find_blocks
-    from layerprobe.demo import default_model_path, load_classifier
+    from layerprobe.shipped import default_model_path, load_classifier
     from layerprobe.freeze import bottom_prefix, freeze, trainable_parameters
     from layerprobe.train import TrainConfig, evaluate, fine_tune, schedule_steps
 
