@@ -24,10 +24,12 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.errors import one_line as _one_line
 
 __all__ = [
+    "atomic_output_dir",
     "atomic_save_torch",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_output_file",
     "ensure_writable_dir",
 ]
 
@@ -72,6 +74,122 @@ def ensure_writable_dir(path: str | os.PathLike) -> str:
     return path
 
 
+def check_output_file(path: str | os.PathLike) -> str:
+    """The file an output path really names, checked before any work; symlinks are followed.
+
+    A result replaces a regular file (or creates a new one); the target of a symlink is replaced,
+    never the link itself, and a device, FIFO, socket or directory is refused, never replaced.
+
+    Raises:
+        LayerProbeError: ``""``, an existing directory or special file, or a missing parent.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> os.symlink(os.path.join(d, "real.txt"), os.path.join(d, "link.txt"))
+    >>> check_output_file(os.path.join(d, "link.txt")) == os.path.join(os.path.realpath(d), "real.txt")
+    True
+    """
+    import stat
+
+    path = os.fspath(path)
+    if path == "":
+        raise LayerProbeError("output file name is empty")
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise LayerProbeError(f"cannot write output file ({_one_line(exc.strerror or exc)})", path=path) from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        raise LayerProbeError(f"cannot write output file: it exists and is {kind}, expected a file name "
+                              f"(it is never replaced)", path=path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike) -> Iterator[str]:
+    """Build a set of output files in a temporary sibling directory, then swap it in as ``path``.
+
+    Files are written into the yielded directory. On success, entries already in ``path`` that
+    were not written are carried over (files hard-linked or copied, folders moved), the old
+    directory is renamed aside, the new one renamed into place, and the old one removed: readers
+    see all the new files or all the old ones. On any exception (SIGINT, SIGTERM via the CLI,
+    disk full, a folder named like an output file) the temporary directory is removed and
+    ``path`` is left as it was.
+
+    >>> import tempfile, os
+    >>> d = os.path.join(tempfile.mkdtemp(), "out")
+    >>> with atomic_output_dir(d) as tmp:
+    ...     _ = atomic_write_text(os.path.join(tmp, "a.txt"), "x")
+    >>> sorted(os.listdir(d))
+    ['a.txt']
+    """
+    import shutil
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    parent = os.path.dirname(path)
+    ensure_writable_dir(parent)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise LayerProbeError("cannot write to output directory: it exists but is a file, expected a directory",
+                              path=path)
+    try:
+        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise LayerProbeError(f"cannot write to output directory: {_one_line(exc.strerror or exc)}",
+                              path=parent) from None
+    old = None
+    try:
+        yield tmp
+        written = set(os.listdir(tmp))
+        moved: list[str] = []
+        if os.path.isdir(path):
+            for name in os.listdir(path):
+                if name in written:
+                    continue
+                src = os.path.join(path, name)
+                if os.path.isdir(src) and not os.path.islink(src):
+                    os.rename(src, os.path.join(tmp, name))
+                    moved.append(name)
+                elif os.path.islink(src):
+                    os.symlink(os.readlink(src), os.path.join(tmp, name))
+                else:
+                    try:
+                        os.link(src, os.path.join(tmp, name))
+                    except OSError:
+                        shutil.copy2(src, os.path.join(tmp, name))
+            old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=parent)
+            os.rmdir(old)
+            try:
+                os.rename(path, old)
+            except BaseException:
+                for name in moved:  # put the folders back
+                    os.rename(os.path.join(tmp, name), os.path.join(path, name))
+                raise
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, path)
+                for name in moved:
+                    os.rename(os.path.join(tmp, name), os.path.join(path, name))
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success it atomically replaces ``path``.
@@ -96,7 +214,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
-    path = os.fspath(path)
+    path = check_output_file(path)  # a symlink is written through; a device, FIFO or directory is refused
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise LayerProbeError(

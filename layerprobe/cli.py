@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-interval", action="store_true",
                    help="judge by the CKA point estimate even when an interval was computed")
     p.add_argument("--min-train-blocks", type=int, default=1, help="always train at least this many blocks")
+    p.add_argument("--max-relative-change", type=float, default=None,
+                   help="also require 1 - CKA <= this x the top block's 1 - CKA (relative rule; default off)")
     p.add_argument("--no-anatomy", action="store_true", help="skip the per-parameter-group anatomy (faster)")
     p.add_argument("--estimator", choices=ESTIMATORS, default=CKAOptions.estimator,
                    help="CKA estimator (default linear). The freeze thresholds (--min-cka) are calibrated for "
@@ -110,10 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive(args: argparse.Namespace, *names: str) -> None:
+    import math
+
     for n in names:
         v = getattr(args, n, None)
-        if v is not None and v <= 0:
-            raise LayerProbeError(f"--{n.replace('_', '-')} must be positive, got {v}")
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise LayerProbeError(f"--{n.replace('_', '-')} must be a positive finite number, got {v}")
+    for n, high in (("seed", 2**32 - 1), ("n_boot", 1_000_000), ("batch_size", 1 << 20)):
+        v = getattr(args, n, None)
+        if v is not None and n in names + ("seed",) and not 0 <= v <= high:
+            raise LayerProbeError(f"--{n.replace('_', '-')} must be in [0, {high:,}], got {v}")
+
+
+def _not_ignored(args: argparse.Namespace) -> None:
+    """Refuse probe flags that would be silently ignored."""
+    if args.probe is None:
+        given = [f for f, v in (("--text-column", args.text_column != "text"), ("--max-examples", args.max_examples))
+                 if v]
+        if given:
+            raise LayerProbeError(f"{given[0]} applies only with --probe (no probe texts are read)")
+    if args.max_tokens is not None and args.pooling != "tokens":
+        raise LayerProbeError("--max-tokens applies only with --pooling tokens")
 
 
 def _probe_options(args: argparse.Namespace) -> ProbeOptions:
@@ -128,8 +149,12 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     from .sources import load_hf_model
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
+    _not_ignored(args)
     if not os.path.isdir(args.model):
         raise LayerProbeError("expected a Hugging Face model directory", args.model)
+    from ._atomic import check_output_file
+
+    check_output_file(args.output)  # "", a directory, a device or FIFO: refused before any work
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))  # fail before any work
     texts = read_probe_texts(args.probe, text_column=args.text_column, max_examples=args.max_examples)
     model, tok = load_hf_model(args.model, device=args.device, dtype=args.dtype)
@@ -156,8 +181,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .report import render, to_csv
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size", "n_boot")
+    _not_ignored(args)
     if not 0.0 <= args.min_cka <= 1.0:
         raise LayerProbeError(f"--min-cka must be in [0, 1], got {args.min_cka}")
+    if args.max_relative_change is not None and not 0.0 <= args.max_relative_change <= 1.0:
+        raise LayerProbeError(f"--max-relative-change must be in [0, 1], got {args.max_relative_change}")
+    if args.out == "":
+        raise LayerProbeError("--out: the output directory name is empty")
     if args.out:
         ensure_writable_dir(args.out)  # fail before any work
     from .series import expand_inputs
@@ -172,7 +202,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(inputs) > 2:
         return _compare_series(args, inputs)
     thresholds = Thresholds(min_cka=args.min_cka, max_drift=args.max_drift, use_interval=not args.no_interval,
-                            min_train_blocks=args.min_train_blocks)
+                            min_train_blocks=args.min_train_blocks, max_relative_change=args.max_relative_change)
     cka = CKAOptions(estimator=args.estimator, ci=args.ci, n_boot=args.n_boot, ci_level=args.ci_level,
                      seed=args.seed, cross_layer=args.cross_layer)
     result = compare(inputs[0], inputs[1], probe=args.probe, text_column=args.text_column,
@@ -180,21 +210,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      thresholds=thresholds, anatomy=not args.no_anatomy, progress=not args.quiet,
                      on_undefined="raise", device=args.device, dtype=args.dtype, blocks=args.blocks,
                      embeddings=args.embeddings, weights_a=args.weights_a, weights_b=args.weights_b)
+    n_blocks = sum(1 for row in result.blocks if row.get("kind") == "block")
+    if n_blocks and args.min_train_blocks > n_blocks:
+        raise LayerProbeError(f"--min-train-blocks {args.min_train_blocks} is more than the {n_blocks} blocks compared")
     text = render(result, args.format)
     if args.out:
+        from ._atomic import atomic_output_dir
         from .plots import plot_blocks
 
-        atomic_write_text(os.path.join(args.out, "comparison.json"), result.to_json())
-        atomic_write_text(os.path.join(args.out, "comparison.csv"), to_csv(result))
-        atomic_write_text(os.path.join(args.out, "groups.csv"),
-                          result.groups_frame().to_csv(**CSV_OPTIONS))
-        plot_blocks(result.to_dict(), os.path.join(args.out, "blocks.png"))
-        if result.cross_layer is not None:
-            from .plots import plot_cross_layer
-            from .report import cross_layer_csv
+        with atomic_output_dir(args.out) as out:  # the files appear together, or not at all
+            atomic_write_text(os.path.join(out, "comparison.json"), result.to_json())
+            atomic_write_text(os.path.join(out, "comparison.csv"), to_csv(result))
+            atomic_write_text(os.path.join(out, "groups.csv"),
+                              result.groups_frame().to_csv(**CSV_OPTIONS))
+            plot_blocks(result.to_dict(), os.path.join(out, "blocks.png"))
+            if result.cross_layer is not None:
+                from .plots import plot_cross_layer
+                from .report import cross_layer_csv
 
-            atomic_write_text(os.path.join(args.out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
-            plot_cross_layer(result.to_dict(), os.path.join(args.out, "cross_layer.png"))
+                atomic_write_text(os.path.join(out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
+                plot_cross_layer(result.to_dict(), os.path.join(out, "cross_layer.png"))
     sys.stdout.write(text)
     return 0
 
@@ -221,6 +256,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     _positive(args, "train_size", "probe_size", "test_size", "epochs", "lr")
+    if args.out == "":
+        raise LayerProbeError("--out: the output directory name is empty")
     cfg = DemoConfig(train_size=args.train_size, probe_size=args.probe_size, test_size=args.test_size,
                      epochs=args.epochs, lr=args.lr, seed=args.seed)
     run_demo(args.out, cfg, progress=not args.quiet)
@@ -230,6 +267,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_plot_trajectory(args: argparse.Namespace) -> int:
     from .trajectory_plot import plot_trajectory, read_trajectory
 
+    if args.output is not None:
+        from ._atomic import check_output_file
+
+        check_output_file(args.output)
     df = read_trajectory(args.run_dir)
     out = args.output or os.path.join(args.run_dir if os.path.isdir(args.run_dir) else
                                       os.path.dirname(args.run_dir) or ".", "layerprobe_trajectory.png")
@@ -244,26 +285,32 @@ def cmd_freeze_list(args: argparse.Namespace) -> int:
     from ._atomic import atomic_write_text
     from .freeze import parameter_names
 
+    from ._atomic import check_output_file
+    from .guards import check_model_dir, load_json
+
+    if args.output is not None:
+        check_output_file(args.output)
     try:
-        with open(args.comparison, encoding="utf-8") as f:
-            advice = json.load(f)["recommendation"]["freeze"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        advice = load_json(args.comparison, "comparison JSON")["recommendation"]["freeze"]
+    except (KeyError, TypeError) as exc:
         raise LayerProbeError(f"not a comparison JSON with recommendation.freeze ({type(exc).__name__})",
                               args.comparison) from None
     if not isinstance(advice, list) or not all(isinstance(n, str) for n in advice):
         raise LayerProbeError("recommendation.freeze is not a list of entry names", args.comparison)
-    if not os.path.isdir(args.model):
-        raise LayerProbeError("expected a Hugging Face model directory", args.model)
+    check_model_dir(args.model, weights=False)  # the one guard: no custom code, a model class of transformers
     import torch
     import transformers
 
+    from .params import architecture_class
+
     try:  # names only: build the saved architecture (with its head) on the meta device, no weights
-        config = transformers.AutoConfig.from_pretrained(args.model)
-        arch = (getattr(config, "architectures", None) or [None])[0]
-        cls = getattr(transformers, arch, None) if arch else None
+        config = transformers.AutoConfig.from_pretrained(args.model, trust_remote_code=False)
+        cls = architecture_class(config)
         with torch.device("meta"):
-            model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
-    except (OSError, ValueError) as exc:
+            model = cls(config) if cls is not transformers.AutoModel else transformers.AutoModel.from_config(config)
+    except LayerProbeError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LayerProbeError(f"cannot load the model config: {str(exc).splitlines()[0]}", args.model) from None
     names = parameter_names(model, advice)
     text = "".join(n + "\n" for n in names)
@@ -283,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
+    previous = _raise_on_sigterm()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -293,6 +341,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("layerprobe: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("layerprobe: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that temporary files are cleaned up the same way."""
+
+
+def _raise_on_sigterm() -> object:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def entry() -> None:

@@ -99,7 +99,7 @@ def read_probe_texts(
             raw = _parse_json_list(path, content, text_column)
         else:
             raw = _parse_txt(content)
-        texts = _usable(raw, max_examples)
+        texts = _usable(raw, max_examples, path)
     if not texts:
         where = "" if path.endswith(".txt") else f" in column {text_column!r}"
         raise LayerProbeError(
@@ -109,11 +109,26 @@ def read_probe_texts(
     return texts
 
 
-def _usable(raw: Iterable[str | None], max_examples: int | None) -> list[str]:
+#: longest probe text accepted, in characters (a tokenizer sees the whole text before truncating)
+MAX_TEXT_CHARS = 1_000_000
+#: largest probe file read
+MAX_PROBE_BYTES = 512 << 20
+
+
+def _usable(raw: Iterable[str | None], max_examples: int | None, path: str = "") -> list[str]:
     out: list[str] = []
-    for text in raw:
+    for i, text in enumerate(raw):
         if text is None or not text.strip():
             continue
+        if len(text) > MAX_TEXT_CHARS:
+            raise LayerProbeError(f"probe text {i + 1} has {len(text):,} characters, more than the "
+                                  f"{MAX_TEXT_CHARS:,} accepted (examples are truncated to a few hundred tokens "
+                                  f"anyway); split or shorten it", path=path or None)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LayerProbeError(f"probe text {i + 1} holds a lone surrogate (not valid Unicode)",
+                                  path=path or None) from None
         out.append(text)
         if max_examples is not None and len(out) >= max_examples:
             break
@@ -121,11 +136,9 @@ def _usable(raw: Iterable[str | None], max_examples: int | None) -> list[str]:
 
 
 def _read_utf8(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise LayerProbeError(f"cannot read probe file ({_one_line(exc.strerror or exc)})", path=path) from None
+    from .guards import read_bounded
+
+    data = read_bounded(path, MAX_PROBE_BYTES, "probe file")  # regular files only: no FIFO, no /dev/zero
     if not data:
         raise LayerProbeError("probe file is empty (0 bytes), expected probe texts", path=path)
     try:
@@ -186,6 +199,10 @@ def _parse_jsonl(path: str, content: str, text_column: str) -> list[str | None]:
                 "expected one JSON object per line",
                 path=path,
             ) from None
+        except RecursionError:
+            raise LayerProbeError(f"malformed JSON on line {lineno}: nested too deeply", path=path) from None
+        except ValueError as exc:  # a number past int()'s digit limit
+            raise LayerProbeError(f"malformed JSON on line {lineno}: {_one_line(exc, 100)}", path=path) from None
         if not isinstance(obj, dict):
             raise LayerProbeError(
                 f"line {lineno} holds a JSON {type(obj).__name__}, expected a JSON object", path=path
@@ -211,6 +228,10 @@ def _parse_json_list(path: str, content: str, text_column: str) -> list[str | No
         raise LayerProbeError(
             f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path=path
         ) from None
+    except RecursionError:
+        raise LayerProbeError("malformed JSON: nested too deeply", path=path) from None
+    except ValueError as exc:  # a number past int()'s digit limit
+        raise LayerProbeError(f"malformed JSON: {_one_line(exc, 100)}", path=path) from None
     if not isinstance(data, list):
         raise LayerProbeError(
             f"the JSON holds a {type(data).__name__}, expected a list of objects "

@@ -55,8 +55,9 @@ def _check_file(path: str, what: str = "file") -> None:
         raise LayerProbeError(f"{what} not found", path=path)
     if os.path.isdir(path):
         raise LayerProbeError(f"is a directory, expected a {what}", path=path)
-    if not os.access(path, os.R_OK):
-        raise LayerProbeError("cannot read: permission denied", path=path)
+    from .guards import regular_file
+
+    regular_file(path, what)  # a FIFO or device is refused here, never read (or called empty)
     if os.path.getsize(path) == 0:
         raise LayerProbeError(f"{what} is empty (0 bytes), expected a checkpoint", path=path)
 

@@ -105,6 +105,9 @@ class Snapshot:
                 f"snapshot format version {version!r} is not supported (this layerprobe reads <= {FORMAT_VERSION})",
                 path,
             )
+        from .snapshot_check import check_snapshot
+
+        check_snapshot(obj, path)  # the full schema: types, ranges, every entry's representation
         meta, reps, weights = obj.get("meta"), obj.get("representations"), obj.get("weights")
         if not isinstance(meta, dict) or not isinstance(meta.get("entries"), list):
             raise LayerProbeError("snapshot has no valid 'meta' with 'entries'", path)
@@ -293,7 +296,13 @@ def take_snapshot(
     if texts is not None:
         if tokenizer is None:
             raise LayerProbeError("a tokenizer is needed to run the probe texts")
+        from .guards import fit_max_length
+
+        fitted = fit_max_length(model, max_length)  # an explicit length past the positions is refused
         examples, fp = tokenize_probe(tokenizer, texts, max_length)
+        if fitted < max_length and max(len(e["input_ids"]) for e in examples) > fitted:
+            max_length = fitted  # the default, capped to the model's positions where the probe needs it
+            examples, fp = tokenize_probe(tokenizer, texts, max_length)
         reps, token_examples = run_probe(
             model, examples, blocks, pooling, max_tokens, batch_size, pad_id(tokenizer), progress
         )

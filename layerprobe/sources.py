@@ -167,7 +167,9 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
 
     from .params import architecture_class
 
-    _refuse_remote_code(path)
+    from .guards import check_model_dir
+
+    check_model_dir(path)  # the one guard: no custom code, known class, weights that match the config
     _check_bin_weights(path)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -175,27 +177,34 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
         dtype = DTYPES[dtype]
     dev = resolve_device(device)
     bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()  # stderr carries only layerprobe's own progress and errors
+    hf_logging.set_verbosity_error()  # no load report before (or instead of) the one-line error
     try:
         cls = architecture_class(AutoConfig.from_pretrained(path, trust_remote_code=False))
         with torch.random.fork_rng(devices=[]):  # anything not in the files is initialised the same way each time
             torch.manual_seed(0)
             model, info = cls.from_pretrained(path, trust_remote_code=False, output_loading_info=True,
+                                              ignore_mismatched_sizes=True,
                                               **({"dtype": dtype} if dtype is not None else {}))
+        from .guards import check_loading_info
+
+        check_loading_info(model, info, path)
         setattr(model, NOT_IN_FILES, frozenset(info.get("missing_keys") or ()))
         if dev != "cpu":
             model = model.to(dev)
+    except LayerProbeError:
+        raise
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
         raise LayerProbeError(f"cannot load the model: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
                               path) from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError):
-        tokenizer = None
-    return model.eval(), tokenizer
+    from .guards import load_tokenizer
+
+    return model.eval(), load_tokenizer(path, model)
 
 
 def resolve_side(
@@ -252,6 +261,10 @@ def resolve_side(
         side.meta["source"] = {"path": path, "kind": "hf_dir"}
         _add_progress(side, path)
         return side
+    if os.path.isdir(path):
+        from .guards import check_model_dir
+
+        check_model_dir(path)  # weights only, but the config still names what the weights are
     source: TensorSource | None = None
     if os.path.isfile(path) and not path.endswith(".safetensors"):
         kind, obj = load_pt_or_snapshot(path)  # loaded once, safely
