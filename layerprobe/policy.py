@@ -23,6 +23,7 @@ from ._atomic import atomic_write_text
 from .blocks import Blocks
 from .errors import LayerProbeError
 from .freeze import freeze, trainable_parameters
+from .options import CSV_OPTIONS
 
 __all__ = ["LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
 
@@ -147,8 +148,7 @@ class FreezePolicy:
 
     def write_csv(self, path: str | os.PathLike) -> str:
         """Write the decision log atomically; returns the path."""
-        return atomic_write_text(path, self.log_frame().to_csv(index=False, float_format="%.10g",
-                                                               lineterminator="\n"))
+        return atomic_write_text(path, self.log_frame().to_csv(**CSV_OPTIONS))
 
 
 
@@ -349,5 +349,4 @@ class AutoFreezePolicy:
 
     def write_csv(self, path: str | os.PathLike) -> str:
         """Write the decision log atomically; returns the path."""
-        return atomic_write_text(path, self.log_frame().to_csv(index=False, float_format="%.10g",
-                                                               lineterminator="\n"))
+        return atomic_write_text(path, self.log_frame().to_csv(**CSV_OPTIONS))

@@ -62,6 +62,7 @@ from .blocks import Blocks, find_blocks
 from .errors import LayerProbeError
 from .metrics.cka import linear_cka
 from .metrics.drift import DriftAccumulator
+from .options import CSV_OPTIONS, ProbeOptions
 from .snapshot import run_probe, tokenize_probe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,6 +121,8 @@ class Tracker:
         freeze_policy: an optional :class:`~layerprobe.policy.FreezePolicy` or
             :class:`~layerprobe.policy.AutoFreezePolicy` that acts after each check.
         progress: show a progress bar for each probe pass (off by default).
+        probe: a :class:`~layerprobe.options.ProbeOptions` (pooling, max_length, batch_size) instead
+            of the loose keywords, as for :func:`~layerprobe.compare`.
         lr_schedule: optional ``step -> learning rate`` of optimizer step ``step`` (0-based); with
             it each row carries ``lr_sum``, the sum of the learning rates applied since the previous
             check (the denominator of a learning-rate-normalised change). Without it ``lr_sum`` is
@@ -139,7 +142,14 @@ class Tracker:
         freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
         progress: bool = False,
         lr_schedule: Callable[[int], float] | None = None,
+        probe: ProbeOptions | None = None,
     ) -> None:
+        if probe is not None:  # the shared option object wins over the loose keywords
+            pooling = probe.pooling or pooling
+            max_length = probe.max_length or max_length
+            batch_size = probe.batch_size
+            if probe.max_tokens is not None:
+                raise LayerProbeError("tracking pools one vector per example: ProbeOptions.max_tokens does not apply")
         if pooling not in ("mean", "first", "last"):
             raise LayerProbeError(f"tracking needs one vector per example: pooling mean/first/last, got {pooling!r}")
         if every_n_steps is None:
@@ -338,7 +348,6 @@ class Tracker:
 
     def write_csv(self, path: str | os.PathLike) -> str:
         """Write the trajectory atomically (never a half-written file); returns the path."""
-        return atomic_write_text(path, self.to_frame().to_csv(index=False, float_format="%.10g",
-                                                              lineterminator="\n"))
+        return atomic_write_text(path, self.to_frame().to_csv(**CSV_OPTIONS))
 
 

@@ -166,3 +166,13 @@ def test_callback_refuses_mixed_options(tokenizer, texts):
                            freeze_policy=AutoFreezePolicy())
     with pytest.raises(LayerProbeError, match="configure auto_freeze"):
         LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts, settle=0.5)
+
+
+def test_tracker_takes_the_shared_probe_options(tokenizer, texts):
+    from layerprobe.options import ProbeOptions
+
+    m = tiny_bert(0)
+    t = Tracker(m, tokenizer, texts[:8], probe=ProbeOptions(pooling="first", max_length=8, batch_size=4))
+    assert (t.pooling, t.max_length, t.batch_size) == ("first", 8, 4)
+    with pytest.raises(LayerProbeError, match="max_tokens"):
+        Tracker(m, tokenizer, texts[:8], probe=ProbeOptions(max_tokens=4))

@@ -128,3 +128,17 @@ def test_light_start_up():
             "print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_compare_relative_rule_flag(snapshots, capsys):
+    # only block.3 moved: every lower entry's change is ~0 relative to it, so the relative rule freezes them
+    assert main(["compare", str(snapshots[0]), str(snapshots[1]), "--format", "json",
+                 "--max-relative-change", "0.05"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["recommendation"]["thresholds"]["max_relative_change"] == 0.05
+    assert d["recommendation"]["freeze"] == NAMES[:-1]
+    assert "top block's change" in d["recommendation"]["reasons"]["block.2"]
+    for bad in ("1.5", "-0.1", "nan"):
+        assert main(["compare", str(snapshots[0]), str(snapshots[1]), "--max-relative-change", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--max-relative-change must be in [0, 1]" in err
