@@ -84,8 +84,9 @@ def choose_lr(runs: pd.DataFrame, task: str, grid) -> tuple[float | None, bool, 
     d = d[d.lr.isin(grid)] if len(d) else d
     if not len(d):
         return None, False, pd.DataFrame()
-    table = d[["task", "lr", "dev_accuracy", "accuracy", "best_epoch", "epochs", "train_cpu_seconds"]] \
-        .sort_values("lr").reset_index(drop=True)
+    cols = [c for c in ("task", "lr", "dev_accuracy", "accuracy", "best_epoch", "epochs", "train_cpu_seconds")
+            if c in d]
+    table = d[cols].sort_values("lr").reset_index(drop=True)
     best = d.sort_values(["dev_accuracy", "lr"], ascending=[False, True]).iloc[0]
     return float(best.lr), set(d.lr) >= set(grid), table
 

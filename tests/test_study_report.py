@@ -1,0 +1,93 @@
+"""The freeze study's pure report logic on a synthetic run cache: lr choice, the rule fit on one task
+only, the oracle, the regret, advice rows and advice timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "analyses"))
+
+import freeze_study as fs  # noqa: E402
+import study_report as sr  # noqa: E402
+
+CKAS = {"rt": [0.9999, 0.99, 0.93, 0.75, 0.4, 0.25, 0.15], "bbc": [0.9999, 0.92, 0.87, 0.72, 0.66, 0.65, 0.54]}
+# accuracy relative to full fine-tuning per frozen k (embeddings + k blocks), per task
+REL = {"rt": [1.0, 1.0, 0.995, 0.989, 0.97, 0.95, 0.86], "bbc": [1.0, 1.0, 0.999, 0.997, 0.992, 0.985, 0.92]}
+CPU = [0.9, 0.75, 0.6, 0.5, 0.4, 0.3, 0.1]  # CPU time relative to full per k
+
+
+def _write(cache, b, method, cfg, seed, acc, cpu, lr=1e-4, extra=None):
+    row = {"task": b.task, "method": method, "config": cfg, "embeddings_frozen": cfg != "full",
+           "frozen_blocks": 0 if cfg in ("full", "emb") else int(cfg.split("+")[1]), "seed": seed, "lr": lr,
+           "accuracy": acc, "dev_accuracy": acc, "train_cpu_seconds": cpu, "train_seconds": 2 * cpu,
+           "epochs": 3.0, "trainable_params": 10, "steps": 100, "budget": asdict(replace(b, lr=lr)), **(extra or {})}
+    path = fs.run_file(str(cache), b.task, method, cfg, lr, seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(row, f)
+    return path
+
+
+def _entries(ckas):
+    names = ["embeddings"] + [f"block.{i}" for i in range(6)]
+    return [{"name": n, "kind": "embeddings" if n == "embeddings" else "block", "n_params": 10,
+             "weight_drift": 0.01, "cka": c, "cka_ci": [c - 0.002, min(1.0, c + 0.002)]} for n, c in zip(names, ckas)]
+
+
+@pytest.fixture
+def cache(tmp_path):
+    for task, b in fs.BUDGETS.items():
+        for seed in (0, 1, 2):
+            full = _write(tmp_path, b, "full", "full", seed, 0.8, 1000.0)
+            with open(full[:-5] + ".comparison.json", "w") as f:
+                json.dump({"blocks": _entries(CKAS[task])}, f)
+            with open(full[:-5] + ".trajectory.csv", "w") as f:
+                f.write("step,block,cka_to_start,weight_drift\n")
+                for step in (10, 20, 40, 60, 100):  # the profile deepens over the run, its shape holds
+                    for e in _entries(CKAS[task]):
+                        f.write(f"{step},{e['name']},{1 - (1 - e['cka']) * step / 100},0.01\n")
+            for k in range(7):
+                _write(tmp_path, b, "fixed", "emb" if k == 0 else f"emb+{k}", seed, 0.8 * REL[task][k], 1000 * CPU[k])
+        _write(tmp_path, b, "full", "full", 0, 0.7, 1000.0, lr=5e-5)  # an lr that loses on dev
+    return tmp_path
+
+
+def test_report_fits_on_rt_only_and_scores_bbc(cache, tmp_path):
+    out = tmp_path / "results"
+    info = sr.build_outputs(str(cache), str(out))
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["tasks"]["rt"]["lr"] == 1e-4 and not settings["tasks"]["rt"]["lr_final"]  # 2e-4 not run
+    rule = json.loads((out / "rule.json").read_text())
+    # on rt, emb+2 is the largest prefix keeping >= 99%; thresholds in (0.748, 0.928] advise it (block.1's
+    # lower bound is 0.928, block.2's 0.748); the most cautious of them on the grid is min_cka 0.9
+    assert rule["fit"] and rule["thresholds"]["min_cka"] == 0.9
+    assert info["rt"]["advice"] == {"0": "emb+2", "1": "emb+2", "2": "emb+2"}
+    assert info["rt"]["oracle_config"] == "emb+2" and info["rt"]["regret"] == pytest.approx(0.0)
+    assert info["rt"]["advice_rel_acc"] == pytest.approx(0.995)
+    # bbc is only scored: the same threshold advises emb+1 there, the oracle is emb+4 (0.992)
+    assert info["bbc"]["advice"]["0"] == "emb+1" and info["bbc"]["oracle_config"] == "emb+4"
+    assert info["bbc"]["regret"] == pytest.approx((1 - CPU[4]) - (1 - CPU[1]))
+    rows = [r for r in open(out / "summary.csv").read().splitlines()[1:]]
+    advice = [r for r in rows if ",advice," in r]
+    assert len(advice) == 6 and all(r.endswith(",True") or ",True," in r for r in advice)
+    assert not any(",0.0001," not in r for r in rows)  # only the chosen lr's runs
+    timing = (out / "advice_timing.csv").read_text()
+    assert "0.2," in timing
+    assert (out / "report.md").read_text().count("| rt |") >= 1
+
+
+def test_oracle_and_outcome_need_the_same_seed(cache):
+    runs = sr.load_runs(str(cache), fs.BUDGETS)
+    runs = runs[runs.lr == 1e-4]
+    o = sr.oracle(runs, "rt")
+    assert o["oracle_k"] == 2 and o["by_k"][3]["rel_acc"] == pytest.approx(0.989)
+    full, fixed = sr.per_seed_table(runs, "rt")
+    assert sr.outcome((False, 0), 0, full, fixed) == (1.0, 0.0)
+    assert sr.outcome((True, 4), 1, full, fixed) == pytest.approx((0.97, 0.6))
+    assert sr.outcome((True, 4), 7, full, fixed) is None
