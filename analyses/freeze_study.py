@@ -115,8 +115,8 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     import torch
 
     from layerprobe.blocks import find_blocks
-    from layerprobe.shipped import default_model_path, load_classifier
     from layerprobe.freeze import bottom_prefix, freeze, trainable_parameters
+    from layerprobe.shipped import default_model_path, load_classifier
     from layerprobe.train import TrainConfig, evaluate, fine_tune, schedule_steps
 
     assert b.lr is not None
