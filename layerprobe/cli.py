@@ -12,6 +12,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from ._version import __version__
 from .errors import LayerProbeError
@@ -280,12 +281,9 @@ def cmd_plot_trajectory(args: argparse.Namespace) -> int:
 
 
 def cmd_freeze_list(args: argparse.Namespace) -> int:
-    import json
 
-    from ._atomic import atomic_write_text
+    from ._atomic import atomic_write_text, check_output_file
     from .freeze import parameter_names
-
-    from ._atomic import check_output_file
     from .guards import check_model_dir, load_json
 
     if args.output is not None:
@@ -353,11 +351,11 @@ class _Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so that temporary files are cleaned up the same way."""
 
 
-def _raise_on_sigterm() -> object:
+def _raise_on_sigterm() -> Any:
     if threading.current_thread() is not threading.main_thread():
         return None
 
-    def handler(signum: int, frame: object) -> None:
+    def handler(signum: int, frame: Any) -> None:
         raise _Terminated()
 
     return signal.signal(signal.SIGTERM, handler)

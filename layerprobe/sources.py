@@ -162,12 +162,11 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
     path = os.fspath(path)
     import pickle
 
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
-    from .params import architecture_class
-
     from .guards import check_model_dir
+    from .params import architecture_class
 
     check_model_dir(path)  # the one guard: no custom code, known class, weights that match the config
     _check_bin_weights(path)
