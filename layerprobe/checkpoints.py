@@ -79,6 +79,8 @@ class TensorSource(abc.ABC):
 
     path: str
     kind: str
+    #: ``get(name, out=buf)`` reads the tensor from a file into ``buf`` (see :meth:`get`).
+    fills_out: bool = False
 
     @abc.abstractmethod
     def keys(self) -> list[str]:
@@ -93,8 +95,9 @@ class TensorSource(abc.ABC):
         """dtype of tensor ``name`` as stored (no data read)."""
 
     @abc.abstractmethod
-    def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` on CPU, as stored."""
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor ``name`` on CPU, as stored. With ``out`` (1-D uint8, ≥ ``nbytes(name)``) a source
+        that reads from a file (:attr:`fills_out`) reads into it and returns a view of it."""
 
     def nbytes(self, name: str) -> int:
         """Size of tensor ``name`` in bytes (no data read)."""
@@ -196,21 +199,24 @@ class _SafetensorsFile:
             self._offsets_cache = cached
         return cached
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         if self._handle is None:
             raise LayerProbeError("checkpoint is closed", path=self.path)
         try:
-            # A plain positioned read into a fresh buffer, not safe_open's memory map: the pages
-            # of a read tensor do not stay mapped in this process, so a streamed comparison of
-            # two big checkpoints holds only the tensors it is using (see docs, big checkpoints).
+            # A plain positioned read into a buffer, not safe_open's memory map: the pages of a read
+            # tensor do not stay mapped, so a streamed comparison holds only the tensors it is using.
             shape, dtype = self.meta[name]
             start, end = self._offsets()[name]
             numel = 1
             for d in shape:
                 numel *= d
-            if end - start != numel * dtype.itemsize:
+            nbytes = numel * dtype.itemsize
+            if end - start != nbytes:
                 raise ValueError(f"{end - start} bytes for shape {shape} and dtype {dtype}")
-            out = torch.empty(shape, dtype=dtype)
+            if out is not None and numel:  # reused by a stream: a view of its first bytes
+                if out.dtype != torch.uint8 or out.dim() != 1 or not out.is_contiguous() or out.numel() < nbytes:
+                    raise ValueError(f"out must be 1-D contiguous uint8 of >= {nbytes} bytes, got {out.dtype} {tuple(out.shape)}")
+            out = torch.empty(shape, dtype=dtype) if out is None or not numel else out[:nbytes].view(dtype).view(shape)
             if numel:
                 buf = memoryview(out.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
                 with open(self.path, "rb", buffering=0) as f:
@@ -237,6 +243,7 @@ class SafetensorsSource(TensorSource):
     """A single ``.safetensors`` file; tensors are read one at a time."""
 
     kind = "safetensors"
+    fills_out = True
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -255,10 +262,10 @@ class SafetensorsSource(TensorSource):
             raise self._missing(name)
         return self._file.meta[name][1]
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         if name not in self._file.meta:
             raise self._missing(name)
-        return self._file.get(name)
+        return self._file.get(name, out)
 
     def close(self) -> None:
         self._file.close()
@@ -298,8 +305,8 @@ class StateDictSource(TensorSource):
     def dtype(self, name: str) -> torch.dtype:
         return self._t(name).dtype
 
-    def get(self, name: str) -> torch.Tensor:
-        return self._t(name)
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self._t(name)  # already in memory (or memory-mapped): ``out`` is not needed
 
     def close(self) -> None:
         self._tensors = None
@@ -315,6 +322,7 @@ class ShardedSource(TensorSource):
         weights = weights_file or _hf_weights_file(self.path)
         self.weights_file = weights
         self._safetensors = weights.endswith((".safetensors", ".safetensors.index.json"))
+        self.fills_out = self._safetensors
         self._closed = False
         self._open: dict[str, Any] = {}  # shard file -> open _SafetensorsFile / tensor dict
         if weights.endswith(".index.json"):
@@ -380,9 +388,9 @@ class ShardedSource(TensorSource):
         _, opened = self._lookup(name)
         return opened.meta[name][1] if self._safetensors else opened[name].dtype
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         _, opened = self._lookup(name)
-        return opened.get(name) if self._safetensors else opened[name]
+        return opened.get(name, out) if self._safetensors else opened[name]
 
     def close(self) -> None:
         for opened in self._open.values():

@@ -13,6 +13,7 @@ weights-only comparison never holds two whole models in memory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -38,6 +39,7 @@ from .metrics.cka import (
 )
 from .metrics.drift import DriftAccumulator, param_group, update_rank
 from .options import CKAOptions, ProbeOptions, merge
+from .pair_reader import PairReader
 from .recommend import Thresholds, recommend
 from .result import Comparison, _nan_to_none  # noqa: F401
 from .snapshot import Snapshot
@@ -121,30 +123,34 @@ def _result(acc: DriftAccumulator) -> dict:
 #: float64 copies of itself and minutes of SVD, so its group reports no rank (drift is still exact).
 RANK_MAX_NUMEL = 1 << 22
 
-def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True) -> dict:
+def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True, reader: PairReader | None = None) -> dict:
     """Drift of one entry, overall and per parameter group, reading one tensor pair at a time.
 
-    Memory: one tensor of each side at a time plus fixed-size float64 chunks; update ranks only
-    for matrices up to :data:`RANK_MAX_NUMEL` elements.
+    Pairs are read ahead on a background thread into a reused buffer (``reader``: pass one to
+    keep the buffer across entries); the values do not depend on it. Memory: at most 2.5 × the
+    largest tensor for reading plus fixed-size float64 chunks; update ranks only for matrices up
+    to :data:`RANK_MAX_NUMEL` elements.
     """
+    assert a.weights is not None and b.weights is not None  # compare_sides refuses weightless sides first
     total = DriftAccumulator()
     groups: dict[str, DriftAccumulator] = {}
     ranks: dict[str, dict] = {}
-    for rel, ka, kb in _match_params(a, b, entry):
-        t0, t1 = a.weights.get(ka), b.weights.get(kb)  # type: ignore[union-attr]  # checked in _match_params
-        for name, t in ((a.label, t0), (b.label, t1)):
-            check_finite(f"{entry}/{rel}", t, name)
-        if anatomy:  # each tensor is read and summed once: the block total merges its groups
-            g = param_group(rel)
-            groups.setdefault(g, DriftAccumulator()).add(rel, t0, t1)
-            if (t0.dim() >= 2 and t0.numel() <= RANK_MAX_NUMEL
+    params = _match_params(a, b, entry)
+    stream = (reader or PairReader()).pairs(a.weights.get, b.weights.get, [(ka, kb) for _, ka, kb in params])
+    with contextlib.closing(stream):
+        for (rel, _, _), (t0, t1) in zip(params, stream):
+            g = param_group(rel) if anatomy else ""
+            # each tensor is read and summed once: with anatomy the entry's total merges its groups
+            ok = (groups.setdefault(g, DriftAccumulator()) if anatomy else total).add(rel, t0, t1)
+            for name, t, finite in ((a.label, t0, ok[0]), (b.label, t1, ok[1])):
+                if not finite:  # NaN/Inf showed in the sums: count them for the message
+                    check_finite(f"{entry}/{rel}", t, name)
+            if (anatomy and t0.dim() >= 2 and t0.numel() <= RANK_MAX_NUMEL
                     and g not in ("embed.word", "embed.position", "embed.type")):
                 r = update_rank(t1.double() - t0.double())
                 if r is not None and (g not in ranks or t0.numel() > ranks[g]["numel"]):
                     ranks[g] = {**r, "numel": t0.numel(), "param": rel}
-        else:
-            total.add(rel, t0, t1)
-        del t0, t1, t  # free this pair before the next is read: never two pairs in memory
+            del t0, t1  # the reader reuses this pair's bytes for the next ones
     for acc in groups.values():
         total.merge(acc)
     out = _result(total)
@@ -357,10 +363,11 @@ def compare_sides(
     # non-finite or constant representations: reported once per entry here (warn, or raise)
     undefined = _find_undefined(sa, sb, names, on_undefined) if reps_ok else {}
     entries = []
+    reader = PairReader()  # one read-ahead buffer for every entry
     for e in sa.meta["entries"]:
         name = e["name"]
         stats = _no_weight_stats(sa if sa.weights is None else sb, name) if weightless else \
-            weight_stats(sa, sb, name, anatomy)
+            weight_stats(sa, sb, name, anatomy, reader)
         row = {"index": e["index"], "name": name, "kind": e["kind"], "cka": None}
         if reps_ok and name in undefined:
             row["cka"] = float("nan")
@@ -407,7 +414,7 @@ def compare_sides(
         only = sorted(set(sa.weights.index[OTHER]) ^ set(sb.weights.index[OTHER]))  # type: ignore[union-attr]
         other = {"n_params_compared": 0, "unmatched": only}
         if pairs:
-            other.update(weight_stats(sa, sb, OTHER, anatomy=False))
+            other.update(weight_stats(sa, sb, OTHER, anatomy=False, reader=reader))
             other["n_params_compared"] = other.pop("n_params")
     other_params = other["n_params_compared"] if other else 0
     rec = recommend(entries, thresholds, other_params=other_params)
