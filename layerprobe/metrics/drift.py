@@ -7,22 +7,24 @@ so huge checkpoints can be streamed without holding float64 copies of them.
 
 There is one code path: :class:`DriftAccumulator` keeps five scalars, and :func:`weight_drift`,
 :func:`weight_cosine`, :func:`max_abs_change` and :func:`block_anatomy` are built on it.
+Parameter groups live in :mod:`~layerprobe.metrics.param_groups` and update ranks in
+:mod:`~layerprobe.metrics.updates`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import threading
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.metrics._weights import _as_tensor, _pairs
+from layerprobe.metrics.param_groups import GROUPS, param_group
+from layerprobe.metrics.updates import _f64_delta, matrix_updates, update_rank
 
 __all__ = [
     "GROUPS",
@@ -40,24 +42,6 @@ __all__ = [
 #: Direction of each metric: "distance" (0 = unchanged) or "similarity" (1 = unchanged).
 DIRECTION = {"weight_drift": "distance", "max_abs_change": "distance", "cosine": "similarity"}
 
-#: Parameter groups in their reporting order.
-GROUPS = (
-    "attn.q",
-    "attn.k",
-    "attn.v",
-    "attn.qkv",
-    "attn.out",
-    "ffn.in",
-    "ffn.out",
-    "norm",
-    "bias",
-    "embed.word",
-    "embed.position",
-    "embed.type",
-    "embed.other",
-    "other",
-)
-
 #: Elements converted to float64 at a time (two rows of 2 MiB: the chunk stays in cache).
 CHUNK = 1 << 18
 
@@ -72,21 +56,6 @@ _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
-
-
-def _as_tensor(t, name: str) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        return t.detach()
-    try:
-        arr = np.asarray(t)
-    except (TypeError, ValueError) as exc:
-        raise LayerProbeError(f"parameter {name!r}: not an array or tensor ({type(t).__name__})") from exc
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-            or arr.dtype == np.bool_):
-        raise LayerProbeError(f"parameter {name!r}: not numeric, dtype={arr.dtype}")
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.from_numpy(arr)
 
 
 def _buffer(chunk: int) -> torch.Tensor:
@@ -294,31 +263,6 @@ class DriftAccumulator:
         }
 
 
-def _pairs(w0, w1) -> list[tuple[str, object, object]]:
-    """Normalise (tensor | mapping | sequence) pairs to [(name, t0, t1)], validating keys."""
-    if isinstance(w0, Mapping) or isinstance(w1, Mapping):
-        if not (isinstance(w0, Mapping) and isinstance(w1, Mapping)):
-            raise LayerProbeError(
-                f"w0 and w1 must both be mappings, got {type(w0).__name__} and {type(w1).__name__}"
-            )
-        k0, k1 = list(w0.keys()), set(w1.keys())
-        missing = [k for k in k0 if k not in k1]
-        extra = sorted(set(k1) - set(k0), key=str)
-        if missing or extra:
-            raise LayerProbeError(
-                "w0 and w1 have different parameter names: "
-                f"missing from w1: {missing}, extra in w1: {extra}"
-            )
-        return [(str(k), w0[k], w1[k]) for k in k0]
-    if isinstance(w0, (torch.Tensor, np.ndarray)) or isinstance(w1, (torch.Tensor, np.ndarray)):
-        return [("<tensor>", w0, w1)]
-    if isinstance(w0, Sequence) and isinstance(w1, Sequence) and not isinstance(w0, str):
-        if len(w0) != len(w1):
-            raise LayerProbeError(f"w0 and w1 have different lengths: {len(w0)=} vs {len(w1)=}")
-        return [(f"[{i}]", a, b) for i, (a, b) in enumerate(zip(w0, w1))]
-    return [("<tensor>", w0, w1)]
-
-
 def _accumulate(w0, w1) -> DriftAccumulator:
     acc = DriftAccumulator()
     for name, a, b in _pairs(w0, w1):
@@ -378,191 +322,6 @@ def max_abs_change(w0, w1) -> float:
     3.0
     """
     return _accumulate(w0, w1).result()["max_abs_change"]
-
-
-# --------------------------------------------------------------------------------------------
-# Parameter groups
-# --------------------------------------------------------------------------------------------
-
-_Q = {"query", "q_proj", "q_lin", "query_proj", "wq", "q_linear", "to_q", "pos_query_proj"}
-_K = {"key", "k_proj", "k_lin", "key_proj", "wk", "k_linear", "to_k", "pos_key_proj"}
-_V = {"value", "v_proj", "v_lin", "value_proj", "wv", "v_linear", "to_v"}
-_QKV = {"c_attn", "qkv", "query_key_value", "qkv_proj", "wqkv", "in_proj_weight", "in_proj",
-        "to_qkv", "w_pack", "qkv_linear"}
-_OUT = {"o_proj", "out_lin", "out_proj", "attn_out"}
-# Names that mean q/k/v/out only inside an attention module.
-_Q_CTX, _K_CTX, _V_CTX = {"q"}, {"k"}, {"v"}
-_OUT_CTX = {"o", "wo", "dense", "c_proj", "proj", "out", "to_out", "output"}
-_FFN_IN = {"c_fc", "gate_proj", "up_proj", "fc1", "w1", "w3", "wi", "wi_0", "wi_1", "lin1",
-           "dense_h_to_4h", "fc_in", "gate_up_proj", "w12"}
-_FFN_OUT = {"down_proj", "fc2", "w2", "wo", "lin2", "dense_4h_to_h", "fc_out"}
-_FFN_CTX = {"mlp", "ffn", "feed_forward", "feedforward", "densereludense", "intermediate"}
-_EMB_WORD = {"word_embeddings", "wte", "embed_tokens", "tok_embeddings", "token_embedding",
-             "word_embedding", "shared"}
-_EMB_POS = {"position_embeddings", "wpe", "embed_positions", "position_embedding", "pos_embed",
-            "pos_embedding", "rel_embeddings", "embed_pos", "distance_embedding",
-            "relative_attention_bias"}
-_EMB_TYPE = {"token_type_embeddings", "segment_embeddings", "token_type_embedding"}
-_EMB_OTHER = {"cls_token", "mask_token", "dist_token", "distillation_token", "patch_embeddings",
-              "patch_embed", "register_tokens"}
-_WEIGHT_PARAMS = {"weight", "kernel", "w", "scale", "g", "weight_g", "weight_v"}
-_LN = re.compile(r"^(ln(\d+|_.*)?|.*_ln)$")
-
-
-def param_group(name: str) -> str:
-    """Classify a parameter name into a group of :data:`GROUPS`.
-
-    Rules, in order: any parameter of a norm layer (a name component containing ``norm`` —
-    LayerNorm, layer_norm, layernorm, rmsnorm — or ``ln``, ``ln_1``, ``ln_f``) → ``norm``; any
-    other bias → ``bias``; embeddings → ``embed.word`` / ``embed.position`` / ``embed.type`` /
-    ``embed.other``; attention projections → ``attn.q/k/v/qkv/out``; feed-forward → ``ffn.in``
-    / ``ffn.out``; anything else → ``other``. Works on names relative to a block
-    (``attention.self.query.weight``) or full names (``bert.encoder.layer.0....``); covers
-    BERT/RoBERTa/ELECTRA, DistilBERT, DeBERTa-v2, GPT-2, Llama, ViT and T5 naming.
-
-    Args:
-        name: a parameter name, dot separated.
-
-    >>> param_group("attention.output.dense.weight"), param_group("output.dense.weight")
-    ('attn.out', 'ffn.out')
-    >>> param_group("attn.c_attn.weight"), param_group("ln_1.bias"), param_group("mlp.c_proj.bias")
-    ('attn.qkv', 'norm', 'bias')
-    """
-    parts = [p.lower() for p in str(name).split(".") if p]
-    if not parts:
-        return "other"
-    if any("norm" in p or _LN.match(p) for p in parts):
-        return "norm"
-    param = parts[-1]
-    if param == "bias" or param.endswith("_bias"):
-        return "bias"
-    mods = parts[:-1] if param in _WEIGHT_PARAMS else parts
-    leaf = mods[-1] if mods else param
-    parent = mods[-2] if len(mods) > 1 else ""
-
-    if any(p in _EMB_WORD for p in mods):
-        return "embed.word"
-    if any(p in _EMB_POS for p in mods):
-        return "embed.position"
-    if any(p in _EMB_TYPE for p in mods):
-        return "embed.type"
-    if any(p in _EMB_OTHER or "embed" in p for p in mods):
-        return "embed.other"
-
-    in_attn = any("attn" in p or "attention" in p for p in mods)
-    if leaf in _Q or (in_attn and leaf in _Q_CTX):
-        return "attn.q"
-    if leaf in _K or (in_attn and leaf in _K_CTX):
-        return "attn.k"
-    if leaf in _V or (in_attn and leaf in _V_CTX):
-        return "attn.v"
-    if leaf in _QKV:
-        return "attn.qkv"
-    if leaf in _OUT or (in_attn and leaf in _OUT_CTX):
-        return "attn.out"
-    if in_attn:
-        return "other"
-
-    in_ffn = any(p in _FFN_CTX for p in mods)
-    if leaf in _FFN_IN or (leaf == "dense" and parent == "intermediate"):
-        return "ffn.in"
-    if leaf in _FFN_OUT or (leaf == "dense" and parent == "output") or (
-        in_ffn and leaf in {"c_proj", "proj", "dense_out"}
-    ):
-        return "ffn.out"
-    return "other"
-
-
-# --------------------------------------------------------------------------------------------
-# Shape of the update
-# --------------------------------------------------------------------------------------------
-
-
-def _rank_key(energy: float) -> str:
-    return f"rank{energy * 100:g}"
-
-
-def update_rank(delta, energy: float = 0.9) -> dict | None:
-    """Effective rank of an update ΔW = W1 − W0 (float64 singular values).
-
-    ``stable_rank`` = ‖ΔW‖²_F / ‖ΔW‖²₂ (between 1 and rank; 0.0 for ΔW = 0). ``rank90`` is the
-    smallest k whose top-k singular values hold at least ``energy`` of Σσ²; the key is
-    ``f"rank{energy*100:g}"`` (``rank90`` for the default 0.9, ``rank99`` for 0.99); 0 for
-    ΔW = 0. Tensors with more than 2 dims (conv kernels) are reshaped to (out, −1).
-
-    Args:
-        delta: the update, shape (out, in) or (out, ...); 1-D or 0-D → not applicable.
-        energy: energy fraction in (0, 1].
-
-    Returns:
-        ``{"stable_rank": float, "rank90": int}``, or None for a 1-D/0-D tensor. Non-finite
-        updates give ``{"stable_rank": nan, "rank90": None}`` with a RuntimeWarning.
-
-    >>> import torch
-    >>> d = torch.outer(torch.tensor([1.0, 0, 0]), torch.tensor([3.0, 0])) + \\
-    ...     torch.outer(torch.tensor([0, 1.0, 0]), torch.tensor([0, 1.0]))
-    >>> update_rank(d)
-    {'stable_rank': 1.1111111111111112, 'rank90': 1}
-    >>> update_rank(torch.zeros(4)) is None
-    True
-    """
-    if not 0.0 < energy <= 1.0:
-        raise LayerProbeError(f"energy must be in (0, 1], got {energy=}")
-    t = _as_tensor(delta, "delta")
-    key = _rank_key(energy)
-    if t.ndim < 2:
-        return None
-    m = t.to(device="cpu", dtype=torch.float64).reshape(t.shape[0], -1)
-    if m.numel() == 0:
-        return {"stable_rank": 0.0, key: 0}
-    if not bool(torch.isfinite(m).all()):
-        warnings.warn("update_rank: update contains NaN or Inf", RuntimeWarning, stacklevel=2)
-        return {"stable_rank": float("nan"), key: None}
-    s2 = torch.linalg.svdvals(m) ** 2
-    total = float(s2.sum())
-    if total == 0.0:
-        return {"stable_rank": 0.0, key: 0}
-    cum = torch.cumsum(s2, dim=0) / total
-    # Tolerance so that an exact split (e.g. 90% in the top singular value) is not missed.
-    k = int(torch.searchsorted(cum, torch.tensor(energy * (1.0 - 1e-12), dtype=torch.float64))) + 1
-    return {"stable_rank": total / float(s2[0]), key: min(k, int(s2.numel()))}
-
-
-def _f64_delta(a, b, name: str) -> torch.Tensor:
-    ta, tb = _as_tensor(a, name), _as_tensor(b, name)
-    if tuple(ta.shape) != tuple(tb.shape):
-        raise LayerProbeError(
-            f"parameter {name!r}: shape mismatch, before {tuple(ta.shape)} vs after {tuple(tb.shape)}"
-        )
-    return tb.to(device="cpu", dtype=torch.float64) - ta.to(device="cpu", dtype=torch.float64)
-
-
-def matrix_updates(w0: Mapping, w1: Mapping, energy: float = 0.9) -> dict[str, dict]:
-    """Rank of the update of every parameter with ≥ 2 dims.
-
-    Args:
-        w0: name → tensor before.
-        w1: name → tensor after (same names and shapes).
-        energy: energy fraction for the ``rank90`` key (see :func:`update_rank`).
-
-    Returns:
-        ``{name: {"shape": tuple, "stable_rank": float, "rank90": int}}`` in the order of ``w0``.
-
-    >>> import torch
-    >>> w0 = {"q.weight": torch.zeros(3, 3), "q.bias": torch.zeros(3)}
-    >>> w1 = {"q.weight": torch.eye(3), "q.bias": torch.ones(3)}
-    >>> matrix_updates(w0, w1)
-    {'q.weight': {'shape': (3, 3), 'stable_rank': 3.0, 'rank90': 3}}
-    """
-    out = {}
-    for name, a, b in _pairs(w0, w1):
-        if _as_tensor(a, name).ndim < 2:
-            if tuple(_as_tensor(a, name).shape) != tuple(_as_tensor(b, name).shape):
-                _f64_delta(a, b, name)  # raises the shape error
-            continue
-        r = update_rank(_f64_delta(a, b, name), energy)
-        out[name] = {"shape": tuple(_as_tensor(a, name).shape), **r}
-    return out
 
 
 def block_anatomy(w0: Mapping, w1: Mapping, with_rank: bool = True) -> dict[str, dict]:

@@ -1,0 +1,101 @@
+"""Shape of an update ΔW = W1 − W0: its effective rank (float64 singular values)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import torch
+
+from layerprobe.errors import LayerProbeError
+from layerprobe.metrics._weights import _as_tensor, _pairs
+
+__all__ = ["matrix_updates", "update_rank"]
+
+
+def _rank_key(energy: float) -> str:
+    return f"rank{energy * 100:g}"
+
+
+def update_rank(delta, energy: float = 0.9) -> dict | None:
+    """Effective rank of an update ΔW = W1 − W0 (float64 singular values).
+
+    ``stable_rank`` = ‖ΔW‖²_F / ‖ΔW‖²₂ (between 1 and rank; 0.0 for ΔW = 0). ``rank90`` is the
+    smallest k whose top-k singular values hold at least ``energy`` of Σσ²; the key is
+    ``f"rank{energy*100:g}"`` (``rank90`` for the default 0.9, ``rank99`` for 0.99); 0 for
+    ΔW = 0. Tensors with more than 2 dims (conv kernels) are reshaped to (out, −1).
+
+    Args:
+        delta: the update, shape (out, in) or (out, ...); 1-D or 0-D → not applicable.
+        energy: energy fraction in (0, 1].
+
+    Returns:
+        ``{"stable_rank": float, "rank90": int}``, or None for a 1-D/0-D tensor. Non-finite
+        updates give ``{"stable_rank": nan, "rank90": None}`` with a RuntimeWarning.
+
+    >>> import torch
+    >>> d = torch.outer(torch.tensor([1.0, 0, 0]), torch.tensor([3.0, 0])) + \\
+    ...     torch.outer(torch.tensor([0, 1.0, 0]), torch.tensor([0, 1.0]))
+    >>> update_rank(d)
+    {'stable_rank': 1.1111111111111112, 'rank90': 1}
+    >>> update_rank(torch.zeros(4)) is None
+    True
+    """
+    if not 0.0 < energy <= 1.0:
+        raise LayerProbeError(f"energy must be in (0, 1], got {energy=}")
+    t = _as_tensor(delta, "delta")
+    key = _rank_key(energy)
+    if t.ndim < 2:
+        return None
+    m = t.to(device="cpu", dtype=torch.float64).reshape(t.shape[0], -1)
+    if m.numel() == 0:
+        return {"stable_rank": 0.0, key: 0}
+    if not bool(torch.isfinite(m).all()):
+        warnings.warn("update_rank: update contains NaN or Inf", RuntimeWarning, stacklevel=2)
+        return {"stable_rank": float("nan"), key: None}
+    s2 = torch.linalg.svdvals(m) ** 2
+    total = float(s2.sum())
+    if total == 0.0:
+        return {"stable_rank": 0.0, key: 0}
+    cum = torch.cumsum(s2, dim=0) / total
+    # Tolerance so that an exact split (e.g. 90% in the top singular value) is not missed.
+    k = int(torch.searchsorted(cum, torch.tensor(energy * (1.0 - 1e-12), dtype=torch.float64))) + 1
+    return {"stable_rank": total / float(s2[0]), key: min(k, int(s2.numel()))}
+
+
+def _f64_delta(a, b, name: str) -> torch.Tensor:
+    ta, tb = _as_tensor(a, name), _as_tensor(b, name)
+    if tuple(ta.shape) != tuple(tb.shape):
+        raise LayerProbeError(
+            f"parameter {name!r}: shape mismatch, before {tuple(ta.shape)} vs after {tuple(tb.shape)}"
+        )
+    return tb.to(device="cpu", dtype=torch.float64) - ta.to(device="cpu", dtype=torch.float64)
+
+
+def matrix_updates(w0: Mapping, w1: Mapping, energy: float = 0.9) -> dict[str, dict]:
+    """Rank of the update of every parameter with ≥ 2 dims.
+
+    Args:
+        w0: name → tensor before.
+        w1: name → tensor after (same names and shapes).
+        energy: energy fraction for the ``rank90`` key (see :func:`update_rank`).
+
+    Returns:
+        ``{name: {"shape": tuple, "stable_rank": float, "rank90": int}}`` in the order of ``w0``.
+
+    >>> import torch
+    >>> w0 = {"q.weight": torch.zeros(3, 3), "q.bias": torch.zeros(3)}
+    >>> w1 = {"q.weight": torch.eye(3), "q.bias": torch.ones(3)}
+    >>> matrix_updates(w0, w1)
+    {'q.weight': {'shape': (3, 3), 'stable_rank': 3.0, 'rank90': 3}}
+    """
+    out = {}
+    for name, a, b in _pairs(w0, w1):
+        if _as_tensor(a, name).ndim < 2:
+            if tuple(_as_tensor(a, name).shape) != tuple(_as_tensor(b, name).shape):
+                _f64_delta(a, b, name)  # raises the shape error
+            continue
+        r = update_rank(_f64_delta(a, b, name), energy)
+        assert r is not None  # ≥ 2 dims
+        out[name] = {"shape": tuple(_as_tensor(a, name).shape), **r}
+    return out
