@@ -50,7 +50,7 @@ print(len(train), "train,", len(test), "test,", len(probe), "probe")
 # mean pooling over real tokens (padding excluded) and copies the weights.
 
 # %%
-from layerprobe.demo import default_model_path, load_classifier
+from layerprobe.shipped import default_model_path, load_classifier
 from layerprobe.snapshot import take_snapshot
 from layerprobe.train import TrainConfig, evaluate, fine_tune
 

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 from layerprobe._atomic import atomic_write_text  # noqa: E402
-from layerprobe.demo import DemoConfig, default_model_path, load_classifier, split_rotten_tomatoes  # noqa: E402
+from layerprobe.shipped import default_model_path, load_classifier, rotten_tomatoes_splits  # noqa: E402
 from layerprobe.track import DEFAULT_EVERY_N_STEPS, DEFAULT_PROBE_SIZE, Tracker  # noqa: E402
 from layerprobe.train import TrainConfig, fine_tune  # noqa: E402
 
@@ -47,8 +47,7 @@ def main(argv=None) -> int:
     steps = 4 if args.smoke else args.steps
     repeats = 1 if args.smoke else args.repeats
     n_train = steps * args.batch_size
-    train, _, probe = split_rotten_tomatoes(DemoConfig(train_size=n_train, test_size=200,
-                                                       probe_size=DEFAULT_PROBE_SIZE))
+    train, _, probe = rotten_tomatoes_splits(n_train, 200, DEFAULT_PROBE_SIZE)
     texts, labels = train["text"].tolist(), train["label"].tolist()
     probe_texts = probe["text"].tolist()
     cfg = TrainConfig(epochs=1.0, batch_size=args.batch_size, max_length=64, seed=0)
