@@ -184,15 +184,17 @@ def series_csv(rows: list[dict]) -> str:
 
 
 def write_series(rows: list[dict], final: Any, out: str | os.PathLike, title: str | None = None) -> list[str]:
-    """Write ``trajectory.csv``, ``trajectory.png`` and ``comparison.json`` into ``out`` (atomically)."""
+    """Write ``trajectory.csv``, ``trajectory.png`` and ``comparison.json`` into ``out``: the three
+    files are built in a temporary sibling directory and appear together, or not at all."""
     import pandas as pd
 
-    from ._atomic import atomic_write_text
+    from ._atomic import atomic_output_dir, atomic_write_text
     from .trajectory_plot import plot_trajectory
 
-    out = os.fspath(out)
-    os.makedirs(out, exist_ok=True)
-    written = [atomic_write_text(os.path.join(out, TRAJECTORY_FILE), series_csv(rows)),
-               atomic_write_text(os.path.join(out, "comparison.json"), final.to_json())]
-    written.append(plot_trajectory(pd.DataFrame(rows), os.path.join(out, "trajectory.png"), title=title))
-    return written
+    out = os.path.abspath(os.fspath(out))
+    names = [TRAJECTORY_FILE, "comparison.json", "trajectory.png"]
+    with atomic_output_dir(out) as tmp:
+        atomic_write_text(os.path.join(tmp, TRAJECTORY_FILE), series_csv(rows))
+        atomic_write_text(os.path.join(tmp, "comparison.json"), final.to_json())
+        plot_trajectory(pd.DataFrame(rows), os.path.join(tmp, "trajectory.png"), title=title)
+    return [os.path.join(out, n) for n in names]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -83,3 +84,20 @@ def test_step_from_name_state_or_position(tmp_path):
     assert checkpoint_step(tmp_path / "checkpoint-500", 1) == 500
     assert checkpoint_step(tmp_path / "x", 1) == 7
     assert checkpoint_step(tmp_path / "y.pt", 3) == 3
+
+
+def test_series_output_appears_together_or_not_at_all(run, tmp_path, monkeypatch):
+    import layerprobe.trajectory_plot as tp
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "trajectory.csv").write_text("old\n")
+    ckpts = [str(run / "run" / f"checkpoint-{s}") for s in (10, 20)]
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # interrupted after the first two files were written
+
+    monkeypatch.setattr(tp, "plot_trajectory", boom)
+    assert main(["compare", str(run / "base"), *ckpts, "--out", str(out)]) == 130
+    assert sorted(os.listdir(out)) == ["trajectory.csv"] and (out / "trajectory.csv").read_text() == "old\n"
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary directory left behind
