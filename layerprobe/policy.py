@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -24,6 +25,10 @@ from .blocks import Blocks
 from .errors import LayerProbeError
 from .freeze import freeze, trainable_parameters
 from .options import CSV_OPTIONS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .prefix_cache import PrefixCache
+    from .recommend import Thresholds
 
 __all__ = ["LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
 
@@ -200,17 +205,17 @@ class AutoFreezePolicy:
         cache_dtype: storage dtype of the cache (``torch.float32`` if None).
     """
 
-    thresholds: object | None = None
+    thresholds: Thresholds | None = None
     settle: float = 0.5
     patience: int = 2
     warmup_checks: int = 2
     cache: bool = True
-    cache_dtype: object | None = None
+    cache_dtype: Any = None
     wait_for_lr_peak: bool = True
     log: list[dict] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
     freeze_steps: dict[str, int] = field(default_factory=dict)
-    prefix_cache: object | None = field(default=None, repr=False)
+    prefix_cache: PrefixCache | None = field(default=None, repr=False)
     _checks: int = field(default=0, repr=False)
     _last_rate: float = field(default=math.nan, repr=False)
     _lr_peaked: bool = field(default=False, repr=False)

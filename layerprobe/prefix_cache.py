@@ -177,8 +177,8 @@ class PrefixCache:
             mask = torch.ones_like(ids)
         if not torch.is_tensor(mask) or mask.shape != ids.shape:
             return None
-        extra = [kwargs.get(n) for n in ("token_type_ids", "position_ids")]
-        extra = [t for t in extra if torch.is_tensor(t) and t.shape == ids.shape]
+        extra: list[torch.Tensor] = [t for t in (kwargs.get(n) for n in ("token_type_ids", "position_ids"))
+                                     if torch.is_tensor(t) and t.shape == ids.shape]
         keys, runs = [], []
         ids_c, mask_c = ids.detach().cpu(), mask.detach().cpu()
         extra_c = [t.detach().cpu() for t in extra]

@@ -95,8 +95,8 @@ def _qualifies(entry: dict, t: Thresholds, basis: str, top: float = math.nan) ->
         if cka is None or not math.isfinite(cka):
             return False, "CKA undefined"
         ci = entry.get("cka_ci")
-        use_low = t.use_interval and ci and ci[0] is not None and math.isfinite(ci[0])
-        value = ci[0] if use_low else cka
+        use_low = bool(t.use_interval and ci and ci[0] is not None and math.isfinite(ci[0]))
+        value = ci[0] if (use_low and ci) else cka
         what = f"{_fmt_cka(entry)}: lower bound {value:.3f}" if use_low else _fmt_cka(entry)
         if t.min_cka is not None:
             ok = value >= t.min_cka
