@@ -90,3 +90,29 @@ def test_streaming_merge_with_different_shifts():
     assert a.merge(b).compute() == pytest.approx(ref_linear(x, y), rel=1e-10)
     assert a.n == 600
     assert streaming.StreamingCKA().merge(a).compute() == pytest.approx(ref_linear(x, y), rel=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_maps_of_low_precision_tensors_equal_reference(dtype):
+    """The map's own centring (range and first mean read in the input dtype, float64 residual
+    mean) gives the float64 reference, also with a large common offset."""
+    xs = [torch.from_numpy(r).to(dtype) for r in reps(3, 90, [5, 8, 3], offset=40.0)]
+    ref = np.array([[ref_linear(a.double().numpy(), b.double().numpy()) for b in xs] for a in xs])
+    np.testing.assert_allclose(cka_matrix(xs), ref, rtol=0, atol=1e-12)
+    m = cka_maps(xs, [2.0 * x.float() + 1.0 for x in xs])  # CKA ignores offsets and isotropic scaling
+    for key in ("xx", "xy", "yy"):
+        np.testing.assert_allclose(m[key], ref, rtol=0, atol=1e-12)
+
+
+def test_map_centring_reports_and_survives_extremes():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((50, 4))).float()
+    big = x * 3e37  # finite in float32, but a float32 column sum overflows
+    tiny = x * 1e-30
+    nan = x.clone()
+    nan[3, 1] = float("nan")
+    const = torch.ones(50, 4)
+    with pytest.warns(Warning, match="NaN or Inf.*constant|constant.*NaN or Inf"):
+        m = cka_matrix([x, big, tiny, nan, const])
+    np.testing.assert_allclose(m[:3, :3], 1.0, atol=1e-12)  # scale invariant, no overflow
+    assert np.isnan(m[3]).all() and np.isnan(m[4]).all()

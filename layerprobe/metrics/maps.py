@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.metrics._core import as_f64, clip01, prepare, undefined
+from layerprobe.metrics._core import as_f64, clip01, column_range, constant_columns, prepare, undefined
 from layerprobe.metrics._gram import _blocks, gram_inner
 
 __all__ = ["cka_maps", "cka_matrix"]
@@ -55,17 +55,56 @@ def _check_list_shapes(lists: dict[str, list]) -> int:
     return n
 
 
+def _centre_into(view: torch.Tensor, src: torch.Tensor, name: str) -> str | None:
+    """Centre ``src`` (a float CPU tensor of any precision) into the float64 ``view`` as
+    :func:`~layerprobe.metrics._core.centre` does, in fewer passes over memory; return why the
+    item is undefined, or None.
+
+    The column range (constant columns) and a first mean are read from ``src`` in its own dtype;
+    the mean of the float64 residual then centres to float64 rounding whatever the first mean's
+    error. NaN/Inf show in that residual mean, a constant item in the range, so no norm pass is
+    needed; CKA is scale invariant, so the item is rescaled only where its size could overflow
+    the fourth powers of the Gram inner products.
+    """
+    shape = tuple(src.shape)
+    if shape[1] == 0:
+        view.zero_()
+        return f"{name} is constant (zero variance after centring), {name}.shape={shape}"
+    lo, hi = column_range(src)
+    const = constant_columns(lo, hi)
+    mean = src.mean(dim=0)  # in src's dtype: cheap, and only a first guess
+    if not bool(torch.isfinite(mean).all()):  # e.g. float32 overflow of large finite values
+        mean = src.to(torch.float64).mean(dim=0)
+    view.copy_(src).sub_(mean.to(torch.float64))
+    resid = view.mean(dim=0, keepdim=True)
+    if not bool(torch.isfinite(resid).all()):
+        return f"{name} contains NaN or Inf"
+    view.sub_(resid)
+    if bool(const.all()):
+        return f"{name} is constant (zero variance after centring), {name}.shape={shape}"
+    if bool(const.any()):
+        view[:, const] = 0.0
+    size = float(torch.maximum(lo.abs(), hi.abs()).max())
+    if not 1e-25 < size < 1e25:
+        view.div_(torch.linalg.vector_norm(view))
+    return None
+
+
 def _centred_block(items: list, names: list[str], n: int, reasons: list[str]):
-    """Z (n × Σd, float64) with each item centred and scaled to unit norm in its column slice;
-    the column offsets; and which items are defined."""
+    """Z (n × Σd, float64) with each item centred in its column slice; the column offsets; and
+    which items are defined."""
     widths = [_shape(t)[1] for t in items]
     offs = np.concatenate([[0], np.cumsum(widths)]).astype(int)
     z = torch.empty(n, int(offs[-1]), dtype=torch.float64)
     ok = []
     for k, (t, name) in enumerate(zip(items, names)):
         view = z[:, offs[k]:offs[k + 1]]
-        view.copy_(t.detach().to("cpu") if isinstance(t, torch.Tensor) else as_f64(t, name))
-        _, why = prepare(view, name, inplace=True)
+        src = t.detach().to("cpu") if isinstance(t, torch.Tensor) else None
+        if src is not None and src.is_floating_point():
+            why = _centre_into(view, src, name)
+        else:
+            view.copy_(src if src is not None else as_f64(t, name))
+            _, why = prepare(view, name, inplace=True)
         if why:
             reasons.append(why)
         ok.append(why is None)
