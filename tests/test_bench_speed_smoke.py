@@ -33,3 +33,10 @@ def test_bench_startup_quick(tmp_path):
     run("bench_startup.py", tmp_path)
     r = json.loads((tmp_path / "startup_quick.json").read_text())
     assert r["best_s"]["import layerprobe"] > 0 and "import_over_torch_transformers" in r
+
+
+def test_bench_snapshot_compare_quick(tmp_path):
+    run("bench_snapshot_compare.py", tmp_path)
+    r = json.loads((tmp_path / "snapshot_compare_quick.json").read_text())
+    assert r["cases"]["snapshot"]["file_mb"] > r["cases"]["snapshot"]["representations_mb"] > 0
+    assert r["compare_over_two_forwards"] > 0 and "compare A B --probe" in (tmp_path / "snapshot_compare_quick.md").read_text()
