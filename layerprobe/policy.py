@@ -162,6 +162,15 @@ class FreezePolicy:
 # Same-run auto freeze
 # --------------------------------------------------------------------------------------------
 
+#: The default rule of the same-run policy: the relative rule (an entry's change at most 5% of the top
+#: block's). The absolute rule (CKA to the start >= 0.95) is not stable early in a run — at 5–20% of it
+#: every block is still near CKA 1 and it advises freezing all but the top block or two (freeze study,
+#: advice_timing.csv); in the Trainer benchmark it froze embeddings + 4 blocks at 21% of the run and lost
+#: 6.7% accuracy. The profile relative to the top block is stable from the first checks on. 0.05 is the
+#: cautious end of what the study's seed-0 runs support; the study's fitted rule (analyses/results/rule.json)
+#: replaces it once the three-seed runs land.
+DEFAULT_AUTO_RULE = {"min_cka": None, "max_relative_change": 0.05, "use_interval": False}
+
 LOG_COLUMNS = ("step", "block", "cka_to_start", "change", "lr_sum", "speed", "peak_speed", "advised_streak",
                "settled_streak", "action", "reason", "frozen_prefix", "trainable_params")
 
@@ -195,7 +204,7 @@ class AutoFreezePolicy:
     Every decision for every entry is appended to :attr:`log` (:data:`LOG_COLUMNS`).
 
     Args:
-        thresholds: the static rule's knobs (default :class:`~layerprobe.recommend.Thresholds`).
+        thresholds: the rule's knobs (default :data:`DEFAULT_AUTO_RULE`: the relative rule, 5%).
         settle: fraction of its own peak speed below which an entry counts as settled.
         patience: consecutive checks an entry must be advised and settled before it freezes.
         warmup_checks: checks (after the start) that only observe (the profile is not formed yet).
@@ -228,7 +237,7 @@ class AutoFreezePolicy:
         from .recommend import Thresholds
 
         if self.thresholds is None:
-            self.thresholds = Thresholds()
+            self.thresholds = Thresholds(**DEFAULT_AUTO_RULE)
         if not (0 < self.settle <= 1 and math.isfinite(self.settle)):
             raise LayerProbeError(f"settle must be in (0, 1], got {self.settle=}")
         if int(self.patience) < 1:
