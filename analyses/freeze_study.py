@@ -154,11 +154,11 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
             if method == "full" else None
         policy = None
         if method == "auto":
-            from layerprobe.policy import AutoFreezePolicy
+            from layerprobe.policy import DEFAULT_AUTO_RULE, AutoFreezePolicy
             from layerprobe.recommend import Thresholds
 
             opts = dict(auto_options or {})
-            policy = AutoFreezePolicy(thresholds=Thresholds(**opts.pop("thresholds", {})), **opts)
+            policy = AutoFreezePolicy(thresholds=Thresholds(**opts.pop("thresholds", DEFAULT_AUTO_RULE)), **opts)
         tracker = Tracker(model, tok, probe_texts[: b.track_probe_size], every_n_steps=check_every,
                           max_length=b.max_length, blocks=blocks, freeze_policy=policy,
                           lr_schedule=lambda s: b.lr * _lr_factor(s, total_steps, warm_steps))
@@ -397,6 +397,8 @@ def _auto_options(out: str) -> dict:
         return {}
     with open(path) as fh:
         rule = json.load(fh)
+    if not rule.get("fit"):  # no rule fit yet: the policy's own default (the relative rule)
+        return dict(rule.get("auto", {}))
     return {"thresholds": rule["thresholds"], **rule.get("auto", {})}
 
 

@@ -257,7 +257,8 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     # auto runs follow the rule as it stood when they ran: keep only those run with the current rule
     def current(r) -> bool:
         opts = r.get("auto_options") if isinstance(r.get("auto_options"), dict) else {}
-        return r["method"] != "auto" or opts.get("thresholds", asdict(Thresholds())) == _clean(asdict(t))
+        want = _clean(asdict(t)) if rule else None  # unfit: the runs used the policy's default rule
+        return r["method"] != "auto" or opts.get("thresholds") == want
 
     runs = runs[runs.apply(current, axis=1)]
     info = {}
