@@ -169,7 +169,7 @@ class FreezePolicy:
 #: 6.7% accuracy. The profile relative to the top block is stable from the first checks on. 0.05 is the
 #: cautious end of what the study's seed-0 runs support; the study's fitted rule (analyses/results/rule.json)
 #: replaces it once the three-seed runs land.
-DEFAULT_AUTO_RULE = {"min_cka": None, "max_relative_change": 0.05, "use_interval": False}
+DEFAULT_AUTO_RULE: dict[str, Any] = {"min_cka": None, "max_relative_change": 0.05, "use_interval": False}
 
 LOG_COLUMNS = ("step", "block", "cka_to_start", "change", "lr_sum", "speed", "peak_speed", "advised_streak",
                "settled_streak", "action", "reason", "frozen_prefix", "trainable_params")
