@@ -39,7 +39,7 @@ for p in (ROOT, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from freeze_study import BUDGETS, LR_GRID, N_BLOCKS, SMOKE_BUDGETS, SMOKE_LR_GRID, config_name  # noqa: E402
+from freeze_study import BUDGETS, LR_GRID, N_BLOCKS, SMOKE_BUDGETS, SMOKE_LR_GRID, _clean, config_name  # noqa: E402
 
 from layerprobe._atomic import atomic_write_text  # noqa: E402
 from layerprobe.recommend import Thresholds, recommend  # noqa: E402
@@ -394,20 +394,6 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
                  f"{_pct(np.mean(rel) if rel else None)} | {g.train_cpu_seconds.mean():.0f} | "
                  f"{_pct(np.mean(sav) if sav else None, 0)} | {g.train_seconds.mean():.0f} | {g.epochs.mean():.2f} |")
     return "\n".join(L) + "\n"
-
-
-def _clean(x):
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def main(argv=None) -> int:
