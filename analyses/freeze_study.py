@@ -352,7 +352,7 @@ def main(argv=None) -> int:
             for seed in seeds:
                 if stage == "full" and seed != 0:
                     steps.append(("full", None, seed, None))
-                elif stage == "fixed" and seed != 0:
+                elif stage == "fixed":  # seed 0 again: its scan above may have run at a provisional lr
                     steps += [("fixed", None, seed, k) for k in _fixed_order(out, task, fixed_ks)]
                 elif stage == "auto":
                     steps.append(("auto", None, seed, None))
