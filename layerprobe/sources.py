@@ -260,10 +260,12 @@ def resolve_side(
         side.meta["source"] = {"path": path, "kind": "hf_dir"}
         _add_progress(side, path)
         return side
-    if os.path.isdir(path):
+    if os.path.isdir(path) and os.path.lexists(os.path.join(path, "config.json")):
         from .guards import check_model_dir
 
-        check_model_dir(path)  # weights only, but the config still names what the weights are
+        check_model_dir(path)  # weights only, but a config present still has to agree with the weights
+    # a directory of weight shards without config.json is compared weights-only: open_checkpoint
+    # checks every shard header and that the index names files inside the directory
     source: TensorSource | None = None
     if os.path.isfile(path) and not path.endswith(".safetensors"):
         kind, obj = load_pt_or_snapshot(path)  # loaded once, safely

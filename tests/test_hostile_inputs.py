@@ -381,3 +381,26 @@ def test_fuzz_every_file_kind_fast(f, tmp_path, capsys, monkeypatch, kind):
 @pytest.mark.parametrize("kind", FUZZ_KINDS)
 def test_fuzz_every_file_kind(f, tmp_path, capsys, monkeypatch, kind):
     _fuzz(kind, 60)(f, tmp_path, capsys, monkeypatch)
+
+
+# --------------------------------------------- weight shards without config.json (weights-only)
+
+def test_configless_shard_dir_compares_weights_only(f, capsys, monkeypatch, tmp_path):
+    """A directory of weights without config.json is compared weights-only (nothing to build or run)."""
+    d = variant(f, "configless", drop=("config.json",), files={"evil.py": _evil(f)})
+    out = tmp_path / "c"
+    rc, _, err = run(["compare", d, f["good"], "--out", out, "--quiet"], capsys, monkeypatch)
+    assert rc == 0, err
+    rep = json.loads((out / "comparison.json").read_text())
+    assert len(rep["blocks"]) == 5  # embeddings + the tiny model's 4 blocks
+    assert all(b["weight_drift"] == 0.0 and b["weight_cosine"] == pytest.approx(1.0) for b in rep["blocks"])
+    assert all(b["cka"] is None for b in rep["blocks"])  # weights only: no representations
+    assert not f["marker"].exists()
+
+
+@pytest.mark.parametrize("case", ["index_leaving_dir", "corrupt_safetensors"])
+def test_configless_bad_weights_refused(f, capsys, monkeypatch, tmp_path, case):
+    spec = MODEL_DIRS[case]
+    d = variant(f, f"configless_{case}", drop=(*spec.get("drop", ()), "config.json"), files=spec["files"])
+    rc, _, err = run(["compare", d, f["good"], "--quiet"], capsys, monkeypatch)
+    assert_one_line(rc, err, os.path.basename(d))
