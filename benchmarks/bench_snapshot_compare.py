@@ -25,25 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+
+from _subcase import hwm_kb, run_in_subprocess  # benchmarks/ is on sys.path when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 FULL = dict(layers=12, hidden=768, heads=12, inter=3072, texts=512)
 QUICK = dict(layers=2, hidden=64, heads=2, inter=128, texts=32)
-
-
-def _hwm_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def build(work: str, size: dict) -> tuple[str, str, str]:
@@ -80,7 +72,7 @@ def run_case(kind: str, a: str, b: str, probe: str, out: str) -> dict:
             f.write("5")
     except OSError:
         pass
-    base_kb = _hwm_kb()
+    base_kb = hwm_kb()
     t0 = time.perf_counter()
     extra: dict = {}
     if kind == "forward":
@@ -126,18 +118,13 @@ def run_case(kind: str, a: str, b: str, probe: str, out: str) -> dict:
             rc = cli_main(["compare", a, b, "--probe", probe, "--format", "json", "--quiet"])
         assert rc == 0
         extra = {"json_keys": sorted(json.loads(buf.getvalue()))[:8]}
-    return {"kind": kind, "wall_s": time.perf_counter() - t0, "peak_rss_mb": _hwm_kb() / 1024,
+    return {"kind": kind, "wall_s": time.perf_counter() - t0, "peak_rss_mb": hwm_kb() / 1024,
             "import_rss_mb": base_kb / 1024, **extra}
 
 
 def _sub(kind: str, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--case", kind, *args],
-                       capture_output=True, text=True, env=env, timeout=1800)
-    if r.returncode:
-        raise SystemExit(f"case {kind} failed: {r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_in_subprocess(__file__, kind, *args, timeout=1800,
+                             env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 
 def main(argv=None) -> int:

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     reps = 2 if args.quick else args.reps
     best: dict[str, float] = {}
     torch_loaded = None
-    for name, cmd in CASES.items():  # warm the file cache once
+    for cmd in CASES.values():  # warm the file cache once
         measure(cmd)
     for _ in range(reps):
         for name, cmd in CASES.items():

@@ -16,7 +16,6 @@ from layerprobe.metrics.cka import (
     CKAUndefinedWarning,
     StreamingCKA,
     bootstrap_cka,
-    cka_maps,
     cka_matrix,
     debiased_cka,
     linear_cka,
