@@ -51,7 +51,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -243,10 +243,17 @@ class Tracker:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _model_blocks(self) -> tuple[nn.Module, Blocks]:
+        """The tracked model and its entries, both set by :meth:`start`."""
+        if self.model is None or self.blocks is None:
+            raise LayerProbeError("call Tracker.start() before training (step 0 is the reference)")
+        return self.model, self.blocks
+
     def _entry_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        out: dict[str, list[tuple[str, nn.Parameter]]] = {n: [] for n in self.blocks.names}
-        for name, p in self.model.named_parameters():
-            e = self.blocks.entry_of(name)
+        model, blocks = self._model_blocks()
+        out: dict[str, list[tuple[str, nn.Parameter]]] = {n: [] for n in blocks.names}
+        for name, p in model.named_parameters():
+            e = blocks.entry_of(name)
             if e is not None:
                 out[e.name].append((name, p))
         return out
@@ -255,10 +262,12 @@ class Tracker:
         return {e: [(n, p.detach().to("cpu", copy=True)) for n, p in ps] for e, ps in self._entry_params().items()}
 
     def _drift(self) -> dict[str, float]:
+        start_weights = self._start_weights
+        assert start_weights is not None  # copied by start() before its first check
         out = {}
         for entry, params in self._entry_params().items():
             acc = DriftAccumulator(chunk=_DRIFT_CHUNK)
-            for (name, p), (_, w0) in zip(params, self._start_weights[entry]):
+            for (name, p), (_, w0) in zip(params, start_weights[entry]):
                 acc.add(name, w0, p.detach())
             out[entry] = acc.result()["weight_drift"]
         return out
@@ -266,8 +275,9 @@ class Tracker:
     def _frozen_prefix(self) -> list[str]:
         """Entries of the frozen bottom prefix (every parameter frozen, and every entry below too)."""
         params = self._entry_params()
+        _, blocks = self._model_blocks()
         out = []
-        for name in self.blocks.names:
+        for name in blocks.names:
             ps = params[name]
             if ps and all(not p.requires_grad for _, p in ps):
                 out.append(name)
@@ -276,21 +286,26 @@ class Tracker:
         return out
 
     def _record(self, step: int, t0: float) -> None:
-        reps, _ = run_probe(self.model, self.examples, self.blocks, self.pooling, None, self.batch_size,
+        model, blocks = self._model_blocks()
+        reps, _ = run_probe(model, self.examples, blocks, self.pooling, None, self.batch_size,
                             pad_id(self.tokenizer), self.progress)
         first = self._start_reps is None
-        if first:
+        if self._start_reps is None:
             self._start_reps = reps
         elif self._prev_reps is not None:
             # a frozen prefix cannot change: carry its representations (a prefix cache may stand in for it)
             for name in self._frozen_prefix():
                 reps[name] = self._prev_reps[name]
+        start_reps = self._start_reps
         lr_sum = 0.0 if first else self._lr_since_last(step)
         drift = self._drift()
-        rows, changes = [], {}
-        for name in self.blocks.names:
-            to_start = linear_cka(self._start_reps[name], reps[name])
-            to_prev = math.nan if first else linear_cka(self._prev_reps[name], reps[name])
+        rows: list[dict[str, Any]] = []
+        changes: dict[str, float] = {}
+        prev_reps = None if first else self._prev_reps
+        assert first or prev_reps is not None, "a check after the first one follows a recorded check"
+        for name in blocks.names:
+            to_start = linear_cka(start_reps[name], reps[name])
+            to_prev = math.nan if prev_reps is None else linear_cka(prev_reps[name], reps[name])
             changes[name] = 1.0 - to_prev
             rows.append({"step": int(step), "block": name, "cka_to_start": to_start, "cka_to_previous": to_prev,
                          "change": 1.0 - to_prev, "weight_drift": drift[name], "lr_sum": lr_sum})
@@ -299,9 +314,9 @@ class Tracker:
         if self.policy is not None and not first:
             observe = getattr(self.policy, "observe", None)
             if observe is not None:
-                observe(step, rows, self.model, self.blocks)
-            else:
-                self.policy.decide(step, changes, self.model, self.blocks)
+                observe(step, rows, model, blocks)
+            else:  # a FreezePolicy (an AutoFreezePolicy has observe)
+                cast("FreezePolicy", self.policy).decide(step, changes, model, blocks)
         params = self._entry_params()  # frozen = state after this check's policy decision
         for r in rows:
             r["frozen"] = all(not p.requires_grad for _, p in params[r["block"]])
@@ -331,11 +346,13 @@ class Tracker:
         if not rows:
             raise LayerProbeError("no check recorded yet: call Tracker.start() first")
         params = self._entry_params()
-        entries = [{"name": r["block"], "kind": "embeddings" if r["block"] == "embeddings" else "block",
-                    "n_params": sum(p.numel() for _, p in params[r["block"]]), "weight_drift": r["weight_drift"],
-                    "cka": r["cka_to_start"]} for r in rows]
+        model, _ = self._model_blocks()
+        entries: list[dict[str, Any]] = [
+            {"name": r["block"], "kind": "embeddings" if r["block"] == "embeddings" else "block",
+             "n_params": sum(p.numel() for _, p in params[r["block"]]), "weight_drift": r["weight_drift"],
+             "cka": r["cka_to_start"]} for r in rows]
         inside = sum(e["n_params"] for e in entries)
-        other = sum(p.numel() for p in self.model.parameters()) - inside
+        other = sum(p.numel() for p in model.parameters()) - inside
         return recommend(entries, thresholds, other_params=other)
 
     # -- output -------------------------------------------------------------------------------

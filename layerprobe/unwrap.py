@@ -10,6 +10,7 @@ in memory (``device_map`` disk/CPU offload puts them on the meta device) are rep
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     while seen < 8:  # a compiled DDP model is two wrappers deep; never loop forever
         seen += 1
         if is_peft(model):
-            model = model.get_base_model()
+            model = cast(Any, model).get_base_model()  # peft.PeftModel (duck-typed above)
             continue
         cls = type(model).__name__
         inner = None
@@ -99,7 +100,7 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
                 continue  # lora_A / lora_B / lora_embedding_*: the update, folded in below
             pname = rest[len("base_layer."):]
             t = _full(p.detach())
-            layer = lora[owner]
+            layer: Any = lora[owner]  # a peft LoRA layer, duck-typed by _lora_layers
             if pname == "weight" and not getattr(layer, "merged", False):
                 for adapter in layer.active_adapters:
                     if adapter in getattr(layer, "lora_A", {}) or adapter in getattr(layer, "lora_embedding_A", {}):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any, cast
 
+from torch import nn
 from transformers import TrainerCallback
 
 from ..blocks import Blocks
@@ -68,8 +70,8 @@ class LayerProbeCallback(TrainerCallback):
         if not auto_freeze and (settle is not None or patience is not None or thresholds is not None):
             raise LayerProbeError("LayerProbeCallback: thresholds/settle/patience configure auto_freeze=True")
         if auto_freeze:
-            kw = {k: v for k, v in (("thresholds", thresholds), ("settle", settle), ("patience", patience))
-                  if v is not None}
+            knobs = (("thresholds", thresholds), ("settle", settle), ("patience", patience))
+            kw: dict[str, Any] = {k: v for k, v in knobs if v is not None}
             freeze_policy = AutoFreezePolicy(cache=cache, **kw)
         self._auto_every = auto_freeze and every_n_steps is None
         self.tracker = Tracker(None, tokenizer, probe_texts, every_n_steps=every_n_steps, max_length=max_length,
@@ -77,7 +79,7 @@ class LayerProbeCallback(TrainerCallback):
         self.filename = filename
         self.output_dir: str | None = None
         self.is_main = True
-        self._model = None
+        self._model: nn.Module | None = None
         self._distributed = False
 
     @property
@@ -106,8 +108,8 @@ class LayerProbeCallback(TrainerCallback):
         if self._distributed and self.policy is not None:
             _check_ddp_freezing(args, model)
             if getattr(self.policy, "cache", False):  # the cache would stand in on rank 0 only
-                self.policy.cache = False
-        if self._auto_every and getattr(state, "max_steps", 0):
+                cast(AutoFreezePolicy, self.policy).cache = False  # FreezePolicy has no cache
+        if self._auto_every and bool(getattr(state, "max_steps", 0)):
             self.tracker.every_n_steps = max(1, int(state.max_steps) // 20)
         if self.is_main:  # only the main process measures and writes
             self.tracker.start(model, step=int(state.global_step))
@@ -138,11 +140,17 @@ class LayerProbeCallback(TrainerCallback):
         self._write()
         return control
 
+    def _trained_model(self) -> nn.Module:
+        """The model the Trainer passed to :meth:`on_train_begin`."""
+        if self._model is None:
+            raise LayerProbeError("LayerProbeCallback: on_train_begin has not run yet (no model)")
+        return self._model
+
     def _share_freezing(self) -> None:
         """Broadcast rank 0's frozen parameter names; every other rank freezes the same ones."""
         import torch.distributed as dist
 
-        model = self._model
+        model = self._trained_model()
         names = [[n for n, p in model.named_parameters() if not p.requires_grad] if self.is_main else None]
         dist.broadcast_object_list(names, src=0)
         frozen = set(names[0] or ())
@@ -156,9 +164,10 @@ class LayerProbeCallback(TrainerCallback):
     def _entries_of(self, names: set[str]) -> list[str]:
         from ..blocks import find_blocks
 
-        blocks = self.tracker.blocks or find_blocks(self._model)
+        model = self._trained_model()
+        blocks = self.tracker.blocks or find_blocks(model)
         self.tracker.blocks = blocks
-        params = blocks.group(n for n, _ in self._model.named_parameters())
+        params = blocks.group(n for n, _ in model.named_parameters())
         return [e for e, ps in params.items() if e != "other" and ps and all(p in names for p in ps)]
 
     def _order(self, name: str) -> int:

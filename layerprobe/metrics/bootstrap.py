@@ -136,6 +136,7 @@ def bootstrap_cka(
     if why_x or why_y:
         v = undefined("; ".join(w for w in (why_x, why_y) if w))
         return v, v
+    assert xc is not None and yc is not None  # prepare gives a tensor whenever it gives no reason
     k, l_ = xc @ xc.T, yc @ yc.T
     gid_t = torch.from_numpy(gid)
     values = []

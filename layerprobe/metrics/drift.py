@@ -365,6 +365,7 @@ def block_anatomy(w0: Mapping, w1: Mapping, with_rank: bool = True) -> dict[str,
         if group in largest:
             _, name, a, b = largest[group]
             r = update_rank(_f64_delta(a, b, name))
+            assert r is not None  # None only for < 2 dims; largest holds tensors with ≥ 2
             row.update(stable_rank=r["stable_rank"], rank90=r["rank90"], rank_param=name)
         out[group] = row
     return out

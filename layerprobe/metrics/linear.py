@@ -75,6 +75,7 @@ def linear_cka(x, y) -> float:
     yc, why_y = prepare(yf, "y", inplace=own_y)
     if why_x or why_y:
         return undefined("; ".join(w for w in (why_x, why_y) if w))
+    assert xc is not None and yc is not None  # prepare gives a tensor whenever it gives no reason
     g = gram_inner([xc, yc])
     return clip01(float(g[0, 1]) / math.sqrt(float(g[0, 0]) * float(g[1, 1])))
 
@@ -148,4 +149,5 @@ def debiased_cka(x, y) -> float:
     yc, why_y = prepare(yf, "y", inplace=own_y)
     if why_x or why_y:
         return undefined("; ".join(w for w in (why_x, why_y) if w))
+    assert xc is not None and yc is not None  # prepare gives a tensor whenever it gives no reason
     return _ratio(*_hsic1_terms(xc, yc), "debiased CKA")

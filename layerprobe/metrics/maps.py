@@ -171,7 +171,7 @@ def cka_matrix(xs: Sequence, ys: Sequence | None = None) -> np.ndarray:
     """
     symmetric = ys is None
     xs_l = list(xs)
-    ys_l = [] if symmetric else list(ys)
+    ys_l = [] if ys is None else list(ys)
     if not xs_l or (not symmetric and not ys_l):
         raise LayerProbeError(f"cka_matrix needs non-empty lists, got {len(xs_l)=}, {len(ys_l)=}")
     n = _check_list_shapes({"xs": xs_l} if symmetric else {"xs": xs_l, "ys": ys_l})

@@ -95,6 +95,7 @@ def rbf_cka(x, y, threshold: float = 0.5, max_n: int = 2048, seed: int = 0) -> f
     yc, why_y = prepare(y, "y")
     if why_x or why_y:
         return undefined("; ".join(w for w in (why_x, why_y) if w))
+    assert xc is not None and yc is not None  # prepare gives a tensor whenever it gives no reason
     k = _rbf_gram(xc, threshold)
     l_ = _rbf_gram(yc, threshold)
     if k is None or l_ is None:

@@ -48,7 +48,11 @@ class _Moments:
         self.sxx = torch.zeros(d1, d1, dtype=f64)
         self.syy = torch.zeros(d2, d2, dtype=f64)
         self.sxy = torch.zeros(d1, d2, dtype=f64)
-        self.lo_x = self.hi_x = self.lo_y = self.hi_y = None
+        # column ranges of the rows seen: all four are set by the first non-empty add (so when n > 0)
+        self.lo_x: torch.Tensor | None = None
+        self.hi_x: torch.Tensor | None = None
+        self.lo_y: torch.Tensor | None = None
+        self.hi_y: torch.Tensor | None = None
 
     @property
     def dims(self) -> tuple[int, int]:
@@ -76,14 +80,21 @@ class _Moments:
         self.n += n
         self._range(x, y)
 
+    def _ranges(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(lo_x, hi_x, lo_y, hi_y)``; only once rows were added (n > 0), which sets all four."""
+        lo_x, hi_x, lo_y, hi_y = self.lo_x, self.hi_x, self.lo_y, self.hi_y
+        assert lo_x is not None and hi_x is not None and lo_y is not None and hi_y is not None, "no rows added"
+        return lo_x, hi_x, lo_y, hi_y
+
     def _range(self, x: torch.Tensor, y: torch.Tensor) -> None:
         (lx, hx), (ly, hy) = column_range(x), column_range(y)
         lx, hx, ly, hy = (t.to(torch.float64) for t in (lx, hx, ly, hy))
         if self.lo_x is None:
             self.lo_x, self.hi_x, self.lo_y, self.hi_y = lx, hx, ly, hy
         else:
-            self.lo_x, self.hi_x = torch.minimum(self.lo_x, lx), torch.maximum(self.hi_x, hx)
-            self.lo_y, self.hi_y = torch.minimum(self.lo_y, ly), torch.maximum(self.hi_y, hy)
+            lo_x, hi_x, lo_y, hi_y = self._ranges()
+            self.lo_x, self.hi_x = torch.minimum(lo_x, lx), torch.maximum(hi_x, hx)
+            self.lo_y, self.hi_y = torch.minimum(lo_y, ly), torch.maximum(hi_y, hy)
 
     def merge(self, o: _Moments) -> None:
         """Fold in another accumulator's rows, moving its sums to this one's shift."""
@@ -96,11 +107,13 @@ class _Moments:
         self.s1x += o.s1x + o.n * dx
         self.s1y += o.s1y + o.n * dy
         self.n += o.n
+        o_lo_x, o_hi_x, o_lo_y, o_hi_y = o._ranges()  # o.n > 0
         if self.lo_x is None:
-            self.lo_x, self.hi_x, self.lo_y, self.hi_y = o.lo_x, o.hi_x, o.lo_y, o.hi_y
+            self.lo_x, self.hi_x, self.lo_y, self.hi_y = o_lo_x, o_hi_x, o_lo_y, o_hi_y
         else:
-            self.lo_x, self.hi_x = torch.minimum(self.lo_x, o.lo_x), torch.maximum(self.hi_x, o.hi_x)
-            self.lo_y, self.hi_y = torch.minimum(self.lo_y, o.lo_y), torch.maximum(self.hi_y, o.hi_y)
+            lo_x, hi_x, lo_y, hi_y = self._ranges()
+            self.lo_x, self.hi_x = torch.minimum(lo_x, o_lo_x), torch.maximum(hi_x, o_hi_x)
+            self.lo_y, self.hi_y = torch.minimum(lo_y, o_lo_y), torch.maximum(hi_y, o_hi_y)
 
     def cka(self, names: tuple[str, str] = ("x", "y")) -> float:
         """Linear CKA ``‖Cxy‖²_F / (‖Cxx‖_F ‖Cyy‖_F)`` of the rows seen (nan + warning if undefined)."""
@@ -114,7 +127,8 @@ class _Moments:
         cxx = self.sxx - self.n * torch.outer(mx, mx)
         cyy = self.syy - self.n * torch.outer(my, my)
         cxy = self.sxy - self.n * torch.outer(mx, my)
-        cx, cy = constant_columns(self.lo_x, self.hi_x), constant_columns(self.lo_y, self.hi_y)
+        lo_x, hi_x, lo_y, hi_y = self._ranges()  # n >= 2
+        cx, cy = constant_columns(lo_x, hi_x), constant_columns(lo_y, hi_y)
         if bool(cx.any()) or bool(cy.any()):
             cxx[cx, :] = 0.0
             cxx[:, cx] = 0.0
