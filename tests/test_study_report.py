@@ -91,3 +91,16 @@ def test_oracle_and_outcome_need_the_same_seed(cache):
     assert sr.outcome((False, 0), 0, full, fixed) == (1.0, 0.0)
     assert sr.outcome((True, 4), 1, full, fixed) == pytest.approx((0.97, 0.6))
     assert sr.outcome((True, 4), 7, full, fixed) is None
+
+
+def test_auto_probe_size_keeps_probe_passes_under_their_share():
+    """The auto run's probe costs at most AUTO_PROBE_SHARE of training compute, within [floor, cap]."""
+    for n_train in (50, 200, 1433, 4000, 100_000):
+        for checks in (1, 2, 4, 8):
+            n = fs.auto_probe_size(128, n_train, checks)
+            assert 32 <= n <= 128
+            share = n * checks / (3 * n_train)
+            assert share <= fs.AUTO_PROBE_SHARE + 1e-9 or n == 32
+            if n < 128:  # one more text would break the budget
+                assert (n + 1) * checks / (3 * n_train) > fs.AUTO_PROBE_SHARE or n == 32
+    assert fs.auto_probe_size(16, 64, 1) == 16  # the cap wins over the floor (smoke sizes)
