@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe_args(p, probe_required=False)
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--out", metavar="DIR", help="also write comparison.json, comparison.csv, groups.csv, blocks.png")
-    p.add_argument("--min-cka", type=float, default=0.95, help="freeze only entries with CKA >= this (default 0.95)")
+    p.add_argument("--min-cka", type=float, default=0.99,  # = Thresholds().min_cka (not imported here: start-up)
+                   help="freeze only entries with CKA >= this (default 0.99, fit by the freeze study)")
     p.add_argument("--max-drift", type=float, default=None,
                    help="also require relative weight drift <= this (the only criterion without CKA)")
     p.add_argument("--no-interval", action="store_true",

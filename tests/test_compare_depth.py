@@ -91,7 +91,7 @@ def test_ci_reason_uses_lower_bound(snaps):
     why = c.recommendation.reasons[frozen[0]]
     e = next(x for x in c.blocks if x["name"] == frozen[0])
     assert why == (f"freeze: CKA {e['cka']:.3f} [{e['cka_ci'][0]:.3f}, {e['cka_ci'][1]:.3f}]: "
-                   f"lower bound {e['cka_ci'][0]:.3f} >= 0.95")
+                   f"lower bound {e['cka_ci'][0]:.3f} >= 0.99")  # the default min_cka
 
 
 def test_ci_only_for_linear(snaps):

@@ -21,7 +21,7 @@ def entries(ckas, drifts=None, n=(100, 10, 10, 10, 10), cis=None):
 
 def test_prefix_stops_at_first_changed_block():
     # block.2 qualifies again, but sits above block.1 which must train: not frozen
-    r = recommend(entries([0.999, 0.97, 0.60, 0.99, 0.4]))
+    r = recommend(entries([0.999, 0.97, 0.60, 0.99, 0.4]), Thresholds(min_cka=0.95))
     assert r.freeze == ["embeddings", "block.0"]
     assert r.train == ["block.1", "block.2", "block.3"]
     assert r.reasons["block.0"].startswith("freeze: CKA 0.970")
@@ -49,9 +49,10 @@ def test_top_block_always_trains():
 def test_interval_lower_bound_is_used():
     cis = [[0.998, 1.0], [0.94, 0.99], [0.5, 0.7], [0.3, 0.5], [0.2, 0.3]]
     e = entries([0.999, 0.97, 0.6, 0.4, 0.3], cis=cis)
-    assert recommend(e).freeze == ["embeddings"]
-    assert "[0.940, 0.990]" in recommend(e).reasons["block.0"]
-    assert recommend(e, Thresholds(use_interval=False)).freeze == ["embeddings", "block.0"]
+    t = Thresholds(min_cka=0.95)
+    assert recommend(e, t).freeze == ["embeddings"]
+    assert "[0.940, 0.990]" in recommend(e, t).reasons["block.0"]
+    assert recommend(e, Thresholds(min_cka=0.95, use_interval=False)).freeze == ["embeddings", "block.0"]
 
 
 def test_drift_guard_and_drift_only():
@@ -117,3 +118,11 @@ def test_thresholds_refuse_nonsense(kw):
 
     with pytest.raises(LayerProbeError):
         Thresholds(**kw)
+
+
+def test_default_rule_is_the_study_fit():
+    """The default min_cka is the freeze study's Rotten Tomatoes fit (0.99 on the interval's lower end)."""
+    assert Thresholds() == Thresholds(min_cka=0.99, use_interval=True, min_train_blocks=1)
+    e = entries([0.9995, 0.995, 0.985, 0.6, 0.4], cis=[[0.999, 1.0], [0.992, 0.997], [0.98, 0.99], [0.5, 0.7],
+                                                       [0.3, 0.5]])
+    assert recommend(e).freeze == ["embeddings", "block.0"]  # block.1: lower bound 0.98 < 0.99
