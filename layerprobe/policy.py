@@ -162,12 +162,12 @@ class FreezePolicy:
 # Same-run auto freeze
 # --------------------------------------------------------------------------------------------
 
-#: The default rule of the same-run policy: the static advice's rule as fit by the freeze study on Rotten
-#: Tomatoes (CKA to the start >= 0.99; analyses/results/rule.json). Replayed on the study's recorded full
+#: The default rule of the same-run policy: the static advice's default (CKA to the start >= 0.99; the
+#: freeze study's fit on Rotten Tomatoes, docs/freeze_study.md). Replayed on the study's recorded full
 #: runs it freezes the embeddings + 1 block at 24% of every Rotten Tomatoes run and the embeddings at 24% of
 #: every BBC News run, the static advice at the end of each run. The earlier defaults were unsafe there: CKA
 #: >= 0.95 froze embeddings + 4 blocks at 21% of a Trainer run and kept 93.3% of full fine-tuning accuracy,
-#: and the relative rule at 5% advises embeddings + 2 blocks on Rotten Tomatoes (98.4% over three seeds).
+#: and the relative rule at 5% advises embeddings + 2 blocks on Rotten Tomatoes (98.7% over three seeds).
 DEFAULT_AUTO_RULE: dict[str, Any] = {"min_cka": 0.99, "max_relative_change": None, "use_interval": False}
 
 LOG_COLUMNS = ("step", "block", "cka_to_start", "change", "lr_sum", "speed", "peak_speed", "advised_streak",

@@ -121,7 +121,7 @@ def test_thresholds_refuse_nonsense(kw):
 
 
 def test_default_rule_is_the_study_fit():
-    """The default min_cka is the freeze study's Rotten Tomatoes fit (0.99 on the interval's lower end)."""
+    """The default min_cka is 0.99 on the interval's lower end (the freeze study's RT fit, docs/freeze_study.md)."""
     assert Thresholds() == Thresholds(min_cka=0.99, use_interval=True, min_train_blocks=1)
     e = entries([0.9995, 0.995, 0.985, 0.6, 0.4], cis=[[0.999, 1.0], [0.992, 0.997], [0.98, 0.99], [0.5, 0.7],
                                                        [0.3, 0.5]])
