@@ -23,10 +23,13 @@ def main() -> None:
     for i, r in enumerate(auto.sort_values(["task", "seed"]).itertuples()):
         steps = json.loads(r.freeze_steps) if isinstance(r.freeze_steps, str) and r.freeze_steps else {}
         labels.append(f"{r.task} seed {r.seed}")
+        at: dict[int, list[str]] = {}  # entries frozen at the same step share one label
         for n, s in steps.items():
             ax.scatter(s / r.steps, i, color=sns.color_palette("viridis", len(ENTRIES))[ENTRIES.index(n)]
                        if n in ENTRIES else "k", s=50, zorder=3)
-            ax.annotate(n.replace("block.", "b"), (s / r.steps, i), fontsize=7, xytext=(2, 4), textcoords="offset points")
+            at.setdefault(s, []).append(n.replace("block.", "b").replace("embeddings", "emb"))
+        for s, names in at.items():
+            ax.annotate(", ".join(names), (s / r.steps, i), fontsize=7, xytext=(2, 4), textcoords="offset points")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of the run's steps when the entry froze")
