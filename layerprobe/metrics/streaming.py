@@ -88,7 +88,10 @@ class _Moments:
 
     def _range(self, x: torch.Tensor, y: torch.Tensor) -> None:
         (lx, hx), (ly, hy) = column_range(x), column_range(y)
-        lx, hx, ly, hy = (t.to(torch.float64) for t in (lx, hx, ly, hy))
+        self._fold(*(t.to(torch.float64) for t in (lx, hx, ly, hy)))
+
+    def _fold(self, lx: torch.Tensor, hx: torch.Tensor, ly: torch.Tensor, hy: torch.Tensor) -> None:
+        """Widen the column ranges to cover ``[lx, hx]`` and ``[ly, hy]`` (set them on the first rows)."""
         if self.lo_x is None:
             self.lo_x, self.hi_x, self.lo_y, self.hi_y = lx, hx, ly, hy
         else:
@@ -107,13 +110,7 @@ class _Moments:
         self.s1x += o.s1x + o.n * dx
         self.s1y += o.s1y + o.n * dy
         self.n += o.n
-        o_lo_x, o_hi_x, o_lo_y, o_hi_y = o._ranges()  # o.n > 0
-        if self.lo_x is None:
-            self.lo_x, self.hi_x, self.lo_y, self.hi_y = o_lo_x, o_hi_x, o_lo_y, o_hi_y
-        else:
-            lo_x, hi_x, lo_y, hi_y = self._ranges()
-            self.lo_x, self.hi_x = torch.minimum(lo_x, o_lo_x), torch.maximum(hi_x, o_hi_x)
-            self.lo_y, self.hi_y = torch.minimum(lo_y, o_lo_y), torch.maximum(hi_y, o_hi_y)
+        self._fold(*o._ranges())  # o.n > 0
 
     def cka(self, names: tuple[str, str] = ("x", "y")) -> float:
         """Linear CKA ``‖Cxy‖²_F / (‖Cxx‖_F ‖Cyy‖_F)`` of the rows seen (nan + warning if undefined)."""
