@@ -4,6 +4,7 @@ only, the oracle, the regret, advice rows and advice timing."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import asdict, replace
@@ -91,6 +92,28 @@ def test_oracle_and_outcome_need_the_same_seed(cache):
     assert sr.outcome((False, 0), 0, full, fixed) == (1.0, 0.0)
     assert sr.outcome((True, 4), 1, full, fixed) == pytest.approx((0.97, 0.6))
     assert sr.outcome((True, 4), 7, full, fixed) is None
+
+
+def test_cautious_oracle_needs_the_seeds_to_vouch_for_it(cache):
+    """The point oracle takes the mean over seeds; the cautious one wants mean - se >= 99%."""
+    b = fs.BUDGETS["bbc"]
+    # emb+4 on bbc: seeds at 1.02, 0.98, 0.98 of full -> mean 0.9933 >= 0.99, se 0.0133 -> 0.98 < 0.99
+    for seed, rel in ((0, 1.02), (1, 0.98), (2, 0.98)):
+        _write(cache, b, "fixed", "emb+4", seed, 0.8 * rel, 1000 * CPU[4])
+    runs = sr.load_runs(str(cache), fs.BUDGETS)
+    o = sr.oracle(runs[runs.lr == 1e-4], "bbc")
+    assert o["by_k"][4]["rel_acc"] == pytest.approx(0.99333, abs=1e-5)
+    assert o["by_k"][4]["rel_acc_se"] == pytest.approx(0.013333, abs=1e-5)
+    assert o["oracle_k"] == 4
+    # emb+3 keeps 0.997 on every seed (se 0): it is the largest prefix the seeds vouch for
+    assert o["cautious_oracle_k"] == 3 and o["by_k"][3]["rel_acc_se"] == pytest.approx(0.0, abs=1e-12)
+    assert o["cautious_oracle_saving"] == pytest.approx(1 - CPU[3])
+    assert sr.mean_se([0.5])[0] == 0.5 and math.isnan(sr.mean_se([0.5])[1])
+    out = cache / "results"
+    info = sr.build_outputs(str(cache), str(out))
+    assert info["bbc"]["cautious_oracle_config"] == "emb+3"
+    assert info["bbc"]["regret_cautious"] == pytest.approx((1 - CPU[3]) - (1 - CPU[1]))
+    assert "| bbc | emb: 100.0% ± 0.0 (3)" in (out / "report.md").read_text()
 
 
 def test_auto_probe_size_keeps_probe_passes_under_their_share():
