@@ -126,7 +126,9 @@ def auto_probe_size(cap: int, n_train: int, checks_per_epoch: int, floor: int = 
     >>> auto_probe_size(128, 4000, 4), auto_probe_size(128, 1433, 4), auto_probe_size(128, 100, 4)
     (128, 53, 32)
     """
-    return max(min(cap, floor), min(cap, math.floor(AUTO_PROBE_SHARE * 3 * n_train / max(1, checks_per_epoch))))
+    from layerprobe.tracker import probe_texts_within
+
+    return probe_texts_within(AUTO_PROBE_SHARE * 3 * n_train, checks_per_epoch, cap, floor)
 
 
 def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict, cache: str,
@@ -432,7 +434,6 @@ def _report(cache: str, out: str, smoke: bool) -> None:
 
 
 def _clean(x):
-    import math
 
     import numpy as np
 

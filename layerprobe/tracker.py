@@ -73,10 +73,13 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_EVERY_N_STEPS",
     "DEFAULT_MAX_LENGTH",
+    "DEFAULT_PROBE_SHARE",
     "DEFAULT_PROBE_SIZE",
     "FREEZE_LOG_CSV",
     "TRAJECTORY_CSV",
     "Tracker",
+    "probe_plan",
+    "probe_texts_within",
 ]
 
 
@@ -95,9 +98,52 @@ DEFAULT_EVERY_N_STEPS = 50
 DEFAULT_PROBE_SIZE = 64
 DEFAULT_MAX_LENGTH = 64
 
+#: Share of a run's training compute the probe passes of an auto-freezing run may cost by default.
+DEFAULT_PROBE_SHARE = 0.05
+#: Fewest probe texts and checks :func:`probe_plan` goes down to (below them CKA and settling are noise).
+MIN_PROBE_TEXTS = 32
+MIN_CHECKS = 8
+
 #: Elements converted to float64 at a time when accumulating drift (8 MB per chunk).
 _DRIFT_CHUNK = 1 << 20
 
+
+
+def probe_texts_within(budget: float, checks: int, cap: int, floor: int = MIN_PROBE_TEXTS) -> int:
+    """Probe texts per check so that ``checks`` probe passes cost at most ``budget`` forward passes
+    over one example: the most up to ``cap``, never fewer than ``min(floor, cap)``.
+
+    >>> probe_texts_within(0.05 * 3 * 4000, 4, 128), probe_texts_within(0.05 * 3 * 1433, 4, 128)
+    (128, 53)
+    >>> probe_texts_within(10.0, 4, 128), probe_texts_within(10.0, 4, 16)
+    (32, 16)
+    """
+    return max(min(cap, floor), min(cap, math.floor(budget / max(1, checks))))
+
+
+def probe_plan(n_texts: int, train_examples: int, max_checks: int = 20, share: float = DEFAULT_PROBE_SHARE,
+               floor: int = MIN_PROBE_TEXTS, min_checks: int = MIN_CHECKS) -> tuple[int, int]:
+    """``(checks, probe texts)`` for a run over ``train_examples`` examples (steps x batch) whose probe
+    passes should cost at most ``share`` of its training compute.
+
+    A training step costs about three forward passes per example (forward + backward) and a probe
+    pass one, at the same sequence length. The plan keeps ``max_checks`` checks and shrinks the probe;
+    when that would take it under ``floor`` texts it checks less often instead (down to
+    ``min_checks``); under both minimums the budget is exceeded rather than the advice made noise.
+
+    >>> probe_plan(64, 96 * 32)     # 96 steps of batch 32: 14 checks of 32 texts (4.9%)
+    (14, 32)
+    >>> probe_plan(64, 500 * 32)    # a longer run affords 20 checks of all 64 texts (2.7%)
+    (20, 64)
+    >>> probe_plan(64, 20 * 8)      # a tiny run: the minimums win
+    (8, 32)
+    """
+    budget = share * 3 * max(0, int(train_examples))
+    floor = min(floor, n_texts)
+    checks = max_checks
+    if math.floor(budget / checks) < floor:
+        checks = max(min_checks, min(max_checks, math.floor(budget / max(1, floor))))
+    return checks, probe_texts_within(budget, checks, n_texts, floor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,6 +223,7 @@ class Tracker:
         self.lr_schedule = lr_schedule
         self._lr_acc = 0.0
         self._lr_fed = False
+        self._texts = texts
         self.examples, self.fingerprint = tokenize_probe(tokenizer, texts, self.max_length)
         self.rows: list[dict] = []
         self.seconds_total = 0.0
@@ -190,6 +237,30 @@ class Tracker:
     @property
     def started(self) -> bool:
         return self._start_reps is not None
+
+    @property
+    def n_probe(self) -> int:
+        """Probe texts run at each check."""
+        return len(self.examples)
+
+    @property
+    def n_texts(self) -> int:
+        """Probe texts given (:meth:`limit_probe` may run fewer)."""
+        return len(self._texts)
+
+    def limit_probe(self, n: int) -> None:
+        """Probe with ``n`` of the texts (evenly spaced over the given order) from now on; before
+        :meth:`start` only, since every check is compared with the start on the same texts."""
+        if self.started:
+            raise LayerProbeError("Tracker.limit_probe: the probe is fixed once start() has run")
+        n = int(n)
+        if not 2 <= n:
+            raise LayerProbeError(f"the probe needs at least 2 texts for CKA, got {n}")
+        if n >= len(self._texts):
+            n = len(self._texts)
+        idx = sorted({round(i * (len(self._texts) - 1) / max(1, n - 1)) for i in range(n)})
+        self.examples, self.fingerprint = tokenize_probe(self.tokenizer, [self._texts[i] for i in idx],
+                                                         self.max_length)
 
     def start(self, model: nn.Module | None = None, step: int = 0) -> None:
         """Record the starting point (call before the first optimizer step)."""

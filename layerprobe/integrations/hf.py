@@ -16,7 +16,15 @@ from transformers import TrainerCallback
 from ..blocks import Blocks
 from ..errors import LayerProbeError
 from ..policy import AutoFreezePolicy, FreezePolicy
-from ..tracker import DEFAULT_MAX_LENGTH, FREEZE_LOG_CSV, TRAJECTORY_CSV, Tracker
+from ..tracker import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_PROBE_SHARE,
+    FREEZE_LOG_CSV,
+    TRAJECTORY_CSV,
+    Tracker,
+    probe_plan,
+    probe_texts_within,
+)
 
 __all__ = ["LayerProbeCallback"]
 
@@ -42,12 +50,19 @@ class LayerProbeCallback(TrainerCallback):
         tokenizer: the model's tokenizer.
         probe_texts: a small probe set (e.g. 64 texts).
         auto_freeze: freeze progressively in the same run (contract keyword).
-        every_n_steps: steps between checks; default 50, or with ``auto_freeze`` about 20 checks per
-            run (``max_steps // 20``).
+        every_n_steps: steps between checks; default 50, or with ``auto_freeze`` up to 20 checks per
+            run (see ``probe_share``).
         max_length, pooling, blocks, batch_size: as for :class:`~layerprobe.tracker.Tracker`.
         freeze_policy: an explicit policy instead of the default one (``FreezePolicy`` or
             ``AutoFreezePolicy``).
         thresholds, settle, patience, cache: knobs of the default ``AutoFreezePolicy``.
+        probe_share: with ``auto_freeze``, the share of the run's training compute (``max_steps`` x
+            the effective batch, at ~3 forward passes per training example) the probe passes may
+            cost: at train begin the callback picks the checks per run (20, fewer on short runs, at
+            least 8) and how many of ``probe_texts`` to run (evenly spaced, at least 32) with
+            :func:`~layerprobe.tracker.probe_plan`; the plan is in :attr:`probe_plan`. Tracking is paid
+            before anything is frozen, so an unbudgeted probe can eat what freezing saves. ``None``:
+            every text at every check.
         filename: name of the trajectory file in ``args.output_dir``.
 
     Example::
@@ -62,7 +77,8 @@ class LayerProbeCallback(TrainerCallback):
                  max_length: int = DEFAULT_MAX_LENGTH, pooling: str = "mean", blocks: Blocks | None = None,
                  batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
                  filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
-                 settle: float | None = None, patience: int | None = None, cache: bool = True) -> None:
+                 settle: float | None = None, patience: int | None = None, cache: bool = True,
+                 probe_share: float | None = DEFAULT_PROBE_SHARE) -> None:
         if tokenizer is None:
             raise LayerProbeError("LayerProbeCallback needs tokenizer=...")
         if auto_freeze and freeze_policy is not None:
@@ -73,7 +89,12 @@ class LayerProbeCallback(TrainerCallback):
             knobs = (("thresholds", thresholds), ("settle", settle), ("patience", patience))
             kw: dict[str, Any] = {k: v for k, v in knobs if v is not None}
             freeze_policy = AutoFreezePolicy(cache=cache, **kw)
+        if probe_share is not None and not 0 < float(probe_share) <= 1:
+            raise LayerProbeError(f"LayerProbeCallback: probe_share must be in (0, 1], got {probe_share!r}")
         self._auto_every = auto_freeze and every_n_steps is None
+        self._probe_share = float(probe_share) if auto_freeze and probe_share is not None else None
+        #: the checks and probe size chosen at train begin (``auto_freeze`` with a ``probe_share``)
+        self.probe_plan: dict[str, Any] | None = None
         self.tracker = Tracker(None, tokenizer, probe_texts, every_n_steps=every_n_steps, max_length=max_length,
                                pooling=pooling, blocks=blocks, batch_size=batch_size, freeze_policy=freeze_policy)
         self.filename = filename
@@ -109,8 +130,7 @@ class LayerProbeCallback(TrainerCallback):
             _check_ddp_freezing(args, model)
             if getattr(self.policy, "cache", False):  # the cache would stand in on rank 0 only
                 cast(AutoFreezePolicy, self.policy).cache = False  # FreezePolicy has no cache
-        if self._auto_every and bool(getattr(state, "max_steps", 0)):
-            self.tracker.every_n_steps = max(1, int(state.max_steps) // 20)
+        self._plan_checks(args, state)
         if self.is_main:  # only the main process measures and writes
             self.tracker.start(model, step=int(state.global_step))
             self._write()
@@ -139,6 +159,29 @@ class LayerProbeCallback(TrainerCallback):
             close()
         self._write()
         return control
+
+    def _plan_checks(self, args, state) -> None:
+        """Set the cadence (auto-freeze default: up to 20 checks per run) and the probe budget."""
+        max_steps = int(getattr(state, "max_steps", 0) or 0)
+        if max_steps <= 0 or self.tracker.started:
+            return
+        checks = 20
+        if self._probe_share is not None:
+            batch = int(getattr(args, "per_device_train_batch_size", 8) or 8) * \
+                int(getattr(args, "gradient_accumulation_steps", 1) or 1) * _world_size()
+            texts = self.tracker.n_texts
+            if self._auto_every:
+                checks, n = probe_plan(texts, max_steps * batch, share=self._probe_share)
+            else:  # the user's cadence: only the probe is sized
+                checks = max(1, max_steps // self.tracker.every_n_steps)
+                n = probe_texts_within(self._probe_share * 3 * max_steps * batch, checks, texts)
+            if n < self.tracker.n_probe:
+                self.tracker.limit_probe(n)
+            self.probe_plan = {"checks": checks, "probe_texts": self.tracker.n_probe, "of_texts": texts,
+                               "train_examples": max_steps * batch, "share": self._probe_share,
+                               "probe_share_planned": checks * self.tracker.n_probe / (3 * max_steps * batch)}
+        if self._auto_every:
+            self.tracker.every_n_steps = max(1, max_steps // checks)
 
     def _trained_model(self) -> nn.Module:
         """The model the Trainer passed to :meth:`on_train_begin`."""
