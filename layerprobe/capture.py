@@ -7,7 +7,9 @@ restores grad mode and the model's train/eval state — also when the forward pa
 
 Hooks copy on capture: each output is unwrapped (Hugging Face blocks may return tuples), pooled
 with the attention mask, detached and moved to CPU as float64, so nothing keeps a live
-reference to a model tensor. Batches are concatenated once, when read.
+reference to a model tensor. Batches are concatenated once, when read. Each model call gives one
+row per example and entry: a block applied several times in one call (ALBERT's weight-shared layer
+groups) is read at its last application, the embeddings at the first block's first input.
 
 Pooling (``pooling=``):
     * ``"mean"`` (default): mean over real tokens (padding excluded via the attention mask).
@@ -110,18 +112,42 @@ class Capture:
     _mask: torch.Tensor | None = None
     _seen: int = 0
     _batch: int = 0
+    _pending: dict[str, Any] = field(default_factory=dict)
 
-    def _record(self, name: str, hidden: torch.Tensor) -> None:
+    def _record(self, name: str, hidden: torch.Tensor, first_call: bool = False) -> None:
+        """Pool one call's output into this model call's pending row set.
+
+        A block applied several times in one model call (ALBERT's layer groups share their weights
+        across layers) keeps its **last** output, the entry's output after its final application; with
+        ``first_call`` (the embeddings, read at the first block's input) the **first** one is kept.
+        """
+        if first_call and name in self._pending:
+            return
         self._batch = hidden.shape[0]
         pooled = pool(hidden.detach(), self._mask, self.pooling, self.max_tokens)
         if self.pooling == "tokens":
             rows, example = pooled
-            self._chunks.setdefault(name, []).append(rows.cpu())
-            if name == self.names[0]:
-                self._examples.append(example.cpu() + self._seen)
+            self._pending[name] = (rows.cpu(), example.cpu())
         else:
             assert isinstance(pooled, torch.Tensor)
-            self._chunks.setdefault(name, []).append(pooled.cpu())
+            self._pending[name] = pooled.cpu()
+
+    def _commit(self) -> None:
+        """Close one model call: one row set per entry (whatever the number of calls of each block)."""
+        for name in self.names:
+            if name not in self._pending:
+                continue
+            value = self._pending[name]
+            if self.pooling == "tokens":
+                rows, example = value
+                self._chunks.setdefault(name, []).append(rows)
+                if name == self.names[0]:
+                    self._examples.append(example + self._seen)
+            else:
+                self._chunks.setdefault(name, []).append(value)
+        self._pending.clear()
+        self._seen += self._batch
+        self._batch = 0
 
     @property
     def outputs(self) -> dict[str, torch.Tensor]:
@@ -179,14 +205,13 @@ def capture(
         cap._mask = mask
 
     def after_model(_module, _args, _kwargs, _output):
-        cap._seen += cap._batch
-        cap._batch = 0
+        cap._commit()
 
     def embeddings_hook(_module, args, kwargs):
         hidden = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("hidden_states")
         if hidden is None:
             raise LayerProbeError("cannot read the input of the first block (no hidden_states)")
-        cap._record("embeddings", hidden)
+        cap._record("embeddings", hidden, first_call=True)
 
     def block_hook(name):
         def hook(_module, _args, output):
@@ -207,6 +232,7 @@ def capture(
         model.eval()
         torch.set_grad_enabled(False)
         yield cap
+        cap._commit()  # rows of a forward pass not made through the top model (e.g. its base model)
     finally:
         for h in handles:
             h.remove()

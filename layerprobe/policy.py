@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -198,7 +199,10 @@ class AutoFreezePolicy:
     With ``cache=True``, once the embeddings and ``k >= 1`` blocks are frozen a
     :class:`~layerprobe.prefix_cache.PrefixCache` stands in for them (re-attached, and refilled,
     when the prefix grows): later epochs stop recomputing the frozen prefix. The frozen prefix then
-    runs in eval mode (no dropout there).
+    runs in eval mode (no dropout there). A model the cache cannot serve (e.g. the decoder stack of an
+    encoder-decoder model) keeps training with plain freezing: a
+    :class:`~layerprobe.prefix_cache.PrefixCacheOffWarning` says why, and so does
+    :attr:`cache_refused` (or the cache's ``stats()["disabled"]`` when a forward pass showed it).
 
     Every decision for every entry is appended to :attr:`log` (:data:`LOG_COLUMNS`).
 
@@ -224,6 +228,7 @@ class AutoFreezePolicy:
     frozen: list[str] = field(default_factory=list)
     freeze_steps: dict[str, int] = field(default_factory=dict)
     prefix_cache: PrefixCache | None = field(default=None, repr=False)
+    cache_refused: str | None = field(default=None, repr=False)
     _checks: int = field(default=0, repr=False)
     _last_rate: float = field(default=math.nan, repr=False)
     _lr_peaked: bool = field(default=False, repr=False)
@@ -335,14 +340,20 @@ class AutoFreezePolicy:
         emb_ok = "embeddings" not in blocks.names or "embeddings" in self.frozen
         if k < 1 or not emb_ok:
             return
-        from .prefix_cache import PrefixCache
+        from .prefix_cache import PrefixCache, PrefixCacheOffWarning
 
-        if self.prefix_cache is None:
-            import torch
+        try:
+            if self.prefix_cache is None:
+                import torch
 
-            self.prefix_cache = PrefixCache(model, k, blocks=blocks, dtype=self.cache_dtype or torch.float32)
-        else:
-            self.prefix_cache.attach(k)
+                self.prefix_cache = PrefixCache(model, k, blocks=blocks, dtype=self.cache_dtype or torch.float32)
+            else:
+                self.prefix_cache.attach(k)
+        except LayerProbeError as e:  # a model the cache cannot serve: keep training with plain freezing
+            self.cache = False
+            self.cache_refused = str(e)
+            warnings.warn(f"layerprobe auto-freeze: no prefix cache ({e}); the frozen prefix is computed as usual",
+                          PrefixCacheOffWarning, stacklevel=2)
 
     def close(self) -> None:
         """Detach the prefix cache (the model is left frozen as decided)."""
@@ -352,7 +363,8 @@ class AutoFreezePolicy:
     def summary(self) -> dict:
         """Frozen entries with the step each froze at, and the cache's counters."""
         return {"frozen": list(self.frozen), "freeze_steps": dict(self.freeze_steps), "checks": self._checks,
-                "cache": self.prefix_cache.stats() if self.prefix_cache is not None else None}
+                "cache": self.prefix_cache.stats() if self.prefix_cache is not None else None,
+                "cache_refused": self.cache_refused}
 
     def log_frame(self):
         """The decision log as a pandas DataFrame (:data:`LOG_COLUMNS`)."""

@@ -21,12 +21,21 @@ prefix frozen, except for one documented difference: **the frozen prefix runs wi
 noised one per epoch. Dropout that the model applies *between* its embeddings and the first block
 outside the embeddings module (e.g. GPT-2's ``drop``) is sampled once, when an example is stored.
 
-Requirements, checked on :meth:`PrefixCache.attach`: ``1 <= k <= n_blocks`` and every parameter
-of the embeddings entry and of blocks ``0..k-1`` frozen (``requires_grad=False``) — a trainable
-parameter below the cache would silently stop learning. A batch without ``input_ids`` (e.g.
-``inputs_embeds``) or with a non-contiguous attention mask is computed normally (a miss that is
-not stored). The cache holds ``sum(L_i) * d`` values (float32 by default; ``dtype=torch.bfloat16``
-halves it); ``max_bytes`` bounds it (beyond it, new examples are computed, not stored).
+Requirements, checked on :meth:`PrefixCache.attach`: ``1 <= k <= n_blocks``, every parameter of the
+embeddings entry and of blocks ``0..k-1`` frozen (``requires_grad=False``) — a trainable parameter
+below the cache would silently stop learning — and, in an encoder-decoder model, a block stack in the
+encoder (decoder blocks also read the encoder's output). What only a forward pass can show is checked
+on the passes that fill the store, before anything is served; if the prefix turns out not to be a
+function of the keyed tokens alone (it is fed by trainable parameters) or its top block hands more than
+its hidden states up the stack (T5's position bias), the cache turns itself off with a
+:class:`PrefixCacheOffWarning` and training goes on exactly as with plain freezing. A block applied
+several times per pass (ALBERT's weight-shared layer groups) is served at its last application.
+
+A batch without ``input_ids`` (e.g. ``inputs_embeds``), with a non-contiguous attention mask, or asking
+for every layer's outputs (``output_hidden_states`` / ``output_attentions``) is computed normally (a miss
+that is not stored). The cache holds ``sum(L_i) * d`` values (float32 by default;
+``dtype=torch.bfloat16`` halves it); ``max_bytes`` bounds it (beyond it, new examples are computed, not
+stored).
 
 >>> import torch
 >>> from transformers import BertConfig, BertForSequenceClassification
@@ -49,16 +58,21 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .blocks import Blocks, block_modules, find_blocks
+from .blocks import Blocks, _find_stack, block_modules, find_blocks
 from .errors import LayerProbeError
 
-__all__ = ["PrefixCache"]
+__all__ = ["PrefixCache", "PrefixCacheOffWarning"]
+
+
+class PrefixCacheOffWarning(UserWarning):
+    """A :class:`PrefixCache` found at run time that it cannot stand in for the prefix and turned itself off."""
 
 
 def _contiguous_run(mask_row: torch.Tensor) -> tuple[int, int] | None:
@@ -72,8 +86,106 @@ def _contiguous_run(mask_row: torch.Tensor) -> tuple[int, int] | None:
     return start, end - start
 
 
+def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The hidden states a block is called with: its first positional tensor or ``hidden_states=``."""
+    if args and torch.is_tensor(args[0]):
+        return args[0]
+    h = kwargs.get("hidden_states")
+    return h if torch.is_tensor(h) else None
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    """The tensors in a call argument (a tensor, or tuples / lists / dicts of them)."""
+    if torch.is_tensor(x):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
+
+
+def _needs_grad(args: tuple, kwargs: dict) -> bool:
+    """Whether a call's inputs depend on a trainable parameter (their autograd graph reaches one): such a
+    call must neither run without grad nor be served from the store.
+
+    A tensor that merely requires grad without a trainable parameter behind it (the embeddings' output
+    after ``enable_input_require_grads()``, which gradient checkpointing turns on) does not count.
+    """
+    if not torch.is_grad_enabled():
+        return False
+    nodes = []
+    for t in _tensors(args) + _tensors(kwargs):
+        if t.requires_grad:
+            if isinstance(t, nn.Parameter):
+                return True
+            if t.grad_fn is not None:
+                nodes.append(t.grad_fn)
+    seen: set = set()
+    while nodes:
+        node = nodes.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(getattr(node, "variable", None), nn.Parameter):  # AccumulateGrad of a trainable parameter
+            return True
+        nodes.extend(n for n, _ in node.next_functions if n is not None)
+    return False
+
+
+def _requiring_grad(out: Any) -> Any:
+    """A block's output (computed without grad) with its hidden states marked as requiring grad."""
+    if torch.is_tensor(out):
+        return out.requires_grad_(True)
+    if isinstance(out, tuple) and out and torch.is_tensor(out[0]):
+        return (out[0].requires_grad_(True),) + out[1:]
+    return out
+
+
+def _encoder_decoder_refusal(model: nn.Module, blocks: Blocks, first_block: nn.Module) -> str | None:
+    """Why the cache cannot stand in for this stack of an encoder-decoder model (None: it can)."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "is_encoder_decoder", False):
+        return None
+    get_encoder = getattr(model, "get_encoder", None)
+    try:
+        encoder = get_encoder() if callable(get_encoder) else None
+    except (AttributeError, NotImplementedError):
+        encoder = None
+    if isinstance(encoder, nn.Module) and any(m is first_block for m in encoder.modules()):
+        return None
+    hint = ""
+    if isinstance(encoder, nn.Module):
+        path = next((n for n, m in model.named_modules() if m is encoder), None)
+        try:
+            stack, _ = _find_stack(encoder)
+        except LayerProbeError:
+            stack = ""
+        if path is not None and stack:
+            hint = (f"; to freeze and cache the encoder's bottom blocks instead, use "
+                    f"blocks=find_blocks(model, blocks='{path}.{stack}.*')")
+    return (f"{type(model).__name__} is an encoder-decoder model and its block stack {blocks.stack!r} is not in "
+            "its encoder: those blocks also read the encoder's output and the decoder_input_ids, which the cache "
+            f"does not key on{hint}")
+
+
 class PrefixCache:
     """Serve a frozen bottom prefix (embeddings + blocks ``0..k-1``) from stored outputs.
+
+    The prefix must be a function of the keyed tokens alone, and block ``k-1``'s hidden states must
+    be all the rest of the model reads from it. :meth:`attach` refuses what it can see up front (a
+    trainable prefix, a bad ``k``, the decoder stack of an encoder-decoder model); what only a forward
+    pass shows is checked on every pass that fills the store, before any stored output is served, and
+    then the cache turns itself off (:attr:`disabled` says why, a :class:`PrefixCacheOffWarning` is
+    issued, and every later pass is computed exactly as without the cache):
+
+    * a prefix block called with an input that depends on trainable parameters (a trainable module
+      between the embeddings and the blocks);
+    * block ``k-1`` returning more than its hidden states (T5's blocks hand their relative position
+      bias up the stack), or hidden states not shaped ``(batch, seq, d)`` like the input ids;
+    * prefix blocks not called bottom-up before the trainable ones. A block applied several times
+      per pass (ALBERT's weight-shared layer groups) is fine: the stored output is that of block
+      ``k-1``'s last application.
 
     Args:
         model: the model the training loop calls (e.g. a ``*ForSequenceClassification``, possibly
@@ -91,12 +203,15 @@ class PrefixCache:
         self.dtype = dtype
         self.max_bytes = max_bytes
         self.k = 0
+        self.disabled: str | None = None
         self._store: dict[bytes, torch.Tensor] = {}
         self._nbytes = 0
         self._handles: list[Any] = []
-        self._patched: list[nn.Module] = []
+        self._patched: list[tuple[nn.Module, Any]] = []
         self._batch: dict | None = None
         self._format: tuple[str, int] | None = None
+        self._last_calls: int | None = None  # applications of block k-1 per pass, seen on every filling pass
+        self._arg_names: list[str] | None = None
         self.hit_batches = self.miss_batches = self.stored = self.uncached_batches = 0
         self.fill_cpu_seconds = 0.0
         self.attach(k)
@@ -104,7 +219,7 @@ class PrefixCache:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def attach(self, k: int) -> None:
-        """(Re)attach for a prefix of ``k`` blocks; a different ``k`` empties the store."""
+        """(Re)attach for a prefix of ``k`` blocks; a different ``k`` empties the store (and re-checks)."""
         n = len(self.blocks.blocks)
         if not 1 <= int(k) <= n:
             raise LayerProbeError(f"the prefix cache needs 1 <= k <= {n} frozen blocks, got {k=}")
@@ -120,30 +235,40 @@ class PrefixCache:
             raise LayerProbeError(
                 f"the prefix cache stands in for {', '.join(entries)}, but {len(trainable)} of their parameters "
                 f"still train (e.g. {trainable[0]}): freeze the prefix first")
+        mods = block_modules(self.model, self.blocks)
+        refusal = _encoder_decoder_refusal(self.model, self.blocks, mods[self.blocks.blocks[0].name][0])
+        if refusal:
+            raise LayerProbeError(f"the prefix cache cannot stand in for this prefix: {refusal}")
         if self._handles and k == self.k:
             return
         self.detach()
         if k != self.k:
-            self._store.clear()
-            self._nbytes = 0
+            self.clear()
             self._format = None
+            self._last_calls = None
+            self.disabled = None
         self.k = k
         self._handles.append(self.model.register_forward_pre_hook(self._read_batch, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._end_batch, always_call=True))
-        mods = block_modules(self.model, self.blocks)
         for mod in mods.get("embeddings", []):
             self._patch(mod, self._frozen_call)
-        for i, ref in enumerate(self.blocks.blocks[:k]):
+        for i, ref in enumerate(self.blocks.blocks):
             (mod,) = mods[ref.name]
-            self._patch(mod, self._block_call(i == k - 1))
+            if i < k:
+                self._patch(mod, self._block_call(i))
+            else:  # trainable blocks are only watched: a prefix block must not run after one of them
+                self._handles.append(mod.register_forward_pre_hook(self._rest_call))
 
     def detach(self) -> None:
         """Remove every hook and patched forward (the store is kept for a later :meth:`attach`)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for mod in self._patched:
-            mod.__dict__.pop("forward", None)
+        for mod, previous in reversed(self._patched):
+            if previous is None:
+                mod.__dict__.pop("forward", None)
+            else:  # e.g. accelerate's device hook, there before ours
+                mod.forward = previous
         self._patched.clear()
         self._batch = None
 
@@ -153,10 +278,11 @@ class PrefixCache:
         self._nbytes = 0
 
     def stats(self) -> dict:
-        """Counters: batches served / filled / not cacheable, examples stored, bytes, fill CPU time."""
+        """Counters: batches served / filled / not cacheable, examples stored, bytes, fill CPU time; and
+        ``disabled``, why the cache turned itself off (None while it stands in)."""
         return {"k": self.k, "hit_batches": self.hit_batches, "miss_batches": self.miss_batches,
                 "uncached_batches": self.uncached_batches, "stored": self.stored, "examples": len(self._store),
-                "mb": self._nbytes / 2**20, "fill_cpu_seconds": self.fill_cpu_seconds}
+                "mb": self._nbytes / 2**20, "fill_cpu_seconds": self.fill_cpu_seconds, "disabled": self.disabled}
 
     def __len__(self) -> int:
         return len(self._store)
@@ -164,12 +290,37 @@ class PrefixCache:
     # -- internals ------------------------------------------------------------------------------
 
     def _patch(self, mod: nn.Module, make: Callable[[nn.Module, Callable], Callable]) -> None:
-        orig = type(mod).forward.__get__(mod)
+        previous = mod.__dict__.get("forward")  # an instance forward set by someone else (accelerate) is kept
+        orig = previous if previous is not None else type(mod).forward.__get__(mod)
         mod.forward = make(mod, orig)  # instance attribute: shadows the class's forward, state_dict unchanged
-        self._patched.append(mod)
+        self._patched.append((mod, previous))
+
+    def _disable(self, reason: str) -> None:
+        """Stop standing in for the prefix: forget the store; every later pass is computed as usual."""
+        self.disabled = reason
+        self.clear()
+        self._batch = None
+        warnings.warn(f"layerprobe PrefixCache(k={self.k}) turned itself off for {type(self.model).__name__}: "
+                      f"{reason}; the frozen prefix is computed as usual (same training, no saving)",
+                      PrefixCacheOffWarning, stacklevel=3)
+
+    def _call_arguments(self, args: tuple, kwargs: dict) -> dict:
+        """The model call's arguments by name (positional ones named from the forward's signature)."""
+        if not args:
+            return kwargs
+        if self._arg_names is None:
+            import inspect
+
+            try:
+                params = inspect.signature(self.model.forward).parameters.values()
+                self._arg_names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            except (TypeError, ValueError):
+                self._arg_names = ["input_ids"]
+        return {**dict(zip(self._arg_names, args)), **kwargs}
 
     def _keys(self, kwargs: dict, args: tuple) -> dict | None:
-        ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
+        kwargs = self._call_arguments(args, kwargs)
+        ids = kwargs.get("input_ids")
         if ids is None or not torch.is_tensor(ids) or ids.dim() != 2:
             return None
         mask = kwargs.get("attention_mask")
@@ -197,31 +348,72 @@ class PrefixCache:
         return {"keys": keys, "runs": runs, "width": ids.shape[1], "device": ids.device}
 
     def _read_batch(self, module: nn.Module, args: tuple, kwargs: dict):
-        b = self._keys(kwargs, args)
+        if self.disabled is not None:
+            self._batch = None  # patched forwards then call the original ones
+            self.uncached_batches += 1
+            return None
+        config = getattr(self.model, "config", None)
+        named = self._call_arguments(args, kwargs)
+        wants_layers = any(bool(getattr(config, f, False) if named.get(f) is None else named[f])
+                           for f in ("output_hidden_states", "output_attentions"))  # per-layer outputs: computed
+        b = None if wants_layers else self._keys(named, ())
         if b is None:
             self.uncached_batches += 1
             self._batch = {"hit": False, "store": False}
-            return None
-        b["hit"] = self._format is not None and all(key in self._store for key in b["keys"])
-        b["store"] = not b["hit"]
-        if b["hit"]:
-            self.hit_batches += 1
         else:
-            self.miss_batches += 1
-            b["cpu0"] = time.process_time()
-        self._batch = b
+            b["hit"] = self._last_calls is not None and all(key in self._store for key in b["keys"])
+            b["store"] = not b["hit"]
+            if b["hit"]:
+                self.hit_batches += 1
+            else:
+                self.miss_batches += 1
+                b["cpu0"] = time.process_time()
+            self._batch = b
+        self._batch.update(calls=0, last_calls=0, rest_calls=0, problem=None, last_out=None)
         return None
 
+    def _rest_call(self, module: nn.Module, args: Any) -> None:
+        if self._batch is not None:
+            self._batch["rest_calls"] += 1
+
     def _end_batch(self, module: nn.Module, args: Any, output: Any) -> None:
-        b = self._batch
-        if b is not None and not b.get("hit") and "cpu0" in b:
+        b, self._batch = self._batch, None
+        if b is None or self.disabled is not None:
+            return
+        if not b["hit"] and "cpu0" in b:
             self.fill_cpu_seconds += time.process_time() - b["cpu0"]
-        self._batch = None
+        if b["hit"] and output is not None and b["last_calls"] != self._last_calls:
+            raise LayerProbeError(  # the filling passes applied block k-1 a different number of times
+                f"PrefixCache: block {self.blocks.blocks[self.k - 1].name} was applied {b['last_calls']} times in a "
+                f"served forward pass, {self._last_calls} times in the passes that filled the store")
+        if b["hit"] or not b["store"] or output is None:  # a hit, not cacheable, or the forward raised
+            return
+        problem = b["problem"] or self._check_pass(b)
+        if problem:
+            self._disable(problem)
+            return
+        self._put(b, b["last_out"])
+
+    def _check_pass(self, b: dict) -> str | None:
+        """Why this filling pass shows the prefix cannot be served from the store (None: it can)."""
+        last = f"block {self.blocks.blocks[self.k - 1].name}"
+        if b["last_calls"] == 0:
+            return f"{last}, the top of the frozen prefix, was not called in a forward pass"
+        if self._last_calls is not None and b["last_calls"] != self._last_calls:
+            return (f"{last} was applied {b['last_calls']} times in one forward pass and {self._last_calls} "
+                    "times in another")
+        hidden = b["last_out"]
+        if hidden is None or hidden.dim() != 3 or tuple(hidden.shape[:2]) != (len(b["keys"]), b["width"]):
+            shape = None if hidden is None else tuple(hidden.shape)
+            return (f"{last} returned hidden states of shape {shape}, not (batch, seq, d) with "
+                    f"(batch, seq) = {(len(b['keys']), b['width'])} as the input ids")
+        self._last_calls = b["last_calls"]
+        return None
 
     def _frozen_call(self, mod: nn.Module, orig: Callable) -> Callable:
         def forward(*args, **kwargs):
             b = self._batch
-            if b is None:  # called outside a model call (e.g. directly): behave as the module
+            if b is None or _needs_grad(args, kwargs):  # outside a model call, or fed by trainable parameters
                 return orig(*args, **kwargs)
             with torch.no_grad():
                 was = mod.training
@@ -232,16 +424,37 @@ class PrefixCache:
                     mod.train(was)
         return forward
 
-    def _block_call(self, last: bool) -> Callable[[nn.Module, Callable], Callable]:
+    def _block_call(self, i: int) -> Callable[[nn.Module, Callable], Callable]:
+        last = i == self.k - 1
+        name = self.blocks.blocks[i].name
+
         def make(mod: nn.Module, orig: Callable) -> Callable:
             def forward(*args, **kwargs):
                 b = self._batch
                 if b is None:
                     return orig(*args, **kwargs)
+                first = b["calls"] == 0
+                b["calls"] += 1
+                if b["rest_calls"] and b["problem"] is None:
+                    b["problem"] = f"block {name} of the frozen prefix ran after a trainable block"
+                if _needs_grad(args, kwargs):
+                    if not (b["hit"] or b["store"]):  # a pass that is not cached: computed exactly as without
+                        return orig(*args, **kwargs)
+                    if b["hit"] and not first:  # earlier prefix blocks already passed their input through
+                        raise LayerProbeError(
+                            f"PrefixCache: block {name} of the frozen prefix was called with an input that depends "
+                            "on trainable parameters after stored states were served")
+                    self._disable(f"block {name} of the frozen prefix is called with an input that depends on "
+                                  "trainable parameters")
+                    return orig(*args, **kwargs)
+                hidden = _hidden_of(args, kwargs)
                 if b["hit"]:
-                    hidden = args[0] if args else kwargs["hidden_states"]
+                    if hidden is None:
+                        raise LayerProbeError(f"PrefixCache: cannot find the hidden states block {name} is called with")
                     if last:
-                        hidden = self._padded(b, hidden)
+                        b["last_calls"] += 1
+                        if b["last_calls"] == self._last_calls:  # block k-1's final application
+                            hidden = self._padded(b, hidden).requires_grad_(hidden.requires_grad)
                     return self._as_output(hidden)
                 with torch.no_grad():
                     was = mod.training
@@ -250,10 +463,29 @@ class PrefixCache:
                         out = orig(*args, **kwargs)
                     finally:
                         mod.train(was)
+                if hidden is not None and hidden.requires_grad and torch.is_grad_enabled():
+                    out = _requiring_grad(out)  # as the input did (gradient checkpointing needs it)
+                if not b["store"]:
+                    return out
+                if hidden is None and b["problem"] is None:
+                    b["problem"] = f"cannot find the hidden states block {name} is called with"
+                if torch.is_tensor(out):
+                    fmt: tuple[str, int] = ("tensor", 1)
+                elif isinstance(out, tuple) and out and torch.is_tensor(out[0]):
+                    fmt = ("tuple", len(out))
+                else:
+                    b["problem"] = b["problem"] or f"block {name} returned a {type(out).__name__}, not hidden states"
+                    return out
                 if self._format is None:
-                    self._format = ("tuple", len(out)) if isinstance(out, tuple) else ("tensor", 1)
-                if last and b.get("store"):
-                    self._put(b, out[0] if isinstance(out, tuple) else out)
+                    self._format = fmt
+                if last:
+                    b["last_calls"] += 1
+                    b["last_out"] = out if fmt[0] == "tensor" else out[0]
+                    extra = [type(x).__name__ for x in (out[1:] if fmt[0] == "tuple" else ()) if x is not None]
+                    if extra and b["problem"] is None:
+                        b["problem"] = (f"block {name} returns more than its hidden states ({', '.join(extra)} "
+                                        "besides them, e.g. T5's relative position bias), which the next blocks "
+                                        "read and the cache cannot serve")
                 return out
             return forward
         return make

@@ -118,3 +118,35 @@ def test_pool_rejects_bad_input():
         pool(h, torch.ones(2, 5))
     with pytest.raises(LayerProbeError, match="unknown pooling"):
         pool(h, None, "max")
+
+
+@pytest.mark.parametrize("groups,layers_per_entry", [(1, [4]), (2, [2, 4])])
+@pytest.mark.parametrize("pooling", ["mean", "tokens"])
+def test_weight_shared_blocks_give_one_row_per_example_at_their_last_application(tokenizer, texts, groups,
+                                                                               layers_per_entry, pooling):
+    """ALBERT applies each layer group several times per forward pass: an entry is read after its last
+    application (the embeddings before the first), whatever the batching (it used to mix the calls)."""
+    import transformers as T
+
+    from layerprobe.snapshot import run_probe, tokenize_probe
+
+    torch.manual_seed(0)
+    m = T.AlbertModel(T.AlbertConfig(hidden_size=16, embedding_size=8, num_hidden_layers=4, num_hidden_groups=groups,
+                                     num_attention_heads=2, intermediate_size=24, vocab_size=len(tokenizer))).eval()
+    blocks = find_blocks(m)
+    assert blocks.names == ["embeddings"] + [f"block.{i}" for i in range(groups)]
+    enc = batch(tokenizer, texts[:10])
+    with torch.no_grad():
+        hs = m(**enc, output_hidden_states=True).hidden_states
+    examples, _ = tokenize_probe(tokenizer, texts[:10], 64)
+    whole, _ = run_probe(m, examples, blocks, pooling, batch_size=64, progress=False)
+    split, _ = run_probe(m, examples, blocks, pooling, batch_size=3, progress=False)
+    mask = enc["attention_mask"].bool()
+    for name, layer in zip(blocks.names, [0, *layers_per_entry]):
+        if pooling == "mean":
+            m_ = mask.unsqueeze(-1).double()
+            expect = (hs[layer].double() * m_).sum(1) / m_.sum(1)
+        else:
+            expect = hs[layer][mask].float()
+        torch.testing.assert_close(whole[name].to(expect.dtype), expect, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
 from layerprobe.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
 from layerprobe.freeze import bottom_prefix, freeze
-from layerprobe.prefix_cache import PrefixCache
+from layerprobe.prefix_cache import PrefixCache, PrefixCacheOffWarning
 from layerprobe.train import TrainConfig, train_loop
 
 V = 40
@@ -55,14 +55,18 @@ def _collate(seqs):
     return ids, mask
 
 
-def _train(kind, k, use_cache, epochs=3):
+def _train(kind, k, use_cache, epochs=3, embeddings=None, prefill=False):
     torch.manual_seed(0)
     model = MAKERS[kind]()
-    blocks = find_blocks(model)
+    blocks = find_blocks(model, embeddings=embeddings)
     freeze(model, bottom_prefix(blocks, k), blocks)
     cache = PrefixCache(model, k, blocks=blocks) if use_cache else None
     seqs, y = _data()
     losses = []
+    if prefill:  # an evaluation pass without grad (positional arguments) before training: fills the store
+        with torch.no_grad():
+            for i in range(0, len(seqs), 5):
+                model(*_collate(seqs[i: i + 5]))
 
     def batch_loss(idx):
         ids, mask = _collate([seqs[i] for i in idx])
@@ -171,3 +175,60 @@ def test_max_bytes_bounds_the_store():
     ids, mask = _collate(_data()[0][:6])
     m(input_ids=ids, attention_mask=mask)
     assert 0 < len(cache) < 6 and cache.stats()["mb"] * 2**20 <= 16 * 4 * 12
+
+
+@pytest.mark.parametrize("prefill", [False, True])
+def test_a_prefix_fed_by_trainable_parameters_turns_the_cache_off_and_trains_like_plain_freezing(prefill):
+    """The embeddings entry is only the word embeddings here: the position embeddings and the LayerNorm
+    between it and block 0 still train, so the prefix's output depends on trainable parameters. The
+    cache must neither serve it nor run it without grad (which silently stopped them learning); it turns
+    itself off at the first training pass, also when an evaluation pass without grad filled it first."""
+    emb = "bert.embeddings.word_embeddings"
+    m0, plain, _ = _train("bert", 2, use_cache=False, embeddings=emb, prefill=prefill)
+    with pytest.warns(PrefixCacheOffWarning, match="depends on trainable parameters"):
+        m1, cached, cache = _train("bert", 2, use_cache=True, embeddings=emb, prefill=prefill)
+    torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), rtol=1e-5, atol=1e-6)
+    for n, p in m0.state_dict().items():
+        torch.testing.assert_close(m1.state_dict()[n], p, rtol=1e-4, atol=1e-6)
+    ln0, ln1 = m0.bert.embeddings.LayerNorm.weight, m1.bert.embeddings.LayerNorm.weight
+    assert ln1.requires_grad and not torch.equal(ln1, torch.ones_like(ln1))  # it learned, as with plain freezing
+    torch.testing.assert_close(ln1, ln0)
+    s = cache.stats()
+    assert s["disabled"] and s["examples"] == 0 and s["hit_batches"] == (1 if prefill else 0)
+
+
+def test_per_layer_outputs_are_computed_not_served():
+    """A call asking for every layer's hidden states gets the real ones, not pass-through copies."""
+    torch.manual_seed(0)
+    m = _bert().eval()
+    freeze(m, bottom_prefix(find_blocks(m), 3))
+    ids, mask = _collate(_data()[0][:4])
+    ref = m(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    cache = PrefixCache(m, 3)
+    m(input_ids=ids, attention_mask=mask)
+    hs = m(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert cache.stats()["uncached_batches"] == 1 and cache.stats()["hit_batches"] == 0
+    for a, b in zip(hs, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_an_instance_forward_set_before_the_cache_is_called_and_restored():
+    """accelerate (device_map / offload) sets an instance ``forward`` on modules: the cache wraps it
+    and puts it back on detach instead of dropping it."""
+    torch.manual_seed(0)
+    m = _bert().eval()
+    freeze(m, bottom_prefix(find_blocks(m), 2))
+    block = m.bert.encoder.layer[0]
+    calls = []
+
+    def device_hook(*args, **kwargs):
+        calls.append(1)
+        return type(block).forward(block, *args, **kwargs)
+
+    block.forward = device_hook
+    cache = PrefixCache(m, 2)
+    ids, mask = _collate(_data()[0][:4])
+    m(input_ids=ids, attention_mask=mask)
+    assert calls == [1] and cache.stats()["miss_batches"] == 1
+    cache.detach()
+    assert block.forward is device_hook
