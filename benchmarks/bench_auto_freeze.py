@@ -62,6 +62,7 @@ def _run(name: str, train, test, probe, args, auto: bool, out_dir: str) -> dict:
         pol = callbacks[0].policy
         row["auto"] = pol.summary()
         row["tracker_seconds"] = callbacks[0].tracker.seconds_total
+        row["probe_plan"] = callbacks[0].probe_plan
     return row
 
 
