@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_not_an_input",
     "check_output_file",
     "ensure_writable_dir",
 ]
@@ -58,6 +59,11 @@ def ensure_writable_dir(path: str | os.PathLike) -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         raise LayerProbeError(
             "cannot write to output directory: it exists but is a file, expected a directory",
+            path=path,
+        )
+    if os.path.islink(path) and not os.path.exists(path):  # makedirs would only say "File exists"
+        raise LayerProbeError(
+            "cannot write to output directory: it is a symbolic link that leads nowhere (dangling, or a loop)",
             path=path,
         )
     try:
@@ -108,6 +114,52 @@ def check_output_file(path: str | os.PathLike) -> str:
         raise LayerProbeError(f"cannot write output file: it exists and is {kind}, expected a file name "
                               f"(it is never replaced)", path=path)
     return path
+
+
+#: files of a model directory that a loader reads: an output never replaces one of them
+_READ_NAMES = frozenset({"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                         "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+                         "adapter_config.json", "trainer_state.json"})
+_READ_SUFFIXES = (".safetensors", ".bin", ".model", ".index.json")
+
+
+def check_not_an_input(outputs: str | os.PathLike | list, inputs: list) -> None:
+    """Refuse outputs that would replace a file this run reads (``-o`` naming the probe, say).
+
+    An output may not be an input file itself, nor replace a weights, config or tokenizer file
+    directly inside an input directory. ``None`` inputs are skipped; missing outputs are fine.
+
+    Raises:
+        LayerProbeError: naming the output and the input it would destroy.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "probe.txt")
+    >>> _ = open(p, "w").write("good movie")
+    >>> check_not_an_input(p, [p])
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: ...probe.txt: the output would replace an input of this run (...probe.txt); choose another output name
+    """
+    outs = [outputs] if isinstance(outputs, (str, os.PathLike)) else list(outputs)
+    for out in outs:
+        out = os.fspath(out)
+        real = os.path.realpath(out)
+        if not os.path.isfile(real):
+            continue
+        for inp in inputs:
+            if inp is None or not isinstance(inp, (str, os.PathLike)):
+                continue
+            inp = os.fspath(inp)
+            try:
+                same = os.path.isfile(inp) and os.path.samefile(inp, real)
+            except OSError:
+                same = False
+            inside = (os.path.isdir(inp) and os.path.dirname(real) == os.path.realpath(inp)
+                      and (os.path.basename(real) in _READ_NAMES or real.endswith(_READ_SUFFIXES)))
+            if same or inside:
+                where = inp if same else f"a file of the input directory {inp}"
+                raise LayerProbeError(f"the output would replace an input of this run ({where}); choose another "
+                                      f"output name", path=out)
 
 
 @contextlib.contextmanager
@@ -183,8 +235,14 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[str]:
                     os.rename(os.path.join(tmp, name), os.path.join(path, name))
                 old = None
             raise
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, LayerProbeError) and exc.path and exc.path.startswith(tmp + os.sep):
+            # name the file the user asked for, not its place in the temporary folder
+            raise LayerProbeError(exc.message, path=os.path.join(path, os.path.relpath(exc.path, tmp))) from None
+        if isinstance(exc, OSError):  # disk full while writing or swapping: one line, ``path`` as it was
+            raise LayerProbeError(f"cannot write to output directory ({_one_line(exc.strerror or exc)}); it was "
+                                  f"left as it was", path=path) from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -247,9 +305,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, quota, I/O error: one line, the target untouched
+            raise LayerProbeError(f"cannot write output file ({_one_line(exc.strerror or exc)}); nothing was "
+                                  f"written", path=path) from None
         raise
     with contextlib.suppress(OSError):  # make the rename durable; not fatal where unsupported
         dfd = os.open(directory, os.O_RDONLY)
@@ -282,5 +343,14 @@ def atomic_save_torch(obj: Any, path: str | os.PathLike) -> str:
     import torch
 
     with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:  # the zip writer reports a failed write (disk full) as RuntimeError
+            cause = exc.__context__ if isinstance(exc.__context__, OSError) else None
+            if cause is not None:
+                raise cause from None
+            if "write" not in str(exc).lower():
+                raise
+            raise LayerProbeError(f"cannot write output file ({_one_line(exc, 120)}); nothing was written",
+                                  path=path) from None
     return os.fspath(path)

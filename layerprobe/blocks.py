@@ -211,7 +211,15 @@ def find_blocks(
 
     if embeddings is not None:
         pats = [embeddings] if isinstance(embeddings, str) else list(embeddings)
-        emb_paths = [p for pat in pats if pat for p in _match_modules(named, pat)]
+        emb_paths = []
+        for pat in pats:
+            if not pat:  # "" means no embeddings entry
+                continue
+            hits = _match_modules(named, pat)
+            if not hits:  # like a block pattern: never a silently missing entry
+                raise LayerProbeError(f"embeddings pattern {pat!r} matches no module of {type(model).__name__} "
+                                      f"(use '' for no embeddings entry)")
+            emb_paths.extend(hits)
     else:
         emb_paths = []
         get_emb = getattr(model, "get_input_embeddings", None)

@@ -186,18 +186,18 @@ class _SafetensorsFile:
         self._handle: Any = handle
         self.keys = keys
         self.meta = meta
+        from layerprobe.guards import unique_keys
 
-    def _offsets(self) -> dict[str, tuple[int, int]]:
-        """``{name: (absolute start, end)}`` of each tensor's bytes, from the JSON header."""
-        cached = getattr(self, "_offsets_cache", None)
-        if cached is None:
-            with open(self.path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(n).decode("utf-8"))
-            cached = {k: (8 + n + int(v["data_offsets"][0]), 8 + n + int(v["data_offsets"][1]))
-                      for k, v in header.items() if k != "__metadata__"}
-            self._offsets_cache = cached
-        return cached
+        with open(path, "rb") as f:  # ``{name: (absolute start, end)}``; the header is read once more here, as
+            n = int.from_bytes(f.read(8), "little")  # safe_open keeps one of two same-named entries silently
+            try:
+                header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=unique_keys(
+                    path, "not a readable safetensors file: the header names tensor"))
+            except LayerProbeError:
+                self.close()
+                raise
+        self._offsets = {k: (8 + n + int(v["data_offsets"][0]), 8 + n + int(v["data_offsets"][1]))
+                         for k, v in header.items() if k != "__metadata__"}
 
     def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         if self._handle is None:
@@ -206,7 +206,7 @@ class _SafetensorsFile:
             # A plain positioned read into a buffer, not safe_open's memory map: the pages of a read
             # tensor do not stay mapped, so a streamed comparison holds only the tensors it is using.
             shape, dtype = self.meta[name]
-            start, end = self._offsets()[name]
+            start, end = self._offsets[name]
             numel = 1
             for d in shape:
                 numel *= d
@@ -409,19 +409,18 @@ def _load_bin_shard(path: str) -> dict[str, torch.Tensor]:
 
 
 def _read_index(path: str) -> dict[str, str]:
+    from layerprobe.guards import load_json
+
     _check_file(path, "index file")
-    try:
-        with open(path, "rb") as f:
-            index = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LayerProbeError(f"malformed index JSON ({_one_line(exc, 100)})", path=path) from None
+    index = load_json(path, "index file")  # bounded; deep nesting, NaN and bad UTF-8 are one line
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise LayerProbeError(
             "index has no 'weight_map', expected {\"weight_map\": {tensor name: shard file}}", path=path
         )
     for name, shard in weight_map.items():
-        if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
+        if (not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", "..")
+                or shard.endswith(".json")):  # never the index itself (or another index)
             raise LayerProbeError(
                 f"weight_map entry {name!r} -> {shard!r} is not a shard file name in this directory",
                 path=path,
@@ -482,8 +481,9 @@ def open_checkpoint(path: str | os.PathLike) -> TensorSource:
     ('safetensors', ['layer.0.weight'], (2, 2), 2.0)
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise LayerProbeError("checkpoint not found", path=path)
+    from layerprobe.guards import check_exists
+
+    check_exists(path, "checkpoint")
     if os.path.isdir(path):
         return ShardedSource(path)
     if path.endswith(".index.json"):  # the index of a sharded directory, named directly

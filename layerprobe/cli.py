@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .errors import LayerProbeError
@@ -40,8 +41,15 @@ def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
                    help="module-path pattern of the embedding stage ('' for none; default: found)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other bad input (not the usage block, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"layerprobe: error: {printable(message)} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="layerprobe",
         description="Which transformer blocks changed during fine-tuning, and which could have been frozen?",
     )
@@ -154,9 +162,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     _not_ignored(args)
     if not os.path.isdir(args.model):
         raise LayerProbeError("expected a Hugging Face model directory", args.model)
-    from ._atomic import check_output_file
+    from ._atomic import check_not_an_input, check_output_file
 
     check_output_file(args.output)  # "", a directory, a device or FIFO: refused before any work
+    check_not_an_input(args.output, [args.model, args.probe])
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))  # fail before any work
     texts = read_probe_texts(args.probe, text_column=args.text_column, max_examples=args.max_examples)
     model, tok = load_hf_model(args.model, device=args.device, dtype=args.dtype)
@@ -171,8 +180,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), blocks=blocks, progress=not args.quiet)
     snap.meta["source"] = {"path": args.model, "kind": "hf_dir"}
     snap.save(args.output)
-    print(f"wrote {args.output}: {len(snap.names)} entries, {snap.meta['n_examples']} examples, "
-          f"pooling {snap.meta['pooling']}, probe {str(snap.fingerprint)[:12]}")
+    _out(f"wrote {args.output}: {len(snap.names)} entries, {snap.meta['n_examples']} examples, "
+         f"pooling {snap.meta['pooling']}, probe {str(snap.fingerprint)[:12]}\n")
     return 0
 
 
@@ -186,11 +195,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _not_ignored(args)
     if not 0.0 <= args.min_cka <= 1.0:
         raise LayerProbeError(f"--min-cka must be in [0, 1], got {args.min_cka}")
+    if not 0.0 < args.ci_level < 1.0:  # NaN fails too
+        raise LayerProbeError(f"--ci-level must be in (0, 1), e.g. 0.95, got {args.ci_level}")
     if args.max_relative_change is not None and not 0.0 <= args.max_relative_change <= 1.0:
         raise LayerProbeError(f"--max-relative-change must be in [0, 1], got {args.max_relative_change}")
     if args.out == "":
         raise LayerProbeError("--out: the output directory name is empty")
     if args.out:
+        from ._atomic import check_not_an_input
+
+        check_not_an_input([os.path.join(args.out, n) for n in _OUT_FILES],
+                           [*args.inputs, args.probe, args.weights_a, args.weights_b])
         ensure_writable_dir(args.out)  # fail before any work
     from .series import expand_inputs
     from .sources import resolve_device
@@ -232,8 +247,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
                 atomic_write_text(os.path.join(out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
                 plot_cross_layer(result.to_dict(), os.path.join(out, "cross_layer.png"))
-    sys.stdout.write(text)
+    _out(text)
     return 0
+
+
+#: every file ``compare --out DIR`` may write (a comparison, or a checkpoint series)
+_OUT_FILES = ("comparison.json", "comparison.csv", "groups.csv", "blocks.png", "cross_layer.csv", "cross_layer.png",
+              "trajectory.csv", "trajectory.png")
 
 
 def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
@@ -248,9 +268,9 @@ def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
                                  max_examples=args.max_examples, snapshot_kwargs=kw, anatomy=not args.no_anatomy,
                                  progress=not args.quiet)
     steps = final.meta["series"]["steps"]
-    print(f"wrote {os.path.join(args.out, 'trajectory.csv')}: {len(steps)} inputs (steps {steps}), "
-          f"{len(rows) // len(steps)} entries; trajectory.png; comparison.json (last vs first)")
-    sys.stdout.write(render(final, args.format))
+    _out(f"wrote {os.path.join(args.out, 'trajectory.csv')}: {len(steps)} inputs (steps {steps}), "
+         f"{len(rows) // len(steps)} entries; trajectory.png; comparison.json (last vs first)\n")
+    _out(render(final, args.format))
     return 0
 
 
@@ -262,33 +282,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise LayerProbeError("--out: the output directory name is empty")
     cfg = DemoConfig(train_size=args.train_size, probe_size=args.probe_size, test_size=args.test_size,
                      epochs=args.epochs, lr=args.lr, seed=args.seed)
-    run_demo(args.out, cfg, progress=not args.quiet)
+    run_demo(args.out, cfg, progress=not args.quiet, log=lambda line: _out(line + "\n"))
     return 0
 
 
 def cmd_plot_trajectory(args: argparse.Namespace) -> int:
+    from ._atomic import ensure_writable_dir
     from .trajectory_plot import plot_trajectory, read_trajectory
 
     if args.output is not None:
-        from ._atomic import check_output_file
+        from ._atomic import check_not_an_input, check_output_file
 
         check_output_file(args.output)
+        check_not_an_input(args.output, [args.run_dir, os.path.join(args.run_dir, "layerprobe_trajectory.csv")])
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))  # created (as snapshot -o), or refused now
     df = read_trajectory(args.run_dir)
     out = args.output or os.path.join(args.run_dir if os.path.isdir(args.run_dir) else
                                       os.path.dirname(args.run_dir) or ".", "layerprobe_trajectory.png")
     plot_trajectory(df, out, title=args.title)
-    print(f"wrote {out}: {df['block'].nunique()} entries, {df['step'].nunique()} checks")
+    _out(f"wrote {out}: {df['block'].nunique()} entries, {df['step'].nunique()} checks\n")
     return 0
 
 
 def cmd_freeze_list(args: argparse.Namespace) -> int:
 
-    from ._atomic import atomic_write_text, check_output_file
+    from ._atomic import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
     from .freeze import parameter_names
     from .guards import check_model_dir, load_json
 
     if args.output is not None:
         check_output_file(args.output)
+        check_not_an_input(args.output, [args.comparison, args.model])
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))  # created (as snapshot -o), or refused now
     try:
         advice = load_json(args.comparison, "comparison JSON")["recommendation"]["freeze"]
     except (KeyError, TypeError) as exc:
@@ -311,13 +336,17 @@ def cmd_freeze_list(args: argparse.Namespace) -> int:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LayerProbeError(f"cannot load the model config: {str(exc).splitlines()[0]}", args.model) from None
-    names = parameter_names(model, advice)
+    try:
+        names = parameter_names(model, advice)
+    except LayerProbeError as err:  # the comparison was made on another model: name the comparison
+        raise LayerProbeError(f"{err.message} (was the comparison made on another model?)",
+                              err.path or args.comparison) from None
     text = "".join(n + "\n" for n in names)
     if args.output:
         atomic_write_text(args.output, text)
-        print(f"wrote {args.output}: {len(names)} parameters of {len(advice)} entries {advice}", file=sys.stderr)
+        _err(f"wrote {args.output}: {len(names)} parameters of {len(advice)} entries {advice}")
     else:
-        sys.stdout.write(text)
+        _out(text)
     return 0
 
 
@@ -328,24 +357,79 @@ COMMANDS = {"snapshot": cmd_snapshot, "compare": cmd_compare, "demo": cmd_demo,
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a bad option (2, one line): a code, as documented
+        return exc.code if isinstance(exc.code, int) else 2
     previous = _raise_on_sigterm()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return COMMANDS[args.command](args)
     except LayerProbeError as err:
-        print(f"layerprobe: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        _err(f"layerprobe: error: {printable(str(err).strip()) if str(err).strip() else type(err).__name__}")
         return 2
+    except _BrokenPipe:  # the reader went away (``| head``): stop quietly, like a tool killed by SIGPIPE
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
-        print("layerprobe: interrupted", file=sys.stderr)
+        _err("layerprobe: interrupted")
         return 130
     except _Terminated:
-        print("layerprobe: terminated", file=sys.stderr)
+        _err("layerprobe: terminated")
         return 143
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+#: characters that would break the one-line message or act on the terminal (newlines, escape codes)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a file name holding a newline or an escape code
+    keeps the error message on one line and never drives the terminal.
+
+    >>> printable("we\\nird\\x1b[31m.pt: not found")
+    'we\\\\nird\\\\x1b[31m.pt: not found'
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class _BrokenPipe(Exception):
+    """Standard output was closed by its reader."""
+
+
+def _out(text: str) -> None:
+    """Write a result to standard output; a closed, full or broken stdout is one line, not a traceback."""
+    stream = sys.stdout
+    if stream is None:
+        raise LayerProbeError("cannot write to standard output: it is closed")
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        try:  # nothing more can reach the reader: no second error when Python flushes at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise _BrokenPipe() from None
+    except OSError as exc:
+        raise LayerProbeError(f"cannot write to standard output ({exc.strerror or exc})") from None
+
+
+def _err(line: str) -> None:
+    """One line on standard error (dropped when stderr is closed)."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class _Terminated(BaseException):

@@ -64,6 +64,9 @@ def attach_weights(side: Side, path: str | os.PathLike) -> None:
     """Read a side's weights from files (a representation-only snapshot of an offloaded model)."""
     from .checkpoints import open_checkpoint
 
+    if side.weights is not None:  # never replaced silently: the side's own weights are what it measured
+        raise LayerProbeError(f"{side.label} already holds weights; extra weight files are only for a "
+                              f"representation-only snapshot (an offloaded model)", path)
     table, found = WeightTable.from_source(open_checkpoint(path))
     have = [e["name"] for e in side.meta["entries"]]
     if found.names != have:
@@ -247,6 +250,7 @@ def compare(
                                             "ci_level": ci_level, "seed": seed, "cross_layer": cross_layer},
                   _CKA_DEFAULTS)
     texts = read_probe(probe, text_column, max_examples)
+    _check_run_settings(a, b, texts, blocks=blocks, embeddings=embeddings, dtype=dtype)
     # a snapshot side fixes the probe settings; a setting given that contradicts one raises here,
     # before any model runs (it used to be replaced silently by side A's)
     snaps = [(x, label) for x, label in ((a, "A"), (b, "B")) if isinstance(x, Snapshot) and x.has_representations]
@@ -264,6 +268,28 @@ def compare(
             attach_weights(side, wpath)
     return compare_sides(sa, sb, thresholds=thresholds, anatomy=anatomy, cka_options=copts,
                          on_undefined=on_undefined)
+
+
+def _check_run_settings(a: Any, b: Any, texts: Sequence[str] | None, **given: Any) -> None:
+    """Refuse settings for running a model when no model runs (they would be silently ignored).
+
+    Block/embedding patterns apply to a model object or a model directory run over the probe;
+    ``dtype`` to a model directory run over the probe. Snapshots and weight files (and directories
+    compared weights-only) keep the entries and precision they were saved with.
+    """
+    from torch import nn
+
+    def runs(x: Any, loaded_here: bool) -> bool:
+        if isinstance(x, nn.Module):
+            return not loaded_here
+        return isinstance(x, (str, os.PathLike)) and texts is not None and os.path.isdir(os.fspath(x))
+
+    for name, value in given.items():
+        if value is None or any(runs(x, name == "dtype") for x in (a, b)):
+            continue
+        raise LayerProbeError(f"--{name} ({name}=) applies only to a model run here (a model directory with a "
+                              f"probe{'' if name == 'dtype' else ', or a model object'}); snapshots and weight files "
+                              f"keep the {'precision' if name == 'dtype' else 'entries'} they were saved with")
 
 
 #: Estimators selectable with ``estimator=`` / ``--estimator`` (names: :data:`layerprobe.options.ESTIMATORS`).

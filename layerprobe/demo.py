@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._atomic import atomic_write_text, ensure_writable_dir
+from ._atomic import atomic_output_dir, atomic_write_text, ensure_writable_dir
+from .errors import LayerProbeError
 
 # the shipped model and data live in shipped.py; re-exported here for older callers
 from .shipped import default_model_path, load_classifier, rotten_tomatoes_splits
@@ -39,7 +40,25 @@ def split_rotten_tomatoes(cfg: DemoConfig) -> tuple[Any, Any, Any]:
 
 def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True,
              log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Run the whole path once and write every result into ``out_dir``."""
+    """Run the whole path once and write every result into ``out_dir``.
+
+    The files are built in a temporary sibling folder and appear together at the end: an
+    interrupted or failed run leaves ``out_dir`` as it was (no lone ``base.pt``).
+    """
+    for name, low in (("train_size", 1), ("test_size", 1), ("probe_size", 2)):  # before minutes of work
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise LayerProbeError(f"{name} must be an integer >= {low}"
+                                  f"{' (linear CKA needs at least 2 probe examples)' if low == 2 else ''}, got {v!r}")
+    ensure_writable_dir(out_dir)
+    with atomic_output_dir(out_dir) as tmp:
+        run = _run_demo(tmp, cfg, progress, log)
+    log(f"wrote base.pt, tuned.pt, comparison.json, comparison.csv, groups.csv, blocks.png, run.json to {out_dir} "
+        f"({run['wall_seconds']:.0f}s)")
+    return run
+
+
+def _run_demo(out_dir: str, cfg: DemoConfig, progress: bool, log: Callable[[str], Any]) -> dict[str, Any]:
     from .compare import compare
     from .options import CSV_OPTIONS
     from .plots import plot_blocks
@@ -48,7 +67,6 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
     from .snapshot import take_snapshot
     from .train import TrainConfig, evaluate, fine_tune
 
-    ensure_writable_dir(out_dir)
     t0 = time.perf_counter()
     train, test, probe = split_rotten_tomatoes(cfg)
     model, tok = load_classifier(default_model_path(), 2, cfg.seed)
@@ -81,6 +99,4 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
         "wall_seconds": time.perf_counter() - t0,
     }
     atomic_write_text(os.path.join(out_dir, "run.json"), json.dumps(run, indent=2) + "\n")
-    log(f"wrote base.pt, tuned.pt, comparison.json, comparison.csv, groups.csv, blocks.png, run.json to {out_dir} "
-        f"({run['wall_seconds']:.0f}s)")
     return run

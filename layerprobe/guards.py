@@ -35,6 +35,7 @@ from .errors import LayerProbeError, one_line
 __all__ = [
     "MAX_JSON_BYTES",
     "MAX_LAYERS",
+    "check_exists",
     "check_model_dir",
     "json_loads",
     "load_json",
@@ -82,6 +83,68 @@ def regular_file(path: str | os.PathLike, what: str = "file") -> int:
     if not os.access(path, os.R_OK):
         raise LayerProbeError(f"cannot read {what}: permission denied", path)
     return st.st_size
+
+
+def check_exists(path: str | os.PathLike, what: str = "file", missing: str | None = None) -> os.stat_result:
+    """``os.stat(path)`` (symlinks followed), with a one-line reason when it fails.
+
+    ``os.path.exists`` answers False for every failure, so "not found" used to be reported for a
+    symlink loop, a dangling link, a name too long for the file system or a parent that is a file.
+
+    Raises:
+        LayerProbeError: ``missing`` (default ``"<what> not found"``) for a missing path, else what
+            really went wrong.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> os.symlink(os.path.join(d, "b"), os.path.join(d, "a")); os.symlink(os.path.join(d, "a"), os.path.join(d, "b"))
+    >>> check_exists(os.path.join(d, "a"), "probe file")
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: ...a: probe file is a symbolic link loop (too many levels of symbolic links)
+    """
+    import errno
+
+    path = os.fspath(path)
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        code = exc.errno
+    if code == errno.ELOOP:
+        raise LayerProbeError(f"{what} is a symbolic link loop (too many levels of symbolic links)", path)
+    if code == errno.ENAMETOOLONG:
+        raise LayerProbeError(f"{what} name is too long for the file system", path)
+    if code == errno.ENOTDIR:
+        raise LayerProbeError(f"{what} not found (a parent of the path is a file, not a directory)", path)
+    if code in (errno.EACCES, errno.EPERM):
+        raise LayerProbeError(f"cannot read {what}: permission denied", path)
+    missing = missing or f"{what} not found"
+    if code == errno.ENOENT and os.path.islink(path):
+        raise LayerProbeError(f"{missing} (a symbolic link to {one_line(repr(os.readlink(path)), 200)}, which does "
+                              f"not exist)", path)
+    if code == errno.ENOENT:
+        raise LayerProbeError(missing, path)
+    raise LayerProbeError(f"cannot read {what} ({one_line(os.strerror(code) if code else 'unknown error')})", path)
+
+
+def unique_keys(path: str | os.PathLike, what: str) -> Any:
+    """A ``json.loads`` ``object_pairs_hook`` refusing an object that names a key twice (ambiguous:
+    readers disagree on which one counts).
+
+    >>> json.loads('{"a": 1, "a": 2}', object_pairs_hook=unique_keys("h.json", "the header names"))
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: h.json: the header names 'a' twice (ambiguous)
+    """
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise LayerProbeError(f"{what} {one_line(repr(k), 80)} twice (ambiguous)", path)
+            out[k] = v
+        return out
+
+    return hook
 
 
 def read_bounded(path: str | os.PathLike, limit: int, what: str = "file") -> bytes:

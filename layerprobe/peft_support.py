@@ -16,7 +16,6 @@ Adapter weights are read safely: ``adapter_model.safetensors`` with safetensors,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import LayerProbeError
+from .errors import LayerProbeError, one_line
 
 __all__ = ["is_adapter_dir", "lora_update_norm", "read_adapter", "resolve_adapter_side"]
 
@@ -54,15 +53,29 @@ def lora_update_norm(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> fl
 
 
 def _read_config(path: str) -> dict:
+    from .guards import _check_auto_map, load_json
+
     f = os.path.join(path, ADAPTER_CONFIG)
-    try:
-        with open(f, encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise LayerProbeError(f"cannot read the adapter config ({type(err).__name__})", f) from None
+    cfg = load_json(f, "adapter config")  # bounded; deep nesting, NaN, bad UTF-8: one line
     if not isinstance(cfg, dict):
         raise LayerProbeError("adapter config is not a JSON object", f)
+    _check_auto_map(path)  # no custom code from the adapter directory either
+    for key, integer in (("r", True), ("lora_alpha", False)):
+        v = cfg.get(key)
+        if v is not None and not _plausible(v, integer):
+            raise LayerProbeError(f"{key} = {one_line(repr(v), 40)} is not a plausible value (expected a positive "
+                                  f"{'integer' if integer else 'finite number'})", f)
+    patterns = cfg.get("alpha_pattern")
+    if patterns is not None and not (isinstance(patterns, dict)
+                                     and all(_plausible(v, False) for v in patterns.values())):
+        raise LayerProbeError("alpha_pattern must map module names to positive finite numbers", f)
     return cfg
+
+
+def _plausible(v: Any, integer: bool) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        return False
+    return math.isfinite(v) and 0 < v < 1 << 31
 
 
 def _adapter_tensors(path: str) -> dict[str, torch.Tensor]:
@@ -70,9 +83,10 @@ def _adapter_tensors(path: str) -> dict[str, torch.Tensor]:
 
     st = os.path.join(path, "adapter_model.safetensors")
     if os.path.isfile(st):
-        from safetensors.torch import load_file
+        from .checkpoints import SafetensorsSource
 
-        return load_file(st)
+        with SafetensorsSource(st) as src:  # the checked reader: a broken file is one line naming it
+            return {k: src.get(k) for k in src.keys()}
     binf = os.path.join(path, "adapter_model.bin")
     if os.path.isfile(binf):
         kind, obj = load_pt_or_snapshot(binf)  # weights only
@@ -95,7 +109,8 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, Any
     if cfg.get("use_dora"):
         raise LayerProbeError("DoRA adapters are not supported (the update is not B·A·scale)", path)
     tensors = _adapter_tensors(path)
-    alpha, r0 = float(cfg.get("lora_alpha", cfg.get("r", 8))), int(cfg.get("r", 8))
+    r0 = int(cfg.get("r") or 8)  # validated by _read_config; null means the default
+    alpha = float(cfg["lora_alpha"] if cfg.get("lora_alpha") is not None else r0)
     alpha_pattern, rslora = cfg.get("alpha_pattern") or {}, bool(cfg.get("use_rslora"))
     modules: dict[str, dict[str, Any]] = {}
     for k, t in tensors.items():

@@ -79,8 +79,9 @@ def read_probe_texts(
                 f"max_examples must be a positive integer or None, got {max_examples!r}"
             )
         max_examples = int(max_examples)
-    if not os.path.exists(path):
-        raise LayerProbeError("probe file not found", path=path)
+    from .guards import check_exists
+
+    check_exists(path, "probe file")  # a symlink loop or a name too long is said so, not "not found"
     if os.path.isdir(path):
         texts = _read_saved_dataset(path, text_column, max_examples)
     else:

@@ -126,26 +126,32 @@ def _qualifies(entry: dict, t: Thresholds, basis: str, top: float = math.nan) ->
 
 def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
     """Accept a comparison as well as its entries: a Comparison, its JSON dict, JSON text or a JSON file."""
-    import json
     import os
+    from collections.abc import Mapping
+
+    from .errors import LayerProbeError
+    from .guards import json_loads, load_json
 
     if hasattr(x, "blocks") and hasattr(x, "recommendation"):  # a Comparison
         x = x.to_dict()
-    if isinstance(x, (str, os.PathLike)):
+    path = None
+    if isinstance(x, (str, os.PathLike)):  # a file is read bounded; bad JSON is one line naming it
         text = os.fspath(x)
-        if not text.lstrip().startswith("{"):
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
-        x = json.loads(text)
+        if text.lstrip().startswith("{"):
+            x = json_loads(text, None, "comparison JSON")
+        else:
+            path = text
+            x = load_json(path, "comparison JSON")
     if isinstance(x, dict):
         if not isinstance(x.get("blocks"), list):
-            from .errors import LayerProbeError
-
-            raise LayerProbeError(f"expected a comparison JSON with a 'blocks' list, found keys {sorted(x)[:8]}")
+            raise LayerProbeError(f"expected a comparison JSON with a 'blocks' list, found keys {sorted(x)[:8]}", path)
         if not other_params:
             other_params = int((x.get("other") or {}).get("n_params_compared") or 0)
         x = x["blocks"]
-    return list(x), other_params
+    x = list(x)
+    if not all(isinstance(e, Mapping) and isinstance(e.get("name"), str) for e in x):
+        raise LayerProbeError("expected entries as dicts with a 'name' (a comparison's 'blocks')", path)
+    return x, other_params
 
 
 def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_params: int = 0) -> Recommendation:

@@ -51,11 +51,11 @@ def _sniff(path: str) -> str:
 
 
 def _check_file(path: str, what: str = "file") -> None:
-    if not os.path.exists(path):
-        raise LayerProbeError(f"{what} not found", path=path)
+    from .guards import check_exists, regular_file
+
+    check_exists(path, what)  # a symlink loop or a name too long is said so, not "not found"
     if os.path.isdir(path):
         raise LayerProbeError(f"is a directory, expected a {what}", path=path)
-    from .guards import regular_file
 
     regular_file(path, what)  # a FIFO or device is refused here, never read (or called empty)
     if os.path.getsize(path) == 0:

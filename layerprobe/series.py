@@ -13,7 +13,6 @@ its own, ``checkpoint-N`` folders inside) expands to its checkpoints in step ord
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -31,13 +30,14 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _trainer_state(path: str) -> dict | None:
+    from .guards import load_json
+
     f = os.path.join(path, "trainer_state.json") if os.path.isdir(path) else None
     if f is None or not os.path.isfile(f):
         return None
-    try:
-        with open(f, encoding="utf-8") as fh:
-            state = json.load(fh)
-    except (OSError, ValueError, UnicodeDecodeError):
+    try:  # optional information: an unreadable, huge or deeply nested file is ignored, never a crash
+        state = load_json(f, "trainer_state.json")
+    except LayerProbeError:
         return None
     return state if isinstance(state, dict) else None
 
@@ -49,10 +49,11 @@ def run_progress(path: str | os.PathLike) -> dict | None:
     None when the directory holds no readable trainer state.
     """
     state = _trainer_state(os.fspath(path))
-    if state is None or not isinstance(state.get("global_step"), int):
+    step = None if state is None else state.get("global_step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         return None
-    step, total = state["global_step"], state.get("max_steps")
-    total = total if isinstance(total, int) and total > 0 else None
+    total = state.get("max_steps") if state is not None else None
+    total = total if isinstance(total, int) and not isinstance(total, bool) and total >= step and total > 0 else None
     return {"step": step, "max_steps": total, "fraction": step / total if total else None}
 
 

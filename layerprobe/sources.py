@@ -48,8 +48,17 @@ class WeightTable:
         path = getattr(source, "path", None)
         directory = path if path and os.path.isdir(path) else None
         # align on parameters: buffers (old files' embeddings.position_ids) and tied aliases are not weights
-        keys, _ = drop_non_parameters(list(source.keys()), {k: source.dtype(k) for k in source.keys()}, directory)
-        blocks = blocks_from_names(keys)
+        every = list(source.keys())
+        keys, dropped = drop_non_parameters(every, {k: source.dtype(k) for k in every}, directory)
+        if not every:
+            raise LayerProbeError("holds no tensors, expected model weights", path)
+        if not keys:
+            raise LayerProbeError(f"holds no parameters to compare: its {len(dropped)} tensor(s) are integer/bool "
+                                  f"or not parameters of the model (e.g. {dropped[0]!r})", path)
+        try:
+            blocks = blocks_from_names(keys)
+        except LayerProbeError as err:  # say which file
+            raise LayerProbeError(err.message, err.path or path) from None
         index: dict[str, dict[str, str]] = {}
         for k in keys:
             entry = blocks.entry_of(k)
@@ -122,6 +131,19 @@ def _check_bin_weights(path: str) -> None:
             raise LayerProbeError("is a layerprobe snapshot, expected model weights", os.path.join(path, shard))
 
 
+def _check_index_metadata(path: str) -> None:
+    """transformers needs a sharded index's ``"metadata"`` object (its KeyError said only 'metadata')."""
+    from .checkpoints import _hf_weights_file
+    from .guards import load_json
+
+    weights = _hf_weights_file(path)
+    index = load_json(weights, "index file") if weights.endswith(".index.json") else None
+    if index is not None and not isinstance(index.get("metadata") if isinstance(index, dict) else None, dict):
+        raise LayerProbeError("index has no 'metadata' object, which transformers needs to load the model "
+                              "(e.g. \"metadata\": {\"total_size\": N}); a weights-only comparison (no --probe) "
+                              "reads it without", weights)
+
+
 #: attribute set on a model loaded by :func:`load_hf_model`: parameter names that were not in the
 #: files (randomly initialised by transformers); snapshots leave them out
 NOT_IN_FILES = "_layerprobe_not_in_files"
@@ -170,6 +192,7 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
 
     check_model_dir(path)  # the one guard: no custom code, known class, weights that match the config
     _check_bin_weights(path)
+    _check_index_metadata(path)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise LayerProbeError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
@@ -239,8 +262,9 @@ def resolve_side(
 
     path = os.fspath(x)
     label = label or path
-    if not os.path.exists(path):
-        raise LayerProbeError("no such file or directory", path)
+    from .guards import check_exists
+
+    check_exists(path, "input", missing="no such file or directory")  # a loop or too long a name is said so
     from .peft_support import is_adapter_dir
 
     overrides = {"block_pattern": block_pattern, "embedding_pattern": embedding_pattern}
@@ -267,7 +291,7 @@ def resolve_side(
     # a directory of weight shards without config.json is compared weights-only: open_checkpoint
     # checks every shard header and that the index names files inside the directory
     source: TensorSource | None = None
-    if os.path.isfile(path) and not path.endswith(".safetensors"):
+    if os.path.isfile(path) and not path.endswith((".safetensors", ".index.json")):  # an index: its shards
         kind, obj = load_pt_or_snapshot(path)  # loaded once, safely
         if kind == "snapshot":
             side = _side_from_snapshot(Snapshot.from_dict(obj, path), label)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 
 from .errors import LayerProbeError
@@ -37,6 +38,17 @@ def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
     for c in ("step", "cka_to_start", "weight_drift"):
         if not pd.api.types.is_numeric_dtype(df[c]):
             raise LayerProbeError(f"trajectory column {c!r} is not numeric", path)
+    # values a trajectory can hold (the plot's axis arithmetic overflows on 1e308 and the like)
+    checks = (("step", lambda v: v.notna() & np.isfinite(v) & (v >= 0) & (v < 2.0 ** 63), "finite steps >= 0"),
+              ("cka_to_start", lambda v: v.isna() | ((v >= -1 - 1e-6) & (v <= 1 + 1e-6)), "CKA values in [-1, 1] or empty"),
+              ("weight_drift", lambda v: v.isna() | (v >= 0), "drift values >= 0 or empty"))
+    for c, ok, what in checks:
+        bad = ~ok(df[c].astype(float))
+        if bool(bad.any()):
+            row = int(bad.to_numpy().argmax())
+            value = df[c].iloc[row]
+            value = value.item() if hasattr(value, "item") else value
+            raise LayerProbeError(f"trajectory column {c!r} must hold {what}; data row {row + 1} has {value!r}", path)
     return df
 
 
@@ -73,5 +85,9 @@ def plot_trajectory(df: pd.DataFrame, path: str | os.PathLike, title: str | None
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    import warnings
+
+    with warnings.catch_warnings():  # many entries: the legend may not fit; the figure is still written
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     return save_figure(fig, path)

@@ -153,7 +153,30 @@ def pair_sums(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK, threads: int
         dd += pdd
         if math.isnan(pm) or pm > mx:
             mx = pm if not math.isnan(mx) else mx
-    return aa, aa + 2.0 * ad + dd, aa + ad, dd, mx
+    bb, ab = aa + 2.0 * ad + dd, aa + ad
+    if bb < _SMALL_B * aa:  # b tiny next to a (b ≈ 0): Σb² and Σab derived from a's sums cancel
+        with _OneTorchThread():
+            bb, ab = _direct_b_sums(fa, fb, chunk)
+    return aa, bb, ab, dd, mx
+
+
+#: below this ‖b‖²/‖a‖², Σb² and Σab are summed directly (their derivation from Σa², Σa·Δ, ΣΔ² keeps
+#: only about ‖a‖²·1e-16 of absolute precision); rare, so the usual pass stays three dot products
+_SMALL_B = 1e-6
+
+
+def _direct_b_sums(fa: torch.Tensor, fb: torch.Tensor, chunk: int) -> tuple[float, float]:
+    """``(Σb², Σab)`` in float64, chunk by chunk in a fixed order (deterministic)."""
+    buf = _buffer(chunk)
+    bb = ab = 0.0
+    for s in range(0, fa.numel(), chunk):
+        e = min(fa.numel(), s + chunk)
+        a, b = buf[0, :e - s], buf[1, :e - s]
+        a.copy_(fa[s:e])
+        b.copy_(fb[s:e])
+        bb += float(torch.dot(b, b))
+        ab += float(torch.dot(a, b))
+    return bb, ab
 
 
 class DriftAccumulator:
