@@ -72,3 +72,29 @@ def pickle_globals(path: str | os.PathLike) -> list[str]:
         elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
             found.append(f"{strings[-2]}.{strings[-1]}")
     return found
+
+
+def model_variant(root, good, name: str, cfg=None, drop=(), files=None):
+    """``root/name``: a copy of the model directory ``good`` with ``cfg(config_dict)`` applied to its
+    config.json, the files or folders in ``drop`` removed, and ``files`` added (``name: bytes | str``;
+    ``None`` makes an empty folder of that name). Made once; later calls return the same path."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    d = Path(root) / name
+    if not d.exists():
+        shutil.copytree(good, d)
+        if cfg:
+            c = json.loads((d / "config.json").read_text())
+            cfg(c)
+            (d / "config.json").write_text(json.dumps(c))
+        for n in drop:
+            p = d / n
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for n, v in (files or {}).items():
+            if v is None:
+                (d / n).mkdir()
+            else:
+                (d / n).write_bytes(v if isinstance(v, bytes) else v.encode())
+    return d

@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 from conftest import tiny_bert
+from helpers_malicious import model_variant as shared_variant
 
 from layerprobe.cli import main
 
@@ -45,18 +46,7 @@ def f(tmp_path_factory, tokenizer, texts):
 
 def variant(f, name, cfg=None, drop=(), files=None):
     """A copy of the good model directory with config edits, files dropped or files added."""
-    d = f["root"] / name
-    if not d.exists():
-        shutil.copytree(f["good"], d)
-        if cfg:
-            c = json.loads((d / "config.json").read_text())
-            cfg(c)
-            (d / "config.json").write_text(json.dumps(c))
-        for n in drop:
-            (d / n).unlink()
-        for n, v in (files or {}).items():
-            (d / n).write_bytes(v if isinstance(v, bytes) else v.encode())
-    return str(d)
+    return str(shared_variant(f["root"], f["good"], name, cfg=cfg, drop=drop, files=files))
 
 
 def run(argv, capsys, monkeypatch):

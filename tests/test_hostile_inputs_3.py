@@ -21,6 +21,7 @@ import sys
 import pytest
 import torch
 from conftest import tiny_bert
+from helpers_malicious import model_variant as shared_variant
 from safetensors.torch import load_file, save_file
 
 from layerprobe.cli import build_parser, main
@@ -80,22 +81,7 @@ def raw_safetensors(path, header, data=b""):
 
 
 def model_variant(f, name, cfg=None, files=None, drop=()):
-    d = f["root"] / name
-    if not d.exists():
-        shutil.copytree(f["good"], d)
-        if cfg:
-            c = json.loads((d / "config.json").read_text())
-            cfg(c)
-            (d / "config.json").write_text(json.dumps(c))
-        for n in drop:
-            p = d / n
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-        for n, v in (files or {}).items():
-            if v is None:
-                (d / n).mkdir()
-            else:
-                (d / n).write_bytes(v if isinstance(v, bytes) else v.encode())
-    return d
+    return shared_variant(f["root"], f["good"], name, cfg=cfg, drop=drop, files=files)
 
 
 # ------------------------------------------------------------------ paths: loops, dangling links, odd names
