@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -132,8 +133,9 @@ def auto_probe_size(cap: int, n_train: int, checks_per_epoch: int, floor: int = 
 
 
 def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict, cache: str,
-            progress: bool, auto_options: dict | None = None) -> dict:
-    """Train one config with early stopping on dev; returns the run's row (and writes side files)."""
+            progress: bool, auto_options: dict | None = None, config: str | None = None) -> dict:
+    """Train one config with early stopping on dev; returns the run's row (and writes side files).
+    ``config`` names an auto-rule variant's runs (default: the config's name)."""
     import torch
 
     from layerprobe.blocks import find_blocks
@@ -143,7 +145,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
 
     assert b.lr is not None
     train, dev, test, probe = data["train"], data["dev"], data["test"], data["probe"]
-    name = config_name(emb, k)
+    name = config or config_name(emb, k)
     model, tok = load_classifier(default_model_path(), b.num_labels, seed)
     blocks = find_blocks(model)
     tc = TrainConfig(epochs=b.max_epochs, lr=b.lr, batch_size=b.batch_size, max_length=b.max_length,
@@ -303,7 +305,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="results dir (default analyses/results)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="do not rebuild results after each run")
+    p.add_argument("--auto-variant", default=None, metavar="NAME=JSON",
+                   help="exploratory: run the auto stage with this rule (Thresholds keywords as JSON) instead of "
+                        "rule.json's, cached as config NAME; study_report lists it apart from the targets")
     a = p.parse_args(argv)
+    variant: tuple[str, dict] | None = None
+    if a.auto_variant:
+        vname, _, vjson = a.auto_variant.partition("=")
+        if not re.fullmatch(r"[a-z0-9.+-]+", vname) or vname == "full":
+            p.error(f"--auto-variant: NAME must be [a-z0-9.+-]+ and not 'full', got {vname!r}")
+        variant = (f"rule-{vname}", json.loads(vjson))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in (a.seeds or ("0" if a.smoke else "0,1,2")).split(",")]
@@ -325,14 +336,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # one thread per run: CPU time is clean on a shared machine
     data_cache: dict = {}
 
-    def do(b: TaskBudget, method: str, emb: bool, k: int, seed: int, auto_options=None) -> dict:
-        path = run_file(cache, b.task, method, config_name(emb, k), b.lr, seed)
+    def do(b: TaskBudget, method: str, emb: bool, k: int, seed: int, auto_options=None,
+           config: str | None = None) -> dict:
+        path = run_file(cache, b.task, method, config or config_name(emb, k), b.lr, seed)
         row = _read_row(path, b)
         if row is not None and (method != "auto" or row.get("auto_options") == _clean(auto_options or {})):
             return row
         if b.task not in data_cache:
             data_cache[b.task] = task_splits(b)
-        row = run_one(b, method, emb, k, seed, data_cache[b.task], cache, not a.no_progress, auto_options)
+        row = run_one(b, method, emb, k, seed, data_cache[b.task], cache, not a.no_progress, auto_options, config)
         if method == "auto":
             row["auto_options"] = auto_options or {}
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -390,6 +402,9 @@ def main(argv=None) -> int:
                 do(b, "full", False, 0, seed)
             elif method == "fixed":
                 do(b, "fixed", True, k, seed)
+            elif variant is not None:
+                opts = _auto_options(out)
+                do(b, "auto", False, 0, seed, {**opts, "thresholds": variant[1]}, variant[0])
             else:
                 do(b, "auto", False, 0, seed, _auto_options(out))
     _report(cache, out, a.smoke)

@@ -283,8 +283,9 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
         want = _clean(asdict(t)) if rule else None  # unfit: the runs used the policy's default rule
         return r["method"] != "auto" or opts.get("thresholds") == want
 
+    variants = auto_variants(runs)
     runs = runs[runs.apply(current, axis=1)]
-    info = {}
+    info: dict = {"_auto_variants": variants}
     summary = []
     for task in budgets:
         ev = evaluate_rule(t, runs, task)
@@ -346,6 +347,38 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     atomic_write_text(os.path.join(out, "report.md"),
                       render(settings, info, rule_info, cand_table, timing, df, budgets))
     return info
+
+
+def auto_variants(runs: pd.DataFrame) -> list[dict]:
+    """Exploratory auto runs with another rule than the fit (``freeze_study.py --auto-variant``), per task
+    and variant: relative accuracy and CPU time against the same seed's full run, and what froze when.
+    They are not the study's auto method and never enter the targets."""
+    out = []
+    if not len(runs) or "config" not in runs:
+        return out
+    var = runs[(runs.method == "auto") & runs.config.astype(str).str.startswith("rule-")]
+    for (task, config), g in var.groupby(["task", "config"], sort=True):
+        full = runs[(runs.task == task) & (runs.method == "full")].set_index("seed")
+        rel, cpu, per_epoch, frozen = [], [], [], []
+        for r in g.itertuples():
+            if r.seed not in full.index:
+                continue
+            f = full.loc[r.seed]
+            rel.append(r.accuracy / f.accuracy)
+            cpu.append(r.train_cpu_seconds / f.train_cpu_seconds)
+            per_epoch.append((r.train_cpu_seconds / r.epochs) / (f.train_cpu_seconds / f.epochs))
+            auto = r.auto if isinstance(r.auto, dict) else {}
+            steps = auto.get("freeze_steps", {})
+            total = max(1, int(r.steps))
+            frozen.append(f"s{int(r.seed)}: " + (", ".join(f"{n}@{100 * st / total:.0f}%" for n, st in steps.items())
+                                                  or "nothing"))
+        thresholds = (g.iloc[0].get("auto_options") or {}).get("thresholds", {})
+        rel_m, rel_se = mean_se(rel)
+        out.append({"task": task, "variant": config, "thresholds": thresholds, "n": len(rel), "rel_acc": rel_m,
+                    "rel_acc_se": rel_se, "cpu_ratio": float(np.mean(cpu)) if cpu else math.nan,
+                    "cpu_per_epoch_ratio": float(np.mean(per_epoch)) if per_epoch else math.nan,
+                    "frozen": "; ".join(frozen)})
+    return out
 
 
 def _copy_side_files(runs: pd.DataFrame, out: str) -> None:
@@ -433,6 +466,18 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
         ends = timing.groupby(["task", "seed"]).advice_end.first()
         for (task, seed), r in piv.iterrows():
             L.append(f"| {task} | {seed} | " + " | ".join(str(v) for v in r.values) + f" | {ends[(task, seed)]} |")
+    if info.get("_auto_variants"):
+        L += ["", "## Exploratory: the auto run with other rules", "",
+              "Runs of `freeze_study.py --auto-variant NAME=JSON`: the same-run policy with another rule than the "
+              "fitted one (`thresholds` below; everything else as in the auto runs). Not part of the targets; "
+              "a variant chosen on Rotten Tomatoes is checked on BBC News only after it is chosen.", "",
+              "| task | variant | thresholds | n | rel. acc | CPU / full | CPU/epoch / full | froze (share of the run) |",
+              "|---|---|---|---:|---:|---:|---:|---|"]
+        for v in info["_auto_variants"]:
+            th = ", ".join(f"{k}={val}" for k, val in v["thresholds"].items()
+                           if k in ("min_cka", "max_relative_change", "use_interval"))
+            L.append(f"| {v['task']} | {v['variant']} | {th} | {v['n']} | {_pct_se(v['rel_acc'], v['rel_acc_se'])} | "
+                     f"{_ratio(v['cpu_ratio'])} | {_ratio(v['cpu_per_epoch_ratio'])} | {v['frozen']} |")
     L += ["", "## Per config (mean over seeds; rel. acc ± its standard error over seeds)", "",
           "| task | method | config | n | accuracy | rel. acc | CPU s | "
           "CPU saved | CPU/epoch saved | wall s | epochs |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
