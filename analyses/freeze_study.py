@@ -114,7 +114,7 @@ def task_splits(b: TaskBudget):
 
 
 # %% one run
-AUTO_PROBE_SHARE = 0.05  # the auto policy's probe passes may cost at most this share of training compute
+from layerprobe.tracker import DEFAULT_PROBE_SHARE as AUTO_PROBE_SHARE  # noqa: E402  (5% of training compute)
 
 
 def auto_probe_size(cap: int, n_train: int, checks_per_epoch: int, floor: int = 32) -> int:

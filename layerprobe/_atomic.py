@@ -15,6 +15,7 @@ the target is left as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -196,8 +197,10 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[str]:
         raise LayerProbeError(f"cannot write to output directory: {_one_line(exc.strerror or exc)}",
                               path=parent) from None
     old = None
+    body_done = False
     try:
         yield tmp
+        body_done = True
         written = set(os.listdir(tmp))
         moved: list[str] = []
         if os.path.isdir(path):
@@ -240,12 +243,22 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[str]:
         if isinstance(exc, LayerProbeError) and exc.path and exc.path.startswith(tmp + os.sep):
             # name the file the user asked for, not its place in the temporary folder
             raise LayerProbeError(exc.message, path=os.path.join(path, os.path.relpath(exc.path, tmp))) from None
-        if isinstance(exc, OSError):  # disk full while writing or swapping: one line, ``path`` as it was
+        if isinstance(exc, OSError) and (body_done or _about_output(exc, tmp)):
+            # disk full while writing the output or swapping it in: one line, ``path`` as it was (an error of
+            # the caller's own work inside the block, e.g. a missing input file, propagates unchanged)
             raise LayerProbeError(f"cannot write to output directory ({_one_line(exc.strerror or exc)}); it was "
                                   f"left as it was", path=path) from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _about_output(exc: OSError, tmp: str) -> bool:
+    """Whether an error raised inside :func:`atomic_output_dir`'s block concerns writing the output: it
+    names a file in the temporary folder, or the disk or quota is full."""
+    names = [n for n in (exc.filename, getattr(exc, "filename2", None)) if isinstance(n, (str, os.PathLike))]
+    inside = any(os.path.abspath(os.fsdecode(n)).startswith(tmp + os.sep) for n in names)
+    return inside or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextlib.contextmanager

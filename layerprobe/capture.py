@@ -204,8 +204,14 @@ def capture(
             mask = None if ids is None or ids.dim() != 2 else torch.ones_like(ids)
         cap._mask = mask
 
-    def after_model(_module, _args, _kwargs, _output):
+    def after_stack(_module, _args, _output):
         cap._commit()
+
+    # one row set per pass of the module that runs the block stack (e.g. ``bert.encoder``): rows of
+    # two calls are never mixed, whichever module the caller runs (the top model or its base model)
+    paths = {id(m): n for n, m in model.named_modules()}
+    parts = paths.get(id(first_block), "").split(".")
+    stack_owner = model.get_submodule(".".join(parts[:-2])) if len(parts) >= 2 else model
 
     def embeddings_hook(_module, args, kwargs):
         hidden = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("hidden_states")
@@ -224,7 +230,7 @@ def capture(
     handles = []
     try:
         handles.append(model.register_forward_pre_hook(grab_mask, with_kwargs=True))
-        handles.append(model.register_forward_hook(after_model, with_kwargs=True))
+        handles.append(stack_owner.register_forward_hook(after_stack))
         if blocks.entries[0].kind == "embeddings":
             handles.append(first_block.register_forward_pre_hook(embeddings_hook, with_kwargs=True))
         for entry in blocks.blocks:

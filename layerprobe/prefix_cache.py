@@ -219,7 +219,8 @@ class PrefixCache:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def attach(self, k: int) -> None:
-        """(Re)attach for a prefix of ``k`` blocks; a different ``k`` empties the store (and re-checks)."""
+        """(Re)attach for a prefix of ``k`` blocks; a different ``k`` empties the store. A cache that has
+        turned itself off (:attr:`disabled`) stays off: what turned it off is a property of the model."""
         n = len(self.blocks.blocks)
         if not 1 <= int(k) <= n:
             raise LayerProbeError(f"the prefix cache needs 1 <= k <= {n} frozen blocks, got {k=}")
@@ -245,8 +246,7 @@ class PrefixCache:
         if k != self.k:
             self.clear()
             self._format = None
-            self._last_calls = None
-            self.disabled = None
+            self._last_calls = None  # a cache that turned itself off stays off: its reasons hold for any k
         self.k = k
         self._handles.append(self.model.register_forward_pre_hook(self._read_batch, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._end_batch, always_call=True))

@@ -78,6 +78,7 @@ __all__ = [
     "FREEZE_LOG_CSV",
     "TRAJECTORY_CSV",
     "Tracker",
+    "probe_passes",
     "probe_plan",
     "probe_texts_within",
 ]
@@ -121,19 +122,32 @@ def probe_texts_within(budget: float, checks: int, cap: int, floor: int = MIN_PR
     return max(min(cap, floor), min(cap, math.floor(budget / max(1, checks))))
 
 
+def probe_passes(steps: int, every: int) -> int:
+    """Probe passes a run of ``steps`` optimizer steps makes checking every ``every`` steps: the start,
+    one per multiple of ``every``, and a final one when the last step is not a multiple.
+
+    >>> probe_passes(96, 8), probe_passes(60, 8), probe_passes(5, 10)
+    (13, 9, 2)
+    """
+    steps, every = max(0, int(steps)), max(1, int(every))
+    return 1 + steps // every + (1 if steps % every else 0)
+
+
 def probe_plan(n_texts: int, train_examples: int, max_checks: int = 20, share: float = DEFAULT_PROBE_SHARE,
                floor: int = MIN_PROBE_TEXTS, min_checks: int = MIN_CHECKS) -> tuple[int, int]:
     """``(checks, probe texts)`` for a run over ``train_examples`` examples (steps x batch) whose probe
     passes should cost at most ``share`` of its training compute.
 
     A training step costs about three forward passes per example (forward + backward) and a probe
-    pass one, at the same sequence length. The plan keeps ``max_checks`` checks and shrinks the probe;
-    when that would take it under ``floor`` texts it checks less often instead (down to
-    ``min_checks``); under both minimums the budget is exceeded rather than the advice made noise.
+    pass one, at the same sequence length. A run with ``checks`` checks makes at most ``checks + 2``
+    probe passes (:func:`probe_passes` with the interval rounded up: the start, the checks, and a final
+    one). The plan keeps ``max_checks`` checks and shrinks the probe; when that would take it under
+    ``floor`` texts it checks less often instead (down to ``min_checks``); under both minimums the
+    budget is exceeded rather than the advice made noise.
 
-    >>> probe_plan(64, 96 * 32)     # 96 steps of batch 32: 14 checks of 32 texts (4.9%)
-    (14, 32)
-    >>> probe_plan(64, 500 * 32)    # a longer run affords 20 checks of all 64 texts (2.7%)
+    >>> probe_plan(64, 96 * 32)     # 96 steps of batch 32: 12 checks of 32 texts (<= 14 passes, 4.9%)
+    (12, 32)
+    >>> probe_plan(64, 500 * 32)    # a longer run affords 20 checks of all 64 texts (<= 22 passes, 2.9%)
     (20, 64)
     >>> probe_plan(64, 20 * 8)      # a tiny run: the minimums win
     (8, 32)
@@ -141,9 +155,9 @@ def probe_plan(n_texts: int, train_examples: int, max_checks: int = 20, share: f
     budget = share * 3 * max(0, int(train_examples))
     floor = min(floor, n_texts)
     checks = max_checks
-    if math.floor(budget / checks) < floor:
-        checks = max(min_checks, min(max_checks, math.floor(budget / max(1, floor))))
-    return checks, probe_texts_within(budget, checks, n_texts, floor)
+    if math.floor(budget / (checks + 2)) < floor:
+        checks = max(min_checks, min(max_checks, math.floor(budget / max(1, floor)) - 2))
+    return checks, probe_texts_within(budget, checks + 2, n_texts, floor)
 
 
 # --------------------------------------------------------------------------------------------

@@ -150,3 +150,24 @@ def test_weight_shared_blocks_give_one_row_per_example_at_their_last_application
             expect = hs[layer][mask].float()
         torch.testing.assert_close(whole[name].to(expect.dtype), expect, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(split[name], whole[name], rtol=1e-5, atol=1e-6)
+
+
+def test_two_calls_of_the_base_model_inside_one_capture_keep_their_rows_apart():
+    """Rows are closed per pass of the module that runs the blocks, so calling ``m.bert`` twice gives the
+    rows of both batches for every entry, the same as calling the top model twice."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    m = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                 intermediate_size=20, vocab_size=50))
+    ids1, ids2 = torch.randint(5, 50, (2, 6)), torch.randint(5, 50, (3, 6))
+    with capture(m) as top:
+        m(input_ids=ids1)
+        m(input_ids=ids2)
+    with capture(m) as base:
+        m.bert(input_ids=ids1)
+        m.bert(input_ids=ids2)
+    assert {k: tuple(v.shape) for k, v in base.outputs.items()} == \
+        {"embeddings": (5, 16), "block.0": (5, 16), "block.1": (5, 16)}
+    for k, v in top.outputs.items():
+        assert torch.allclose(v, base.outputs[k], atol=1e-6), k

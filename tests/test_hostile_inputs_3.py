@@ -664,3 +664,20 @@ def test_demo_output_appears_together_or_not_at_all(capsys, monkeypatch, tmp_pat
     assert rc == 0, err
     assert {"base.pt", "tuned.pt", "comparison.json", "run.json", "blocks.png", "notes.txt"} <= set(os.listdir(out))
     assert "wrote base.pt" in stdout and strict_json((out / "run.json").read_text())["accuracy_after"] == 0.5
+
+
+def test_atomic_output_dir_names_write_errors_and_passes_the_callers_own_errors_through(tmp_path):
+    """An error of the work inside the block (a missing input) is not relabelled as an output problem;
+    a full disk while writing the output is one line naming the output; either way nothing is left."""
+    from layerprobe._atomic import atomic_output_dir
+    from layerprobe.errors import LayerProbeError
+
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        with atomic_output_dir(out):
+            open(tmp_path / "missing" / "model.safetensors", "rb")
+    with pytest.raises(LayerProbeError, match="cannot write to output directory") as e:
+        with atomic_output_dir(out) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(tmp, "a.json"))
+    assert e.value.path == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary folder

@@ -200,6 +200,31 @@ def test_cache_turns_itself_off_when_blocks_hand_more_than_hidden_states_up(kind
     assert (s["miss_batches"], s["uncached_batches"]) == (1, 14)
 
 
+def test_a_cache_that_turned_itself_off_stays_off_when_the_prefix_grows():
+    """What turns the cache off is the model's (T5's blocks hand their position bias up), not k's: a
+    longer prefix must not switch it back on, warn again or serve anything."""
+    m = make("t5")
+    blocks = find_blocks(m)
+    freeze(m, bottom_prefix(blocks, 1), blocks)
+    cache = PrefixCache(m, 1, blocks=blocks)
+    ids, mask = _collate(_data()[0][:5], left=False)
+    with pytest.warns(PrefixCacheOffWarning):
+        m(input_ids=ids, attention_mask=mask)
+    reason = cache.disabled
+    assert reason and "position bias" in reason
+    freeze(m, bottom_prefix(blocks, 2), blocks)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrefixCacheOffWarning)
+        cache.attach(2)
+        for _ in range(2):
+            m(input_ids=ids, attention_mask=mask)
+    s = cache.stats()
+    assert s["k"] == 2 and s["disabled"] == reason and s["hit_batches"] == 0 and s["examples"] == 0
+    cache.detach()
+
+
 @pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_decoder_stack_of_an_encoder_decoder_is_refused_with_the_encoder_as_hint(kind):
     m = make(kind)

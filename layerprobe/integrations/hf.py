@@ -6,6 +6,7 @@ layerprobe does at import time.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, cast
@@ -22,11 +23,14 @@ from ..tracker import (
     FREEZE_LOG_CSV,
     TRAJECTORY_CSV,
     Tracker,
+    probe_passes,
     probe_plan,
     probe_texts_within,
 )
 
 __all__ = ["LayerProbeCallback"]
+
+_DEFAULT: Any = object()  # probe_share not given
 
 class LayerProbeCallback(TrainerCallback):
     """A ``transformers.TrainerCallback`` that tracks every entry, gives the current advice, and
@@ -56,13 +60,14 @@ class LayerProbeCallback(TrainerCallback):
         freeze_policy: an explicit policy instead of the default one (``FreezePolicy`` or
             ``AutoFreezePolicy``).
         thresholds, settle, patience, cache: knobs of the default ``AutoFreezePolicy``.
-        probe_share: with ``auto_freeze``, the share of the run's training compute (``max_steps`` x
-            the effective batch, at ~3 forward passes per training example) the probe passes may
-            cost: at train begin the callback picks the checks per run (20, fewer on short runs, at
-            least 8) and how many of ``probe_texts`` to run (evenly spaced, at least 32) with
+        probe_share: with ``auto_freeze`` (default 0.05), the share of this process's training compute
+            (the steps left x ``train_batch_size`` x gradient accumulation, at ~3 forward passes per
+            training example) the probe passes may cost, the start and a final pass included: at train
+            begin the callback picks the checks per run (20, fewer on short runs, at least 8) and how
+            many of ``probe_texts`` to run (evenly spaced, at least 32) with
             :func:`~layerprobe.tracker.probe_plan`; the plan is in :attr:`probe_plan`. Tracking is paid
             before anything is frozen, so an unbudgeted probe can eat what freezing saves. ``None``:
-            every text at every check.
+            every text at every check. Refused without ``auto_freeze``.
         filename: name of the trajectory file in ``args.output_dir``.
 
     Example::
@@ -78,7 +83,7 @@ class LayerProbeCallback(TrainerCallback):
                  batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
                  filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
                  settle: float | None = None, patience: int | None = None, cache: bool = True,
-                 probe_share: float | None = DEFAULT_PROBE_SHARE) -> None:
+                 probe_share: Any = _DEFAULT) -> None:
         if tokenizer is None:
             raise LayerProbeError("LayerProbeCallback needs tokenizer=...")
         if auto_freeze and freeze_policy is not None:
@@ -89,8 +94,14 @@ class LayerProbeCallback(TrainerCallback):
             knobs = (("thresholds", thresholds), ("settle", settle), ("patience", patience))
             kw: dict[str, Any] = {k: v for k, v in knobs if v is not None}
             freeze_policy = AutoFreezePolicy(cache=cache, **kw)
-        if probe_share is not None and not 0 < float(probe_share) <= 1:
-            raise LayerProbeError(f"LayerProbeCallback: probe_share must be in (0, 1], got {probe_share!r}")
+        if probe_share is not _DEFAULT and not auto_freeze:
+            raise LayerProbeError("LayerProbeCallback: probe_share budgets auto_freeze=True's probe passes")
+        if probe_share is _DEFAULT:
+            probe_share = DEFAULT_PROBE_SHARE
+        if probe_share is not None and not (isinstance(probe_share, (int, float)) and not isinstance(probe_share, bool)
+                                            and 0 < float(probe_share) <= 1):
+            raise LayerProbeError(f"LayerProbeCallback: probe_share must be a number in (0, 1] or None, "
+                                  f"got {probe_share!r}")
         self._auto_every = auto_freeze and every_n_steps is None
         self._probe_share = float(probe_share) if auto_freeze and probe_share is not None else None
         #: the checks and probe size chosen at train begin (``auto_freeze`` with a ``probe_share``)
@@ -161,27 +172,33 @@ class LayerProbeCallback(TrainerCallback):
         return control
 
     def _plan_checks(self, args, state) -> None:
-        """Set the cadence (auto-freeze default: up to 20 checks per run) and the probe budget."""
-        max_steps = int(getattr(state, "max_steps", 0) or 0)
-        if max_steps <= 0 or self.tracker.started:
+        """Set the cadence (auto-freeze default: up to 20 checks per run) and the probe budget.
+
+        The share is of this process's training compute: under DDP the probe runs on rank 0 while the
+        other ranks wait, so the world size does not enlarge the budget."""
+        steps = int(getattr(state, "max_steps", 0) or 0) - int(getattr(state, "global_step", 0) or 0)
+        if steps <= 0 or self.tracker.started:
             return
         checks = 20
         if self._probe_share is not None:
-            batch = int(getattr(args, "per_device_train_batch_size", 8) or 8) * \
-                int(getattr(args, "gradient_accumulation_steps", 1) or 1) * _world_size()
-            texts = self.tracker.n_texts
+            per_step = int(getattr(args, "train_batch_size", 0) or getattr(args, "per_device_train_batch_size", 8)
+                           or 8) * int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+            examples, texts = steps * per_step, self.tracker.n_texts
+            budget = self._probe_share * 3 * examples
             if self._auto_every:
-                checks, n = probe_plan(texts, max_steps * batch, share=self._probe_share)
+                checks, n = probe_plan(texts, examples, share=self._probe_share)
+                every = math.ceil(steps / checks)
             else:  # the user's cadence: only the probe is sized
-                checks = max(1, max_steps // self.tracker.every_n_steps)
-                n = probe_texts_within(self._probe_share * 3 * max_steps * batch, checks, texts)
+                every = self.tracker.every_n_steps
+                n = probe_texts_within(budget, probe_passes(steps, every), texts)
             if n < self.tracker.n_probe:
                 self.tracker.limit_probe(n)
-            self.probe_plan = {"checks": checks, "probe_texts": self.tracker.n_probe, "of_texts": texts,
-                               "train_examples": max_steps * batch, "share": self._probe_share,
-                               "probe_share_planned": checks * self.tracker.n_probe / (3 * max_steps * batch)}
+            passes = probe_passes(steps, every)
+            self.probe_plan = {"checks": steps // every, "probe_passes": passes, "probe_texts": self.tracker.n_probe,
+                               "of_texts": texts, "train_examples": examples, "share": self._probe_share,
+                               "probe_share_planned": passes * self.tracker.n_probe / (3 * examples)}
         if self._auto_every:
-            self.tracker.every_n_steps = max(1, max_steps // checks)
+            self.tracker.every_n_steps = max(1, math.ceil(steps / checks))
 
     def _trained_model(self) -> nn.Module:
         """The model the Trainer passed to :meth:`on_train_begin`."""
