@@ -474,8 +474,9 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
     if info.get("_auto_variants"):
         L += ["", "## Exploratory: the auto run with other rules", "",
               "Runs of `freeze_study.py --auto-variant NAME=JSON`: the same-run policy with another rule than the "
-              "fitted one (`thresholds` below; everything else as in the auto runs). Not part of the targets; "
-              "a variant chosen on Rotten Tomatoes is checked on BBC News only after it is chosen.", "",
+              "fitted one (`thresholds` below; everything else as in the auto runs). Not part of the targets: a "
+              "variant is declared before any of its runs and reported on every task it ran, whatever the "
+              "outcome.", "",
               "| task | variant | thresholds | n | rel. acc | CPU / full | CPU/epoch / full | froze (share of the run) |",
               "|---|---|---|---:|---:|---:|---:|---|"]
         for v in info["_auto_variants"]:

@@ -127,3 +127,27 @@ def test_auto_probe_size_keeps_probe_passes_under_their_share():
             if n < 128:  # one more text would break the budget
                 assert (n + 1) * checks / (3 * n_train) > fs.AUTO_PROBE_SHARE or n == 32
     assert fs.auto_probe_size(16, 64, 1) == 16  # the cap wins over the floor (smoke sizes)
+
+
+def test_auto_variants_are_listed_apart_from_the_targets(cache):
+    """An exploratory auto run (``--auto-variant``) is scored against the same seed's full run and listed
+    in its own section; the study's own auto target ignores it."""
+    b = fs.BUDGETS["rt"]
+    for seed, (acc, cpu, epochs) in enumerate([(0.792, 600.0, 3.0), (0.8, 700.0, 4.0)]):
+        row = {"task": "rt", "method": "auto", "config": "rule-x", "embeddings_frozen": False, "frozen_blocks": 0,
+               "seed": seed, "lr": 1e-4, "accuracy": acc, "dev_accuracy": acc, "train_cpu_seconds": cpu,
+               "train_seconds": cpu, "epochs": epochs, "trainable_params": 10, "steps": 100,
+               "budget": asdict(replace(b, lr=1e-4)), "auto_options": {"thresholds": {"min_cka": 0.5}},
+               "auto": {"freeze_steps": {"embeddings": 25, "block.0": 50}, "frozen": ["embeddings", "block.0"]}}
+        path = fs.run_file(str(cache), "rt", "auto", "rule-x", 1e-4, seed)
+        with open(path, "w") as fh:
+            json.dump(row, fh)
+    info = sr.build_outputs(str(cache), str(cache / "results"))
+    (v,) = info["_auto_variants"]
+    assert (v["task"], v["variant"], v["n"], v["thresholds"]) == ("rt", "rule-x", 2, {"min_cka": 0.5})
+    assert v["rel_acc"] == pytest.approx((0.99 + 1.0) / 2) and v["cpu_ratio"] == pytest.approx(0.65)
+    assert v["cpu_per_epoch_ratio"] == pytest.approx((0.6 + 0.7 * 3 / 4) / 2)
+    assert v["frozen"].startswith("s0: embeddings@25%, block.0@50%")
+    assert info["rt"]["auto_n_seeds"] == 0  # not the study's auto method
+    report = (cache / "results" / "report.md").read_text()
+    assert "## Exploratory: the auto run with other rules" in report and "| rt | rule-x | min_cka=0.5 | 2 |" in report
