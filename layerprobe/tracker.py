@@ -268,10 +268,9 @@ class Tracker:
         if self.started:
             raise LayerProbeError("Tracker.limit_probe: the probe is fixed once start() has run")
         n = int(n)
-        if not 2 <= n:
+        if n < 2:
             raise LayerProbeError(f"the probe needs at least 2 texts for CKA, got {n}")
-        if n >= len(self._texts):
-            n = len(self._texts)
+        n = min(n, len(self._texts))
         idx = sorted({round(i * (len(self._texts) - 1) / max(1, n - 1)) for i in range(n)})
         self.examples, self.fingerprint = tokenize_probe(self.tokenizer, [self._texts[i] for i in idx],
                                                          self.max_length)

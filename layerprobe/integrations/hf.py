@@ -179,26 +179,25 @@ class LayerProbeCallback(TrainerCallback):
         steps = int(getattr(state, "max_steps", 0) or 0) - int(getattr(state, "global_step", 0) or 0)
         if steps <= 0 or self.tracker.started:
             return
-        checks = 20
-        if self._probe_share is not None:
-            per_step = int(getattr(args, "train_batch_size", 0) or getattr(args, "per_device_train_batch_size", 8)
-                           or 8) * int(getattr(args, "gradient_accumulation_steps", 1) or 1)
-            examples, texts = steps * per_step, self.tracker.n_texts
-            budget = self._probe_share * 3 * examples
-            if self._auto_every:
-                checks, n = probe_plan(texts, examples, share=self._probe_share)
-                every = math.ceil(steps / checks)
-            else:  # the user's cadence: only the probe is sized
-                every = self.tracker.every_n_steps
-                n = probe_texts_within(budget, probe_passes(steps, every), texts)
-            if n < self.tracker.n_probe:
-                self.tracker.limit_probe(n)
-            passes = probe_passes(steps, every)
-            self.probe_plan = {"checks": steps // every, "probe_passes": passes, "probe_texts": self.tracker.n_probe,
-                               "of_texts": texts, "train_examples": examples, "share": self._probe_share,
-                               "probe_share_planned": passes * self.tracker.n_probe / (3 * examples)}
+        share, texts = self._probe_share, self.tracker.n_texts
+        per_step = int(getattr(args, "train_batch_size", 0) or getattr(args, "per_device_train_batch_size", 8)
+                       or 8) * int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+        examples = steps * per_step
+        checks, n = probe_plan(texts, examples, share=share) if share is not None and self._auto_every \
+            else (20, texts)
         if self._auto_every:
-            self.tracker.every_n_steps = max(1, math.ceil(steps / checks))
+            self.tracker.every_n_steps = math.ceil(steps / checks)
+        if share is None:
+            return
+        every = self.tracker.every_n_steps
+        passes = probe_passes(steps, every)
+        if not self._auto_every:  # the user's cadence: only the probe is sized
+            n = probe_texts_within(share * 3 * examples, passes, texts)
+        if n < self.tracker.n_probe:
+            self.tracker.limit_probe(n)
+        self.probe_plan = {"checks": steps // every, "probe_passes": passes, "probe_texts": self.tracker.n_probe,
+                           "of_texts": texts, "train_examples": examples, "share": share,
+                           "probe_share_planned": passes * self.tracker.n_probe / (3 * examples)}
 
     def _trained_model(self) -> nn.Module:
         """The model the Trainer passed to :meth:`on_train_begin`."""
