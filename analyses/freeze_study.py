@@ -38,8 +38,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _p in (ROOT, os.path.dirname(os.path.abspath(__file__))):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 from layerprobe._atomic import atomic_write_text  # noqa: E402
 
@@ -79,7 +80,23 @@ BUDGETS = {
                      track_probe_size=128, batch_size=32, max_length=64),
     "bbc": TaskBudget("bbc", "bbc_news", 5, train_size=None, dev_size=200, test_size=400, probe_size=192,
                       track_probe_size=128, batch_size=16, max_length=128),
+    # the four tasks added for leave-one-task-out (analyses/study_tasks.py): >= 3,000 training examples each;
+    # max_length covers the texts (TREC ~10 words, SMS ~16, tweets ~15, newsgroups ~270: truncated at 128)
+    "trec": TaskBudget("trec", "trec", 6, train_size=4000, dev_size=500, test_size=1000, probe_size=256,
+                       track_probe_size=128, batch_size=32, max_length=32),
+    "newsgroups": TaskBudget("newsgroups", "newsgroups", 20, train_size=3000, dev_size=500, test_size=2000,
+                             probe_size=256, track_probe_size=128, batch_size=16, max_length=128),
+    "sms": TaskBudget("sms", "sms", 2, train_size=3000, dev_size=500, test_size=1400, probe_size=256,
+                      track_probe_size=128, batch_size=32, max_length=64),
+    "disaster": TaskBudget("disaster", "disaster", 2, train_size=4000, dev_size=500, test_size=2000, probe_size=256,
+                           track_probe_size=128, batch_size=32, max_length=64),
 }
+#: LoRA as users run it (Hu et al. 2021; peft): rank 8, alpha 16 on the attention projections (query, key,
+#: value, attention output), head trained in full, its usual lr (higher than full fine-tuning's)
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lr": 5e-4,
+        "target_modules": r".*\.attention\.(self\.(query|key|value)|output\.dense)$"}
+#: when the full run's mid-run measurements (revert test, drift) are taken, in epochs
+MEASURE_EPOCHS = (0.5, 1.0, 2.0)
 SMOKE_BUDGETS = {
     k: replace(b, train_size=64, dev_size=24, test_size=32, probe_size=24, track_probe_size=16, batch_size=16,
                max_length=32, min_epochs=1, max_epochs=2, checks_per_epoch=2)
@@ -103,9 +120,11 @@ def run_file(cache: str, task: str, method: str, config: str, lr: float, seed: i
 # %% data
 def task_splits(b: TaskBudget):
     """Disjoint stratified test / dev / probe / train sets (fixed per task, independent of the run seed)."""
-    from layerprobe.shipped import load_corpus, sample, split
+    from study_tasks import load_task_corpus
 
-    df = load_corpus(b.corpus)[["text", "label"]]
+    from layerprobe.shipped import sample, split
+
+    df = load_task_corpus(b.corpus)
     rest, test = split(df, b.test_size, seed=b.split_seed)
     rest, dev = split(rest, b.dev_size, seed=b.split_seed + 1)
     rest, probe = split(rest, b.probe_size, seed=b.split_seed + 2)
@@ -163,6 +182,17 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     pcache = None
     track_cpu = [0.0]
 
+    measures: dict = {}
+    base_state = None
+    grads = None
+    if method == "full":  # candidate predictors of the cost of freezing (study_measure.py)
+        from study_measure import GradNormRecorder
+
+        base_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        grads = GradNormRecorder(model, blocks)
+        measures = {"names": list(blocks.names), "mid_run": []}
+    if method == "lora":
+        model = _lora_model(model, b.num_labels)
     if method == "fixed" and (emb or k):
         from layerprobe.prefix_cache import PrefixCache
 
@@ -195,6 +225,24 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
             track_cpu[0] += time.process_time() - c
 
         on_step.append(track_step)
+    if grads is not None:
+        from study_measure import relative_drift, revert_test
+
+        measure_steps = {max(1, int(round(e * per_epoch))): e for e in MEASURE_EPOCHS}
+        track_texts = probe_texts[:n_track]
+
+        def measure_step(step: int, m) -> None:
+            c = time.process_time()
+            if step % check_every == 0:
+                grads.check(step)
+            if step in measure_steps:
+                measures["mid_run"].append({
+                    "step": step, "epoch": measure_steps[step], "drift": relative_drift(m, base_state, blocks),
+                    "revert": revert_test(m, base_state, blocks, tok, track_texts, b.max_length,
+                                          range(N_BLOCKS + 1))})
+            track_cpu[0] += time.process_time() - c
+
+        on_step.append(measure_step)
 
     dev_texts, dev_labels = dev["text"].tolist(), dev["label"].tolist()
     hist: list[float] = []
@@ -229,7 +277,22 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         pcache.detach()
     if tracker is not None and tracker.policy is not None:
         side["auto"] = tracker.policy.summary()
-    model.load_state_dict(best["state"])
+    if grads is not None:
+        grads.close()
+    model.load_state_dict(best["state"])  # a LoRA run keeps its adapter (peft's forward applies it)
+    if grads is not None:
+        from study_measure import relative_drift, revert_test
+
+        c = time.process_time()
+        measures["grad_norms"] = grads.to_dict()
+        measures["best_step"] = best["step"]
+        measures["drift"] = relative_drift(model, base_state, blocks)
+        measures["revert"] = revert_test(model, base_state, blocks, tok, probe_texts, b.max_length,
+                                         range(N_BLOCKS + 1), dev_texts, dev_labels)
+        measures["cpu_seconds"] = time.process_time() - c
+        os.makedirs(os.path.join(cache, b.task), exist_ok=True)
+        atomic_write_text(run_file(cache, b.task, method, name, b.lr, seed, "measures.json"),
+                          json.dumps(_clean(measures)) + "\n")
     t0 = time.perf_counter()
     acc = evaluate(model, tok, test["text"].tolist(), test["label"].tolist(), b.max_length)
     eval_seconds = time.perf_counter() - t0
@@ -266,6 +329,41 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     return row
 
 
+def _lora_model(model, num_labels: int):
+    """``model`` wrapped in a peft LoRA adapter (:data:`LORA`); the classification head trains in full."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=LORA["r"], lora_alpha=LORA["lora_alpha"],
+                     lora_dropout=LORA["lora_dropout"], target_modules=LORA["target_modules"])
+    return get_peft_model(model, cfg)
+
+
+def linear_probe_task(b: TaskBudget, data: dict, cache: str, n_train: int = 2000) -> dict:
+    """Per entry of the base model: dev accuracy of a linear classifier on its pooled output (cached)."""
+    path = os.path.join(cache, b.task, "linear_probe.json")
+    want = {"budget": asdict(replace(b, lr=None)), "n_train": n_train}
+    if os.path.exists(path):
+        with open(path) as fh:
+            row = json.load(fh)
+        if {k: row.get(k) for k in want} == want:
+            return row
+    from study_measure import linear_probe
+
+    from layerprobe.blocks import find_blocks
+    from layerprobe.shipped import default_model_path, load_classifier, sample
+
+    model, tok = load_classifier(default_model_path(), b.num_labels, 0)
+    train = data["train"] if len(data["train"]) <= n_train else sample(data["train"], n_train, seed=0, stratify=True)
+    c0 = time.process_time()
+    acc = linear_probe(model, tok, train["text"].tolist(), train["label"].to_numpy(), data["dev"]["text"].tolist(),
+                       data["dev"]["label"].to_numpy(), b.max_length, find_blocks(model).names)
+    row = {**want, "accuracy": acc, "majority": float(data["dev"]["label"].value_counts(normalize=True).max()),
+           "cpu_seconds": time.process_time() - c0}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_text(path, json.dumps(_clean(row), indent=1) + "\n")
+    return row
+
+
 def _lr_factor(step: int, total: int, warm: int) -> float:
     from layerprobe.train import lr_factor
 
@@ -297,9 +395,9 @@ def _read_row(path: str, b: TaskBudget) -> dict | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 lr, few configs, 1 seed (CI)")
-    p.add_argument("--tasks", default="rt,bbc")
+    p.add_argument("--tasks", default=None, help=f"default {','.join(BUDGETS)} (smoke: rt,bbc, the installed data)")
     p.add_argument("--seeds", default=None, help="default 0,1,2 (smoke: 0)")
-    p.add_argument("--stage", default="full,fixed,auto", help="which methods to run, in this order")
+    p.add_argument("--stage", default="full,linear,fixed,auto,lora", help="which methods to run, in this order")
     p.add_argument("--fixed", default="0,1,2,3,4,5,6", help="frozen block counts k (embeddings frozen too)")
     p.add_argument("--cache", default=None, help="run cache (default analyses/cache; smoke: a temp dir)")
     p.add_argument("--out", default=None, help="results dir (default analyses/results)")
@@ -316,7 +414,7 @@ def main(argv=None) -> int:
             p.error(f"--auto-variant: NAME must be [a-z0-9.+-]+ and not 'full', got {vname!r}")
         variant = (f"rule-{vname}", json.loads(vjson))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    tasks = [t.strip() for t in (a.tasks or ("rt,bbc" if a.smoke else ",".join(BUDGETS))).split(",") if t.strip()]
     seeds = [int(s) for s in (a.seeds or ("0" if a.smoke else "0,1,2")).split(",")]
     stages = [s.strip() for s in a.stage.split(",") if s.strip()]
     budgets = {t: (SMOKE_BUDGETS if a.smoke else BUDGETS)[t] for t in tasks}
@@ -340,7 +438,11 @@ def main(argv=None) -> int:
            config: str | None = None) -> dict:
         path = run_file(cache, b.task, method, config or config_name(emb, k), b.lr, seed)
         row = _read_row(path, b)
-        if row is not None and (method != "auto" or row.get("auto_options") == _clean(auto_options or {})):
+        # a full run at the task's chosen lr also owes its predictor measurements (measures.json)
+        owes = method == "full" and b.lr == chosen_lr(cache, replace(b, lr=None), grid) and \
+            not os.path.exists(run_file(cache, b.task, method, "full", b.lr, seed, "measures.json"))
+        if row is not None and not owes and \
+                (method != "auto" or row.get("auto_options") == _clean(auto_options or {})):
             return row
         if b.task not in data_cache:
             data_cache[b.task] = task_splits(b)
@@ -382,9 +484,13 @@ def main(argv=None) -> int:
         if "full" in stages and seeds[0] == 0:
             steps += [("full", lr, 0, None) for lr in grid_order[1:]]
         for stage in stages:
+            if stage == "linear":
+                steps.append(("linear", None, 0, None))
             for seed in seeds:
-                if stage == "full" and seed != 0:
+                if stage == "full":  # seed 0 again: measures owed at the chosen lr
                     steps.append(("full", None, seed, None))
+                elif stage == "lora" and seed in seeds[:2]:
+                    steps.append(("lora", LORA["lr"], seed, None))
                 elif stage == "fixed":  # seed 0 again: its scan above may have run at a provisional lr
                     steps += [("fixed", None, seed, k) for k in _fixed_order(out, task, fixed_ks)]
                 elif stage == "auto":
@@ -398,7 +504,13 @@ def main(argv=None) -> int:
                 print(f"{task}: no lr chosen yet (run the full stage first); skipping {method} seed {seed}")
                 continue
             b = replace(b0, lr=lr)
-            if method == "full":
+            if method == "linear":
+                if b.task not in data_cache:
+                    data_cache[b.task] = task_splits(b)
+                linear_probe_task(b0, data_cache[b.task], cache)
+            elif method == "lora":
+                do(b, "lora", False, 0, seed, config="lora")
+            elif method == "full":
                 do(b, "full", False, 0, seed)
             elif method == "fixed":
                 do(b, "fixed", True, k, seed)
