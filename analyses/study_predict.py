@@ -1,0 +1,388 @@
+"""Which measurement predicts what freezing a bottom prefix costs? Leave-one-task-out (pure: data in, frames out).
+
+Implements ``docs/freeze_study_plan.md`` (pre-registered): every candidate turns a full run's
+measurements into a prefix feature ``x(t, k)`` (larger = the tuned model relies more on the prefix's
+change); a monotone map ``loss = g(x)`` is fit by isotonic regression on five tasks and predicts the
+sixth; the advice for tolerance ``tau`` is the largest prefix whose predicted loss, and that of every
+smaller prefix, is at most ``tau``.
+
+Prefixes: ``k = 0`` is the embeddings alone, ``k = 1..6`` the embeddings + ``k`` blocks; ``k = -1``
+(nothing frozen) is full fine-tuning: loss 0, saving 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+N_BLOCKS = 6
+KS = tuple(range(N_BLOCKS + 1))
+TAU = 0.01
+EARLY_FRACTION = 0.20
+INTERVAL = (0.10, 0.90)
+
+
+# %% isotonic regression
+def isotonic_fit(x: Sequence[float], y: Sequence[float], w: Sequence[float] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Knots ``(xs, ys)`` of the weighted least-squares non-decreasing fit of ``y`` on ``x`` (PAV).
+
+    Ties in ``x`` are pooled first. ``ys`` is non-decreasing.
+
+    >>> xs, ys = isotonic_fit([0, 1, 2, 3], [0.0, 2.0, 1.0, 3.0])
+    >>> xs.tolist(), ys.tolist()
+    ([0.0, 1.0, 2.0, 3.0], [0.0, 1.5, 1.5, 3.0])
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = np.ones_like(x) if w is None else np.asarray(w, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y) & (w > 0)
+    x, y, w = x[keep], y[keep], w[keep]
+    if not len(x):
+        raise ValueError("isotonic_fit: no finite points")
+    ux, inv = np.unique(x, return_inverse=True)
+    sw = np.bincount(inv, weights=w)
+    sy = np.bincount(inv, weights=w * y) / sw
+    # pool adjacent violators over the unique x
+    vals: list[float] = []
+    wts: list[float] = []
+    sizes: list[int] = []
+    for v, ww in zip(sy, sw):
+        vals.append(float(v))
+        wts.append(float(ww))
+        sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            tw = wts[-2] + wts[-1]
+            merged = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / tw
+            n = sizes[-2] + sizes[-1]
+            vals[-2:], wts[-2:], sizes[-2:] = [merged], [tw], [n]
+    ys = np.repeat(vals, sizes)
+    return ux, ys
+
+
+def isotonic_predict(knots: tuple[np.ndarray, np.ndarray], x: float | Sequence[float]) -> np.ndarray:
+    """Linear interpolation between the knots, held flat outside their range.
+
+    >>> isotonic_predict((np.array([0.0, 1.0]), np.array([0.0, 2.0])), [-1, 0.5, 5]).tolist()
+    [0.0, 1.0, 2.0]
+    """
+    xs, ys = knots
+    return np.interp(np.asarray(x, dtype=np.float64), xs, ys)
+
+
+# %% reading the cache
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def side_file(row, ext: str) -> str:
+    return row["_path"][: -len(".json")] + "." + ext
+
+
+def entries_of(k: int) -> list[str]:
+    """The entries frozen by prefix ``k`` (embeddings + ``k`` blocks).
+
+    >>> entries_of(0), entries_of(2)
+    (['embeddings'], ['embeddings', 'block.0', 'block.1'])
+    """
+    return ["embeddings"] + [f"block.{i}" for i in range(k)]
+
+
+def top_of(k: int) -> str:
+    """The entry whose output the trainable part reads when prefix ``k`` is frozen."""
+    return "embeddings" if k == 0 else f"block.{k - 1}"
+
+
+TOP = f"block.{N_BLOCKS - 1}"
+
+
+# %% features per run
+def _prefix_max(values: dict[str, float], k: int) -> float:
+    return max(values[e] for e in entries_of(k))
+
+
+def _relative(values: dict[str, float]) -> dict[str, float]:
+    top = values[TOP]
+    return {e: (v / top if top > 0 else math.inf if v > 0 else 0.0) for e, v in values.items()}
+
+
+def cka_change(entries: list[dict], interval: bool = True) -> dict[str, float]:
+    """``1 − CKA`` per entry, on the interval's pessimistic end (the smaller of the point and the lower bound)."""
+    out = {}
+    for e in entries:
+        c = e.get("cka")
+        if c is None:
+            continue
+        lo = (e.get("cka_ci") or [c])[0] if interval else c
+        out[e["name"]] = 1.0 - min(float(c), float(lo))
+    return out
+
+
+def grad_features(grad: dict, until_step: float) -> tuple[dict[str, float], dict[str, float]]:
+    """``(grad_rel, grad_change)`` per entry from the gradient-norm windows ending at or before ``until_step``."""
+    names = grad["names"]
+    wins = [w for w in grad["windows"] if w["step"] <= until_step] or grad["windows"][:2]
+    l2 = np.sum([w["l2"] for w in wins], axis=0)
+    pn = np.asarray(grad["param_norm"], dtype=np.float64)
+    rel = {n: float(a / b) if b > 0 else 0.0 for n, a, b in zip(names, l2, pn)}
+    if len(wins) >= 2:
+        prev = np.asarray(wins[-2]["l1"], dtype=np.float64) / max(1, wins[-2]["steps_in_window"])
+        now = np.asarray(wins[-1]["l1"], dtype=np.float64) / max(1, wins[-1]["steps_in_window"])
+        ratio = np.abs(prev - now) / np.where(prev > 0, prev, np.nan)
+        med = float(np.nanmedian(ratio[1:])) if len(ratio) > 1 else float(np.nanmedian(ratio))
+        change = {n: float(r / med) if med > 0 and np.isfinite(r) else 0.0 for n, r in zip(names, ratio)}
+    else:
+        change = {n: 0.0 for n in names}
+    return rel, change
+
+
+def run_features(cmp_entries: list[dict] | None, measures: dict | None, linprobe: dict | None,
+                 steps: int | None, early: bool = False) -> dict[str, dict[int, float]]:
+    """Every candidate's prefix feature ``x[k]`` for one full run (``{}`` for a candidate it lacks data for).
+
+    ``early``: the label-free candidates from the measurements nearest 20% of the run (cka from the
+    trajectory is passed in ``cmp_entries``, revert/drift from the mid-run measurement), labelled ones omitted.
+    """
+    feats: dict[str, dict[int, float]] = {"size": {k: float(k) for k in KS}}
+    if cmp_entries:
+        ch = cka_change(cmp_entries, interval=not early)
+        if all(e in ch for e in entries_of(N_BLOCKS - 1) + [TOP]):
+            feats["cka_abs"] = {k: _prefix_max(ch, k) for k in KS}
+            rel = _relative(ch)
+            feats["cka_rel"] = {k: _prefix_max(rel, k) for k in KS}
+    if measures:
+        src = measures
+        if early:
+            mids = measures.get("mid_run") or []
+            target = EARLY_FRACTION * (steps or 0)
+            pick = [m for m in mids if m["step"] <= target] or mids[:1]
+            src = pick[-1] if pick else {}
+        drift = src.get("drift")
+        if drift:
+            rel = _relative(drift)
+            feats["drift_rel"] = {k: _prefix_max(rel, k) for k in KS}
+        rev = {r["k"]: r for r in src.get("revert") or []}
+        if all(k in rev for k in KS):
+            feats["revert_kl"] = {k: rev[k]["kl"] for k in KS}
+            feats["revert_disagree"] = {k: 1.0 - rev[k]["agreement"] for k in KS}
+            if not early and all("dev_accuracy" in rev[k] for k in KS):
+                feats["revert_dev"] = {k: 1.0 - rev[k]["dev_accuracy"] / rev[k]["dev_accuracy_tuned"] for k in KS}
+        grad = measures.get("grad_norms")
+        if grad and grad.get("windows") and steps:
+            g_rel, g_change = grad_features(grad, EARLY_FRACTION * steps)
+            feats["grad_rel"] = {k: _prefix_max(_relative(g_rel), k) for k in KS}
+            feats["grad_change"] = {k: _prefix_max(g_change, k) for k in KS}
+    if linprobe and not early:
+        acc = linprobe["accuracy"]
+        best = max(acc.values())
+        feats["linprobe_gap"] = {k: 1.0 - acc[top_of(k)] / best for k in KS}
+    return feats
+
+
+#: combinations: the larger of their parts' predictions
+COMBOS = {"combo_revert_linprobe": ("revert_kl", "linprobe_gap"), "combo_revert_cka": ("revert_kl", "cka_rel")}
+SINGLE = ["size", "cka_abs", "cka_rel", "drift_rel", "revert_kl", "revert_disagree", "revert_dev", "linprobe_gap",
+          "grad_rel", "grad_change"]
+CANDIDATES = SINGLE + list(COMBOS)
+LABEL_FREE = {"size", "cka_abs", "cka_rel", "drift_rel", "revert_kl", "revert_disagree", "grad_rel", "grad_change",
+              "combo_revert_cka"}
+
+
+# %% the table the fit reads
+def study_table(runs: pd.DataFrame, chosen_lr: dict[str, float], read: Callable[[str], dict | None] = _read_json,
+                cache: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(outcomes, features)``.
+
+    ``outcomes``: one row per (task, k) with fixed runs: ``loss`` (1 − mean fixed acc / mean full acc),
+    ``rel_acc``, ``saving`` (CPU per epoch saved vs full, mean over seeds), ``n_seeds``, per-seed ``rel`` dict.
+    ``features``: one row per (task, seed, when ∈ {end, early}, candidate, k) with ``x``.
+    """
+    out_rows, feat_rows = [], []
+    for task, lr in chosen_lr.items():
+        d = runs[(runs.task == task)]
+        full = d[(d.method == "full") & (d.lr == lr)]
+        if not len(full):
+            continue
+        acc_full = {int(r.seed): float(r.accuracy) for r in full.itertuples()}
+        cpu_ep_full = np.mean([r.train_cpu_seconds / r.epochs for r in full.itertuples()])
+        fixed = d[(d.method == "fixed") & (d.lr == lr) & (d.embeddings_frozen.astype(bool))]
+        for k, g in fixed.groupby("frozen_blocks"):
+            rel = {int(r.seed): float(r.accuracy) / acc_full[int(r.seed)] for r in g.itertuples()
+                   if int(r.seed) in acc_full}
+            mean_fixed = float(g.accuracy.mean())
+            out_rows.append({
+                "task": task, "k": int(k), "n_seeds": len(g), "acc": mean_fixed,
+                "loss": 1.0 - mean_fixed / float(np.mean(list(acc_full.values()))),
+                "rel_acc": mean_fixed / float(np.mean(list(acc_full.values()))),
+                "rel_se": float(np.std(list(rel.values()), ddof=1) / math.sqrt(len(rel))) if len(rel) > 1 else math.nan,
+                "saving": 1.0 - float(np.mean(g.train_cpu_seconds / g.epochs)) / cpu_ep_full,
+                "peak_rss_mb": float(g.peak_rss_mb.mean()) if "peak_rss_mb" in g else math.nan,
+                "rel": rel,
+            })
+        lin = read(os.path.join(cache, task, "linear_probe.json")) if cache else None
+        for r in full.itertuples():
+            row = r._asdict()
+            cmp = read(side_file(row, "comparison.json"))
+            meas = read(side_file(row, "measures.json"))
+            if meas is None:
+                continue  # a full run without the predictor measurements (older than the six-task study)
+            steps = int(r.steps)
+            end = run_features(cmp["blocks"] if cmp else None, meas, lin, steps)
+            traj_path = side_file(row, "trajectory.csv")
+            early_entries = None
+            if os.path.exists(traj_path):
+                tr = pd.read_csv(traj_path)
+                s_all = sorted(s for s in tr.step.unique() if s > 0)
+                pick = [s for s in s_all if s <= EARLY_FRACTION * steps] or s_all[:1]
+                if pick:
+                    at = tr[tr.step == pick[-1]]
+                    early_entries = [{"name": x.block, "cka": x.cka_to_start} for x in at.itertuples()]
+            early = run_features(early_entries, meas, None, steps, early=True)
+            for when, feats in (("end", end), ("early", early)):
+                for cand, xs in feats.items():
+                    for k, x in xs.items():
+                        feat_rows.append({"task": task, "seed": int(r.seed), "when": when, "candidate": cand,
+                                          "k": int(k), "x": float(x)})
+    return pd.DataFrame(out_rows), pd.DataFrame(feat_rows)
+
+
+# %% fit and predict
+class Fit:
+    """A fitted candidate: isotonic map(s) from feature to loss, and the residual interval."""
+
+    def __init__(self, parts: dict[str, tuple[np.ndarray, np.ndarray]], lo: float, hi: float) -> None:
+        self.parts, self.lo, self.hi = parts, lo, hi
+
+    def predict(self, xs: dict[str, float]) -> float:
+        return max(float(isotonic_predict(self.parts[c], xs[c])) for c in self.parts)
+
+
+def fit_candidate(cand: str, outcomes: pd.DataFrame, feats: pd.DataFrame, tasks: Sequence[str]) -> Fit | None:
+    """Fit ``cand`` on ``tasks`` (end-of-run features averaged over seeds); None without data."""
+    parts = COMBOS.get(cand, (cand,))
+    o = outcomes[outcomes.task.isin(tasks)]
+    f = feats[(feats.when == "end") & feats.task.isin(tasks)]
+    mean_x = f.groupby(["task", "candidate", "k"]).x.mean()
+    knots = {}
+    for c in parts:
+        pts = [(mean_x.get((r.task, c, r.k)), r.loss, r.n_seeds) for r in o.itertuples()]
+        pts = [p for p in pts if p[0] is not None and np.isfinite(p[0])]
+        if len({t for t in o.task if any(mean_x.get((t, c, k)) is not None for k in KS)}) < 2 or len(pts) < 4:
+            return None
+        knots[c] = isotonic_fit([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts])
+    fit = Fit(knots, 0.0, 0.0)
+    resid = []
+    for r in o.itertuples():
+        xs = {c: mean_x.get((r.task, c, r.k)) for c in parts}
+        if all(v is not None and np.isfinite(v) for v in xs.values()):
+            resid.append(r.loss - fit.predict(xs))
+    fit.lo, fit.hi = (float(np.quantile(resid, q)) for q in INTERVAL)
+    return fit
+
+
+def advise(pred_loss: dict[int, float], tau: float = TAU) -> int:
+    """The largest k whose predicted loss, and that of every smaller prefix, is <= ``tau`` (-1: none).
+
+    >>> advise({0: 0.0, 1: 0.005, 2: 0.02, 3: 0.0}), advise({0: 0.02, 1: 0.0})
+    (1, -1)
+    """
+    best = -1
+    for k in sorted(pred_loss):
+        if pred_loss[k] > tau:
+            break
+        best = k
+    return best
+
+
+def oracle_k(outcome: pd.DataFrame, tau: float = TAU) -> int:
+    """Largest k with measured loss <= tau and every smaller prefix too (-1: none)."""
+    return advise({int(r.k): float(r.loss) for r in outcome.itertuples()}, tau)
+
+
+def loto(outcomes: pd.DataFrame, feats: pd.DataFrame, tau: float = TAU,
+         candidates: Sequence[str] = tuple(CANDIDATES)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Leave-one-task-out: ``(pairs, advice)``.
+
+    ``pairs``: fold, candidate, k, x (mean), predicted loss and interval, measured loss (for ``loto.csv``).
+    ``advice``: one row per (fold, candidate, seed, when): advised k, its measured relative accuracy and
+    saving, the oracle k and saving, regret.
+    """
+    tasks = sorted(set(outcomes.task) & set(feats.task)) if len(outcomes) and len(feats) else []
+    pairs, adv = [], []
+    for held in tasks:
+        train = [t for t in tasks if t != held]
+        o_held = outcomes[outcomes.task == held].set_index("k")
+        ok = oracle_k(outcomes[outcomes.task == held], tau)
+        sav = {int(k): float(v) for k, v in o_held.saving.items()}
+        sav[-1] = 0.0
+        rel = {int(k): float(v) for k, v in o_held.rel_acc.items()}
+        rel[-1] = 1.0
+        for cand in candidates:
+            fit = fit_candidate(cand, outcomes, feats, train)
+            if fit is None:
+                continue
+            parts = COMBOS.get(cand, (cand,))
+            f = feats[(feats.task == held) & feats.candidate.isin(parts)]
+            fe = f[f.when == "end"].groupby(["candidate", "k"]).x.mean()
+            for k in KS:
+                xs = {c: fe.get((c, k)) for c in parts}
+                if any(v is None for v in xs.values()):
+                    continue
+                p = fit.predict(xs)
+                pairs.append({"fold": held, "candidate": cand, "k": k, "x": xs[parts[0]] if len(parts) == 1 else
+                              json.dumps({c: round(float(v), 6) for c, v in xs.items()}),
+                              "predicted_loss": p, "predicted_lo": p + fit.lo, "predicted_hi": p + fit.hi,
+                              "measured_loss": float(o_held.loss[k]) if k in o_held.index else math.nan,
+                              "n_seeds": int(o_held.n_seeds[k]) if k in o_held.index else 0})
+            for when in ("end", "early"):
+                fw = f[f.when == when]
+                for seed, g in fw.groupby("seed"):
+                    xk = g.set_index(["candidate", "k"]).x
+                    if any((c, k) not in xk.index for c in parts for k in KS):
+                        continue
+                    pred = {k: fit.predict({c: float(xk[(c, k)]) for c in parts}) for k in KS}
+                    k_adv = advise(pred, tau)
+                    adv.append({"fold": held, "candidate": cand, "seed": int(seed), "when": when, "advised_k": k_adv,
+                                "measured": k_adv in rel, "rel_acc": rel.get(k_adv, math.nan),
+                                "saving": sav.get(k_adv, math.nan), "oracle_k": ok, "oracle_saving": sav.get(ok, 0.0),
+                                "regret": sav.get(ok, 0.0) - sav.get(k_adv, math.nan)})
+    return pd.DataFrame(pairs), pd.DataFrame(adv)
+
+
+def score(pairs: pd.DataFrame, adv: pd.DataFrame) -> pd.DataFrame:
+    """Per candidate: the targets of issue 17 over the held-out tasks (end-of-run advice), and early agreement."""
+    rows = []
+    for cand in CANDIDATES:
+        a = adv[(adv.candidate == cand)] if len(adv) else adv
+        if not len(a):
+            continue
+        end = a[a.when == "end"]
+        per_task = end.groupby("fold").agg(rel_acc=("rel_acc", "mean"), regret=("regret", "mean"),
+                                           measured=("measured", "all"))
+        p = pairs[(pairs.candidate == cand) & (pairs.measured_loss <= 0.05)]
+        calib = float((np.abs(p.predicted_loss - p.measured_loss) <= 0.01).mean()) if len(p) else math.nan
+        early = a[a.when == "early"].set_index(["fold", "seed"]).advised_k
+        e_end = end.set_index(["fold", "seed"]).advised_k
+        both = early.index.intersection(e_end.index)
+        rows.append({
+            "candidate": cand, "label_free": cand in LABEL_FREE, "tasks": len(per_task),
+            "tasks_ge_985": int((per_task.rel_acc >= 0.985).sum()), "min_rel_acc": float(per_task.rel_acc.min()),
+            "mean_rel_acc": float(per_task.rel_acc.mean()), "max_regret": float(per_task.regret.max()),
+            "mean_regret": float(per_task.regret.mean()), "all_advice_measured": bool(per_task.measured.all()),
+            "calibration_within_1pt": calib, "calibration_pairs": len(p),
+            "early_agreement": float((early[both] == e_end[both]).mean()) if len(both) else math.nan,
+            "early_n": len(both),
+        })
+    s = pd.DataFrame(rows)
+    if len(s):
+        s = s.sort_values(["tasks_ge_985", "mean_regret", "calibration_within_1pt"],
+                          ascending=[False, True, False]).reset_index(drop=True)
+    return s

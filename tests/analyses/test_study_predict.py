@@ -1,0 +1,138 @@
+"""The six-task study's predictor fit: isotonic regression against scipy, features from measurements, and
+leave-one-task-out on synthetic tasks where the truth is known."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import isotonic_regression
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "analyses"))
+
+import study_predict as sp  # noqa: E402
+
+NAMES = ["embeddings"] + [f"block.{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_isotonic_fit_matches_scipy_on_distinct_x(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.permutation(40).astype(float)
+    y = 0.1 * x + rng.normal(size=40)
+    w = rng.uniform(0.5, 3, size=40)
+    xs, ys = sp.isotonic_fit(x, y, w)
+    order = np.argsort(x)
+    ref = isotonic_regression(y[order], weights=w[order]).x
+    np.testing.assert_allclose(ys, ref, rtol=0, atol=1e-12)
+    assert np.all(np.diff(ys) >= -1e-15)
+
+
+def test_isotonic_fit_pools_ties_and_drops_non_finite():
+    xs, ys = sp.isotonic_fit([1, 1, 2, math.nan, 3], [0.0, 2.0, 0.5, 9.0, 3.0], [1, 1, 2, 1, 1])
+    assert xs.tolist() == [1.0, 2.0, 3.0]
+    assert ys.tolist() == pytest.approx([0.75, 0.75, 3.0])  # (1 + 1 at x=1 pooled with 0.5 weight 2) / 4
+    with pytest.raises(ValueError, match="no finite points"):
+        sp.isotonic_fit([math.nan], [1.0])
+
+
+def _measures(kl: list[float], drift: list[float], agreement: list[float] | None = None) -> dict:
+    agreement = agreement or [1.0 - v for v in kl]
+    revert = [{"k": k, "kl": kl[k], "agreement": agreement[k], "tv": 0.0, "dev_accuracy": 0.9 - kl[k],
+               "dev_accuracy_tuned": 0.9} for k in sp.KS]
+    grad = {"names": NAMES, "param_norm": [10.0] * 7,
+            "windows": [{"step": s, "steps_in_window": 10, "l1": [float(s + i) for i in range(7)],
+                         "l2": [1.0 + i for i in range(7)]} for s in (10, 20, 30, 40)]}
+    return {"names": NAMES, "drift": dict(zip(NAMES, drift)), "revert": revert, "grad_norms": grad,
+            "mid_run": [{"step": 10, "epoch": 0.5, "drift": dict(zip(NAMES, drift)), "revert": revert[:]}]}
+
+
+def test_run_features_read_each_measurement_as_the_plan_defines():
+    cmp = [{"name": n, "cka": c, "cka_ci": [c - 0.01, c + 0.005]} for n, c in
+           zip(NAMES, [1.0, 0.99, 0.95, 0.9, 0.8, 0.7, 0.5])]
+    meas = _measures(kl=[0.0, 0.001, 0.002, 0.01, 0.05, 0.2, 0.5], drift=[0.01, 0.02, 0.03, 0.02, 0.04, 0.05, 0.1])
+    lin = {"accuracy": dict(zip(NAMES, [0.5, 0.6, 0.7, 0.8, 0.8, 0.75, 0.7]))}
+    f = sp.run_features(cmp, meas, lin, steps=100)
+    assert f["size"][3] == 3.0
+    # cka_abs: the prefix's largest 1 - lower bound; emb+2 covers embeddings, block.0, block.1 (0.95 - 0.01)
+    assert f["cka_abs"][2] == pytest.approx(1 - 0.94)
+    # cka_rel: relative to the top block's 1 - (0.5 - 0.01)
+    assert f["cka_rel"][2] == pytest.approx(0.06 / 0.51)
+    assert f["drift_rel"][1] == pytest.approx(0.02 / 0.1)
+    assert f["drift_rel"][3] == pytest.approx(0.03 / 0.1)  # the prefix max, not the last entry
+    assert f["revert_kl"][4] == 0.05
+    assert f["revert_dev"][4] == pytest.approx(0.05 / 0.9)
+    # linprobe_gap reads the output at the top of the prefix: k=0 the embeddings, k=3 block.2
+    assert f["linprobe_gap"][0] == pytest.approx(1 - 0.5 / 0.8)
+    assert f["linprobe_gap"][3] == pytest.approx(1 - 0.8 / 0.8)
+    # grad_rel: l2 summed over windows up to 20 steps (20% of 100), / param norm, relative to the top block
+    assert f["grad_rel"][2] == pytest.approx((2 * 3.0 / 10) / (2 * 7.0 / 10))
+    early = sp.run_features([{"name": n, "cka": 0.9} for n in NAMES], meas, lin, steps=100, early=True)
+    assert "revert_dev" not in early and "linprobe_gap" not in early  # labelled: end of run only
+    assert early["revert_kl"] == f["revert_kl"]
+
+
+def _synthetic(tasks: dict[str, list[float]], noise: float = 0.0):
+    """Outcomes and features where loss = kl exactly (a perfect label-free predictor) and size is blind."""
+    outcomes, feats = [], []
+    rng = np.random.default_rng(0)
+    for task, kl in tasks.items():
+        for k in sp.KS:
+            outcomes.append({"task": task, "k": k, "n_seeds": 2, "loss": kl[k], "rel_acc": 1 - kl[k],
+                             "saving": 0.1 * (k + 1), "rel": {}})
+            for seed in (0, 1):
+                for cand, x in (("revert_kl", kl[k] + noise * rng.normal()), ("size", float(k))):
+                    for when in ("end", "early"):
+                        feats.append({"task": task, "seed": seed, "when": when, "candidate": cand, "k": k, "x": x})
+    return pd.DataFrame(outcomes), pd.DataFrame(feats)
+
+
+TASKS = {  # the loss of freezing k, per task: some tolerate a deep prefix, some almost none
+    "a": [0.0, 0.0, 0.002, 0.004, 0.02, 0.05, 0.2],
+    "b": [0.0, 0.003, 0.03, 0.06, 0.1, 0.15, 0.3],
+    "c": [0.0, 0.0, 0.0, 0.001, 0.003, 0.006, 0.08],
+    "d": [0.001, 0.02, 0.04, 0.08, 0.1, 0.2, 0.4],
+}
+
+
+def test_loto_with_a_perfect_feature_advises_the_oracle_on_every_held_out_task():
+    outcomes, feats = _synthetic(TASKS)
+    pairs, adv = sp.loto(outcomes, feats, candidates=["revert_kl", "size"])
+    kl = adv[(adv.candidate == "revert_kl") & (adv.when == "end")]
+    assert (kl.advised_k == kl.oracle_k).all()
+    assert set(zip(kl.fold, kl.advised_k)) == {("a", 3), ("b", 1), ("c", 5), ("d", 0)}
+    assert (kl.regret.abs() < 1e-12).all()
+    # the task-blind baseline picks one k from the other tasks and must miss somewhere
+    size = adv[(adv.candidate == "size") & (adv.when == "end")]
+    assert (size.advised_k != size.oracle_k).any()
+    s = sp.score(pairs, adv).set_index("candidate")
+    assert s.loc["revert_kl", "tasks_ge_985"] == 4 and s.loc["revert_kl", "mean_regret"] == pytest.approx(0.0)
+    assert s.loc["revert_kl", "early_agreement"] == 1.0
+    assert s.index[0] == "revert_kl"  # ranked first
+    # predictions are monotone in x and every pair of the held-out task is listed
+    p = pairs[(pairs.candidate == "revert_kl") & (pairs.fold == "a")].sort_values("x")
+    assert len(p) == 7 and np.all(np.diff(p.predicted_loss) >= 0)
+
+
+def test_loto_never_fits_on_the_held_out_task():
+    outcomes, feats = _synthetic(TASKS)
+    # poison task "d"'s outcomes: a fit that saw them would change the prediction for "d"
+    poisoned = outcomes.copy()
+    poisoned.loc[poisoned.task == "d", "loss"] = 0.0
+    a, _ = sp.loto(outcomes, feats, candidates=["revert_kl"])
+    b, _ = sp.loto(poisoned, feats, candidates=["revert_kl"])
+    pa = a[a.fold == "d"].predicted_loss.to_numpy()
+    pb = b[b.fold == "d"].predicted_loss.to_numpy()
+    np.testing.assert_array_equal(pa, pb)
+
+
+def test_advise_and_oracle_need_every_smaller_prefix():
+    assert sp.advise({0: 0.0, 1: 0.02, 2: 0.0}) == 0
+    assert sp.advise({0: 0.011}) == -1
+    o = pd.DataFrame({"k": [0, 1, 2], "loss": [0.0, 0.009, 0.01]})
+    assert sp.oracle_k(o) == 2
