@@ -228,8 +228,8 @@ def study_table(runs: pd.DataFrame, chosen_lr: dict[str, float], read: Callable[
                 "rel": rel,
             })
         lin = read(os.path.join(cache, task, "linear_probe.json")) if cache else None
-        for r in full.itertuples():
-            row = r._asdict()
+        for _, r in full.iterrows():
+            row = r.to_dict()
             cmp = read(side_file(row, "comparison.json"))
             meas = read(side_file(row, "measures.json"))
             if meas is None:

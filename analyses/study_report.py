@@ -49,16 +49,16 @@ TARGET_REGRET = 0.05
 TARGET_AUTO_CPU = 0.70
 FRACTIONS = (0.05, 0.10, 0.20, 0.50)
 CONTRACT = ["task", "method", "config", "frozen_blocks", "embeddings_frozen", "seed", "accuracy",
-            "train_cpu_seconds", "train_seconds", "epochs", "trainable_params", "recommended"]
+            "train_cpu_seconds", "train_seconds", "epochs", "trainable_params", "recommended", "peak_rss_mb"]
 EXTRA = ["lr", "dev_accuracy", "best_epoch", "steps", "tracker_cpu_seconds", "final_trainable_params",
-         "peak_rss_mb", "freeze_steps"]
+         "freeze_steps"]
 #: the candidate rules (fit on Rotten Tomatoes): the absolute rule over min_cka, and the relative rule
 #: (change <= r x the top block's change) over r; the bootstrap interval is used in both.
 CANDIDATES = [{"min_cka": c} for c in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99,
                                        0.995, 0.999)] + \
              [{"min_cka": None, "max_relative_change": r}
               for r in (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)]
-NAME_RE = re.compile(r"^(full|fixed|auto)_(.+)_lr([0-9.e+-]+)_seed(\d+)\.json$")
+NAME_RE = re.compile(r"^(full|fixed|auto|lora)_(.+)_lr([0-9.e+-]+)_seed(\d+)\.json$")
 
 
 # %% loading
@@ -270,7 +270,9 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
         atomic_write_text(os.path.join(out, "lr_selection.csv"),
                           pd.concat([t for t in lr_tables if len(t)]).to_csv(index=False, float_format="%.6g",
                                                                             lineterminator="\n"))
-    runs = runs[runs.apply(lambda r: chosen.get(r.task) is not None and r.lr == chosen[r.task], axis=1)].copy()
+    runs = runs[runs.apply(lambda r: chosen.get(r.task) is not None and (r.lr == chosen[r.task] or r.method == "lora"),
+                           axis=1)].copy()
+    pred = predictors(runs, {t: lr for t, lr in chosen.items() if lr is not None}, cache, out)
     _copy_side_files(runs, out)
     rule, cand_table = fit_rule(runs, "rt")
     atomic_write_text(os.path.join(out, "rule_candidates.csv"),
@@ -314,6 +316,9 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
                       "auto_cpu_ratio": float(np.mean(auto_cpu)) if auto_cpu else None, "auto_n_seeds": len(auto_rel),
                       "seed0_oracle_k": oracle(runs[runs.seed.isin([0])], task)["oracle_k"],
                       "advised_ks": sorted({v["cfg"][1] for v in ev["per_seed"].values() if v["cfg"][0]})}
+        loto_adv = pred["advice"].get(task)  # the leave-one-task-out default's advice, per seed
+        if loto_adv is not None:
+            info[task]["loto_advice"] = {str(k): v for k, v in loto_adv.items()}
         for _, r in runs[runs.task == task].iterrows():
             row = r.to_dict()
             if row["method"] == "auto":
@@ -324,19 +329,24 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
             row["recommended"] = False
             summary.append(row)
             if row["method"] == "fixed":
-                adv = ev["per_seed"].get(int(row["seed"]))
-                if adv and adv["cfg"] == (True, int(row["frozen_blocks"])):
+                if loto_adv is not None:
+                    hit = loto_adv.get(int(row["seed"])) == int(row["frozen_blocks"]) and row["embeddings_frozen"]
+                else:
+                    adv = ev["per_seed"].get(int(row["seed"]))
+                    hit = bool(adv) and adv["cfg"] == (True, int(row["frozen_blocks"]))
+                if hit:
                     summary.append({**row, "method": "advice", "recommended": True})
-        for s, adv in ev["per_seed"].items():  # advice "freeze nothing": the full run is the advice run
-            if adv["cfg"] == (False, 0):
-                f = full_rows[full_rows.seed == s]
-                if len(f):
-                    summary.append({**f.iloc[0].to_dict(), "method": "advice", "recommended": True})
+        nothing = [s for s, k in (loto_adv or {}).items() if k == -1] if loto_adv is not None else \
+            [s for s, adv in ev["per_seed"].items() if adv["cfg"] == (False, 0)]
+        for s in nothing:  # advice "freeze nothing": the full run is the advice run
+            f = full_rows[full_rows.seed == s]
+            if len(f):
+                summary.append({**f.iloc[0].to_dict(), "method": "advice", "recommended": True})
     df = pd.DataFrame(summary)
-    for c in EXTRA:
+    for c in CONTRACT + EXTRA:
         if c not in df:
             df[c] = None
-    order = {"full": 0, "advice": 1, "auto": 2, "fixed": 3}
+    order = {"full": 0, "advice": 1, "auto": 2, "fixed": 3, "lora": 4}
     df = df.sort_values(["task", "method", "frozen_blocks", "seed"], key=lambda s: s.map(order) if s.name == "method"
                         else s).reset_index(drop=True)
     atomic_write_text(os.path.join(out, "summary.csv"),
@@ -351,6 +361,30 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     atomic_write_text(os.path.join(out, "report.md"),
                       render(settings, info, rule_info, cand_table, timing, df, budgets))
     return info
+
+
+def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str) -> dict:
+    """The pre-registered predictors (docs/freeze_study_plan.md), leave-one-task-out: writes ``loto.csv``
+    (fold, candidate, k, predicted and measured loss), ``loto_advice.csv`` and ``predictor_scores.csv``;
+    returns the scores and the winner's advice per task and seed (end-of-run measurements)."""
+    import study_predict as sp
+
+    outcomes, feats = sp.study_table(runs, chosen, cache=cache)
+    res: dict = {"scores": pd.DataFrame(), "advice": {}, "outcomes": outcomes, "winner": None}
+    if not len(outcomes) or not len(feats) or len(set(outcomes.task) & set(feats.task)) < 3:
+        return res  # leave-one-task-out needs at least two training tasks per fold
+    pairs, adv = sp.loto(outcomes, feats)
+    scores = sp.score(pairs, adv)
+    for name, frame in (("loto.csv", pairs), ("loto_advice.csv", adv), ("predictor_scores.csv", scores)):
+        atomic_write_text(os.path.join(out, name), frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    atomic_write_text(os.path.join(out, "outcomes.csv"), outcomes.drop(columns=["rel"]).to_csv(
+        index=False, float_format="%.6g", lineterminator="\n"))
+    if len(scores):
+        winner = scores.candidate.iloc[0]
+        res.update(scores=scores, winner=winner)
+        a = adv[(adv.candidate == winner) & (adv.when == "end")]
+        res["advice"] = {t: {int(r.seed): int(r.advised_k) for r in g.itertuples()} for t, g in a.groupby("fold")}
+    return res
 
 
 def auto_variants(runs: pd.DataFrame) -> list[dict]:
@@ -397,6 +431,11 @@ def _copy_side_files(runs: pd.DataFrame, out: str) -> None:
             if os.path.exists(stem + ext):
                 shutil.copyfile(stem + ext, os.path.join(d, f"{os.path.basename(os.path.dirname(path))}_"
                                                              f"{os.path.basename(stem)}{ext}"))
+
+
+def _mb(g: pd.DataFrame) -> str:
+    peak = pd.to_numeric(g["peak_rss_mb"], errors="coerce") if "peak_rss_mb" in g else pd.Series(dtype=float)
+    return f"{peak.mean():.0f}" if peak.notna().any() else "—"
 
 
 def _ratio(x) -> str:
@@ -484,9 +523,24 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
                            if k in ("min_cka", "max_relative_change", "use_interval"))
             L.append(f"| {v['task']} | {v['variant']} | {th} | {v['n']} | {_pct_se(v['rel_acc'], v['rel_acc_se'])} | "
                      f"{_ratio(v['cpu_ratio'])} | {_ratio(v['cpu_per_epoch_ratio'])} | {v['frozen']} |")
+    pr = info.get("_predictors") or {}
+    if pr.get("scores"):
+        L += ["", "## Predictors of the cost of freezing, leave-one-task-out (docs/freeze_study_plan.md)", "",
+              "Every pre-registered candidate, fit on the other tasks and scored on each held-out task "
+              "(tolerance 1%; the advice freezes the largest prefix whose predicted loss, and every smaller "
+              "prefix's, is at most 1%). Ranked by held-out tasks with advice >= 98.5% of full, then mean regret, "
+              f"then calibration. Winner: **{pr['winner']}**. `loto.csv` has every prediction.", "",
+              "| candidate | label-free | tasks >= 98.5% | min rel. acc | mean rel. acc | max regret | mean regret | "
+              "within 1 pt (pairs) | advice at 20% = end |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in pr["scores"]:
+            L.append(f"| {r['candidate']} | {'yes' if r['label_free'] else 'no'} | {r['tasks_ge_985']}/{r['tasks']} | "
+                     f"{_pct(r['min_rel_acc'])} | {_pct(r['mean_rel_acc'])} | {_pct(r['max_regret'])} | "
+                     f"{_pct(r['mean_regret'])} | {_pct(r['calibration_within_1pt'], 0)} ({r['calibration_pairs']}) | "
+                     f"{_pct(r['early_agreement'], 0)} (n={r['early_n']}) |")
     L += ["", "## Per config (mean over seeds; rel. acc ± its standard error over seeds)", "",
           "| task | method | config | n | accuracy | rel. acc | CPU s | "
-          "CPU saved | CPU/epoch saved | wall s | epochs |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "CPU saved | CPU/epoch saved | wall s | epochs | peak MB |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     full = df[df.method == "full"].set_index(["task", "seed"])
     for (task, method, config), g in df.groupby(["task", "method", "config"], sort=False):
         rel = [r.accuracy / full.loc[(task, r.seed)].accuracy for r in g.itertuples() if (task, r.seed) in full.index]
@@ -498,7 +552,7 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
         L.append(f"| {task} | {method} | {config} | {len(g)} | {g.accuracy.mean():.4f} | "
                  f"{_pct_se(*mean_se(rel)) if rel else _pct(None)} | {g.train_cpu_seconds.mean():.0f} | "
                  f"{_pct(np.mean(sav) if sav else None, 0)} | {_pct(np.mean(per_epoch) if per_epoch else None, 0)} | "
-                 f"{g.train_seconds.mean():.0f} | {g.epochs.mean():.2f} |")
+                 f"{g.train_seconds.mean():.0f} | {g.epochs.mean():.2f} | {_mb(g)} |")
     L += ["", "CPU saved is what a user pays (the whole run, early stopping included); CPU/epoch saved removes "
           "the stopping rule's noise (one epoch more or less moves a run's CPU time by 20-33%) and shows what "
           "freezing itself saves per epoch (the cache fill in the first epoch included)."]
