@@ -11,7 +11,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from layerprobe._version import __version__
 
 #: public name -> the submodule that defines it
 _LAZY = {
@@ -32,20 +32,20 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .blocks import BlockRef, Blocks, find_blocks  # noqa: F401
-    from .capture import capture  # noqa: F401
-    from .compare import compare  # noqa: F401
-    from .errors import LayerProbeError  # noqa: F401
-    from .freeze import freeze, parameter_names, unfreeze  # noqa: F401
-    from .integrations.hf import LayerProbeCallback  # noqa: F401
-    from .options import CKAOptions, ProbeOptions  # noqa: F401
-    from .policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
-    from .prefix_cache import PrefixCache  # noqa: F401
-    from .recommend import Recommendation, Thresholds, recommend  # noqa: F401
-    from .result import Comparison  # noqa: F401
-    from .snapshot import Snapshot, take_snapshot  # noqa: F401
-    from .sources import load_hf_model  # noqa: F401
-    from .tracker import Tracker  # noqa: F401
+    from layerprobe.blocks import BlockRef, Blocks, find_blocks  # noqa: F401
+    from layerprobe.capture import capture  # noqa: F401
+    from layerprobe.compare import compare  # noqa: F401
+    from layerprobe.errors import LayerProbeError  # noqa: F401
+    from layerprobe.freeze import freeze, parameter_names, unfreeze  # noqa: F401
+    from layerprobe.integrations.hf import LayerProbeCallback  # noqa: F401
+    from layerprobe.options import CKAOptions, ProbeOptions  # noqa: F401
+    from layerprobe.policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
+    from layerprobe.prefix_cache import PrefixCache  # noqa: F401
+    from layerprobe.recommend import Recommendation, Thresholds, recommend  # noqa: F401
+    from layerprobe.result import Comparison  # noqa: F401
+    from layerprobe.snapshot import Snapshot, take_snapshot  # noqa: F401
+    from layerprobe.sources import load_hf_model  # noqa: F401
+    from layerprobe.tracker import Tracker  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from ._version import __version__
-from .blocks import OTHER
-from .checkpoints import check_finite
-from .errors import LayerProbeError
-from .metrics._core import column_range, constant_columns
-from .metrics.cka import (
+from layerprobe._version import __version__
+from layerprobe.blocks import OTHER
+from layerprobe.checkpoints import check_finite
+from layerprobe.errors import LayerProbeError
+from layerprobe.metrics._core import column_range, constant_columns
+from layerprobe.metrics.cka import (
     CKASubsampleWarning,
     CKAUndefinedWarning,
     bootstrap_cka,
@@ -37,15 +37,15 @@ from .metrics.cka import (
     linear_cka,
     rbf_cka,
 )
-from .metrics.drift import DriftAccumulator, param_group, update_rank
-from .options import CKAOptions, ProbeOptions, merge
-from .pair_reader import PairReader
-from .recommend import Thresholds, recommend
-from .result import Comparison, _nan_to_none  # noqa: F401
-from .snapshot import Snapshot
+from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
+from layerprobe.options import CKAOptions, ProbeOptions, merge
+from layerprobe.pair_reader import PairReader
+from layerprobe.recommend import Thresholds, recommend
+from layerprobe.result import Comparison, _nan_to_none  # noqa: F401
+from layerprobe.snapshot import Snapshot
 
 # re-exported: these lived here before the split (sources.py resolves sides, result.py holds the result)
-from .sources import (  # noqa: F401
+from layerprobe.sources import (  # noqa: F401
     Side,
     WeightTable,
     _check_bin_weights,
@@ -62,7 +62,7 @@ __all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "co
 
 def attach_weights(side: Side, path: str | os.PathLike) -> None:
     """Read a side's weights from files (a representation-only snapshot of an offloaded model)."""
-    from .checkpoints import open_checkpoint
+    from layerprobe.checkpoints import open_checkpoint
 
     if side.weights is not None:  # never replaced silently: the side's own weights are what it measured
         raise LayerProbeError(f"{side.label} already holds weights; extra weight files are only for a "
@@ -481,7 +481,7 @@ def compare_sides(
         if got:
             meta[key] = got
     if "progress" in meta and "b" in meta["progress"]:
-        from .series import progress_text
+        from layerprobe.series import progress_text
 
         rec.notes.append(f"tuned side: {progress_text(meta['progress']['b'])}")
     return Comparison(entries, rec, meta, other, xmap)

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ._atomic import atomic_write_text
-from .blocks import Blocks
-from .errors import LayerProbeError
-from .freeze import freeze, trainable_parameters
-from .options import CSV_OPTIONS
+from layerprobe._atomic import atomic_write_text
+from layerprobe.blocks import Blocks
+from layerprobe.errors import LayerProbeError
+from layerprobe.freeze import freeze, trainable_parameters
+from layerprobe.options import CSV_OPTIONS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .prefix_cache import PrefixCache
-    from .recommend import Thresholds
+    from layerprobe.prefix_cache import PrefixCache
+    from layerprobe.recommend import Thresholds
 
 __all__ = ["LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
 
@@ -238,7 +238,7 @@ class AutoFreezePolicy:
     _settled: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        from .recommend import Thresholds
+        from layerprobe.recommend import Thresholds
 
         if self.thresholds is None:
             self.thresholds = Thresholds(**DEFAULT_AUTO_RULE)
@@ -251,7 +251,7 @@ class AutoFreezePolicy:
 
     def observe(self, step: int, rows: list[dict], model: nn.Module, blocks: Blocks) -> list[str]:
         """Take one check's rows (:class:`~layerprobe.tracker.Tracker` columns); freeze; return new names."""
-        from .recommend import recommend
+        from layerprobe.recommend import recommend
 
         self._checks += 1
         by = {r["block"]: r for r in rows}
@@ -340,7 +340,7 @@ class AutoFreezePolicy:
         emb_ok = "embeddings" not in blocks.names or "embeddings" in self.frozen
         if k < 1 or not emb_ok:
             return
-        from .prefix_cache import PrefixCache, PrefixCacheOffWarning
+        from layerprobe.prefix_cache import PrefixCache, PrefixCacheOffWarning
 
         try:
             if self.prefix_cache is None:

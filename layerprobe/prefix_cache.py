@@ -65,8 +65,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import Blocks, _find_stack, block_modules, find_blocks
-from .errors import LayerProbeError
+from layerprobe.blocks import Blocks, _find_stack, block_modules, find_blocks
+from layerprobe.errors import LayerProbeError
 
 __all__ = ["PrefixCache", "PrefixCacheOffWarning"]
 

@@ -56,18 +56,18 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from ._atomic import atomic_write_text
-from .batching import pad_id
-from .blocks import Blocks, find_blocks
-from .errors import LayerProbeError
-from .metrics.cka import linear_cka
-from .metrics.drift import DriftAccumulator
-from .options import CSV_OPTIONS, ProbeOptions
-from .snapshot import run_probe, tokenize_probe
+from layerprobe._atomic import atomic_write_text
+from layerprobe.batching import pad_id
+from layerprobe.blocks import Blocks, find_blocks
+from layerprobe.errors import LayerProbeError
+from layerprobe.metrics.cka import linear_cka
+from layerprobe.metrics.drift import DriftAccumulator
+from layerprobe.options import CSV_OPTIONS, ProbeOptions
+from layerprobe.snapshot import run_probe, tokenize_probe
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .policy import AutoFreezePolicy, FreezePolicy
-    from .recommend import Recommendation, Thresholds
+    from layerprobe.policy import AutoFreezePolicy, FreezePolicy
+    from layerprobe.recommend import Recommendation, Thresholds
 
 __all__ = [
     "COLUMNS",
@@ -424,7 +424,7 @@ class Tracker:
         Uses :func:`layerprobe.recommend.recommend` with ``thresholds`` (its defaults if None) on the
         tracker's probe; parameter counts are those of the model's entries.
         """
-        from .recommend import recommend
+        from layerprobe.recommend import recommend
 
         rows = self.latest()
         if not rows:

@@ -14,10 +14,10 @@ from typing import Any, cast
 from torch import nn
 from transformers import TrainerCallback
 
-from ..blocks import Blocks
-from ..errors import LayerProbeError
-from ..policy import AutoFreezePolicy, FreezePolicy
-from ..tracker import (
+from layerprobe.blocks import Blocks
+from layerprobe.errors import LayerProbeError
+from layerprobe.policy import AutoFreezePolicy, FreezePolicy
+from layerprobe.tracker import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_PROBE_SHARE,
     FREEZE_LOG_CSV,
@@ -221,7 +221,7 @@ class LayerProbeCallback(TrainerCallback):
                                         key=self._order)
 
     def _entries_of(self, names: set[str]) -> list[str]:
-        from ..blocks import find_blocks
+        from layerprobe.blocks import find_blocks
 
         model = self._trained_model()
         blocks = self.tracker.blocks or find_blocks(model)
