@@ -104,8 +104,8 @@ for thr in (0.9, 0.99):
 # ## 6. Act on it: freeze the advised prefix on a fresh model before fine-tuning
 
 # %%
-from layerprobe.blocks import find_blocks
 from layerprobe.freeze import bottom_prefix, freeze, trainable_parameters
+from layerprobe.model.blocks import find_blocks
 
 fresh, _ = load_classifier(default_model_path(), num_labels=2, seed=0)
 before = trainable_parameters(fresh)

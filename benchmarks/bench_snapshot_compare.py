@@ -78,7 +78,7 @@ def run_case(kind: str, a: str, b: str, probe: str, out: str) -> dict:
     if kind == "forward":
         from transformers import AutoModel, AutoTokenizer
 
-        from layerprobe.batching import collate, encode, pad_id
+        from layerprobe.model.batching import collate, encode, pad_id
         from layerprobe.probe import read_probe_texts
 
         texts = read_probe_texts(probe)
@@ -99,7 +99,7 @@ def run_case(kind: str, a: str, b: str, probe: str, out: str) -> dict:
     elif kind == "weights":
         from transformers import AutoModel
 
-        from layerprobe.blocks import find_blocks
+        from layerprobe.model.blocks import find_blocks
         from layerprobe.snapshot import model_weights
 
         model = AutoModel.from_pretrained(a)

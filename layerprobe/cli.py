@@ -174,7 +174,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     opts = _probe_options(args).settle()
     blocks = None
     if args.blocks is not None or args.embeddings is not None:
-        from layerprobe.blocks import find_blocks
+        from layerprobe.model.blocks import find_blocks
 
         blocks = find_blocks(model, blocks=args.blocks, embeddings=args.embeddings)
     snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), blocks=blocks, progress=not args.quiet)

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from layerprobe._version import __version__
-from layerprobe.blocks import OTHER
 from layerprobe.checkpoints import check_finite
 from layerprobe.errors import LayerProbeError
 from layerprobe.metrics._core import column_range, constant_columns
@@ -38,6 +37,7 @@ from layerprobe.metrics.cka import (
     rbf_cka,
 )
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
+from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, merge
 from layerprobe.pair_reader import PairReader
 from layerprobe.recommend import Thresholds, recommend
@@ -225,7 +225,7 @@ def compare(
         device, dtype: where and in which precision model directories run ("cpu", "cuda", "mps";
             "float32", "bfloat16", "float16"); recorded in ``meta``.
         blocks, embeddings: module-path patterns overriding the block stack and the embeddings
-            (as :func:`~layerprobe.blocks.find_blocks`); blocks keep the model's own index.
+            (as :func:`~layerprobe.model.blocks.find_blocks`); blocks keep the model's own index.
         weights_a, weights_b: weight files for a side that holds none (a representation-only
             snapshot of an offloaded model): drift is read from them.
 

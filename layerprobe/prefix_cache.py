@@ -65,8 +65,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerprobe.blocks import Blocks, _find_stack, block_modules, find_blocks
 from layerprobe.errors import LayerProbeError
+from layerprobe.model.blocks import Blocks, _find_stack, block_modules, find_blocks
 
 __all__ = ["PrefixCache", "PrefixCacheOffWarning"]
 
@@ -191,7 +191,7 @@ class PrefixCache:
         model: the model the training loop calls (e.g. a ``*ForSequenceClassification``, possibly
             inside DDP: pass the inner module).
         k: number of frozen blocks the cache stands in for (1..n_blocks).
-        blocks: the model's entries (found with :func:`~layerprobe.blocks.find_blocks` if None).
+        blocks: the model's entries (found with :func:`~layerprobe.model.blocks.find_blocks` if None).
         dtype: storage dtype (float32 default: exact; bfloat16/float16: half the memory).
         max_bytes: stop storing new examples beyond this many bytes (None: no bound).
     """

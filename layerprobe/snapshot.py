@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from layerprobe._atomic import atomic_save_torch
 from layerprobe._version import __version__
-from layerprobe.batching import collate, encode, pad_id
-from layerprobe.blocks import OTHER, Blocks, find_blocks
-from layerprobe.capture import POOLINGS, capture
 from layerprobe.errors import LayerProbeError
+from layerprobe.model.batching import collate, encode, pad_id
+from layerprobe.model.blocks import OTHER, Blocks, find_blocks
+from layerprobe.model.capture import POOLINGS, capture
 from layerprobe.probe import fingerprint
 
 FORMAT = "layerprobe-snapshot"
@@ -142,11 +142,11 @@ def _config_json(model: nn.Module) -> str:
 def model_weights(model: nn.Module, blocks: Blocks) -> dict[str, dict[str, torch.Tensor]]:
     """Copy every parameter to CPU, grouped by entry and named relative to it.
 
-    Wrappers are seen through (:func:`~layerprobe.unwrap.effective_parameters`: a LoRA weight is
+    Wrappers are seen through (:func:`~layerprobe.model.unwrap.effective_parameters`: a LoRA weight is
     base + update, an FSDP2 shard is gathered); parameters that a loader initialised because they
     were not in the files (:data:`~layerprobe.sources.NOT_IN_FILES`) are left out.
     """
-    from layerprobe.unwrap import effective_parameters
+    from layerprobe.model.unwrap import effective_parameters
 
     not_in_files: frozenset[str] = getattr(model, "_layerprobe_not_in_files", frozenset())
     out: dict[str, dict[str, torch.Tensor]] = {}
@@ -166,7 +166,7 @@ def _dtype_name(model: nn.Module) -> str | None:
 
 def describe_model(model: nn.Module, blocks: Blocks) -> dict:
     """Simple metadata about a model and its entries (JSON-friendly)."""
-    from layerprobe.unwrap import input_device
+    from layerprobe.model.unwrap import input_device
 
     return {
         "device": str(input_device(model)),
@@ -223,7 +223,7 @@ def run_probe(
     Examples are batched by length (less padding, faster), and representations are returned
     in the original example order.
     """
-    from layerprobe.unwrap import input_device
+    from layerprobe.model.unwrap import input_device
 
     device = input_device(model)  # offloaded (meta) parameters: inputs start on the CPU
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
@@ -280,7 +280,7 @@ def take_snapshot(
     >>> s.names, s.has_representations
     (['embeddings', 'block.0', 'block.1'], False)
     """
-    from layerprobe.unwrap import has_meta_parameters, unwrap
+    from layerprobe.model.unwrap import has_meta_parameters, unwrap
 
     if pooling not in POOLINGS:
         raise LayerProbeError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")

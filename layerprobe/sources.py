@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from layerprobe.blocks import OTHER, Blocks, blocks_from_names
 from layerprobe.errors import LayerProbeError
+from layerprobe.model.blocks import OTHER, Blocks, blocks_from_names
 from layerprobe.snapshot import Snapshot, take_snapshot
 
 if TYPE_CHECKING:
@@ -247,8 +247,8 @@ def resolve_side(
         if probe_texts is not None and tokenizer is None:
             raise LayerProbeError("a tokenizer is needed to run the probe through a model object")
         if block_pattern is not None or embedding_pattern is not None:
-            from layerprobe.blocks import find_blocks
-            from layerprobe.unwrap import unwrap
+            from layerprobe.model.blocks import find_blocks
+            from layerprobe.model.unwrap import unwrap
 
             kw["blocks"] = find_blocks(unwrap(x), blocks=block_pattern, embeddings=embedding_pattern)
         snap = take_snapshot(x, tokenizer, list(probe_texts) if probe_texts is not None else None, **kw)

@@ -57,11 +57,11 @@ import torch
 from torch import nn
 
 from layerprobe._atomic import atomic_write_text
-from layerprobe.batching import pad_id
-from layerprobe.blocks import Blocks, find_blocks
 from layerprobe.errors import LayerProbeError
 from layerprobe.metrics.cka import linear_cka
 from layerprobe.metrics.drift import DriftAccumulator
+from layerprobe.model.batching import pad_id
+from layerprobe.model.blocks import Blocks, find_blocks
 from layerprobe.options import CSV_OPTIONS, ProbeOptions
 from layerprobe.snapshot import run_probe, tokenize_probe
 

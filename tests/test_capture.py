@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layerprobe import capture, find_blocks
-from layerprobe.capture import pool
+from layerprobe.model.capture import pool
 from layerprobe.errors import LayerProbeError
 
 

@@ -24,7 +24,7 @@ import transformers as tf
 
 from conftest import WORDS, make_tokenizer
 from layerprobe import LayerProbeCallback, Thresholds
-from layerprobe.blocks import find_blocks
+from layerprobe.model.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
 from layerprobe.freeze import bottom_prefix, freeze
 from layerprobe.prefix_cache import PrefixCache, PrefixCacheOffWarning

@@ -8,7 +8,7 @@ import torch
 from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
                           LlamaConfig, LlamaForSequenceClassification)
 
-from layerprobe.blocks import find_blocks
+from layerprobe.model.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
 from layerprobe.freeze import bottom_prefix, freeze
 from layerprobe.prefix_cache import PrefixCache, PrefixCacheOffWarning

@@ -211,7 +211,7 @@ def test_real_minilm_trainer_callback_auto_freeze_and_cache(tmp_path):
     df_t = pd.read_csv(tmp_path / TRAJECTORY_CSV)
     assert df_t["block"].nunique() == 7 and df_t["step"].max() == 6
     # the cache reproduces the frozen prefix exactly (eval mode)
-    from layerprobe.batching import collate, encode
+    from layerprobe.model.batching import collate, encode
 
     batch = collate(encode(tok, texts[:8], 32), tok.pad_token_id)
     model.eval()

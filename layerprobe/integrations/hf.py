@@ -14,8 +14,8 @@ from typing import Any, cast
 from torch import nn
 from transformers import TrainerCallback
 
-from layerprobe.blocks import Blocks
 from layerprobe.errors import LayerProbeError
+from layerprobe.model.blocks import Blocks
 from layerprobe.policy import AutoFreezePolicy, FreezePolicy
 from layerprobe.tracker import (
     DEFAULT_MAX_LENGTH,
@@ -221,7 +221,7 @@ class LayerProbeCallback(TrainerCallback):
                                         key=self._order)
 
     def _entries_of(self, names: set[str]) -> list[str]:
-        from layerprobe.blocks import find_blocks
+        from layerprobe.model.blocks import find_blocks
 
         model = self._trained_model()
         blocks = self.tracker.blocks or find_blocks(model)

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerprobe.blocks import Blocks, block_modules, find_blocks
 from layerprobe.errors import LayerProbeError
+from layerprobe.model.blocks import Blocks, block_modules, find_blocks
 from layerprobe.options import POOLINGS
 
 
