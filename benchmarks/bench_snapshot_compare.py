@@ -78,8 +78,8 @@ def run_case(kind: str, a: str, b: str, probe: str, out: str) -> dict:
     if kind == "forward":
         from transformers import AutoModel, AutoTokenizer
 
+        from layerprobe.io.probe_files import read_probe_texts
         from layerprobe.model.batching import collate, encode, pad_id
-        from layerprobe.probe import read_probe_texts
 
         texts = read_probe_texts(probe)
         for d in (a,) if out == "one" else (a, b):

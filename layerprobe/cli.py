@@ -153,8 +153,8 @@ def _probe_options(args: argparse.Namespace) -> ProbeOptions:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from layerprobe._atomic import ensure_writable_dir
-    from layerprobe.probe import read_probe_texts
+    from layerprobe.io.outputs import ensure_writable_dir
+    from layerprobe.io.probe_files import read_probe_texts
     from layerprobe.snapshot import take_snapshot
     from layerprobe.sources import load_hf_model
 
@@ -162,7 +162,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     _not_ignored(args)
     if not os.path.isdir(args.model):
         raise LayerProbeError("expected a Hugging Face model directory", args.model)
-    from layerprobe._atomic import check_not_an_input, check_output_file
+    from layerprobe.io.outputs import check_not_an_input, check_output_file
 
     check_output_file(args.output)  # "", a directory, a device or FIFO: refused before any work
     check_not_an_input(args.output, [args.model, args.probe])
@@ -186,8 +186,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from layerprobe._atomic import atomic_write_text, ensure_writable_dir
     from layerprobe.compare import compare
+    from layerprobe.io.outputs import atomic_write_text, ensure_writable_dir
     from layerprobe.recommend import Thresholds
     from layerprobe.report import render, to_csv
 
@@ -202,7 +202,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out == "":
         raise LayerProbeError("--out: the output directory name is empty")
     if args.out:
-        from layerprobe._atomic import check_not_an_input
+        from layerprobe.io.outputs import check_not_an_input
 
         check_not_an_input([os.path.join(args.out, n) for n in _OUT_FILES],
                            [*args.inputs, args.probe, args.weights_a, args.weights_b])
@@ -232,7 +232,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise LayerProbeError(f"--min-train-blocks {args.min_train_blocks} is more than the {n_blocks} blocks compared")
     text = render(result, args.format)
     if args.out:
-        from layerprobe._atomic import atomic_output_dir
+        from layerprobe.io.outputs import atomic_output_dir
         from layerprobe.plots import plot_blocks
 
         with atomic_output_dir(args.out) as out:  # the files appear together, or not at all
@@ -287,11 +287,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_trajectory(args: argparse.Namespace) -> int:
-    from layerprobe._atomic import ensure_writable_dir
+    from layerprobe.io.outputs import ensure_writable_dir
     from layerprobe.trajectory_plot import plot_trajectory, read_trajectory
 
     if args.output is not None:
-        from layerprobe._atomic import check_not_an_input, check_output_file
+        from layerprobe.io.outputs import check_not_an_input, check_output_file
 
         check_output_file(args.output)
         check_not_an_input(args.output, [args.run_dir, os.path.join(args.run_dir, "layerprobe_trajectory.csv")])
@@ -306,9 +306,9 @@ def cmd_plot_trajectory(args: argparse.Namespace) -> int:
 
 def cmd_freeze_list(args: argparse.Namespace) -> int:
 
-    from layerprobe._atomic import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
     from layerprobe.freeze import parameter_names
-    from layerprobe.guards import check_model_dir, load_json
+    from layerprobe.io.files import check_model_dir, load_json
+    from layerprobe.io.outputs import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
 
     if args.output is not None:
         check_output_file(args.output)
@@ -325,7 +325,7 @@ def cmd_freeze_list(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    from layerprobe.params import architecture_class
+    from layerprobe.io.model_dir import architecture_class
 
     try:  # names only: build the saved architecture (with its head) on the meta device, no weights
         config = transformers.AutoConfig.from_pretrained(args.model, trust_remote_code=False)

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 
 from layerprobe._version import __version__
-from layerprobe.checkpoints import check_finite
 from layerprobe.errors import LayerProbeError
+from layerprobe.io.checkpoints import check_finite
+from layerprobe.io.pair_reader import PairReader
 from layerprobe.metrics._core import column_range, constant_columns
 from layerprobe.metrics.cka import (
     CKASubsampleWarning,
@@ -39,7 +40,6 @@ from layerprobe.metrics.cka import (
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
 from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, merge
-from layerprobe.pair_reader import PairReader
 from layerprobe.recommend import Thresholds, recommend
 from layerprobe.result import Comparison, _nan_to_none  # noqa: F401
 from layerprobe.snapshot import Snapshot
@@ -62,7 +62,7 @@ __all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "co
 
 def attach_weights(side: Side, path: str | os.PathLike) -> None:
     """Read a side's weights from files (a representation-only snapshot of an offloaded model)."""
-    from layerprobe.checkpoints import open_checkpoint
+    from layerprobe.io.checkpoints import open_checkpoint
 
     if side.weights is not None:  # never replaced silently: the side's own weights are what it measured
         raise LayerProbeError(f"{side.label} already holds weights; extra weight files are only for a "
@@ -230,7 +230,7 @@ def compare(
             snapshot of an offloaded model): drift is read from them.
 
     A PEFT/LoRA adapter directory as ``b`` is compared with ``a`` as its base
-    (:mod:`layerprobe.peft_support`).
+    (:mod:`layerprobe.io.adapters`).
 
     Returns:
         :class:`Comparison` with ``.to_frame()`` and ``.to_json()``.

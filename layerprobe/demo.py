@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from layerprobe._atomic import atomic_output_dir, atomic_write_text, ensure_writable_dir
 from layerprobe.errors import LayerProbeError
+from layerprobe.io.outputs import atomic_output_dir, atomic_write_text, ensure_writable_dir
 
 # the shipped model and data live in shipped.py; re-exported here for older callers
 from layerprobe.shipped import default_model_path, load_classifier, rotten_tomatoes_splits

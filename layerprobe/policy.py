@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from layerprobe._atomic import atomic_write_text
 from layerprobe.errors import LayerProbeError
 from layerprobe.freeze import freeze, trainable_parameters
+from layerprobe.io.outputs import atomic_write_text
 from layerprobe.model.blocks import Blocks
 from layerprobe.options import CSV_OPTIONS
 

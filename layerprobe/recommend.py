@@ -130,7 +130,7 @@ def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
     from collections.abc import Mapping
 
     from layerprobe.errors import LayerProbeError
-    from layerprobe.guards import json_loads, load_json
+    from layerprobe.io.files import json_loads, load_json
 
     if hasattr(x, "blocks") and hasattr(x, "recommendation"):  # a Comparison
         x = x.to_dict()

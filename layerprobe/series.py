@@ -30,7 +30,7 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _trainer_state(path: str) -> dict | None:
-    from layerprobe.guards import load_json
+    from layerprobe.io.files import load_json
 
     f = os.path.join(path, "trainer_state.json") if os.path.isdir(path) else None
     if f is None or not os.path.isfile(f):
@@ -189,7 +189,7 @@ def write_series(rows: list[dict], final: Any, out: str | os.PathLike, title: st
     files are built in a temporary sibling directory and appear together, or not at all."""
     import pandas as pd
 
-    from layerprobe._atomic import atomic_output_dir, atomic_write_text
+    from layerprobe.io.outputs import atomic_output_dir, atomic_write_text
     from layerprobe.trajectory_plot import plot_trajectory
 
     out = os.path.abspath(os.fspath(out))

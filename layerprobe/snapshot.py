@@ -25,13 +25,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from layerprobe._atomic import atomic_save_torch
 from layerprobe._version import __version__
 from layerprobe.errors import LayerProbeError
+from layerprobe.io.outputs import atomic_save_torch
+from layerprobe.io.probe_files import fingerprint
 from layerprobe.model.batching import collate, encode, pad_id
 from layerprobe.model.blocks import OTHER, Blocks, find_blocks
 from layerprobe.model.capture import POOLINGS, capture
-from layerprobe.probe import fingerprint
 
 FORMAT = "layerprobe-snapshot"
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ class Snapshot:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Snapshot:
         """Load a snapshot file safely (``weights_only=True``) and validate its layout."""
-        from layerprobe.checkpoints import safe_torch_load
+        from layerprobe.io.checkpoints import safe_torch_load
 
         return cls.from_dict(safe_torch_load(path), path)
 
@@ -296,7 +296,7 @@ def take_snapshot(
     if texts is not None:
         if tokenizer is None:
             raise LayerProbeError("a tokenizer is needed to run the probe texts")
-        from layerprobe.guards import fit_max_length
+        from layerprobe.io.files import fit_max_length
 
         fitted = fit_max_length(model, max_length)  # an explicit length past the positions is refused
         examples, fp = tokenize_probe(tokenizer, texts, max_length)

@@ -56,8 +56,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from layerprobe._atomic import atomic_write_text
 from layerprobe.errors import LayerProbeError
+from layerprobe.io.outputs import atomic_write_text
 from layerprobe.metrics.cka import linear_cka
 from layerprobe.metrics.drift import DriftAccumulator
 from layerprobe.model.batching import pad_id

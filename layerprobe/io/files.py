@@ -283,7 +283,7 @@ def _model_class(cfg: dict, f: str) -> Any:
 
 def _weights(path: str) -> tuple[list[str], int]:
     """Parameter names and total element count of the directory's weights (headers only)."""
-    from layerprobe.checkpoints import open_checkpoint
+    from layerprobe.io.checkpoints import open_checkpoint
 
     with open_checkpoint(path) as src:
         keys = list(src.keys())
