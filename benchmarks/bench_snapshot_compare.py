@@ -100,7 +100,7 @@ def run_case(kind: str, a: str, b: str, probe: str, out: str) -> dict:
         from transformers import AutoModel
 
         from layerprobe.model.blocks import find_blocks
-        from layerprobe.snapshot import model_weights
+        from layerprobe.snapshot.take import model_weights
 
         model = AutoModel.from_pretrained(a)
         t1 = time.perf_counter()

@@ -20,13 +20,13 @@ _LAZY = {
     "Comparison": "layerprobe.result",
     "compare": "layerprobe.compare",
     "LayerProbeError": "layerprobe.errors",
-    "freeze": "layerprobe.freeze", "parameter_names": "layerprobe.freeze", "unfreeze": "layerprobe.freeze",
-    "Recommendation": "layerprobe.recommend", "Thresholds": "layerprobe.recommend", "recommend": "layerprobe.recommend",
-    "Snapshot": "layerprobe.snapshot", "take_snapshot": "layerprobe.snapshot",
+    "freeze": "layerprobe.freezing.apply", "parameter_names": "layerprobe.freezing.apply", "unfreeze": "layerprobe.freezing.apply",
+    "Recommendation": "layerprobe.freezing.rule", "Thresholds": "layerprobe.freezing.rule", "recommend": "layerprobe.freezing.rule",
+    "Snapshot": "layerprobe.snapshot.take", "take_snapshot": "layerprobe.snapshot.take",
     "ProbeOptions": "layerprobe.options", "CKAOptions": "layerprobe.options",
     "load_hf_model": "layerprobe.sources",
-    "FreezePolicy": "layerprobe.policy", "AutoFreezePolicy": "layerprobe.policy", "Tracker": "layerprobe.tracker",
-    "LayerProbeCallback": "layerprobe.integrations.hf", "PrefixCache": "layerprobe.prefix_cache",
+    "FreezePolicy": "layerprobe.freezing.policy", "AutoFreezePolicy": "layerprobe.freezing.policy", "Tracker": "layerprobe.tracker",
+    "LayerProbeCallback": "layerprobe.integrations.hf", "PrefixCache": "layerprobe.freezing.prefix_cache",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -34,16 +34,16 @@ __all__ = ["__version__", *_LAZY]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from layerprobe.compare import compare  # noqa: F401
     from layerprobe.errors import LayerProbeError  # noqa: F401
-    from layerprobe.freeze import freeze, parameter_names, unfreeze  # noqa: F401
+    from layerprobe.freezing.apply import freeze, parameter_names, unfreeze  # noqa: F401
+    from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
+    from layerprobe.freezing.prefix_cache import PrefixCache  # noqa: F401
+    from layerprobe.freezing.rule import Recommendation, Thresholds, recommend  # noqa: F401
     from layerprobe.integrations.hf import LayerProbeCallback  # noqa: F401
     from layerprobe.model.blocks import BlockRef, Blocks, find_blocks  # noqa: F401
     from layerprobe.model.capture import capture  # noqa: F401
     from layerprobe.options import CKAOptions, ProbeOptions  # noqa: F401
-    from layerprobe.policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
-    from layerprobe.prefix_cache import PrefixCache  # noqa: F401
-    from layerprobe.recommend import Recommendation, Thresholds, recommend  # noqa: F401
     from layerprobe.result import Comparison  # noqa: F401
-    from layerprobe.snapshot import Snapshot, take_snapshot  # noqa: F401
+    from layerprobe.snapshot.take import Snapshot, take_snapshot  # noqa: F401
     from layerprobe.sources import load_hf_model  # noqa: F401
     from layerprobe.tracker import Tracker  # noqa: F401
 

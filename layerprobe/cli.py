@@ -155,7 +155,7 @@ def _probe_options(args: argparse.Namespace) -> ProbeOptions:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from layerprobe.io.outputs import ensure_writable_dir
     from layerprobe.io.probe_files import read_probe_texts
-    from layerprobe.snapshot import take_snapshot
+    from layerprobe.snapshot.take import take_snapshot
     from layerprobe.sources import load_hf_model
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
@@ -187,8 +187,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from layerprobe.compare import compare
+    from layerprobe.freezing.rule import Thresholds
     from layerprobe.io.outputs import atomic_write_text, ensure_writable_dir
-    from layerprobe.recommend import Thresholds
     from layerprobe.report import render, to_csv
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size", "n_boot")
@@ -306,7 +306,7 @@ def cmd_plot_trajectory(args: argparse.Namespace) -> int:
 
 def cmd_freeze_list(args: argparse.Namespace) -> int:
 
-    from layerprobe.freeze import parameter_names
+    from layerprobe.freezing.apply import parameter_names
     from layerprobe.io.files import check_model_dir, load_json
     from layerprobe.io.outputs import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
 

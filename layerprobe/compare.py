@@ -1,6 +1,6 @@
 """Compare two models (or snapshots, or checkpoints) entry by entry.
 
-Each side is a :class:`~layerprobe.snapshot.Snapshot`, a live model, or a path to a snapshot
+Each side is a :class:`~layerprobe.snapshot.take.Snapshot`, a live model, or a path to a snapshot
 ``.pt``, a Hugging Face model directory, a ``.safetensors`` file or a plain state-dict ``.pt``.
 
 * Two snapshots: everything comes from the files.
@@ -25,6 +25,7 @@ import torch
 
 from layerprobe._version import __version__
 from layerprobe.errors import LayerProbeError
+from layerprobe.freezing.rule import Thresholds, recommend
 from layerprobe.io.checkpoints import check_finite
 from layerprobe.io.pair_reader import PairReader
 from layerprobe.metrics._core import column_range, constant_columns
@@ -40,9 +41,8 @@ from layerprobe.metrics.cka import (
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
 from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, merge
-from layerprobe.recommend import Thresholds, recommend
 from layerprobe.result import Comparison, _nan_to_none  # noqa: F401
-from layerprobe.snapshot import Snapshot
+from layerprobe.snapshot.take import Snapshot
 
 # re-exported: these lived here before the split (sources.py resolves sides, result.py holds the result)
 from layerprobe.sources import (  # noqa: F401

@@ -64,7 +64,7 @@ def _run_demo(out_dir: str, cfg: DemoConfig, progress: bool, log: Callable[[str]
     from layerprobe.plots import plot_blocks
     from layerprobe.report import render, to_csv
     from layerprobe.schema import SCHEMA_VERSION
-    from layerprobe.snapshot import take_snapshot
+    from layerprobe.snapshot.take import take_snapshot
     from layerprobe.train import TrainConfig, evaluate, fine_tune
 
     t0 = time.perf_counter()

@@ -75,7 +75,7 @@ class ProbeOptions:
         return replace(self, **out)
 
     def snapshot_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~layerprobe.snapshot.take_snapshot` (call on settled options)."""
+        """The keyword arguments of :func:`~layerprobe.snapshot.take.take_snapshot` (call on settled options)."""
         return asdict(self)
 
 

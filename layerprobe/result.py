@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from layerprobe.recommend import Recommendation
+from layerprobe.freezing.rule import Recommendation
 from layerprobe.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:  # pandas is imported when a frame is asked for

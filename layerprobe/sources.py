@@ -19,7 +19,7 @@ from torch import nn
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.model.blocks import OTHER, Blocks, blocks_from_names
-from layerprobe.snapshot import Snapshot, take_snapshot
+from layerprobe.snapshot.take import Snapshot, take_snapshot
 
 if TYPE_CHECKING:
     from layerprobe.io.checkpoints import TensorSource

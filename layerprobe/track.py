@@ -1,7 +1,7 @@
 """Backward-compatible home of the tracking API (moved).
 
 :class:`~layerprobe.tracker.Tracker` lives in :mod:`layerprobe.tracker`, the freeze policies in
-:mod:`layerprobe.policy` and the Trainer callback in :mod:`layerprobe.integrations.hf`; this module
+:mod:`layerprobe.freezing.policy` and the Trainer callback in :mod:`layerprobe.integrations.hf`; this module
 re-exports them (``LayerProbeCallback`` lazily, so importing it does not import the Trainer).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerprobe.policy import AutoFreezePolicy, FreezePolicy
+from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
 from layerprobe.tracker import (
     COLUMNS,
     DEFAULT_EVERY_N_STEPS,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from layerprobe.freeze import trainable_parameters
+from layerprobe.freezing.apply import trainable_parameters
 from layerprobe.model.batching import collate, encode, pad_id
 
 

@@ -184,9 +184,9 @@ def test_cli_plot_trajectory_bad_input(tmp_path, capsys):
 def test_real_minilm_trainer_callback_auto_freeze_and_cache(tmp_path):
     """The shipped MiniLM-L6 in a Trainer with auto_freeze: freezes, serves the prefix from the cache
     in the second epoch, and the cache reproduces the frozen prefix (eval mode) exactly."""
-    from layerprobe.policy import AutoFreezePolicy
-    from layerprobe.prefix_cache import PrefixCache
-    from layerprobe.recommend import Thresholds
+    from layerprobe.freezing.policy import AutoFreezePolicy
+    from layerprobe.freezing.prefix_cache import PrefixCache
+    from layerprobe.freezing.rule import Thresholds
     from layerprobe.shipped import default_model_path, load_classifier, load_rotten_tomatoes, sample
 
     df = sample(load_rotten_tomatoes(), 40, seed=0)

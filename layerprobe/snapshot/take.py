@@ -105,7 +105,7 @@ class Snapshot:
                 f"snapshot format version {version!r} is not supported (this layerprobe reads <= {FORMAT_VERSION})",
                 path,
             )
-        from layerprobe.snapshot_check import check_snapshot
+        from layerprobe.snapshot.check import check_snapshot
 
         check_snapshot(obj, path)  # the full schema: types, ranges, every entry's representation
         meta, reps, weights = obj.get("meta"), obj.get("representations"), obj.get("weights")

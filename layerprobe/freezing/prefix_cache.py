@@ -42,7 +42,7 @@ stored).
 >>> torch.manual_seed(0) and None
 >>> m = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
 ...                                              intermediate_size=20, vocab_size=50, num_labels=2)).eval()
->>> from layerprobe.freeze import freeze
+>>> from layerprobe.freezing.apply import freeze
 >>> _ = freeze(m, ["embeddings", "block.0", "block.1"])
 >>> ids = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]); mask = (ids != 0).long()
 >>> ref = m(input_ids=ids, attention_mask=mask).logits
