@@ -51,7 +51,7 @@ print(len(train), "train,", len(test), "test,", len(probe), "probe")
 
 # %%
 from layerprobe.shipped import default_model_path, load_classifier
-from layerprobe.snapshot import take_snapshot
+from layerprobe.snapshot.take import take_snapshot
 from layerprobe.train import TrainConfig, evaluate, fine_tune
 
 model, tok = load_classifier(default_model_path(), num_labels=2, seed=0)
@@ -91,7 +91,7 @@ with open(os.path.join(OUT, "comparison.json"), "w") as f:
 # The freeze study (`analyses/freeze_study.py`) checks which threshold keeps accuracy.
 
 # %%
-from layerprobe.recommend import Thresholds, recommend
+from layerprobe.freezing.rule import Thresholds, recommend
 
 rec = result.recommendation
 print("freeze:", rec.freeze, "| train:", rec.train)
@@ -104,8 +104,8 @@ for thr in (0.9, 0.99):
 # ## 6. Act on it: freeze the advised prefix on a fresh model before fine-tuning
 
 # %%
-from layerprobe.blocks import find_blocks
-from layerprobe.freeze import bottom_prefix, freeze, trainable_parameters
+from layerprobe.freezing.apply import bottom_prefix, freeze, trainable_parameters
+from layerprobe.model.blocks import find_blocks
 
 fresh, _ = load_classifier(default_model_path(), num_labels=2, seed=0)
 before = trainable_parameters(fresh)

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from layerprobe._atomic import atomic_write_text  # noqa: E402
+from layerprobe.io.outputs import atomic_write_text  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -14,7 +14,7 @@ same modules):
 * ``drift``: what ``layerprobe compare`` does with two weight files:
   :func:`layerprobe.compare.weight_stats` on every entry (per-group anatomy; update ranks
   left out, they are SVDs, not reading), tensors read ahead on a second thread into one reused
-  buffer (:class:`layerprobe.pair_reader.PairReader`), finiteness from the sums (default threads);
+  buffer (:class:`layerprobe.io.pair_reader.PairReader`), finiteness from the sums (default threads);
 * ``drift_1thread``: the same read serially with one drift worker (output compared for byte
   equality with ``drift``);
 * ``round1``: this round's first step, for before/after: a fresh buffer per tensor
@@ -98,7 +98,7 @@ def run_case(kind: str, pa: str, pb: str) -> dict:
 
     compare_mod = importlib.import_module("layerprobe.compare")  # layerprobe.compare is also the function
     from layerprobe import pair_reader
-    from layerprobe.checkpoints import check_finite, open_checkpoint
+    from layerprobe.io.checkpoints import check_finite, open_checkpoint
     from layerprobe.metrics import drift as drift_mod
     from layerprobe.metrics.drift import DriftAccumulator
     from layerprobe.sources import Side, WeightTable

@@ -78,8 +78,8 @@ def run_case(kind: str, a: str, b: str, probe: str, out: str) -> dict:
     if kind == "forward":
         from transformers import AutoModel, AutoTokenizer
 
-        from layerprobe.batching import collate, encode, pad_id
-        from layerprobe.probe import read_probe_texts
+        from layerprobe.io.probe_files import read_probe_texts
+        from layerprobe.model.batching import collate, encode, pad_id
 
         texts = read_probe_texts(probe)
         for d in (a,) if out == "one" else (a, b):
@@ -99,8 +99,8 @@ def run_case(kind: str, a: str, b: str, probe: str, out: str) -> dict:
     elif kind == "weights":
         from transformers import AutoModel
 
-        from layerprobe.blocks import find_blocks
-        from layerprobe.snapshot import model_weights
+        from layerprobe.model.blocks import find_blocks
+        from layerprobe.snapshot.take import model_weights
 
         model = AutoModel.from_pretrained(a)
         t1 = time.perf_counter()

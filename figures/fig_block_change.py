@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from layerprobe.recommend import Thresholds, recommend
+from layerprobe.freezing.rule import Thresholds, recommend
 
 
 def main() -> None:

@@ -11,48 +11,48 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from layerprobe._version import __version__
 
 #: public name -> the submodule that defines it
 _LAZY = {
-    "BlockRef": "blocks", "Blocks": "blocks", "find_blocks": "blocks",
-    "capture": "capture",
-    "Comparison": "result",
-    "compare": "compare",
-    "LayerProbeError": "errors",
-    "freeze": "freeze", "parameter_names": "freeze", "unfreeze": "freeze",
-    "Recommendation": "recommend", "Thresholds": "recommend", "recommend": "recommend",
-    "Snapshot": "snapshot", "take_snapshot": "snapshot",
-    "ProbeOptions": "options", "CKAOptions": "options",
-    "load_hf_model": "sources",
-    "FreezePolicy": "policy", "AutoFreezePolicy": "policy", "Tracker": "tracker",
-    "LayerProbeCallback": "integrations.hf", "PrefixCache": "prefix_cache",
+    "BlockRef": "layerprobe.model.blocks", "Blocks": "layerprobe.model.blocks", "find_blocks": "layerprobe.model.blocks",
+    "capture": "layerprobe.model.capture",
+    "Comparison": "layerprobe.result",
+    "compare": "layerprobe.compare",
+    "LayerProbeError": "layerprobe.errors",
+    "freeze": "layerprobe.freezing.apply", "parameter_names": "layerprobe.freezing.apply", "unfreeze": "layerprobe.freezing.apply",
+    "Recommendation": "layerprobe.freezing.rule", "Thresholds": "layerprobe.freezing.rule", "recommend": "layerprobe.freezing.rule",
+    "Snapshot": "layerprobe.snapshot.take", "take_snapshot": "layerprobe.snapshot.take",
+    "ProbeOptions": "layerprobe.options", "CKAOptions": "layerprobe.options",
+    "load_hf_model": "layerprobe.sources",
+    "FreezePolicy": "layerprobe.freezing.policy", "AutoFreezePolicy": "layerprobe.freezing.policy", "Tracker": "layerprobe.tracker",
+    "LayerProbeCallback": "layerprobe.integrations.hf", "PrefixCache": "layerprobe.freezing.prefix_cache",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .blocks import BlockRef, Blocks, find_blocks  # noqa: F401
-    from .capture import capture  # noqa: F401
-    from .compare import compare  # noqa: F401
-    from .errors import LayerProbeError  # noqa: F401
-    from .freeze import freeze, parameter_names, unfreeze  # noqa: F401
-    from .integrations.hf import LayerProbeCallback  # noqa: F401
-    from .options import CKAOptions, ProbeOptions  # noqa: F401
-    from .policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
-    from .prefix_cache import PrefixCache  # noqa: F401
-    from .recommend import Recommendation, Thresholds, recommend  # noqa: F401
-    from .result import Comparison  # noqa: F401
-    from .snapshot import Snapshot, take_snapshot  # noqa: F401
-    from .sources import load_hf_model  # noqa: F401
-    from .tracker import Tracker  # noqa: F401
+    from layerprobe.compare import compare  # noqa: F401
+    from layerprobe.errors import LayerProbeError  # noqa: F401
+    from layerprobe.freezing.apply import freeze, parameter_names, unfreeze  # noqa: F401
+    from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
+    from layerprobe.freezing.prefix_cache import PrefixCache  # noqa: F401
+    from layerprobe.freezing.rule import Recommendation, Thresholds, recommend  # noqa: F401
+    from layerprobe.integrations.hf import LayerProbeCallback  # noqa: F401
+    from layerprobe.model.blocks import BlockRef, Blocks, find_blocks  # noqa: F401
+    from layerprobe.model.capture import capture  # noqa: F401
+    from layerprobe.options import CKAOptions, ProbeOptions  # noqa: F401
+    from layerprobe.result import Comparison  # noqa: F401
+    from layerprobe.snapshot.take import Snapshot, take_snapshot  # noqa: F401
+    from layerprobe.sources import load_hf_model  # noqa: F401
+    from layerprobe.tracker import Tracker  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'layerprobe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module), name)
     # a submodule named like its function (compare, capture, freeze, recommend) must not shadow it
     globals()[name] = value
     return value
@@ -64,7 +64,7 @@ class _Package(types.ModuleType):
     of the package, as the old eager ``from .compare import compare`` used to overwrite."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name and hasattr(value, name):
+        if isinstance(value, types.ModuleType) and _LAZY.get(name, "").rsplit(".", 1)[-1] == name and hasattr(value, name):
             value = getattr(value, name)
         super().__setattr__(name, value)
 

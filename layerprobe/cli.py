@@ -15,9 +15,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ._version import __version__
-from .errors import LayerProbeError
-from .options import CSV_OPTIONS, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
+from layerprobe._version import __version__
+from layerprobe.errors import LayerProbeError
+from layerprobe.options import CSV_OPTIONS, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
 
 
 def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
@@ -153,16 +153,16 @@ def _probe_options(args: argparse.Namespace) -> ProbeOptions:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from ._atomic import ensure_writable_dir
-    from .probe import read_probe_texts
-    from .snapshot import take_snapshot
-    from .sources import load_hf_model
+    from layerprobe.io.outputs import ensure_writable_dir
+    from layerprobe.io.probe_files import read_probe_texts
+    from layerprobe.snapshot.take import take_snapshot
+    from layerprobe.sources import load_hf_model
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
     _not_ignored(args)
     if not os.path.isdir(args.model):
         raise LayerProbeError("expected a Hugging Face model directory", args.model)
-    from ._atomic import check_not_an_input, check_output_file
+    from layerprobe.io.outputs import check_not_an_input, check_output_file
 
     check_output_file(args.output)  # "", a directory, a device or FIFO: refused before any work
     check_not_an_input(args.output, [args.model, args.probe])
@@ -174,7 +174,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     opts = _probe_options(args).settle()
     blocks = None
     if args.blocks is not None or args.embeddings is not None:
-        from .blocks import find_blocks
+        from layerprobe.model.blocks import find_blocks
 
         blocks = find_blocks(model, blocks=args.blocks, embeddings=args.embeddings)
     snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), blocks=blocks, progress=not args.quiet)
@@ -186,10 +186,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ._atomic import atomic_write_text, ensure_writable_dir
-    from .compare import compare
-    from .recommend import Thresholds
-    from .report import render, to_csv
+    from layerprobe.compare import compare
+    from layerprobe.freezing.rule import Thresholds
+    from layerprobe.io.outputs import atomic_write_text, ensure_writable_dir
+    from layerprobe.report import render, to_csv
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size", "n_boot")
     _not_ignored(args)
@@ -202,13 +202,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out == "":
         raise LayerProbeError("--out: the output directory name is empty")
     if args.out:
-        from ._atomic import check_not_an_input
+        from layerprobe.io.outputs import check_not_an_input
 
         check_not_an_input([os.path.join(args.out, n) for n in _OUT_FILES],
                            [*args.inputs, args.probe, args.weights_a, args.weights_b])
         ensure_writable_dir(args.out)  # fail before any work
-    from .series import expand_inputs
-    from .sources import resolve_device
+    from layerprobe.series import expand_inputs
+    from layerprobe.sources import resolve_device
 
     resolve_device(args.device)  # an absent device fails before any work
 
@@ -232,8 +232,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise LayerProbeError(f"--min-train-blocks {args.min_train_blocks} is more than the {n_blocks} blocks compared")
     text = render(result, args.format)
     if args.out:
-        from ._atomic import atomic_output_dir
-        from .plots import plot_blocks
+        from layerprobe.io.outputs import atomic_output_dir
+        from layerprobe.plots import plot_blocks
 
         with atomic_output_dir(args.out) as out:  # the files appear together, or not at all
             atomic_write_text(os.path.join(out, "comparison.json"), result.to_json())
@@ -242,8 +242,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               result.groups_frame().to_csv(**CSV_OPTIONS))
             plot_blocks(result.to_dict(), os.path.join(out, "blocks.png"))
             if result.cross_layer is not None:
-                from .plots import plot_cross_layer
-                from .report import cross_layer_csv
+                from layerprobe.plots import plot_cross_layer
+                from layerprobe.report import cross_layer_csv
 
                 atomic_write_text(os.path.join(out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
                 plot_cross_layer(result.to_dict(), os.path.join(out, "cross_layer.png"))
@@ -257,8 +257,8 @@ _OUT_FILES = ("comparison.json", "comparison.csv", "groups.csv", "blocks.png", "
 
 
 def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
-    from .report import render
-    from .series import compare_series
+    from layerprobe.report import render
+    from layerprobe.series import compare_series
 
     if not args.out:
         raise LayerProbeError(f"a series of {len(inputs)} inputs writes trajectory.csv: give --out DIR")
@@ -275,7 +275,7 @@ def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from layerprobe.demo import DemoConfig, run_demo
 
     _positive(args, "train_size", "probe_size", "test_size", "epochs", "lr")
     if args.out == "":
@@ -287,11 +287,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_trajectory(args: argparse.Namespace) -> int:
-    from ._atomic import ensure_writable_dir
-    from .trajectory_plot import plot_trajectory, read_trajectory
+    from layerprobe.io.outputs import ensure_writable_dir
+    from layerprobe.trajectory_plot import plot_trajectory, read_trajectory
 
     if args.output is not None:
-        from ._atomic import check_not_an_input, check_output_file
+        from layerprobe.io.outputs import check_not_an_input, check_output_file
 
         check_output_file(args.output)
         check_not_an_input(args.output, [args.run_dir, os.path.join(args.run_dir, "layerprobe_trajectory.csv")])
@@ -306,9 +306,9 @@ def cmd_plot_trajectory(args: argparse.Namespace) -> int:
 
 def cmd_freeze_list(args: argparse.Namespace) -> int:
 
-    from ._atomic import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
-    from .freeze import parameter_names
-    from .guards import check_model_dir, load_json
+    from layerprobe.freezing.apply import parameter_names
+    from layerprobe.io.files import check_model_dir, load_json
+    from layerprobe.io.outputs import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
 
     if args.output is not None:
         check_output_file(args.output)
@@ -325,7 +325,7 @@ def cmd_freeze_list(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    from .params import architecture_class
+    from layerprobe.io.model_dir import architecture_class
 
     try:  # names only: build the saved architecture (with its head) on the meta device, no weights
         config = transformers.AutoConfig.from_pretrained(args.model, trust_remote_code=False)

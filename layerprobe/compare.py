@@ -1,6 +1,6 @@
 """Compare two models (or snapshots, or checkpoints) entry by entry.
 
-Each side is a :class:`~layerprobe.snapshot.Snapshot`, a live model, or a path to a snapshot
+Each side is a :class:`~layerprobe.snapshot.take.Snapshot`, a live model, or a path to a snapshot
 ``.pt``, a Hugging Face model directory, a ``.safetensors`` file or a plain state-dict ``.pt``.
 
 * Two snapshots: everything comes from the files.
@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 
-from ._version import __version__
-from .blocks import OTHER
-from .checkpoints import check_finite
-from .errors import LayerProbeError
-from .metrics._core import column_range, constant_columns
-from .metrics.cka import (
+from layerprobe._version import __version__
+from layerprobe.errors import LayerProbeError
+from layerprobe.freezing.rule import Thresholds, recommend
+from layerprobe.io.checkpoints import check_finite
+from layerprobe.io.pair_reader import PairReader
+from layerprobe.metrics._core import column_range, constant_columns
+from layerprobe.metrics.cka import (
     CKASubsampleWarning,
     CKAUndefinedWarning,
     bootstrap_cka,
@@ -37,15 +38,14 @@ from .metrics.cka import (
     linear_cka,
     rbf_cka,
 )
-from .metrics.drift import DriftAccumulator, param_group, update_rank
-from .options import CKAOptions, ProbeOptions, merge
-from .pair_reader import PairReader
-from .recommend import Thresholds, recommend
-from .result import Comparison, _nan_to_none  # noqa: F401
-from .snapshot import Snapshot
+from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
+from layerprobe.model.blocks import OTHER
+from layerprobe.options import CKAOptions, ProbeOptions, merge
+from layerprobe.result import Comparison, _nan_to_none  # noqa: F401
+from layerprobe.snapshot.take import Snapshot
 
 # re-exported: these lived here before the split (sources.py resolves sides, result.py holds the result)
-from .sources import (  # noqa: F401
+from layerprobe.sources import (  # noqa: F401
     Side,
     WeightTable,
     _check_bin_weights,
@@ -62,7 +62,7 @@ __all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "co
 
 def attach_weights(side: Side, path: str | os.PathLike) -> None:
     """Read a side's weights from files (a representation-only snapshot of an offloaded model)."""
-    from .checkpoints import open_checkpoint
+    from layerprobe.io.checkpoints import open_checkpoint
 
     if side.weights is not None:  # never replaced silently: the side's own weights are what it measured
         raise LayerProbeError(f"{side.label} already holds weights; extra weight files are only for a "
@@ -225,12 +225,12 @@ def compare(
         device, dtype: where and in which precision model directories run ("cpu", "cuda", "mps";
             "float32", "bfloat16", "float16"); recorded in ``meta``.
         blocks, embeddings: module-path patterns overriding the block stack and the embeddings
-            (as :func:`~layerprobe.blocks.find_blocks`); blocks keep the model's own index.
+            (as :func:`~layerprobe.model.blocks.find_blocks`); blocks keep the model's own index.
         weights_a, weights_b: weight files for a side that holds none (a representation-only
             snapshot of an offloaded model): drift is read from them.
 
     A PEFT/LoRA adapter directory as ``b`` is compared with ``a`` as its base
-    (:mod:`layerprobe.peft_support`).
+    (:mod:`layerprobe.io.adapters`).
 
     Returns:
         :class:`Comparison` with ``.to_frame()`` and ``.to_json()``.
@@ -481,7 +481,7 @@ def compare_sides(
         if got:
             meta[key] = got
     if "progress" in meta and "b" in meta["progress"]:
-        from .series import progress_text
+        from layerprobe.series import progress_text
 
         rec.notes.append(f"tuned side: {progress_text(meta['progress']['b'])}")
     return Comparison(entries, rec, meta, other, xmap)

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._atomic import atomic_output_dir, atomic_write_text, ensure_writable_dir
-from .errors import LayerProbeError
+from layerprobe.errors import LayerProbeError
+from layerprobe.io.outputs import atomic_output_dir, atomic_write_text, ensure_writable_dir
 
 # the shipped model and data live in shipped.py; re-exported here for older callers
-from .shipped import default_model_path, load_classifier, rotten_tomatoes_splits
+from layerprobe.shipped import default_model_path, load_classifier, rotten_tomatoes_splits
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,13 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
 
 
 def _run_demo(out_dir: str, cfg: DemoConfig, progress: bool, log: Callable[[str], Any]) -> dict[str, Any]:
-    from .compare import compare
-    from .options import CSV_OPTIONS
-    from .plots import plot_blocks
-    from .report import render, to_csv
-    from .schema import SCHEMA_VERSION
-    from .snapshot import take_snapshot
-    from .train import TrainConfig, evaluate, fine_tune
+    from layerprobe.compare import compare
+    from layerprobe.options import CSV_OPTIONS
+    from layerprobe.plots import plot_blocks
+    from layerprobe.report import render, to_csv
+    from layerprobe.schema import SCHEMA_VERSION
+    from layerprobe.snapshot.take import take_snapshot
+    from layerprobe.train import TrainConfig, evaluate, fine_tune
 
     t0 = time.perf_counter()
     train, test, probe = split_rotten_tomatoes(cfg)

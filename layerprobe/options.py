@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .errors import LayerProbeError
+from layerprobe.errors import LayerProbeError
 
 __all__ = ["CKAOptions", "ProbeOptions", "POOLINGS", "ESTIMATORS", "FORMATS", "CSV_OPTIONS"]
 
@@ -75,7 +75,7 @@ class ProbeOptions:
         return replace(self, **out)
 
     def snapshot_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~layerprobe.snapshot.take_snapshot` (call on settled options)."""
+        """The keyword arguments of :func:`~layerprobe.snapshot.take.take_snapshot` (call on settled options)."""
         return asdict(self)
 
 

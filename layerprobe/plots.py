@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ._atomic import atomic_write  # noqa: E402
-from .result import entry_rows  # noqa: E402
+from layerprobe.io.outputs import atomic_write  # noqa: E402
+from layerprobe.result import entry_rows  # noqa: E402
 
 
 def blocks_frame(result: dict) -> pd.DataFrame:

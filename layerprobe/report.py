@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .options import CSV_OPTIONS, FORMATS
-from .result import Comparison, entry_rows
+from layerprobe.options import CSV_OPTIONS, FORMATS
+from layerprobe.result import Comparison, entry_rows
 
 __all__ = ["FORMATS", "HEADER", "advice_text", "cross_layer_csv", "render", "to_csv", "to_markdown", "to_table"]
 

@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import LayerProbeError
+from layerprobe.errors import LayerProbeError
 
 __all__ = ["SERIES_COLUMNS", "TRAJECTORY_FILE", "checkpoint_step", "compare_series", "expand_inputs",
            "run_progress"]
@@ -30,7 +30,7 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _trainer_state(path: str) -> dict | None:
-    from .guards import load_json
+    from layerprobe.io.files import load_json
 
     f = os.path.join(path, "trainer_state.json") if os.path.isdir(path) else None
     if f is None or not os.path.isfile(f):
@@ -137,10 +137,10 @@ def compare_series(
     Returns:
         ``(final Comparison, trajectory rows)``; rows have :data:`SERIES_COLUMNS`.
     """
-    from .compare import compare_sides
-    from .metrics.cka import linear_cka
-    from .options import CKAOptions
-    from .sources import read_probe, resolve_side
+    from layerprobe.compare import compare_sides
+    from layerprobe.metrics.cka import linear_cka
+    from layerprobe.options import CKAOptions
+    from layerprobe.sources import read_probe, resolve_side
 
     paths = expand_inputs(list(inputs))
     if len(paths) < 2:
@@ -189,8 +189,8 @@ def write_series(rows: list[dict], final: Any, out: str | os.PathLike, title: st
     files are built in a temporary sibling directory and appear together, or not at all."""
     import pandas as pd
 
-    from ._atomic import atomic_output_dir, atomic_write_text
-    from .trajectory_plot import plot_trajectory
+    from layerprobe.io.outputs import atomic_output_dir, atomic_write_text
+    from layerprobe.trajectory_plot import plot_trajectory
 
     out = os.path.abspath(os.fspath(out))
     names = [TRAJECTORY_FILE, "comparison.json", "trajectory.png"]

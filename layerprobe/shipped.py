@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .corpora import load_bbc_news, load_corpus, load_rotten_tomatoes, sample, split
-from .errors import LayerProbeError
+from layerprobe.corpora import load_bbc_news, load_corpus, load_rotten_tomatoes, sample, split
+from layerprobe.errors import LayerProbeError
 
 __all__ = ["default_model_path", "load_bbc_news", "load_classifier", "load_corpus", "load_rotten_tomatoes",
            "rotten_tomatoes_splits", "sample", "split"]

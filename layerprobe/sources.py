@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .blocks import OTHER, Blocks, blocks_from_names
-from .errors import LayerProbeError
-from .snapshot import Snapshot, take_snapshot
+from layerprobe.errors import LayerProbeError
+from layerprobe.model.blocks import OTHER, Blocks, blocks_from_names
+from layerprobe.snapshot.take import Snapshot, take_snapshot
 
 if TYPE_CHECKING:
-    from .checkpoints import TensorSource
+    from layerprobe.io.checkpoints import TensorSource
 
 __all__ = ["DTYPES", "NOT_IN_FILES", "Side", "WeightTable", "load_hf_model", "read_probe", "resolve_device", "resolve_side"]
 
@@ -43,7 +43,7 @@ class WeightTable:
 
     @classmethod
     def from_source(cls, source: TensorSource) -> tuple[WeightTable, Blocks]:
-        from .params import drop_non_parameters
+        from layerprobe.io.model_dir import drop_non_parameters
 
         path = getattr(source, "path", None)
         directory = path if path and os.path.isdir(path) else None
@@ -116,7 +116,7 @@ def _check_bin_weights(path: str) -> None:
     transformers 5.x also loads ``.bin`` files with ``weights_only=True``; checking first gives
     layerprobe's one-line error (suggesting safetensors) instead of a library traceback.
     """
-    from .checkpoints import _read_index, load_pt_or_snapshot
+    from layerprobe.io.checkpoints import _read_index, load_pt_or_snapshot
 
     if any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
         return
@@ -133,8 +133,8 @@ def _check_bin_weights(path: str) -> None:
 
 def _check_index_metadata(path: str) -> None:
     """transformers needs a sharded index's ``"metadata"`` object (its KeyError said only 'metadata')."""
-    from .checkpoints import _hf_weights_file
-    from .guards import load_json
+    from layerprobe.io.checkpoints import _hf_weights_file
+    from layerprobe.io.files import load_json
 
     weights = _hf_weights_file(path)
     index = load_json(weights, "index file") if weights.endswith(".index.json") else None
@@ -187,8 +187,8 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
-    from .guards import check_model_dir
-    from .params import architecture_class
+    from layerprobe.io.files import check_model_dir
+    from layerprobe.io.model_dir import architecture_class
 
     check_model_dir(path)  # the one guard: no custom code, known class, weights that match the config
     _check_bin_weights(path)
@@ -209,7 +209,7 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
             model, info = cls.from_pretrained(path, trust_remote_code=False, output_loading_info=True,
                                               ignore_mismatched_sizes=True,
                                               **({"dtype": dtype} if dtype is not None else {}))
-        from .guards import check_loading_info
+        from layerprobe.io.files import check_loading_info
 
         check_loading_info(model, info, path)
         setattr(model, NOT_IN_FILES, frozenset(info.get("missing_keys") or ()))
@@ -224,7 +224,7 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    from .guards import load_tokenizer
+    from layerprobe.io.files import load_tokenizer
 
     return model.eval(), load_tokenizer(path, model)
 
@@ -247,8 +247,8 @@ def resolve_side(
         if probe_texts is not None and tokenizer is None:
             raise LayerProbeError("a tokenizer is needed to run the probe through a model object")
         if block_pattern is not None or embedding_pattern is not None:
-            from .blocks import find_blocks
-            from .unwrap import unwrap
+            from layerprobe.model.blocks import find_blocks
+            from layerprobe.model.unwrap import unwrap
 
             kw["blocks"] = find_blocks(unwrap(x), blocks=block_pattern, embeddings=embedding_pattern)
         snap = take_snapshot(x, tokenizer, list(probe_texts) if probe_texts is not None else None, **kw)
@@ -258,18 +258,18 @@ def resolve_side(
         return side
     if not isinstance(x, (str, os.PathLike)):
         raise LayerProbeError(f"cannot compare an object of type {type(x).__name__}")
-    from .checkpoints import StateDictSource, load_pt_or_snapshot, open_checkpoint
+    from layerprobe.io.checkpoints import StateDictSource, load_pt_or_snapshot, open_checkpoint
 
     path = os.fspath(x)
     label = label or path
-    from .guards import check_exists
+    from layerprobe.io.files import check_exists
 
     check_exists(path, "input", missing="no such file or directory")  # a loop or too long a name is said so
-    from .peft_support import is_adapter_dir
+    from layerprobe.io.adapters import is_adapter_dir
 
     overrides = {"block_pattern": block_pattern, "embedding_pattern": embedding_pattern}
     if os.path.isdir(path) and is_adapter_dir(path):
-        from .peft_support import resolve_adapter_side
+        from layerprobe.io.adapters import resolve_adapter_side
 
         side = resolve_adapter_side(path, base, probe_texts, tokenizer, {**kw, **overrides}, label,
                                     device=device, dtype=dtype)
@@ -285,7 +285,7 @@ def resolve_side(
         _add_progress(side, path)
         return side
     if os.path.isdir(path) and os.path.lexists(os.path.join(path, "config.json")):
-        from .guards import check_model_dir
+        from layerprobe.io.files import check_model_dir
 
         check_model_dir(path)  # weights only, but a config present still has to agree with the weights
     # a directory of weight shards without config.json is compared weights-only: open_checkpoint
@@ -313,7 +313,7 @@ def resolve_side(
 
 
 def _add_progress(side: Side, path: str) -> None:
-    from .series import run_progress
+    from layerprobe.series import run_progress
 
     progress = run_progress(path)
     if progress is not None:
@@ -327,7 +327,7 @@ def read_probe(
     if probe is None:
         return None
     if isinstance(probe, (str, os.PathLike)):
-        from .probe import read_probe_texts
+        from layerprobe.io.probe_files import read_probe_texts
 
         return read_probe_texts(probe, text_column=text_column, max_examples=max_examples)
     return list(probe)[:max_examples] if max_examples else list(probe)

@@ -1,7 +1,7 @@
 """Backward-compatible home of the tracking API (moved).
 
 :class:`~layerprobe.tracker.Tracker` lives in :mod:`layerprobe.tracker`, the freeze policies in
-:mod:`layerprobe.policy` and the Trainer callback in :mod:`layerprobe.integrations.hf`; this module
+:mod:`layerprobe.freezing.policy` and the Trainer callback in :mod:`layerprobe.integrations.hf`; this module
 re-exports them (``LayerProbeCallback`` lazily, so importing it does not import the Trainer).
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .policy import AutoFreezePolicy, FreezePolicy
-from .tracker import (
+from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
+from layerprobe.tracker import (
     COLUMNS,
     DEFAULT_EVERY_N_STEPS,
     DEFAULT_MAX_LENGTH,
@@ -26,7 +26,7 @@ __all__ = ["COLUMNS", "DEFAULT_EVERY_N_STEPS", "DEFAULT_MAX_LENGTH", "DEFAULT_PR
 
 def __getattr__(name: str) -> Any:
     if name == "LayerProbeCallback":
-        from .integrations.hf import LayerProbeCallback
+        from layerprobe.integrations.hf import LayerProbeCallback
 
         return LayerProbeCallback
     raise AttributeError(f"module 'layerprobe.track' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 :class:`Tracker` is the engine, usable from any loop: ``start()`` before the first optimizer step,
 then ``maybe_record(step)`` (or ``on_step(step, model)``, the signature of
 ``layerprobe.train.fine_tune(..., on_step=[...])``) after each step. Every ``every_n_steps`` steps
-it runs a small probe set once through the model (:func:`layerprobe.snapshot.run_probe`, which
+it runs a small probe set once through the model (:func:`layerprobe.snapshot.take.run_probe`, which
 captures every entry in one forward pass, in eval mode with no grad, and restores the train mode)
 and records, per entry (embeddings and each block, names as in ``compare``):
 
@@ -11,7 +11,7 @@ and records, per entry (embeddings and each block, names as in ``compare``):
   (similarity, 1 = unchanged);
 * ``cka_to_previous`` — linear CKA with the previous check (NaN at the first check);
 * ``change`` — ``1 - cka_to_previous``: how much the entry changed during the last interval
-  (distance, 0 = unchanged); what the freeze policies (:mod:`layerprobe.policy`) watch;
+  (distance, 0 = unchanged); what the freeze policies (:mod:`layerprobe.freezing.policy`) watch;
 * ``weight_drift`` — ‖W_t − W_0‖/‖W_0‖ over the entry's parameters (distance, 0 = unchanged).
   The start weights are copied to CPU once; drift is accumulated tensor by tensor in float64
   chunks (:class:`layerprobe.metrics.drift.DriftAccumulator`), never as a second full copy;
@@ -25,7 +25,7 @@ and records, per entry (embeddings and each block, names as in ``compare``):
 
 A frozen bottom prefix cannot change any more (its parameters and its inputs are fixed), so its
 representations are carried from the check at which it froze instead of being recomputed — which
-also keeps them right when a :class:`~layerprobe.prefix_cache.PrefixCache` stands in for it.
+also keeps them right when a :class:`~layerprobe.freezing.prefix_cache.PrefixCache` stands in for it.
 
 :meth:`Tracker.advice` gives the freeze advice from the latest check at any step.
 The ``transformers.Trainer`` integration is :class:`layerprobe.integrations.hf.LayerProbeCallback`.
@@ -56,18 +56,18 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from ._atomic import atomic_write_text
-from .batching import pad_id
-from .blocks import Blocks, find_blocks
-from .errors import LayerProbeError
-from .metrics.cka import linear_cka
-from .metrics.drift import DriftAccumulator
-from .options import CSV_OPTIONS, ProbeOptions
-from .snapshot import run_probe, tokenize_probe
+from layerprobe.errors import LayerProbeError
+from layerprobe.io.outputs import atomic_write_text
+from layerprobe.metrics.cka import linear_cka
+from layerprobe.metrics.drift import DriftAccumulator
+from layerprobe.model.batching import pad_id
+from layerprobe.model.blocks import Blocks, find_blocks
+from layerprobe.options import CSV_OPTIONS, ProbeOptions
+from layerprobe.snapshot.take import run_probe, tokenize_probe
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .policy import AutoFreezePolicy, FreezePolicy
-    from .recommend import Recommendation, Thresholds
+    from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
+    from layerprobe.freezing.rule import Recommendation, Thresholds
 
 __all__ = [
     "COLUMNS",
@@ -178,8 +178,8 @@ class Tracker:
         pooling: ``"mean"`` (default), ``"first"`` or ``"last"`` (not ``"tokens"``).
         blocks: entries (found with :func:`find_blocks` if None).
         batch_size: probe examples per forward pass.
-        freeze_policy: an optional :class:`~layerprobe.policy.FreezePolicy` or
-            :class:`~layerprobe.policy.AutoFreezePolicy` that acts after each check.
+        freeze_policy: an optional :class:`~layerprobe.freezing.policy.FreezePolicy` or
+            :class:`~layerprobe.freezing.policy.AutoFreezePolicy` that acts after each check.
         progress: show a progress bar for each probe pass (off by default).
         probe: a :class:`~layerprobe.options.ProbeOptions` (pooling, max_length, batch_size) instead
             of the loose keywords, as for :func:`~layerprobe.compare`.
@@ -421,10 +421,10 @@ class Tracker:
     def advice(self, thresholds: Thresholds | None = None) -> Recommendation:
         """The freeze advice from the latest check (CKA of each entry to the start), at any step.
 
-        Uses :func:`layerprobe.recommend.recommend` with ``thresholds`` (its defaults if None) on the
+        Uses :func:`layerprobe.freezing.rule.recommend` with ``thresholds`` (its defaults if None) on the
         tracker's probe; parameter counts are those of the model's entries.
         """
-        from .recommend import recommend
+        from layerprobe.freezing.rule import recommend
 
         rows = self.latest()
         if not rows:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batching import collate, encode, pad_id
-from .freeze import trainable_parameters
+from layerprobe.freezing.apply import trainable_parameters
+from layerprobe.model.batching import collate, encode, pad_id
 
 
 @dataclass(frozen=True)

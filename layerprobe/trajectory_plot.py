@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from .errors import LayerProbeError
+from layerprobe.errors import LayerProbeError
 
 REQUIRED = ("step", "block", "cka_to_start", "cka_to_previous", "weight_drift")
 
@@ -18,7 +18,7 @@ def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
     Raises:
         LayerProbeError: no such file, unreadable, missing columns or no rows.
     """
-    from .track import TRAJECTORY_CSV
+    from layerprobe.track import TRAJECTORY_CSV
 
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -64,7 +64,7 @@ def plot_trajectory(df: pd.DataFrame, path: str | os.PathLike, title: str | None
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .plots import save_figure
+    from layerprobe.plots import save_figure
 
     order = list(dict.fromkeys(df["block"]))
     palette = dict(zip(order, sns.color_palette("viridis_r", len(order))))

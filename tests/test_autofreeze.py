@@ -11,9 +11,9 @@ import torch
 
 from conftest import tiny_bert
 from layerprobe import LayerProbeCallback, Thresholds, Tracker
-from layerprobe.blocks import find_blocks
+from layerprobe.model.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
-from layerprobe.policy import LOG_COLUMNS, AutoFreezePolicy
+from layerprobe.freezing.policy import LOG_COLUMNS, AutoFreezePolicy
 from layerprobe.tracker import FREEZE_LOG_CSV, TRAJECTORY_CSV
 from layerprobe.train import TrainConfig, fine_tune
 

@@ -7,7 +7,7 @@ import torch
 import transformers as T
 
 from layerprobe import find_blocks
-from layerprobe.blocks import blocks_from_names
+from layerprobe.model.blocks import blocks_from_names
 from layerprobe.errors import LayerProbeError
 
 KW = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37, vocab_size=99)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layerprobe import capture, find_blocks
-from layerprobe.capture import pool
+from layerprobe.model.capture import pool
 from layerprobe.errors import LayerProbeError
 
 
@@ -128,7 +128,7 @@ def test_weight_shared_blocks_give_one_row_per_example_at_their_last_application
     application (the embeddings before the first), whatever the batching (it used to mix the calls)."""
     import transformers as T
 
-    from layerprobe.snapshot import run_probe, tokenize_probe
+    from layerprobe.snapshot.take import run_probe, tokenize_probe
 
     torch.manual_seed(0)
     m = T.AlbertModel(T.AlbertConfig(hidden_size=16, embedding_size=8, num_hidden_layers=4, num_hidden_groups=groups,

@@ -1,4 +1,4 @@
-"""Tests for layerprobe.checkpoints (and layerprobe._atomic): round-trips, laziness, every error."""
+"""Tests for layerprobe.io.checkpoints (and layerprobe.io.outputs): round-trips, laziness, every error."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerprobe._atomic import (
+from layerprobe.io.outputs import (
     atomic_save_torch,
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
 )
-from layerprobe.checkpoints import (
+from layerprobe.io.checkpoints import (
     check_finite,
     checkpoint_kind,
     load_pt_or_snapshot,
@@ -121,7 +121,7 @@ def test_atomic_write_missing_or_bad_directory(tmp_path):
 
 def test_unwritable_directory_by_access_check(tmp_path, monkeypatch):
     # Tests run as root, where chmod cannot make a directory unwritable: fake os.access instead.
-    import layerprobe._atomic as atomic_mod
+    import layerprobe.io.outputs as atomic_mod
 
     monkeypatch.setattr(atomic_mod.os, "access", lambda p, mode: False)
     expect_error(lambda: ensure_writable_dir(tmp_path), tmp_path, "not writable")

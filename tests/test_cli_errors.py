@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from conftest import tiny_bert
 from layerprobe.cli import main
-from layerprobe.snapshot import Snapshot
+from layerprobe.snapshot.take import Snapshot
 
 LAYERPROBE = os.path.join(os.path.dirname(sys.executable), "layerprobe")
 

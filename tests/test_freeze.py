@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_bert
 from layerprobe import LayerProbeError, find_blocks, freeze, parameter_names, unfreeze
 from layerprobe.cli import main
-from layerprobe.freeze import bottom_prefix, trainable_parameters
+from layerprobe.freezing.apply import bottom_prefix, trainable_parameters
 from layerprobe.track import FreezePolicy
 
 

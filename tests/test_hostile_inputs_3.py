@@ -200,7 +200,7 @@ def test_out_of_order_offsets_read_the_right_bytes(f, capsys, tmp_path):
     """Offsets need not follow the header's order: each tensor is read from its own bytes."""
     import numpy as np
 
-    from layerprobe.checkpoints import open_checkpoint
+    from layerprobe.io.checkpoints import open_checkpoint
 
     x, y = np.arange(4, dtype=np.float32), np.arange(10, 16, dtype=np.float32)
     p = raw_safetensors(tmp_path / "rev.safetensors",
@@ -461,7 +461,7 @@ def test_broken_pipe_is_quiet(f):
 
 def test_disk_full_leaves_nothing(f, capsys, monkeypatch, tmp_path):
     """was: an OSError traceback (exit 1) for -o and for --out, naming the temporary folder."""
-    import layerprobe._atomic as atomic
+    import layerprobe.io.outputs as atomic
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -669,7 +669,7 @@ def test_demo_output_appears_together_or_not_at_all(capsys, monkeypatch, tmp_pat
 def test_atomic_output_dir_names_write_errors_and_passes_the_callers_own_errors_through(tmp_path):
     """An error of the work inside the block (a missing input) is not relabelled as an output problem;
     a full disk while writing the output is one line naming the output; either way nothing is left."""
-    from layerprobe._atomic import atomic_output_dir
+    from layerprobe.io.outputs import atomic_output_dir
     from layerprobe.errors import LayerProbeError
 
     out = tmp_path / "out"

@@ -24,10 +24,10 @@ import transformers as tf
 
 from conftest import WORDS, make_tokenizer
 from layerprobe import LayerProbeCallback, Thresholds
-from layerprobe.blocks import find_blocks
+from layerprobe.model.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
-from layerprobe.freeze import bottom_prefix, freeze
-from layerprobe.prefix_cache import PrefixCache, PrefixCacheOffWarning
+from layerprobe.freezing.apply import bottom_prefix, freeze
+from layerprobe.freezing.prefix_cache import PrefixCache, PrefixCacheOffWarning
 from layerprobe.tracker import FREEZE_LOG_CSV, TRAJECTORY_CSV
 from layerprobe.train import TrainConfig, train_loop
 

@@ -10,11 +10,11 @@ import torch
 from conftest import tiny_bert
 from safetensors.torch import save_file
 
-from layerprobe.checkpoints import SafetensorsSource, open_checkpoint
+from layerprobe.io.checkpoints import SafetensorsSource, open_checkpoint
 from layerprobe.compare import compare
 from layerprobe.errors import LayerProbeError
 from layerprobe.metrics import drift as drift_mod
-from layerprobe.pair_reader import PairReader, _Ring
+from layerprobe.io.pair_reader import PairReader, _Ring
 
 
 def _files(tmp_path, shapes, dtype=torch.float32):
@@ -99,7 +99,7 @@ def test_weight_comparison_is_identical_whatever_the_reading_and_threads(tmp_pat
     save_model(tiny_bert(seed=1), p1)
     runs = []
     for prefetch, threads in [(True, None), (False, 1), (True, 3)]:
-        monkeypatch.setattr("layerprobe.pair_reader.PREFETCH", prefetch)
+        monkeypatch.setattr("layerprobe.io.pair_reader.PREFETCH", prefetch)
         monkeypatch.setattr(drift_mod, "THREADS", threads or drift_mod.THREADS)
         runs.append(json.dumps(compare(p0, p1).to_dict(), sort_keys=True))
     assert runs[0] == runs[1] == runs[2]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from layerprobe import compare
 from layerprobe.cli import main
-from layerprobe.params import drop_non_parameters
+from layerprobe.io.model_dir import drop_non_parameters
 
 
 @pytest.fixture(scope="module")

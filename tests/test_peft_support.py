@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_bert
 
 import layerprobe as lp
-from layerprobe.peft_support import lora_update_norm, read_adapter
+from layerprobe.io.adapters import lora_update_norm, read_adapter
 
 peft = pytest.importorskip("peft")
 

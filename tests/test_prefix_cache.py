@@ -8,10 +8,10 @@ import torch
 from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
                           LlamaConfig, LlamaForSequenceClassification)
 
-from layerprobe.blocks import find_blocks
+from layerprobe.model.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
-from layerprobe.freeze import bottom_prefix, freeze
-from layerprobe.prefix_cache import PrefixCache, PrefixCacheOffWarning
+from layerprobe.freezing.apply import bottom_prefix, freeze
+from layerprobe.freezing.prefix_cache import PrefixCache, PrefixCacheOffWarning
 from layerprobe.train import TrainConfig, train_loop
 
 V = 40

@@ -1,4 +1,4 @@
-"""Tests for layerprobe.probe: every supported format, every bad-input error, the fingerprint."""
+"""Tests for layerprobe.io.probe_files: every supported format, every bad-input error, the fingerprint."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.probe import fingerprint, read_probe_texts
+from layerprobe.io.probe_files import fingerprint, read_probe_texts
 
 TEXTS = ["first example", "  second, with a comma and \"quotes\"  ", "NA", "null", "third\tone"]
 

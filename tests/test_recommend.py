@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerprobe.recommend import Thresholds, recommend
+from layerprobe.freezing.rule import Thresholds, recommend
 
 
 def entries(ckas, drifts=None, n=(100, 10, 10, 10, 10), cis=None):
@@ -83,7 +83,7 @@ def _profile(ckas, ci=None):
 
 
 def test_relative_rule_scales_with_the_top_blocks_change():
-    from layerprobe.recommend import Thresholds, recommend, top_change
+    from layerprobe.freezing.rule import Thresholds, recommend, top_change
 
     short = _profile([0.9999, 0.995, 0.97, 0.84, 0.49, 0.29, 0.20])  # top change 0.80
     assert top_change(short) == pytest.approx(0.80)
@@ -99,7 +99,7 @@ def test_relative_rule_scales_with_the_top_blocks_change():
 
 
 def test_relative_rule_uses_the_interval_and_combines_with_min_cka():
-    from layerprobe.recommend import Thresholds, recommend
+    from layerprobe.freezing.rule import Thresholds, recommend
 
     e = _profile([0.999, 0.98, 0.5], ci=[[0.998, 1.0], [0.95, 0.99], [0.4, 0.6]])  # top change 0.5
     t = Thresholds(min_cka=None, max_relative_change=0.06)  # change <= 0.03
@@ -114,7 +114,7 @@ def test_relative_rule_uses_the_interval_and_combines_with_min_cka():
                                 dict(max_drift=-1.0), dict(min_train_blocks=-2)])
 def test_thresholds_refuse_nonsense(kw):
     from layerprobe.errors import LayerProbeError
-    from layerprobe.recommend import Thresholds
+    from layerprobe.freezing.rule import Thresholds
 
     with pytest.raises(LayerProbeError):
         Thresholds(**kw)

@@ -35,7 +35,7 @@ def run(tmp_path_factory, tokenizer, texts):
 
 
 def test_series_from_a_run_directory(run, tmp_path, capsys, monkeypatch):
-    import layerprobe.snapshot as snapshot
+    import layerprobe.snapshot.take as snapshot
 
     calls = []
     real = snapshot.run_probe

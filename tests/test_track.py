@@ -184,9 +184,9 @@ def test_cli_plot_trajectory_bad_input(tmp_path, capsys):
 def test_real_minilm_trainer_callback_auto_freeze_and_cache(tmp_path):
     """The shipped MiniLM-L6 in a Trainer with auto_freeze: freezes, serves the prefix from the cache
     in the second epoch, and the cache reproduces the frozen prefix (eval mode) exactly."""
-    from layerprobe.policy import AutoFreezePolicy
-    from layerprobe.prefix_cache import PrefixCache
-    from layerprobe.recommend import Thresholds
+    from layerprobe.freezing.policy import AutoFreezePolicy
+    from layerprobe.freezing.prefix_cache import PrefixCache
+    from layerprobe.freezing.rule import Thresholds
     from layerprobe.shipped import default_model_path, load_classifier, load_rotten_tomatoes, sample
 
     df = sample(load_rotten_tomatoes(), 40, seed=0)
@@ -211,7 +211,7 @@ def test_real_minilm_trainer_callback_auto_freeze_and_cache(tmp_path):
     df_t = pd.read_csv(tmp_path / TRAJECTORY_CSV)
     assert df_t["block"].nunique() == 7 and df_t["step"].max() == 6
     # the cache reproduces the frozen prefix exactly (eval mode)
-    from layerprobe.batching import collate, encode
+    from layerprobe.model.batching import collate, encode
 
     batch = collate(encode(tok, texts[:8], 32), tok.pad_token_id)
     model.eval()

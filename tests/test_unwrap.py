@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_bert
 
 import layerprobe as lp
-from layerprobe.unwrap import unwrap
+from layerprobe.model.unwrap import unwrap
 
 
 def _same(s1, s2):

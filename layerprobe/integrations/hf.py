@@ -14,10 +14,10 @@ from typing import Any, cast
 from torch import nn
 from transformers import TrainerCallback
 
-from ..blocks import Blocks
-from ..errors import LayerProbeError
-from ..policy import AutoFreezePolicy, FreezePolicy
-from ..tracker import (
+from layerprobe.errors import LayerProbeError
+from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
+from layerprobe.model.blocks import Blocks
+from layerprobe.tracker import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_PROBE_SHARE,
     FREEZE_LOG_CSV,
@@ -42,10 +42,10 @@ class LayerProbeCallback(TrainerCallback):
     acts after each check and logs every decision with its numbers to
     ``<args.output_dir>/layerprobe_freeze_log.csv``.
 
-    ``auto_freeze=True`` uses :class:`~layerprobe.policy.AutoFreezePolicy`: it freezes the advised
+    ``auto_freeze=True`` uses :class:`~layerprobe.freezing.policy.AutoFreezePolicy`: it freezes the advised
     bottom prefix once each of its blocks has settled (change per unit of learning rate, read from
     the Trainer's optimizer at every step) and, with ``cache=True``, stops recomputing the frozen
-    prefix: a :class:`~layerprobe.prefix_cache.PrefixCache` serves each example's stored output of
+    prefix: a :class:`~layerprobe.freezing.prefix_cache.PrefixCache` serves each example's stored output of
     the last frozen block from the next epoch on. Nothing else in the user's script changes. What
     does change: the frozen prefix runs in eval mode (no dropout there). At train end the cache is
     detached and the model is a plain model again (its frozen parameters stay frozen).
@@ -221,7 +221,7 @@ class LayerProbeCallback(TrainerCallback):
                                         key=self._order)
 
     def _entries_of(self, names: set[str]) -> list[str]:
-        from ..blocks import find_blocks
+        from layerprobe.model.blocks import find_blocks
 
         model = self._trained_model()
         blocks = self.tracker.blocks or find_blocks(model)

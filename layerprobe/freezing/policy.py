@@ -4,7 +4,7 @@
   stayed below a threshold for ``patience`` checks.
 * :class:`AutoFreezePolicy` — the same-run policy behind ``LayerProbeCallback(auto_freeze=True)``:
   freezes the advised prefix once each of its entries has settled (learning-rate-normalised
-  change), and hands the frozen prefix to a :class:`~layerprobe.prefix_cache.PrefixCache`.
+  change), and hands the frozen prefix to a :class:`~layerprobe.freezing.prefix_cache.PrefixCache`.
 
 Both act through :meth:`decide`/``observe`` called by :class:`~layerprobe.tracker.Tracker` after
 each check, keep the frozen set a bottom prefix (embeddings first) that never shrinks, and log
@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ._atomic import atomic_write_text
-from .blocks import Blocks
-from .errors import LayerProbeError
-from .freeze import freeze, trainable_parameters
-from .options import CSV_OPTIONS
+from layerprobe.errors import LayerProbeError
+from layerprobe.freezing.apply import freeze, trainable_parameters
+from layerprobe.io.outputs import atomic_write_text
+from layerprobe.model.blocks import Blocks
+from layerprobe.options import CSV_OPTIONS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .prefix_cache import PrefixCache
-    from .recommend import Thresholds
+    from layerprobe.freezing.prefix_cache import PrefixCache
+    from layerprobe.freezing.rule import Thresholds
 
 __all__ = ["LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
 
@@ -182,7 +182,7 @@ class AutoFreezePolicy:
     At every tracker check (after the first ``warmup_checks``), for each entry *i*:
 
     * ``d_i = 1 - CKA(start, now)`` — how far its representation has moved; the static rule
-      (:func:`~layerprobe.recommend.recommend` with ``thresholds``) applied to these values gives
+      (:func:`~layerprobe.freezing.rule.recommend` with ``thresholds``) applied to these values gives
       the *current advice*, a bottom prefix;
     * ``speed_i = change_i / lr_sum`` — its change over the last interval per unit of learning
       rate (``change = 1 - CKA(previous check, now)``, ``lr_sum`` the learning rates applied in
@@ -197,11 +197,11 @@ class AutoFreezePolicy:
     (``lr_sum`` NaN) the raw change is used as the speed.
 
     With ``cache=True``, once the embeddings and ``k >= 1`` blocks are frozen a
-    :class:`~layerprobe.prefix_cache.PrefixCache` stands in for them (re-attached, and refilled,
+    :class:`~layerprobe.freezing.prefix_cache.PrefixCache` stands in for them (re-attached, and refilled,
     when the prefix grows): later epochs stop recomputing the frozen prefix. The frozen prefix then
     runs in eval mode (no dropout there). A model the cache cannot serve (e.g. the decoder stack of an
     encoder-decoder model) keeps training with plain freezing: a
-    :class:`~layerprobe.prefix_cache.PrefixCacheOffWarning` says why, and so does
+    :class:`~layerprobe.freezing.prefix_cache.PrefixCacheOffWarning` says why, and so does
     :attr:`cache_refused` (or the cache's ``stats()["disabled"]`` when a forward pass showed it).
 
     Every decision for every entry is appended to :attr:`log` (:data:`LOG_COLUMNS`).
@@ -238,7 +238,7 @@ class AutoFreezePolicy:
     _settled: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        from .recommend import Thresholds
+        from layerprobe.freezing.rule import Thresholds
 
         if self.thresholds is None:
             self.thresholds = Thresholds(**DEFAULT_AUTO_RULE)
@@ -251,7 +251,7 @@ class AutoFreezePolicy:
 
     def observe(self, step: int, rows: list[dict], model: nn.Module, blocks: Blocks) -> list[str]:
         """Take one check's rows (:class:`~layerprobe.tracker.Tracker` columns); freeze; return new names."""
-        from .recommend import recommend
+        from layerprobe.freezing.rule import recommend
 
         self._checks += 1
         by = {r["block"]: r for r in rows}
@@ -340,7 +340,7 @@ class AutoFreezePolicy:
         emb_ok = "embeddings" not in blocks.names or "embeddings" in self.frozen
         if k < 1 or not emb_ok:
             return
-        from .prefix_cache import PrefixCache, PrefixCacheOffWarning
+        from layerprobe.freezing.prefix_cache import PrefixCache, PrefixCacheOffWarning
 
         try:
             if self.prefix_cache is None:

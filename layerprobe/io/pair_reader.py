@@ -20,7 +20,7 @@ from collections.abc import Callable, Generator, Sequence
 
 import torch
 
-from layerprobe.checkpoints import TensorSource
+from layerprobe.io.checkpoints import TensorSource
 
 __all__ = ["PREFETCH", "PairReader"]
 
@@ -94,7 +94,7 @@ class PairReader:
 
     >>> import os, tempfile, torch
     >>> from safetensors.torch import save_file
-    >>> from layerprobe.checkpoints import open_checkpoint
+    >>> from layerprobe.io.checkpoints import open_checkpoint
     >>> d = tempfile.mkdtemp()
     >>> save_file({"w": torch.ones(3), "v": torch.zeros(2)}, os.path.join(d, "a.safetensors"))
     >>> save_file({"w": torch.ones(3) * 2, "v": torch.ones(2)}, os.path.join(d, "b.safetensors"))
@@ -114,7 +114,7 @@ class PairReader:
 
         A yielded pair is valid until the next one is asked for (its bytes are then reused):
         use it, or copy it, before moving on. Getters of file sources
-        (:attr:`~layerprobe.checkpoints.TensorSource.fills_out`) read into the ring; other
+        (:attr:`~layerprobe.io.checkpoints.TensorSource.fills_out`) read into the ring; other
         getters (tensors already in memory) are called as they are. Every name must exist
         (sizes are looked up first); read errors are raised at the pair they belong to, as if
         the pairs were read one after the other.

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import Blocks, block_modules, find_blocks
-from .errors import LayerProbeError
-from .options import POOLINGS
+from layerprobe.errors import LayerProbeError
+from layerprobe.model.blocks import Blocks, block_modules, find_blocks
+from layerprobe.options import POOLINGS
 
 
 def _unwrap(output: Any) -> torch.Tensor:

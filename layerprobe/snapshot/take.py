@@ -25,13 +25,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._atomic import atomic_save_torch
-from ._version import __version__
-from .batching import collate, encode, pad_id
-from .blocks import OTHER, Blocks, find_blocks
-from .capture import POOLINGS, capture
-from .errors import LayerProbeError
-from .probe import fingerprint
+from layerprobe._version import __version__
+from layerprobe.errors import LayerProbeError
+from layerprobe.io.outputs import atomic_save_torch
+from layerprobe.io.probe_files import fingerprint
+from layerprobe.model.batching import collate, encode, pad_id
+from layerprobe.model.blocks import OTHER, Blocks, find_blocks
+from layerprobe.model.capture import POOLINGS, capture
 
 FORMAT = "layerprobe-snapshot"
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ class Snapshot:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Snapshot:
         """Load a snapshot file safely (``weights_only=True``) and validate its layout."""
-        from .checkpoints import safe_torch_load
+        from layerprobe.io.checkpoints import safe_torch_load
 
         return cls.from_dict(safe_torch_load(path), path)
 
@@ -105,7 +105,7 @@ class Snapshot:
                 f"snapshot format version {version!r} is not supported (this layerprobe reads <= {FORMAT_VERSION})",
                 path,
             )
-        from .snapshot_check import check_snapshot
+        from layerprobe.snapshot.check import check_snapshot
 
         check_snapshot(obj, path)  # the full schema: types, ranges, every entry's representation
         meta, reps, weights = obj.get("meta"), obj.get("representations"), obj.get("weights")
@@ -142,11 +142,11 @@ def _config_json(model: nn.Module) -> str:
 def model_weights(model: nn.Module, blocks: Blocks) -> dict[str, dict[str, torch.Tensor]]:
     """Copy every parameter to CPU, grouped by entry and named relative to it.
 
-    Wrappers are seen through (:func:`~layerprobe.unwrap.effective_parameters`: a LoRA weight is
+    Wrappers are seen through (:func:`~layerprobe.model.unwrap.effective_parameters`: a LoRA weight is
     base + update, an FSDP2 shard is gathered); parameters that a loader initialised because they
     were not in the files (:data:`~layerprobe.sources.NOT_IN_FILES`) are left out.
     """
-    from .unwrap import effective_parameters
+    from layerprobe.model.unwrap import effective_parameters
 
     not_in_files: frozenset[str] = getattr(model, "_layerprobe_not_in_files", frozenset())
     out: dict[str, dict[str, torch.Tensor]] = {}
@@ -166,7 +166,7 @@ def _dtype_name(model: nn.Module) -> str | None:
 
 def describe_model(model: nn.Module, blocks: Blocks) -> dict:
     """Simple metadata about a model and its entries (JSON-friendly)."""
-    from .unwrap import input_device
+    from layerprobe.model.unwrap import input_device
 
     return {
         "device": str(input_device(model)),
@@ -223,7 +223,7 @@ def run_probe(
     Examples are batched by length (less padding, faster), and representations are returned
     in the original example order.
     """
-    from .unwrap import input_device
+    from layerprobe.model.unwrap import input_device
 
     device = input_device(model)  # offloaded (meta) parameters: inputs start on the CPU
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
@@ -280,7 +280,7 @@ def take_snapshot(
     >>> s.names, s.has_representations
     (['embeddings', 'block.0', 'block.1'], False)
     """
-    from .unwrap import has_meta_parameters, unwrap
+    from layerprobe.model.unwrap import has_meta_parameters, unwrap
 
     if pooling not in POOLINGS:
         raise LayerProbeError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
@@ -296,7 +296,7 @@ def take_snapshot(
     if texts is not None:
         if tokenizer is None:
             raise LayerProbeError("a tokenizer is needed to run the probe texts")
-        from .guards import fit_max_length
+        from layerprobe.io.files import fit_max_length
 
         fitted = fit_max_length(model, max_length)  # an explicit length past the positions is refused
         examples, fp = tokenize_probe(tokenizer, texts, max_length)

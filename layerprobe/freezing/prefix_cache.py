@@ -42,7 +42,7 @@ stored).
 >>> torch.manual_seed(0) and None
 >>> m = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
 ...                                              intermediate_size=20, vocab_size=50, num_labels=2)).eval()
->>> from layerprobe.freeze import freeze
+>>> from layerprobe.freezing.apply import freeze
 >>> _ = freeze(m, ["embeddings", "block.0", "block.1"])
 >>> ids = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]); mask = (ids != 0).long()
 >>> ref = m(input_ids=ids, attention_mask=mask).logits
@@ -65,8 +65,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import Blocks, _find_stack, block_modules, find_blocks
-from .errors import LayerProbeError
+from layerprobe.errors import LayerProbeError
+from layerprobe.model.blocks import Blocks, _find_stack, block_modules, find_blocks
 
 __all__ = ["PrefixCache", "PrefixCacheOffWarning"]
 
@@ -191,7 +191,7 @@ class PrefixCache:
         model: the model the training loop calls (e.g. a ``*ForSequenceClassification``, possibly
             inside DDP: pass the inner module).
         k: number of frozen blocks the cache stands in for (1..n_blocks).
-        blocks: the model's entries (found with :func:`~layerprobe.blocks.find_blocks` if None).
+        blocks: the model's entries (found with :func:`~layerprobe.model.blocks.find_blocks` if None).
         dtype: storage dtype (float32 default: exact; bfloat16/float16: half the memory).
         max_bytes: stop storing new examples beyond this many bytes (None: no bound).
     """

@@ -30,7 +30,7 @@ import os
 import stat
 from typing import Any
 
-from .errors import LayerProbeError, one_line
+from layerprobe.errors import LayerProbeError, one_line
 
 __all__ = [
     "MAX_JSON_BYTES",
@@ -283,7 +283,7 @@ def _model_class(cfg: dict, f: str) -> Any:
 
 def _weights(path: str) -> tuple[list[str], int]:
     """Parameter names and total element count of the directory's weights (headers only)."""
-    from .checkpoints import open_checkpoint
+    from layerprobe.io.checkpoints import open_checkpoint
 
     with open_checkpoint(path) as src:
         keys = list(src.keys())
@@ -324,7 +324,7 @@ def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: boo
     if not weights:
         return cfg
     keys, elements = _weights(path)
-    from .blocks import blocks_from_names
+    from layerprobe.model.blocks import blocks_from_names
 
     try:
         found = len(blocks_from_names(keys).blocks)
@@ -381,7 +381,7 @@ def check_loading_info(model: Any, info: dict, path: str) -> None:
     the model measured is not the one saved. A missing task head is tolerated (it is never measured
     and snapshots leave it out).
     """
-    from .blocks import find_blocks
+    from layerprobe.model.blocks import find_blocks
 
     try:
         blocks = find_blocks(model)
@@ -399,7 +399,7 @@ def check_loading_info(model: Any, info: dict, path: str) -> None:
     if missing:
         raise LayerProbeError(f"{len(missing)} block/embedding weight(s) missing from the weight files (would be "
                               f"initialised at random), e.g. {one_line(missing[0], 80)}", path)
-    from .blocks import blocks_from_names
+    from layerprobe.model.blocks import blocks_from_names
 
     unexpected = [k for k in info.get("unexpected_keys") or () if not k.endswith(("position_ids", ".bias_k"))]
     try:

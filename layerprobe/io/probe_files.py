@@ -79,7 +79,7 @@ def read_probe_texts(
                 f"max_examples must be a positive integer or None, got {max_examples!r}"
             )
         max_examples = int(max_examples)
-    from .guards import check_exists
+    from layerprobe.io.files import check_exists
 
     check_exists(path, "probe file")  # a symlink loop or a name too long is said so, not "not found"
     if os.path.isdir(path):
@@ -137,7 +137,7 @@ def _usable(raw: Iterable[str | None], max_examples: int | None, path: str = "")
 
 
 def _read_utf8(path: str) -> str:
-    from .guards import read_bounded
+    from layerprobe.io.files import read_bounded
 
     data = read_bounded(path, MAX_PROBE_BYTES, "probe file")  # regular files only: no FIFO, no /dev/zero
     if not data:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import LayerProbeError, one_line
+from layerprobe.errors import LayerProbeError, one_line
 
 __all__ = ["check_snapshot"]
 

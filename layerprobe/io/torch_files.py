@@ -51,7 +51,7 @@ def _sniff(path: str) -> str:
 
 
 def _check_file(path: str, what: str = "file") -> None:
-    from .guards import check_exists, regular_file
+    from layerprobe.io.files import check_exists, regular_file
 
     check_exists(path, what)  # a symlink loop or a name too long is said so, not "not found"
     if os.path.isdir(path):

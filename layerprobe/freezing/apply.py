@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from .blocks import Blocks, find_blocks
-from .errors import LayerProbeError
+from layerprobe.errors import LayerProbeError
+from layerprobe.model.blocks import Blocks, find_blocks
 
 
 def _resolve(model: nn.Module, names: Iterable[str], blocks: Blocks | None) -> tuple[Blocks, set[str]]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import LayerProbeError
+from layerprobe.errors import LayerProbeError
 
 EMBEDDINGS = "embeddings"
 OTHER = "other"

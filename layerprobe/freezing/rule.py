@@ -48,7 +48,7 @@ class Thresholds:
     max_relative_change: float | None = None
 
     def __post_init__(self) -> None:
-        from .errors import LayerProbeError
+        from layerprobe.errors import LayerProbeError
 
         for name in ("min_cka", "max_relative_change"):
             v = getattr(self, name)
@@ -129,8 +129,8 @@ def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
     import os
     from collections.abc import Mapping
 
-    from .errors import LayerProbeError
-    from .guards import json_loads, load_json
+    from layerprobe.errors import LayerProbeError
+    from layerprobe.io.files import json_loads, load_json
 
     if hasattr(x, "blocks") and hasattr(x, "recommendation"):  # a Comparison
         x = x.to_dict()

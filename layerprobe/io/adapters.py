@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import LayerProbeError, one_line
+from layerprobe.errors import LayerProbeError, one_line
 
 __all__ = ["is_adapter_dir", "lora_update_norm", "read_adapter", "resolve_adapter_side"]
 
@@ -53,7 +53,7 @@ def lora_update_norm(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> fl
 
 
 def _read_config(path: str) -> dict:
-    from .guards import _check_auto_map, load_json
+    from layerprobe.io.files import _check_auto_map, load_json
 
     f = os.path.join(path, ADAPTER_CONFIG)
     cfg = load_json(f, "adapter config")  # bounded; deep nesting, NaN, bad UTF-8: one line
@@ -79,11 +79,11 @@ def _plausible(v: Any, integer: bool) -> bool:
 
 
 def _adapter_tensors(path: str) -> dict[str, torch.Tensor]:
-    from .checkpoints import load_pt_or_snapshot
+    from layerprobe.io.checkpoints import load_pt_or_snapshot
 
     st = os.path.join(path, "adapter_model.safetensors")
     if os.path.isfile(st):
-        from .checkpoints import SafetensorsSource
+        from layerprobe.io.checkpoints import SafetensorsSource
 
         with SafetensorsSource(st) as src:  # the checked reader: a broken file is one line naming it
             return {k: src.get(k) for k in src.keys()}
@@ -167,8 +167,8 @@ def resolve_adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None
                          kw: dict, label: str | None, *, device: str | None = None,
                          dtype: str | None = None) -> Any:
     """A :class:`~layerprobe.sources.Side` for an adapter directory over its base model."""
-    from .checkpoints import open_checkpoint
-    from .sources import Side, WeightTable, load_hf_model, resolve_side
+    from layerprobe.io.checkpoints import open_checkpoint
+    from layerprobe.sources import Side, WeightTable, load_hf_model, resolve_side
 
     cfg, modules = read_adapter(path)
     base_dir = _base_path(path, cfg, base)

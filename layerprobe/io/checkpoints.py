@@ -33,7 +33,7 @@ import torch
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.errors import one_line as _one_line
-from layerprobe.safe_load import (  # noqa: F401  (safe_torch_load, load_pt_or_snapshot: public here too)
+from layerprobe.io.torch_files import (  # noqa: F401  (safe_torch_load, load_pt_or_snapshot: public here too)
     SNAPSHOT_FORMAT,
     _check_file,
     _sniff,
@@ -186,7 +186,7 @@ class _SafetensorsFile:
         self._handle: Any = handle
         self.keys = keys
         self.meta = meta
-        from layerprobe.guards import unique_keys
+        from layerprobe.io.files import unique_keys
 
         with open(path, "rb") as f:  # ``{name: (absolute start, end)}``; the header is read once more here, as
             n = int.from_bytes(f.read(8), "little")  # safe_open keeps one of two same-named entries silently
@@ -409,7 +409,7 @@ def _load_bin_shard(path: str) -> dict[str, torch.Tensor]:
 
 
 def _read_index(path: str) -> dict[str, str]:
-    from layerprobe.guards import load_json
+    from layerprobe.io.files import load_json
 
     _check_file(path, "index file")
     index = load_json(path, "index file")  # bounded; deep nesting, NaN and bad UTF-8 are one line
@@ -481,7 +481,7 @@ def open_checkpoint(path: str | os.PathLike) -> TensorSource:
     ('safetensors', ['layer.0.weight'], (2, 2), 2.0)
     """
     path = os.fspath(path)
-    from layerprobe.guards import check_exists
+    from layerprobe.io.files import check_exists
 
     check_exists(path, "checkpoint")
     if os.path.isdir(path):
