@@ -386,3 +386,30 @@ def score(pairs: pd.DataFrame, adv: pd.DataFrame) -> pd.DataFrame:
         s = s.sort_values(["tasks_ge_985", "mean_regret", "calibration_within_1pt"],
                           ascending=[False, True, False]).reset_index(drop=True)
     return s
+
+
+#: the candidates layerprobe computes itself from a comparison (and a revert test): what can ship
+LIBRARY = ("revert_kl", "revert_disagree", "cka_rel", "cka_abs", "drift_rel")
+
+
+def export_predictor(outcomes: pd.DataFrame, feats: pd.DataFrame, scores: pd.DataFrame) -> dict:
+    """The fits layerprobe ships (``layerprobe/freezing/predictor.json``): every library-computable candidate
+    refit on **all** tasks with data, in the leave-one-task-out ranking (``scores``; the order of
+    :data:`LIBRARY` where a candidate was not scored), with its interval and the tasks it was fit on."""
+    tasks = sorted(set(outcomes.task) & set(feats.task)) if len(outcomes) and len(feats) else []
+    rank = [c for c in (scores.candidate.tolist() if len(scores) else []) if c in LIBRARY]
+    rank += [c for c in LIBRARY if c not in rank]
+    preds = []
+    for cand in rank:
+        fit = fit_candidate(cand, outcomes, feats, tasks)
+        if fit is None:
+            continue
+        xs, ys = fit.parts[cand]
+        row = scores[scores.candidate == cand].iloc[0].to_dict() if len(scores) and cand in set(scores.candidate) \
+            else {}
+        preds.append({"name": cand, "xs": [float(v) for v in xs], "ys": [float(v) for v in ys],
+                      "interval": [fit.lo, fit.hi], "fit_on": tasks, "label_free": cand in LABEL_FREE,
+                      "loto": {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                               for k, v in row.items() if k != "candidate"}})
+    return {"schema": 1, "target": "accuracy loss 1 - acc(prefix frozen from step 0) / acc(full fine-tuning)",
+            "tolerance_default": TAU, "fit_on": tasks, "predictors": preds}

@@ -379,6 +379,8 @@ def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str) -> dict:
         atomic_write_text(os.path.join(out, name), frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     atomic_write_text(os.path.join(out, "outcomes.csv"), outcomes.drop(columns=["rel"]).to_csv(
         index=False, float_format="%.6g", lineterminator="\n"))
+    atomic_write_text(os.path.join(out, "predictor.json"),
+                      json.dumps(_clean(sp.export_predictor(outcomes, feats, scores)), indent=1) + "\n")
     if len(scores):
         winner = scores.candidate.iloc[0]
         res.update(scores=scores, winner=winner)
