@@ -371,10 +371,12 @@ def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str) -> dict:
 
     outcomes, feats = sp.study_table(runs, chosen, cache=cache)
     res: dict = {"scores": pd.DataFrame(), "advice": {}, "outcomes": outcomes, "winner": None}
-    if not len(outcomes) or not len(feats) or len(set(outcomes.task) & set(feats.task)) < 3:
-        return res  # leave-one-task-out needs at least two training tasks per fold
-    pairs, adv = sp.loto(outcomes, feats)
-    scores = sp.score(pairs, adv)
+    n_tasks = len(set(outcomes.task) & set(feats.task)) if len(outcomes) and len(feats) else 0
+    if n_tasks < 2:
+        return res
+    # leave-one-task-out needs at least two training tasks per fold
+    pairs, adv = sp.loto(outcomes, feats) if n_tasks >= 3 else (pd.DataFrame(), pd.DataFrame())
+    scores = sp.score(pairs, adv) if len(adv) else pd.DataFrame()
     for name, frame in (("loto.csv", pairs), ("loto_advice.csv", adv), ("predictor_scores.csv", scores)):
         atomic_write_text(os.path.join(out, name), frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     atomic_write_text(os.path.join(out, "outcomes.csv"), outcomes.drop(columns=["rel"]).to_csv(
