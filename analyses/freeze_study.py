@@ -42,7 +42,7 @@ for _p in (ROOT, os.path.dirname(os.path.abspath(__file__))):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from layerprobe._atomic import atomic_write_text  # noqa: E402
+from layerprobe.io.outputs import atomic_write_text  # noqa: E402
 
 N_BLOCKS = 6  # MiniLM-L6
 LR_GRID = (5e-5, 1e-4, 2e-4)
@@ -157,8 +157,8 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     ``config`` names an auto-rule variant's runs (default: the config's name)."""
     import torch
 
-    from layerprobe.blocks import find_blocks
-    from layerprobe.freeze import bottom_prefix, freeze, trainable_parameters
+    from layerprobe.freezing.apply import bottom_prefix, freeze, trainable_parameters
+    from layerprobe.model.blocks import find_blocks
     from layerprobe.shipped import default_model_path, load_classifier
     from layerprobe.train import TrainConfig, evaluate, fine_tune, schedule_steps
 
@@ -194,21 +194,21 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     if method == "lora":
         model = _lora_model(model, b.num_labels)
     if method == "fixed" and (emb or k):
-        from layerprobe.prefix_cache import PrefixCache
+        from layerprobe.freezing.prefix_cache import PrefixCache
 
         freeze(model, bottom_prefix(blocks, k, embeddings=emb), blocks)
         if emb and k >= 1:  # the cache stands in for the embeddings and blocks 0..k-1
             pcache = PrefixCache(model, k, blocks=blocks)
     if method in ("full", "auto"):
-        from layerprobe.snapshot import take_snapshot
+        from layerprobe.snapshot.take import take_snapshot
         from layerprobe.track import Tracker
 
         base = take_snapshot(model, tok, probe_texts, max_length=b.max_length, progress=progress) \
             if method == "full" else None
         policy = None
         if method == "auto":
-            from layerprobe.policy import DEFAULT_AUTO_RULE, AutoFreezePolicy
-            from layerprobe.recommend import Thresholds
+            from layerprobe.freezing.policy import DEFAULT_AUTO_RULE, AutoFreezePolicy
+            from layerprobe.freezing.rule import Thresholds
 
             opts = dict(auto_options or {})
             policy = AutoFreezePolicy(thresholds=Thresholds(**opts.pop("thresholds", DEFAULT_AUTO_RULE)), **opts)
@@ -321,7 +321,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
                           tracker.policy.log_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     if method == "full":
         from layerprobe.compare import compare
-        from layerprobe.snapshot import take_snapshot
+        from layerprobe.snapshot.take import take_snapshot
 
         tuned = take_snapshot(model, tok, probe_texts, max_length=b.max_length, progress=progress)
         cmp = compare(base, tuned)  # bootstrap interval on by default at this probe size
@@ -349,7 +349,7 @@ def linear_probe_task(b: TaskBudget, data: dict, cache: str, n_train: int = 2000
             return row
     from study_measure import linear_probe
 
-    from layerprobe.blocks import find_blocks
+    from layerprobe.model.blocks import find_blocks
     from layerprobe.shipped import default_model_path, load_classifier, sample
 
     model, tok = load_classifier(default_model_path(), b.num_labels, 0)

@@ -4,7 +4,7 @@ Each is a candidate input of the freeze rule (``docs/freeze_study.md``, "Predict
 
 * :class:`GradNormRecorder` — per entry, the L1 and L2 norms of the gradient accumulated between
   checks (AutoFreeze's signal), and the parameter norm at the start (for ``‖g‖ / ‖θ‖``).
-* :func:`revert_test` — the tuned model with its embeddings + ``k`` bottom blocks put back to the
+* :func:`revert_test` (the library's :func:`layerprobe.freezing.revert.revert_test` on texts) — the tuned model with its embeddings + ``k`` bottom blocks put back to the
   base weights: agreement of its predictions with the tuned model's and the mean KL divergence of
   its output distribution from the tuned one on the probe texts (label-free), and its accuracy on a
   labelled set. It asks how much the tuned model relies on the prefix's change.
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from layerprobe.batching import collate, encode, pad_id
-from layerprobe.blocks import Blocks
-from layerprobe.freeze import bottom_prefix, parameter_names
+from layerprobe.freezing.revert import revert_test as lp_revert
+from layerprobe.model.batching import collate, encode, pad_id
+from layerprobe.model.blocks import Blocks
 
 
 def entry_parameters(model: nn.Module, blocks: Blocks) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -89,39 +89,12 @@ class GradNormRecorder:
         return {"names": self.names, "param_norm": self.param_norm, "windows": self.rows}
 
 
-@torch.no_grad()
-def logits(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64) -> torch.Tensor:
-    """Output logits per text, float64 (eval mode, the model's mode restored)."""
-    was = model.training
-    model.eval()
+def batches_of(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64) -> tuple[list[dict], list[int]]:
+    """The texts tokenized and collated in batches of similar length, and the order they were put in."""
     data = encode(tokenizer, texts, max_length)
     order = sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]))
     pad = pad_id(tokenizer)
-    out: torch.Tensor | None = None
-    for i in range(0, len(order), batch_size):
-        idx = order[i: i + batch_size]
-        z = model(**collate([data[j] for j in idx], pad)).logits.double()
-        if out is None:
-            out = torch.empty(len(data), z.shape[-1], dtype=torch.float64)
-        out[idx] = z
-    model.train(was)
-    assert out is not None
-    return out
-
-
-def output_divergence(ref: torch.Tensor, other: torch.Tensor) -> dict:
-    """Agreement of the argmax, mean KL(p_ref ‖ p_other) and mean total variation of two logit sets.
-
-    >>> z = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-    >>> d = output_divergence(z, z); (d["agreement"], d["kl"], d["tv"])
-    (1.0, 0.0, 0.0)
-    """
-    lp, lq = ref.log_softmax(-1), other.log_softmax(-1)
-    p = lp.exp()
-    kl = (p * (lp - lq)).sum(-1)
-    tv = 0.5 * (p - lq.exp()).abs().sum(-1)
-    return {"agreement": float((ref.argmax(-1) == other.argmax(-1)).double().mean()),
-            "kl": float(kl.clamp_min(0).mean()), "tv": float(tv.mean())}
+    return [collate([data[j] for j in order[i: i + batch_size]], pad) for i in range(0, len(order), batch_size)], order
 
 
 def relative_drift(model: nn.Module, base_state: dict[str, torch.Tensor], blocks: Blocks) -> dict[str, float]:
@@ -134,38 +107,21 @@ def relative_drift(model: nn.Module, base_state: dict[str, torch.Tensor], blocks
     return out
 
 
-@torch.no_grad()
 def revert_test(model: nn.Module, base_state: dict[str, torch.Tensor], blocks: Blocks, tokenizer,
                 probe_texts: Sequence[str], max_length: int, ks: Sequence[int],
                 dev_texts: Sequence[str] | None = None, dev_labels: Sequence[int] | None = None) -> list[dict]:
-    """For each ``k`` in ``ks``: the model with embeddings + ``k`` bottom blocks reverted to ``base_state``.
-
-    Returns one dict per ``k``: ``k``, probe ``agreement``/``kl``/``tv`` against the unreverted model,
-    and where labels are given ``dev_accuracy`` (reverted), ``dev_accuracy_tuned`` and dev
-    agreement/kl. The model's weights are restored before returning (also on error).
-    """
-    ref_probe = logits(model, tokenizer, probe_texts, max_length)
-    ref_dev = logits(model, tokenizer, dev_texts, max_length) if dev_texts is not None else None
-    params = dict(model.named_parameters())
-    rows = []
-    for k in ks:
-        names = parameter_names(model, bottom_prefix(blocks, k, embeddings=True), blocks)
-        saved = {n: params[n].detach().clone() for n in names}
-        try:
-            for n in names:
-                params[n].copy_(base_state[n])
-            row = {"k": int(k), **output_divergence(ref_probe, logits(model, tokenizer, probe_texts, max_length))}
-            if ref_dev is not None and dev_labels is not None:
-                z = logits(model, tokenizer, dev_texts, max_length)
-                y = torch.as_tensor(list(dev_labels))
-                d = output_divergence(ref_dev, z)
-                row.update(dev_accuracy=float((z.argmax(-1) == y).double().mean()),
-                           dev_accuracy_tuned=float((ref_dev.argmax(-1) == y).double().mean()),
-                           dev_agreement=d["agreement"], dev_kl=d["kl"])
-        finally:
-            for n in names:
-                params[n].copy_(saved[n])
-        rows.append(row)
+    """:func:`layerprobe.freezing.revert.revert_test` on the probe texts (label-free) and, where given, on a
+    labelled dev set: one dict per ``k`` with probe ``agreement``/``kl``/``tv`` and ``dev_accuracy``,
+    ``dev_accuracy_tuned``, ``dev_agreement``, ``dev_kl``."""
+    probe, _ = batches_of(tokenizer, probe_texts, max_length)
+    rows = [{k: v for k, v in r.items() if k != "freeze"}
+            for r in lp_revert(model, base_state, probe, ks=list(ks), blocks=blocks)]
+    if dev_texts is not None and dev_labels is not None:
+        dev, order = batches_of(tokenizer, dev_texts, max_length)
+        y = torch.as_tensor([int(dev_labels[i]) for i in order])
+        for row, d in zip(rows, lp_revert(model, base_state, dev, ks=list(ks), labels=y, blocks=blocks)):
+            row.update(dev_accuracy=d["accuracy"], dev_accuracy_tuned=d["accuracy_tuned"],
+                       dev_agreement=d["agreement"], dev_kl=d["kl"])
     return rows
 
 

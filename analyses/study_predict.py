@@ -158,6 +158,10 @@ def run_features(cmp_entries: list[dict] | None, measures: dict | None, linprobe
             feats["cka_abs"] = {k: _prefix_max(ch, k) for k in KS}
             rel = _relative(ch)
             feats["cka_rel"] = {k: _prefix_max(rel, k) for k in KS}
+    if cmp_entries and not early and not (measures or {}).get("drift") and \
+            all(e.get("weight_drift") is not None for e in cmp_entries):
+        rel = _relative({e["name"]: float(e["weight_drift"]) for e in cmp_entries})  # the comparison's drift
+        feats["drift_rel"] = {k: _prefix_max(rel, k) for k in KS}
     if measures:
         src = measures
         if early:
@@ -231,9 +235,9 @@ def study_table(runs: pd.DataFrame, chosen_lr: dict[str, float], read: Callable[
         for _, r in full.iterrows():
             row = r.to_dict()
             cmp = read(side_file(row, "comparison.json"))
-            meas = read(side_file(row, "measures.json"))
-            if meas is None:
-                continue  # a full run without the predictor measurements (older than the six-task study)
+            meas = read(side_file(row, "measures.json"))  # None for runs older than the six-task study
+            if meas is None and cmp is None:
+                continue
             steps = int(r.steps)
             end = run_features(cmp["blocks"] if cmp else None, meas, lin, steps)
             traj_path = side_file(row, "trajectory.csv")
@@ -245,7 +249,7 @@ def study_table(runs: pd.DataFrame, chosen_lr: dict[str, float], read: Callable[
                 if pick:
                     at = tr[tr.step == pick[-1]]
                     early_entries = [{"name": x.block, "cka": x.cka_to_start} for x in at.itertuples()]
-            early = run_features(early_entries, meas, None, steps, early=True)
+            early = run_features(early_entries, meas, None, steps, early=True) if meas is not None else {}
             for when, feats in (("end", end), ("early", early)):
                 for cand, xs in feats.items():
                     for k, x in xs.items():
@@ -411,5 +415,13 @@ def export_predictor(outcomes: pd.DataFrame, feats: pd.DataFrame, scores: pd.Dat
                       "interval": [fit.lo, fit.hi], "fit_on": tasks, "label_free": cand in LABEL_FREE,
                       "loto": {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                for k, v in row.items() if k != "candidate"}})
+    best = next((p for p in preds if p["loto"]), None)
+    validated = best is not None and best["loto"].get("tasks", 0) >= 3
+    meets = validated and best["loto"]["tasks_ge_985"] == best["loto"]["tasks"] and \
+        best["loto"]["mean_rel_acc"] >= 0.99
     return {"schema": 1, "target": "accuracy loss 1 - acc(prefix frozen from step 0) / acc(full fine-tuning)",
-            "tolerance_default": TAU, "fit_on": tasks, "predictors": preds}
+            "tolerance_default": TAU, "fit_on": tasks, "validated": bool(validated),
+            # the prediction decides by default only once its best library candidate met the static-advice
+            # target (>= 98.5% of full on every held-out task, >= 99% on average) leave-one-task-out
+            "default_rule": "predictor" if meets else "cka",
+            "validation": best["loto"] if best else None, "predictors": preds}

@@ -41,8 +41,8 @@ for p in (ROOT, HERE):
 
 from freeze_study import BUDGETS, LR_GRID, N_BLOCKS, SMOKE_BUDGETS, SMOKE_LR_GRID, _clean, config_name  # noqa: E402
 
-from layerprobe._atomic import atomic_write_text  # noqa: E402
-from layerprobe.recommend import Thresholds, recommend  # noqa: E402
+from layerprobe.freezing.rule import Thresholds, recommend  # noqa: E402
+from layerprobe.io.outputs import atomic_write_text  # noqa: E402
 
 TARGET_REL_ACC = 0.99
 TARGET_REGRET = 0.05

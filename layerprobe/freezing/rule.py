@@ -74,6 +74,13 @@ class Recommendation:
     basis: str
     est_compute_saving: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: one row per bottom prefix (``layerprobe.freezing.predict``): entries frozen, predicted accuracy relative
+    #: to full fine-tuning with its interval, compute and memory saved, within the tolerance or not
+    candidates: list[dict] = field(default_factory=list)
+    #: the accuracy loss accepted (None: the CKA rule decided; the candidates are shown for information)
+    tolerance: float | None = None
+    #: the fitted predictor behind the candidates: name, tasks fit on, whether it was validated leave-one-task-out
+    predictor: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,7 +161,9 @@ def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
     return x, other_params
 
 
-def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_params: int = 0) -> Recommendation:
+def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_params: int = 0,
+              tolerance: float | None = None, revert: list[dict] | None = None,
+              step_cost: list[float] | None = None) -> Recommendation:
     """Advise a frozen bottom prefix from per-entry measurements.
 
     Args:
@@ -165,6 +174,13 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
         thresholds: the rule's knobs (defaults: :class:`Thresholds`).
         other_params: parameters outside the entries (pooler, head): they always train and
             count in the denominator of ``frozen_param_fraction``.
+        tolerance: the accuracy loss accepted (0.01: keep 99% of full fine-tuning). Given, the advice is the
+            largest bottom prefix whose predicted loss, and every smaller prefix's, is within it
+            (:mod:`layerprobe.freezing.predict`); None: the shipped predictor decides at its default
+            tolerance when it was validated on held-out tasks, else the CKA rule (``thresholds``) does.
+            Either way ``candidates`` lists every prefix's prediction.
+        revert: rows of a revert test (:func:`layerprobe.freezing.revert.revert_test`), the strongest input.
+        step_cost: share of a training step's compute per entry, for the compute saved per prefix.
 
     Returns:
         :class:`Recommendation`.
@@ -207,6 +223,12 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
         else:
             stopped = True
             reasons[e["name"]] = f"train: {why}"
+    cands, decided = _predicted(entries, tolerance, revert, step_cost, t, basis)
+    if decided is not None:
+        freeze, reasons, extra = decided
+        notes += extra
+    elif cands.get("notes"):
+        notes += cands["notes"]
     train = [e["name"] for e in entries if e["name"] not in freeze]
     total = sum(int(e["n_params"]) for e in entries) + int(other_params)
     frozen = sum(int(e["n_params"]) for e in entries if e["name"] in freeze)
@@ -221,4 +243,51 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
         basis=basis,
         est_compute_saving=(2 / 3) * frozen_block_params / block_params if block_params else 0.0,
         notes=notes,
+        candidates=cands.get("rows", []),
+        tolerance=cands.get("tolerance"),
+        predictor=cands.get("predictor"),
     )
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] | None,
+               step_cost: list[float] | None, t: Thresholds, basis: str) -> tuple[dict, tuple | None]:
+    """The per-prefix predictions and, when the prediction decides, ``(freeze, reasons, notes)``."""
+    from layerprobe.freezing import predict as pr
+
+    meta = pr.shipped_meta()
+    decide = tolerance is not None or bool(meta.get("default_rule") == "predictor")
+    tol = float(tolerance) if tolerance is not None else float(meta.get("tolerance_default", 0.01))
+    preds, advised, used = pr.predict_prefixes(entries, tol, revert, step_cost, t.min_train_blocks)
+    if used is None:
+        out: dict = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": None}
+        if tolerance is not None:
+            return out, ([], {e["name"]: "train: no measurement to predict the cost of freezing from"
+                              for e in entries}, ["no CKA, weight drift or revert test to predict from: nothing frozen"])
+        return out, None
+    info = {"name": used.name, "fit_on": list(used.fit_on), "validated": bool(meta.get("validated")),
+            "label_free": used.label_free}
+    out = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": info}
+    if not decide:
+        out["notes"] = [f"predicted accuracies are preliminary ({used.name}, fit on {', '.join(used.fit_on)}, not "
+                        "validated on held-out tasks): the CKA rule decided; pass a tolerance to follow them"]
+        return out, None
+    freeze = list(preds[advised].freeze) if advised >= 0 else []
+    reasons = {}
+    for k, p in enumerate(preds):
+        name = p.freeze[-1]
+        what = (f"predicted {_pct(p.predicted_rel_acc)} [{_pct(p.interval[0])}, {_pct(p.interval[1])}] of full "
+                f"fine-tuning with the prefix up to here frozen ({used.name})")
+        if k <= advised:
+            reasons[name] = f"freeze: {what} >= {_pct(1 - tol)}"
+        elif k == advised + 1:  # the first prefix over the tolerance: the advice stops below it
+            reasons[name] = f"train: {what} < {_pct(1 - tol)}"
+        else:
+            reasons[name] = "train: above a block that must train"
+    for e in entries:
+        reasons.setdefault(e["name"], "train: at least "
+                           f"{t.min_train_blocks} block(s) always train" if e["kind"] == "block" else "train")
+    return out, (freeze, reasons, [])

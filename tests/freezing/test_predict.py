@@ -1,0 +1,136 @@
+"""Predicting what freezing each bottom prefix costs: features, the shipped predictors, the advice."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from layerprobe.errors import LayerProbeError
+from layerprobe.freezing import predict as pr
+
+CKA = [1.0, 0.999, 0.99, 0.9, 0.5]
+DRIFT = [0.002, 0.01, 0.01, 0.02, 0.04]
+
+
+def _entries(cka=CKA, drift=DRIFT, ci=None):
+    out = [{"name": "embeddings", "kind": "embeddings", "cka": cka[0], "weight_drift": drift[0], "n_params": 1000}]
+    out += [{"name": f"block.{i}", "kind": "block", "cka": c, "weight_drift": d, "n_params": 100}
+            for i, (c, d) in enumerate(zip(cka[1:], drift[1:]))]
+    if ci is not None:
+        for e, (lo, hi) in zip(out, ci):
+            e["cka_ci"] = [lo, hi]
+    return out
+
+
+def test_features_are_prefix_maxima_on_the_pessimistic_end():
+    # block.1's lower bound 0.98 is the pessimistic end; a lower bound above the point is not used
+    ci = [(1.0, 1.0), (0.9995, 0.9999), (0.98, 0.995), (0.95, 0.92), (0.45, 0.55)]
+    f = pr.prefix_features(_entries(ci=ci))
+    assert f["cka_abs"] == pytest.approx([0.0, 0.001, 0.02, 0.1, 0.55])
+    assert f["cka_rel"] == pytest.approx([0.0, 0.001 / 0.55, 0.02 / 0.55, 0.1 / 0.55, 1.0])
+    assert f["drift_rel"] == pytest.approx([0.05, 0.25, 0.25, 0.5, 1.0])
+    assert "revert_kl" not in f
+    rev = [{"k": k, "kl": 0.001 * k, "agreement": 1 - 0.01 * k} for k in range(5)]
+    f = pr.prefix_features(_entries(), rev)
+    assert f["revert_kl"] == pytest.approx([0.0, 0.001, 0.002, 0.003, 0.004])
+    assert f["revert_disagree"] == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04])
+    # an incomplete revert test is not used; weights-only entries give drift alone
+    assert "revert_kl" not in pr.prefix_features(_entries(), rev[:3])
+    weights_only = [{k: v for k, v in e.items() if k != "cka"} for e in _entries()]
+    assert set(pr.prefix_features(weights_only)) == {"drift_rel"}
+
+
+LINEAR = pr.Predictor("cka_rel", (0.0, 1.0), (0.0, 0.1), (-0.005, 0.01), ("rt", "bbc"))
+
+
+def test_advice_is_the_largest_prefix_within_tolerance_with_every_smaller_one():
+    preds, advised, used = pr.predict_prefixes(_entries(), tolerance=0.01, predictor=LINEAR)
+    assert used is LINEAR
+    # cka_rel per prefix 0, 0.002, 0.02, 0.2 (block.3 must train: min_train_blocks=1)
+    assert [p.freeze[-1] for p in preds] == ["embeddings", "block.0", "block.1", "block.2"]
+    assert [round(p.predicted_rel_acc, 6) for p in preds] == [1.0, 0.9998, 0.998, 0.98]
+    assert preds[2].interval == pytest.approx([0.998 - 0.01, 0.998 + 0.005])
+    assert [p.within_tolerance for p in preds] == [True, True, True, False]
+    assert advised == 2
+    assert pr.predict_prefixes(_entries(), tolerance=0.05, predictor=LINEAR)[1] == 3
+    assert pr.predict_prefixes(_entries(), tolerance=0.0, predictor=LINEAR)[1] == 0
+    # a prefix above one that fails is never advised
+    bumpy = pr.Predictor("cka_rel", (0.0, 0.001, 0.01, 1.0), (0.0, 0.05, 0.0, 0.0), (0.0, 0.0), ("x",))
+    assert pr.predict_prefixes(_entries(), predictor=bumpy)[1] == 0
+
+
+def test_savings_memory_and_compute():
+    preds, _, _ = pr.predict_prefixes(_entries(), predictor=LINEAR)
+    # 12 bytes (gradient + AdamW moments) per frozen fp32 parameter
+    assert preds[0].memory_saved_mb == pytest.approx(1000 * 12 / 2 ** 20)
+    assert preds[2].memory_saved_mb == pytest.approx(1200 * 12 / 2 ** 20)
+    # default step cost: blocks by parameter count, the embedding lookup ~free
+    assert [p.compute_saved for p in preds] == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    cost = [0.05, 0.2, 0.2, 0.2, 0.2]
+    preds, _, _ = pr.predict_prefixes(_entries(), predictor=LINEAR, step_cost=cost)
+    assert [p.compute_saved for p in preds] == pytest.approx([0.05, 0.25, 0.45, 0.65])
+    with pytest.raises(LayerProbeError, match="step_cost has 2 values for 5 entries"):
+        pr.predict_prefixes(_entries(), predictor=LINEAR, step_cost=[0.1, 0.2])
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.0, math.nan, "0.01", True, None])
+def test_tolerance_is_checked(bad):
+    with pytest.raises(LayerProbeError, match="tolerance must be a number in"):
+        pr.predict_prefixes(_entries(), tolerance=bad, predictor=LINEAR)
+
+
+def test_nothing_to_predict_from_advises_nothing():
+    entries = [{"name": e["name"], "kind": e["kind"], "n_params": e["n_params"]} for e in _entries()]
+    preds, advised, used = pr.predict_prefixes(entries)
+    assert used is None and advised == -1
+    assert all(math.isnan(p.predicted_rel_acc) and p.basis == "none" for p in preds)
+    with pytest.raises(LayerProbeError, match="'revert_kl' predictor needs measurements"):
+        pr.predict_prefixes(_entries(), predictor=pr.Predictor("revert_kl", (0.0,), (0.0,), (0.0, 0.0), ("x",)))
+
+
+def test_the_shipped_ranking_picks_the_best_available(tmp_path, monkeypatch):
+    path = tmp_path / "predictor.json"
+    path.write_text(json.dumps({"schema": 1, "fit_on": ["a", "b", "c"], "predictors": [
+        {"name": "revert_kl", "xs": [0, 1], "ys": [0, 0.2], "interval": [-0.01, 0.01], "fit_on": ["a", "b", "c"]},
+        {"name": "drift_rel", "xs": [0, 1], "ys": [0, 0.1], "interval": [-0.01, 0.01], "fit_on": ["a", "b"]}]}))
+    monkeypatch.setattr(pr, "PREDICTOR_FILE", str(path))
+    pr._shipped.cache_clear()
+    try:
+        assert pr.default_predictor(pr.prefix_features(_entries())).name == "drift_rel"
+        rev = [{"k": k, "kl": 0.0, "agreement": 1.0} for k in range(5)]
+        p = pr.default_predictor(pr.prefix_features(_entries(), rev))
+        assert p.name == "revert_kl" and p.fit_on == ("a", "b", "c")
+    finally:
+        pr._shipped.cache_clear()
+
+
+def test_the_shipped_file_loads_and_is_monotone():
+    preds, meta = pr._shipped()
+    assert preds and meta["fit_on"]
+    for p in preds:
+        assert len(p.xs) == len(p.ys) >= 1
+        assert all(b >= a for a, b in zip(p.xs, p.xs[1:])) and all(b >= a for a, b in zip(p.ys, p.ys[1:]))
+        assert p.interval[0] <= 0 <= p.interval[1] or p.interval[0] <= p.interval[1]
+        assert set(p.fit_on) <= set(meta["fit_on"])
+
+
+def test_recommend_follows_the_prediction_when_a_tolerance_is_given(monkeypatch):
+    from layerprobe.freezing.rule import Thresholds, recommend
+
+    monkeypatch.setattr(pr, "default_predictor", lambda feats: LINEAR)
+    r = recommend(_entries(), tolerance=0.01)
+    assert r.freeze == ["embeddings", "block.0", "block.1"] and r.train == ["block.2", "block.3"]
+    assert r.tolerance == 0.01 and r.predictor["name"] == "cka_rel" and r.predictor["fit_on"] == ["rt", "bbc"]
+    assert r.reasons["block.1"].startswith("freeze: predicted 99.8% [98.8%, 100.3%] of full fine-tuning")
+    assert r.reasons["block.2"].startswith("train: predicted 98.0%") and r.reasons["block.2"].endswith("< 99.0%")
+    assert r.reasons["block.3"] == "train: at least 1 block(s) always train"
+    assert [c["freeze"][-1] for c in r.candidates] == ["embeddings", "block.0", "block.1", "block.2"]
+    assert r.candidates[1]["predicted_rel_acc"] == pytest.approx(0.9998)
+    # without a tolerance the CKA rule decides (the shipped fit is preliminary) and the candidates inform
+    r = recommend(_entries(), Thresholds(min_cka=0.95))
+    assert r.freeze == ["embeddings", "block.0", "block.1"] and r.tolerance is None
+    assert len(r.candidates) == 4 and any("preliminary" in n for n in r.notes)
+    # a tolerance of 5% follows the prediction further than the rule
+    assert recommend(_entries(), tolerance=0.05).freeze == ["embeddings", "block.0", "block.1", "block.2"]
