@@ -117,7 +117,7 @@ print("the bottom half, for comparison:", bottom_prefix(find_blocks(fresh), 3))
 # ## 7. Plot (from the saved result only)
 
 # %%
-from layerprobe.plots import plot_blocks
+from layerprobe.results.plots import plot_blocks
 
 print("wrote", plot_blocks(result.to_dict(), os.path.join(OUT, "blocks.png"),
                            title=f"MiniLM-L6 on Rotten Tomatoes (accuracy {acc0:.2f} → {acc1:.2f})"))

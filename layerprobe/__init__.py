@@ -17,7 +17,7 @@ from layerprobe._version import __version__
 _LAZY = {
     "BlockRef": "layerprobe.model.blocks", "Blocks": "layerprobe.model.blocks", "find_blocks": "layerprobe.model.blocks",
     "capture": "layerprobe.model.capture",
-    "Comparison": "layerprobe.result",
+    "Comparison": "layerprobe.results.comparison",
     "compare": "layerprobe.compare",
     "LayerProbeError": "layerprobe.errors",
     "freeze": "layerprobe.freezing.apply", "parameter_names": "layerprobe.freezing.apply", "unfreeze": "layerprobe.freezing.apply",
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from layerprobe.model.blocks import BlockRef, Blocks, find_blocks  # noqa: F401
     from layerprobe.model.capture import capture  # noqa: F401
     from layerprobe.options import CKAOptions, ProbeOptions  # noqa: F401
-    from layerprobe.result import Comparison  # noqa: F401
+    from layerprobe.results.comparison import Comparison  # noqa: F401
     from layerprobe.snapshot.take import Snapshot, take_snapshot  # noqa: F401
     from layerprobe.sources import load_hf_model  # noqa: F401
     from layerprobe.tracker import Tracker  # noqa: F401

@@ -189,7 +189,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from layerprobe.compare import compare
     from layerprobe.freezing.rule import Thresholds
     from layerprobe.io.outputs import atomic_write_text, ensure_writable_dir
-    from layerprobe.report import render, to_csv
+    from layerprobe.results.render import render, to_csv
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size", "n_boot")
     _not_ignored(args)
@@ -233,7 +233,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     text = render(result, args.format)
     if args.out:
         from layerprobe.io.outputs import atomic_output_dir
-        from layerprobe.plots import plot_blocks
+        from layerprobe.results.plots import plot_blocks
 
         with atomic_output_dir(args.out) as out:  # the files appear together, or not at all
             atomic_write_text(os.path.join(out, "comparison.json"), result.to_json())
@@ -242,8 +242,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               result.groups_frame().to_csv(**CSV_OPTIONS))
             plot_blocks(result.to_dict(), os.path.join(out, "blocks.png"))
             if result.cross_layer is not None:
-                from layerprobe.plots import plot_cross_layer
-                from layerprobe.report import cross_layer_csv
+                from layerprobe.results.plots import plot_cross_layer
+                from layerprobe.results.render import cross_layer_csv
 
                 atomic_write_text(os.path.join(out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
                 plot_cross_layer(result.to_dict(), os.path.join(out, "cross_layer.png"))
@@ -257,7 +257,7 @@ _OUT_FILES = ("comparison.json", "comparison.csv", "groups.csv", "blocks.png", "
 
 
 def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
-    from layerprobe.report import render
+    from layerprobe.results.render import render
     from layerprobe.series import compare_series
 
     if not args.out:
@@ -288,7 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_plot_trajectory(args: argparse.Namespace) -> int:
     from layerprobe.io.outputs import ensure_writable_dir
-    from layerprobe.trajectory_plot import plot_trajectory, read_trajectory
+    from layerprobe.results.trajectory import plot_trajectory, read_trajectory
 
     if args.output is not None:
         from layerprobe.io.outputs import check_not_an_input, check_output_file

@@ -41,7 +41,7 @@ from layerprobe.metrics.cka import (
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
 from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, merge
-from layerprobe.result import Comparison, _nan_to_none  # noqa: F401
+from layerprobe.results.comparison import Comparison, _nan_to_none  # noqa: F401
 from layerprobe.snapshot.take import Snapshot
 
 # re-exported: these lived here before the split (sources.py resolves sides, result.py holds the result)

@@ -61,9 +61,9 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
 def _run_demo(out_dir: str, cfg: DemoConfig, progress: bool, log: Callable[[str], Any]) -> dict[str, Any]:
     from layerprobe.compare import compare
     from layerprobe.options import CSV_OPTIONS
-    from layerprobe.plots import plot_blocks
-    from layerprobe.report import render, to_csv
-    from layerprobe.schema import SCHEMA_VERSION
+    from layerprobe.results.plots import plot_blocks
+    from layerprobe.results.render import render, to_csv
+    from layerprobe.results.schema import SCHEMA_VERSION
     from layerprobe.snapshot.take import take_snapshot
     from layerprobe.train import TrainConfig, evaluate, fine_tune
 

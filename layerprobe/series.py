@@ -190,7 +190,7 @@ def write_series(rows: list[dict], final: Any, out: str | os.PathLike, title: st
     import pandas as pd
 
     from layerprobe.io.outputs import atomic_output_dir, atomic_write_text
-    from layerprobe.trajectory_plot import plot_trajectory
+    from layerprobe.results.trajectory import plot_trajectory
 
     out = os.path.abspath(os.fspath(out))
     names = [TRAJECTORY_FILE, "comparison.json", "trajectory.png"]

@@ -219,7 +219,7 @@ def test_groups_carry_ranks_and_rank_param(snaps, tmp_path, capsys):
     c = compare(a, b, ci=False)
     g = c.blocks[-1]["groups"]["attn.q"]
     assert g["rank90"] >= 1 and g["stable_rank"] >= 1.0 and g["rank_param"].endswith("query.weight")
-    from layerprobe.report import render
+    from layerprobe.results.render import render
 
     g["weight_drift"] = 10.0  # make it the most-moved group: the table shows it with its rank
     assert f"attn.q (rank90 {g['rank90']})" in render(c, "table")
@@ -259,7 +259,7 @@ def test_cli_flags_no_ci_and_estimator(snaps, tmp_path, capsys):
 
 
 def test_plot_cross_layer_from_dict_only(tmp_path):
-    from layerprobe.plots import plot_cross_layer
+    from layerprobe.results.plots import plot_cross_layer
 
     d = {"cross_layer": {"names": ["e", "b0"], "base_vs_tuned": [[1.0, 0.5], [0.4, None]],
                          "base": [[1.0, 0.3], [0.3, 1.0]], "tuned": [[1.0, 0.2], [0.2, 1.0]]}}

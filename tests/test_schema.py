@@ -11,7 +11,8 @@ import random
 import pytest
 
 from conftest import WORDS, tiny_bert
-from layerprobe import compare, schema
+from layerprobe import compare
+from layerprobe.results import schema
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "comparison.json")
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "json.md")
@@ -82,4 +83,4 @@ def test_docs_page_is_generated_from_the_schema():
     start, end = "<!-- generated from the schema: start -->\n", "<!-- generated from the schema: end -->"
     assert start in page and end in page
     assert page.split(start, 1)[1].split(end, 1)[0] == schema.markdown(), (
-        "docs/json.md is out of date: paste layerprobe.schema.markdown() between the markers")
+        "docs/json.md is out of date: paste layerprobe.results.schema.markdown() between the markers")

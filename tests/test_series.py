@@ -87,7 +87,7 @@ def test_step_from_name_state_or_position(tmp_path):
 
 
 def test_series_output_appears_together_or_not_at_all(run, tmp_path, monkeypatch):
-    import layerprobe.trajectory_plot as tp
+    import layerprobe.results.trajectory as tp
 
     out = tmp_path / "out"
     out.mkdir()

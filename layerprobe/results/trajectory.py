@@ -64,7 +64,7 @@ def plot_trajectory(df: pd.DataFrame, path: str | os.PathLike, title: str | None
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from layerprobe.plots import save_figure
+    from layerprobe.results.plots import save_figure
 
     order = list(dict.fromkeys(df["block"]))
     palette = dict(zip(order, sns.color_palette("viridis_r", len(order))))

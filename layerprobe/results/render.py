@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from layerprobe.options import CSV_OPTIONS, FORMATS
-from layerprobe.result import Comparison, entry_rows
+from layerprobe.results.comparison import Comparison, entry_rows
 
 __all__ = ["FORMATS", "HEADER", "advice_text", "cross_layer_csv", "render", "to_csv", "to_markdown", "to_table"]
 

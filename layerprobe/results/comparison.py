@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from layerprobe.freezing.rule import Recommendation
-from layerprobe.schema import SCHEMA_VERSION
+from layerprobe.results.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:  # pandas is imported when a frame is asked for
     import pandas as pd
@@ -106,7 +106,7 @@ class Comparison:
 
     def __repr__(self) -> str:
         """The readable table and the advice (what ``layerprobe compare`` prints), not a field dump."""
-        from layerprobe.report import to_table
+        from layerprobe.results.render import to_table
 
         return to_table(self).rstrip("\n")
 
@@ -114,7 +114,7 @@ class Comparison:
         """Jupyter: the table as HTML, then the advice and its reasons."""
         import html
 
-        from layerprobe.report import HEADER, _rows, advice_text
+        from layerprobe.results.render import HEADER, _rows, advice_text
 
         head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _rows(self))
