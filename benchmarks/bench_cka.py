@@ -226,7 +226,7 @@ def run_snapshot(n_texts: int, reps: int, batch_size: int = 32) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     from layerprobe import take_snapshot
-    from layerprobe.corpora import load_rotten_tomatoes
+    from layerprobe.demo.corpora import load_rotten_tomatoes
     from layerprobe.model.batching import collate, encode, pad_id
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))

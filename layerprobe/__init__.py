@@ -18,21 +18,22 @@ _LAZY = {
     "BlockRef": "layerprobe.model.blocks", "Blocks": "layerprobe.model.blocks", "find_blocks": "layerprobe.model.blocks",
     "capture": "layerprobe.model.capture",
     "Comparison": "layerprobe.results.comparison",
-    "compare": "layerprobe.compare",
+    "compare": "layerprobe.comparison.compare",
     "LayerProbeError": "layerprobe.errors",
     "freeze": "layerprobe.freezing.apply", "parameter_names": "layerprobe.freezing.apply", "unfreeze": "layerprobe.freezing.apply",
     "Recommendation": "layerprobe.freezing.rule", "Thresholds": "layerprobe.freezing.rule", "recommend": "layerprobe.freezing.rule",
     "Snapshot": "layerprobe.snapshot.take", "take_snapshot": "layerprobe.snapshot.take",
     "ProbeOptions": "layerprobe.options", "CKAOptions": "layerprobe.options",
-    "load_hf_model": "layerprobe.sources",
-    "FreezePolicy": "layerprobe.freezing.policy", "AutoFreezePolicy": "layerprobe.freezing.policy", "Tracker": "layerprobe.tracker",
+    "load_hf_model": "layerprobe.comparison.sides",
+    "FreezePolicy": "layerprobe.freezing.policy", "AutoFreezePolicy": "layerprobe.freezing.policy", "Tracker": "layerprobe.tracking.tracker",
     "LayerProbeCallback": "layerprobe.integrations.hf", "PrefixCache": "layerprobe.freezing.prefix_cache",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from layerprobe.compare import compare  # noqa: F401
+    from layerprobe.comparison.compare import compare  # noqa: F401
+    from layerprobe.comparison.sides import load_hf_model  # noqa: F401
     from layerprobe.errors import LayerProbeError  # noqa: F401
     from layerprobe.freezing.apply import freeze, parameter_names, unfreeze  # noqa: F401
     from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
@@ -44,8 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from layerprobe.options import CKAOptions, ProbeOptions  # noqa: F401
     from layerprobe.results.comparison import Comparison  # noqa: F401
     from layerprobe.snapshot.take import Snapshot, take_snapshot  # noqa: F401
-    from layerprobe.sources import load_hf_model  # noqa: F401
-    from layerprobe.tracker import Tracker  # noqa: F401
+    from layerprobe.tracking.tracker import Tracker  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

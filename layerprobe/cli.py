@@ -153,10 +153,10 @@ def _probe_options(args: argparse.Namespace) -> ProbeOptions:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from layerprobe.comparison.sides import load_hf_model
     from layerprobe.io.outputs import ensure_writable_dir
     from layerprobe.io.probe_files import read_probe_texts
     from layerprobe.snapshot.take import take_snapshot
-    from layerprobe.sources import load_hf_model
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
     _not_ignored(args)
@@ -186,7 +186,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from layerprobe.compare import compare
+    from layerprobe.comparison.compare import compare
     from layerprobe.freezing.rule import Thresholds
     from layerprobe.io.outputs import atomic_write_text, ensure_writable_dir
     from layerprobe.results.render import render, to_csv
@@ -207,8 +207,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_not_an_input([os.path.join(args.out, n) for n in _OUT_FILES],
                            [*args.inputs, args.probe, args.weights_a, args.weights_b])
         ensure_writable_dir(args.out)  # fail before any work
-    from layerprobe.series import expand_inputs
-    from layerprobe.sources import resolve_device
+    from layerprobe.comparison.series import expand_inputs
+    from layerprobe.comparison.sides import resolve_device
 
     resolve_device(args.device)  # an absent device fails before any work
 
@@ -257,8 +257,8 @@ _OUT_FILES = ("comparison.json", "comparison.csv", "groups.csv", "blocks.png", "
 
 
 def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
+    from layerprobe.comparison.series import compare_series
     from layerprobe.results.render import render
-    from layerprobe.series import compare_series
 
     if not args.out:
         raise LayerProbeError(f"a series of {len(inputs)} inputs writes trajectory.csv: give --out DIR")
@@ -275,7 +275,7 @@ def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from layerprobe.demo import DemoConfig, run_demo
+    from layerprobe.demo.run import DemoConfig, run_demo
 
     _positive(args, "train_size", "probe_size", "test_size", "epochs", "lr")
     if args.out == "":

@@ -87,7 +87,7 @@ class CKAOptions:
         estimator: ``"linear"`` (default; the freeze thresholds are calibrated for it),
             ``"debiased"`` (unbiased HSIC₁) or ``"rbf"`` (median bandwidth).
         ci: bootstrap interval per entry; ``None`` = on for linear CKA with at most
-            :data:`~layerprobe.compare.CI_AUTO_MAX_ROWS` representation rows.
+            :data:`~layerprobe.comparison.compare.CI_AUTO_MAX_ROWS` representation rows.
         n_boot, ci_level, seed: bootstrap resamples, coverage and seed.
         cross_layer: also the every-entry-vs-every-entry linear CKA maps.
 

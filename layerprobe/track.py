@@ -1,6 +1,6 @@
 """Backward-compatible home of the tracking API (moved).
 
-:class:`~layerprobe.tracker.Tracker` lives in :mod:`layerprobe.tracker`, the freeze policies in
+:class:`~layerprobe.tracking.tracker.Tracker` lives in :mod:`layerprobe.tracking.tracker`, the freeze policies in
 :mod:`layerprobe.freezing.policy` and the Trainer callback in :mod:`layerprobe.integrations.hf`; this module
 re-exports them (``LayerProbeCallback`` lazily, so importing it does not import the Trainer).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
-from layerprobe.tracker import (
+from layerprobe.tracking.tracker import (
     COLUMNS,
     DEFAULT_EVERY_N_STEPS,
     DEFAULT_MAX_LENGTH,

@@ -14,8 +14,8 @@ from layerprobe import LayerProbeCallback, Thresholds, Tracker
 from layerprobe.model.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.policy import LOG_COLUMNS, AutoFreezePolicy
-from layerprobe.tracker import FREEZE_LOG_CSV, TRAJECTORY_CSV
-from layerprobe.train import TrainConfig, fine_tune
+from layerprobe.tracking.tracker import FREEZE_LOG_CSV, TRAJECTORY_CSV
+from layerprobe.demo.train import TrainConfig, fine_tune
 
 NAMES = ["embeddings", "block.0", "block.1", "block.2", "block.3"]
 

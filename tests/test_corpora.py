@@ -1,4 +1,4 @@
-"""Tests for layerprobe.corpora against the real shipped data."""
+"""Tests for layerprobe.demo.corpora against the real shipped data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerprobe import corpora
+from layerprobe.demo import corpora
 from layerprobe.errors import LayerProbeError
 
 

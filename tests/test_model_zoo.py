@@ -28,8 +28,8 @@ from layerprobe.model.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.apply import bottom_prefix, freeze
 from layerprobe.freezing.prefix_cache import PrefixCache, PrefixCacheOffWarning
-from layerprobe.tracker import FREEZE_LOG_CSV, TRAJECTORY_CSV
-from layerprobe.train import TrainConfig, train_loop
+from layerprobe.tracking.tracker import FREEZE_LOG_CSV, TRAJECTORY_CSV
+from layerprobe.demo.train import TrainConfig, train_loop
 
 V = 40  # = len(make_tokenizer()): one tokenizer fits every model
 EOS = 3  # [SEP]: T5 and BART classify at the end-of-sequence token, which every example must hold

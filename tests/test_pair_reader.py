@@ -11,7 +11,7 @@ from conftest import tiny_bert
 from safetensors.torch import save_file
 
 from layerprobe.io.checkpoints import SafetensorsSource, open_checkpoint
-from layerprobe.compare import compare
+from layerprobe.comparison.compare import compare
 from layerprobe.errors import LayerProbeError
 from layerprobe.metrics import drift as drift_mod
 from layerprobe.io.pair_reader import PairReader, _Ring

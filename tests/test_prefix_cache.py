@@ -12,7 +12,7 @@ from layerprobe.model.blocks import find_blocks
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.apply import bottom_prefix, freeze
 from layerprobe.freezing.prefix_cache import PrefixCache, PrefixCacheOffWarning
-from layerprobe.train import TrainConfig, train_loop
+from layerprobe.demo.train import TrainConfig, train_loop
 
 V = 40
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_bert
 from layerprobe import LayerProbeCallback, Tracker
 from layerprobe.errors import LayerProbeError
-from layerprobe.tracker import (FREEZE_LOG_CSV, MIN_CHECKS, MIN_PROBE_TEXTS, probe_passes, probe_plan,
+from layerprobe.tracking.tracker import (FREEZE_LOG_CSV, MIN_CHECKS, MIN_PROBE_TEXTS, probe_passes, probe_plan,
                                 probe_texts_within)
 
 

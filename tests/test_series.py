@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_bert
 
 from layerprobe.cli import main
-from layerprobe.series import SERIES_COLUMNS, checkpoint_step
+from layerprobe.comparison.series import SERIES_COLUMNS, checkpoint_step
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from conftest import tiny_bert
 from layerprobe import LayerProbeCallback, LayerProbeError, Tracker
 from layerprobe.cli import main
 from layerprobe.track import COLUMNS, FREEZE_LOG_CSV, TRAJECTORY_CSV, FreezePolicy
-from layerprobe.train import TrainConfig, fine_tune
+from layerprobe.demo.train import TrainConfig, fine_tune
 
 NAMES = ["embeddings", "block.0", "block.1", "block.2", "block.3"]
 
@@ -187,7 +187,7 @@ def test_real_minilm_trainer_callback_auto_freeze_and_cache(tmp_path):
     from layerprobe.freezing.policy import AutoFreezePolicy
     from layerprobe.freezing.prefix_cache import PrefixCache
     from layerprobe.freezing.rule import Thresholds
-    from layerprobe.shipped import default_model_path, load_classifier, load_rotten_tomatoes, sample
+    from layerprobe.demo.shipped import default_model_path, load_classifier, load_rotten_tomatoes, sample
 
     df = sample(load_rotten_tomatoes(), 40, seed=0)
     model, tok = load_classifier(default_model_path(), 2, seed=0)

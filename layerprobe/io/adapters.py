@@ -166,9 +166,9 @@ def _base_path(path: str, cfg: dict, base: Any) -> str:
 def resolve_adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, tokenizer: Any,
                          kw: dict, label: str | None, *, device: str | None = None,
                          dtype: str | None = None) -> Any:
-    """A :class:`~layerprobe.sources.Side` for an adapter directory over its base model."""
+    """A :class:`~layerprobe.comparison.sides.Side` for an adapter directory over its base model."""
+    from layerprobe.comparison.sides import Side, WeightTable, load_hf_model, resolve_side
     from layerprobe.io.checkpoints import open_checkpoint
-    from layerprobe.sources import Side, WeightTable, load_hf_model, resolve_side
 
     cfg, modules = read_adapter(path)
     base_dir = _base_path(path, cfg, base)

@@ -1,4 +1,4 @@
-"""Render a :class:`~layerprobe.compare.Comparison` as a table, Markdown, CSV or JSON."""
+"""Render a :class:`~layerprobe.comparison.compare.Comparison` as a table, Markdown, CSV or JSON."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def model_weights(model: nn.Module, blocks: Blocks) -> dict[str, dict[str, torch
 
     Wrappers are seen through (:func:`~layerprobe.model.unwrap.effective_parameters`: a LoRA weight is
     base + update, an FSDP2 shard is gathered); parameters that a loader initialised because they
-    were not in the files (:data:`~layerprobe.sources.NOT_IN_FILES`) are left out.
+    were not in the files (:data:`~layerprobe.comparison.sides.NOT_IN_FILES`) are left out.
     """
     from layerprobe.model.unwrap import effective_parameters
 

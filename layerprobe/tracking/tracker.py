@@ -2,7 +2,7 @@
 
 :class:`Tracker` is the engine, usable from any loop: ``start()`` before the first optimizer step,
 then ``maybe_record(step)`` (or ``on_step(step, model)``, the signature of
-``layerprobe.train.fine_tune(..., on_step=[...])``) after each step. Every ``every_n_steps`` steps
+``layerprobe.demo.train.fine_tune(..., on_step=[...])``) after each step. Every ``every_n_steps`` steps
 it runs a small probe set once through the model (:func:`layerprobe.snapshot.take.run_probe`, which
 captures every entry in one forward pass, in eval mode with no grad, and restores the train mode)
 and records, per entry (embeddings and each block, names as in ``compare``):

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# the shipped model and data live in shipped.py; re-exported here for older callers
+from layerprobe.demo.shipped import default_model_path, load_classifier, rotten_tomatoes_splits
 from layerprobe.errors import LayerProbeError
 from layerprobe.io.outputs import atomic_output_dir, atomic_write_text, ensure_writable_dir
-
-# the shipped model and data live in shipped.py; re-exported here for older callers
-from layerprobe.shipped import default_model_path, load_classifier, rotten_tomatoes_splits
 
 
 @dataclass(frozen=True)
@@ -59,13 +58,13 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
 
 
 def _run_demo(out_dir: str, cfg: DemoConfig, progress: bool, log: Callable[[str], Any]) -> dict[str, Any]:
-    from layerprobe.compare import compare
+    from layerprobe.comparison.compare import compare
+    from layerprobe.demo.train import TrainConfig, evaluate, fine_tune
     from layerprobe.options import CSV_OPTIONS
     from layerprobe.results.plots import plot_blocks
     from layerprobe.results.render import render, to_csv
     from layerprobe.results.schema import SCHEMA_VERSION
     from layerprobe.snapshot.take import take_snapshot
-    from layerprobe.train import TrainConfig, evaluate, fine_tune
 
     t0 = time.perf_counter()
     train, test, probe = split_rotten_tomatoes(cfg)

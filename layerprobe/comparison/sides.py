@@ -313,7 +313,7 @@ def resolve_side(
 
 
 def _add_progress(side: Side, path: str) -> None:
-    from layerprobe.series import run_progress
+    from layerprobe.comparison.series import run_progress
 
     progress = run_progress(path)
     if progress is not None:

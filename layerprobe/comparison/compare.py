@@ -24,6 +24,18 @@ from typing import Any
 import torch
 
 from layerprobe._version import __version__
+
+# re-exported: these lived here before the split (sources.py resolves sides, result.py holds the result)
+from layerprobe.comparison.sides import (  # noqa: F401
+    Side,
+    WeightTable,
+    _check_bin_weights,
+    _load_hf_dir,
+    _refuse_remote_code,
+    _side_from_snapshot,
+    read_probe,
+    resolve_side,
+)
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.rule import Thresholds, recommend
 from layerprobe.io.checkpoints import check_finite
@@ -43,18 +55,6 @@ from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, merge
 from layerprobe.results.comparison import Comparison, _nan_to_none  # noqa: F401
 from layerprobe.snapshot.take import Snapshot
-
-# re-exported: these lived here before the split (sources.py resolves sides, result.py holds the result)
-from layerprobe.sources import (  # noqa: F401
-    Side,
-    WeightTable,
-    _check_bin_weights,
-    _load_hf_dir,
-    _refuse_remote_code,
-    _side_from_snapshot,
-    read_probe,
-    resolve_side,
-)
 
 __all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "compare", "compare_sides",
            "weight_stats"]
@@ -481,7 +481,7 @@ def compare_sides(
         if got:
             meta[key] = got
     if "progress" in meta and "b" in meta["progress"]:
-        from layerprobe.series import progress_text
+        from layerprobe.comparison.series import progress_text
 
         rec.notes.append(f"tuned side: {progress_text(meta['progress']['b'])}")
     return Comparison(entries, rec, meta, other, xmap)

@@ -137,10 +137,10 @@ def compare_series(
     Returns:
         ``(final Comparison, trajectory rows)``; rows have :data:`SERIES_COLUMNS`.
     """
-    from layerprobe.compare import compare_sides
+    from layerprobe.comparison.compare import compare_sides
+    from layerprobe.comparison.sides import read_probe, resolve_side
     from layerprobe.metrics.cka import linear_cka
     from layerprobe.options import CKAOptions
-    from layerprobe.sources import read_probe, resolve_side
 
     paths = expand_inputs(list(inputs))
     if len(paths) < 2:

