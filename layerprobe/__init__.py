@@ -24,7 +24,7 @@ _LAZY = {
     "Recommendation": "layerprobe.freezing.rule", "Thresholds": "layerprobe.freezing.rule", "recommend": "layerprobe.freezing.rule",
     "Snapshot": "layerprobe.snapshot.take", "take_snapshot": "layerprobe.snapshot.take",
     "ProbeOptions": "layerprobe.options", "CKAOptions": "layerprobe.options",
-    "load_hf_model": "layerprobe.comparison.sides",
+    "load_hf_model": "layerprobe.io.hf_model",
     "FreezePolicy": "layerprobe.freezing.policy", "AutoFreezePolicy": "layerprobe.freezing.policy", "Tracker": "layerprobe.tracking.tracker",
     "LayerProbeCallback": "layerprobe.integrations.hf", "PrefixCache": "layerprobe.freezing.prefix_cache",
 }
@@ -33,13 +33,13 @@ __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from layerprobe.comparison.compare import compare  # noqa: F401
-    from layerprobe.comparison.sides import load_hf_model  # noqa: F401
     from layerprobe.errors import LayerProbeError  # noqa: F401
     from layerprobe.freezing.apply import freeze, parameter_names, unfreeze  # noqa: F401
     from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy  # noqa: F401
     from layerprobe.freezing.prefix_cache import PrefixCache  # noqa: F401
     from layerprobe.freezing.rule import Recommendation, Thresholds, recommend  # noqa: F401
     from layerprobe.integrations.hf import LayerProbeCallback  # noqa: F401
+    from layerprobe.io.hf_model import load_hf_model  # noqa: F401
     from layerprobe.model.blocks import BlockRef, Blocks, find_blocks  # noqa: F401
     from layerprobe.model.capture import capture  # noqa: F401
     from layerprobe.options import CKAOptions, ProbeOptions  # noqa: F401

@@ -153,7 +153,7 @@ def _probe_options(args: argparse.Namespace) -> ProbeOptions:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from layerprobe.comparison.sides import load_hf_model
+    from layerprobe.io.hf_model import load_hf_model
     from layerprobe.io.outputs import ensure_writable_dir
     from layerprobe.io.probe_files import read_probe_texts
     from layerprobe.snapshot.take import take_snapshot
@@ -208,7 +208,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            [*args.inputs, args.probe, args.weights_a, args.weights_b])
         ensure_writable_dir(args.out)  # fail before any work
     from layerprobe.comparison.series import expand_inputs
-    from layerprobe.comparison.sides import resolve_device
+    from layerprobe.io.hf_model import resolve_device
 
     resolve_device(args.device)  # an absent device fails before any work
 
@@ -307,7 +307,8 @@ def cmd_plot_trajectory(args: argparse.Namespace) -> int:
 def cmd_freeze_list(args: argparse.Namespace) -> int:
 
     from layerprobe.freezing.apply import parameter_names
-    from layerprobe.io.files import check_model_dir, load_json
+    from layerprobe.io.files import load_json
+    from layerprobe.io.model_dir import build_meta_model, check_model_dir, model_class
     from layerprobe.io.outputs import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
 
     if args.output is not None:
@@ -321,21 +322,9 @@ def cmd_freeze_list(args: argparse.Namespace) -> int:
                               args.comparison) from None
     if not isinstance(advice, list) or not all(isinstance(n, str) for n in advice):
         raise LayerProbeError("recommendation.freeze is not a list of entry names", args.comparison)
-    check_model_dir(args.model, weights=False)  # the one guard: no custom code, a model class of transformers
-    import torch
-    import transformers
-
-    from layerprobe.io.model_dir import architecture_class
-
-    try:  # names only: build the saved architecture (with its head) on the meta device, no weights
-        config = transformers.AutoConfig.from_pretrained(args.model, trust_remote_code=False)
-        cls = architecture_class(config)
-        with torch.device("meta"):
-            model = cls(config) if cls is not transformers.AutoModel else transformers.AutoModel.from_config(config)
-    except LayerProbeError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LayerProbeError(f"cannot load the model config: {str(exc).splitlines()[0]}", args.model) from None
+    cfg = check_model_dir(args.model, weights=False)  # the one guard: no custom code, a model class of transformers
+    # names only: the saved architecture (with its head) on the meta device, no weights
+    model = build_meta_model(args.model, model_class(cfg, os.path.join(args.model, "config.json")))
     try:
         names = parameter_names(model, advice)
     except LayerProbeError as err:  # the comparison was made on another model: name the comparison

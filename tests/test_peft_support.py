@@ -65,3 +65,28 @@ def test_snapshot_of_a_peft_model_has_plain_names(adapter, texts, tokenizer):
 def test_lora_update_norm_reference():
     a, b = torch.randn(3, 7, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     assert lora_update_norm(a, b, 2.0) == pytest.approx(float(torch.linalg.norm(2.0 * b @ a)), rel=1e-12)
+
+
+def test_adapter_tokenizer_larger_than_the_base_embeddings_is_refused_in_one_line(adapter, tmp_path, capsys):
+    """The adapter directory's own tokenizer goes through the one checked loader (it used to be read
+    directly, and ids past the base model's 64-row embedding table crashed with IndexError)."""
+    import shutil
+
+    from transformers import BertTokenizerFast
+
+    from conftest import WORDS
+    from layerprobe.cli import main
+
+    base_dir, adapter_dir, _ = adapter
+    own = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, own)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"x{i}" for i in range(70)), *WORDS]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(own)
+    probe = tmp_path / "p.txt"
+    probe.write_text("good movie\na very long plot\n")
+    expected = f"the tokenizer has {len(vocab)} tokens but the model's embedding table has 64 rows"
+    with pytest.raises(lp.LayerProbeError, match=expected):
+        lp.compare(str(base_dir), str(own), probe=str(probe))
+    rc = main(["compare", str(base_dir), str(own), "--probe", str(probe), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and expected in err and str(own) in err

@@ -24,18 +24,7 @@ from typing import Any
 import torch
 
 from layerprobe._version import __version__
-
-# re-exported: these lived here before the split (sources.py resolves sides, result.py holds the result)
-from layerprobe.comparison.sides import (  # noqa: F401
-    Side,
-    WeightTable,
-    _check_bin_weights,
-    _load_hf_dir,
-    _refuse_remote_code,
-    _side_from_snapshot,
-    read_probe,
-    resolve_side,
-)
+from layerprobe.comparison.sides import Side, WeightTable, read_probe, resolve_side
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.rule import Thresholds, recommend
 from layerprobe.io.checkpoints import check_finite
@@ -53,7 +42,7 @@ from layerprobe.metrics.cka import (
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
 from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, merge
-from layerprobe.results.comparison import Comparison, _nan_to_none  # noqa: F401
+from layerprobe.results.comparison import Comparison
 from layerprobe.snapshot.take import Snapshot
 
 __all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "compare", "compare_sides",
@@ -481,7 +470,7 @@ def compare_sides(
         if got:
             meta[key] = got
     if "progress" in meta and "b" in meta["progress"]:
-        from layerprobe.comparison.series import progress_text
+        from layerprobe.io.trainer_state import progress_text
 
         rec.notes.append(f"tuned side: {progress_text(meta['progress']['b'])}")
     return Comparison(entries, rec, meta, other, xmap)

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from layerprobe.io.outputs import atomic_write  # noqa: E402
-from layerprobe.results.comparison import entry_rows  # noqa: E402
+from layerprobe.results.rows import entry_rows  # noqa: E402
 
 
 def blocks_frame(result: dict) -> pd.DataFrame:

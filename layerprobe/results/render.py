@@ -1,13 +1,18 @@
-"""Render a :class:`~layerprobe.comparison.compare.Comparison` as a table, Markdown, CSV or JSON."""
+"""Render a :class:`~layerprobe.results.comparison.Comparison` as a table, Markdown, CSV or JSON."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from layerprobe.options import CSV_OPTIONS, FORMATS
-from layerprobe.results.comparison import Comparison, entry_rows
+from layerprobe.results.rows import entry_rows
 
-__all__ = ["FORMATS", "HEADER", "advice_text", "cross_layer_csv", "render", "to_csv", "to_markdown", "to_table"]
+if TYPE_CHECKING:
+    from layerprobe.results.comparison import Comparison
+
+__all__ = ["FORMATS", "HEADER", "advice_text", "cross_layer_csv", "render", "table_rows", "to_csv", "to_markdown",
+           "to_table"]
 
 
 def _num(x: object, fmt: str) -> str:
@@ -16,7 +21,8 @@ def _num(x: object, fmt: str) -> str:
     return format(x, fmt)
 
 
-def _rows(c: Comparison) -> list[list[str]]:
+def table_rows(c: Comparison) -> list[list[str]]:
+    """The text table's cells, one list per entry (columns: :data:`HEADER`)."""
     rows = []
     for r in entry_rows(c.blocks, c.recommendation.freeze):
         cka = _num(r["cka"], ".4f")
@@ -36,7 +42,7 @@ HEADER = ["entry", "CKA", "drift", "cosine", "params", "most-moved group", "advi
 
 def to_table(c: Comparison) -> str:
     """A plain-text table followed by the advice and its reasons."""
-    rows = [HEADER, *_rows(c)]
+    rows = [HEADER, *table_rows(c)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -70,7 +76,7 @@ def advice_text(c: Comparison) -> str:
 
 
 def to_markdown(c: Comparison) -> str:
-    rows = [HEADER, *_rows(c)]
+    rows = [HEADER, *table_rows(c)]
     lines = ["| " + " | ".join(r) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("---" for _ in HEADER) + "|")
     return "\n".join(lines) + "\n\n" + "\n".join(f"> {line}" if line else ">" for line in advice_text(c).splitlines()) + "\n"

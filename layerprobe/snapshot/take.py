@@ -144,7 +144,7 @@ def model_weights(model: nn.Module, blocks: Blocks) -> dict[str, dict[str, torch
 
     Wrappers are seen through (:func:`~layerprobe.model.unwrap.effective_parameters`: a LoRA weight is
     base + update, an FSDP2 shard is gathered); parameters that a loader initialised because they
-    were not in the files (:data:`~layerprobe.comparison.sides.NOT_IN_FILES`) are left out.
+    were not in the files (:data:`~layerprobe.io.hf_model.NOT_IN_FILES`) are left out.
     """
     from layerprobe.model.unwrap import effective_parameters
 
@@ -296,7 +296,7 @@ def take_snapshot(
     if texts is not None:
         if tokenizer is None:
             raise LayerProbeError("a tokenizer is needed to run the probe texts")
-        from layerprobe.io.files import fit_max_length
+        from layerprobe.io.tokenizer import fit_max_length
 
         fitted = fit_max_length(model, max_length)  # an explicit length past the positions is refused
         examples, fp = tokenize_probe(tokenizer, texts, max_length)
