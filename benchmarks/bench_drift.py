@@ -97,8 +97,8 @@ def run_case(kind: str, pa: str, pb: str) -> dict:
     import torch
 
     compare_mod = importlib.import_module("layerprobe.comparison.compare")
-    from layerprobe import pair_reader
     from layerprobe.comparison.sides import Side, WeightTable
+    from layerprobe.io import pair_reader
     from layerprobe.io.checkpoints import check_finite, open_checkpoint
     from layerprobe.metrics import drift as drift_mod
     from layerprobe.metrics.drift import DriftAccumulator

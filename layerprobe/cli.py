@@ -17,7 +17,10 @@ from typing import Any, NoReturn
 
 from layerprobe._version import __version__
 from layerprobe.errors import LayerProbeError
-from layerprobe.options import CSV_OPTIONS, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
+from layerprobe.options import CSV_OPTIONS, DEFAULT_MAX_LENGTH, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
+
+__all__ = ["COMMANDS", "build_parser", "cmd_compare", "cmd_demo", "cmd_freeze_list", "cmd_plot_trajectory",
+           "cmd_snapshot", "entry", "main", "printable"]
 
 
 def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
@@ -25,7 +28,7 @@ def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
                    help="probe texts: CSV, TSV, JSONL, TXT (one per line) or a saved datasets directory")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--max-examples", type=int, default=None, metavar="N", help="use the first N probe examples")
-    p.add_argument("--max-length", type=int, default=None, metavar="L", help="truncate to L tokens (default 128)")
+    p.add_argument("--max-length", type=int, default=None, metavar="L", help=f"truncate to L tokens (default {DEFAULT_MAX_LENGTH})")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="mean over real tokens (default), first token, last real token, or all tokens")
     p.add_argument("--max-tokens", type=int, default=None, metavar="K",

@@ -14,7 +14,8 @@ from typing import Any
 
 from layerprobe.errors import LayerProbeError
 
-__all__ = ["CKAOptions", "ProbeOptions", "POOLINGS", "ESTIMATORS", "FORMATS", "CSV_OPTIONS"]
+__all__ = ["CKAOptions", "ProbeOptions", "POOLINGS", "ESTIMATORS", "FORMATS", "CSV_OPTIONS", "DEFAULT_BATCH_SIZE",
+           "DEFAULT_MAX_LENGTH", "DEFAULT_POOLING", "TRAINING_MAX_LENGTH", "merge"]
 
 #: ``pooling=`` choices: mean over real tokens, first token, last real token, every token
 POOLINGS = ("mean", "first", "last", "tokens")
@@ -25,9 +26,13 @@ FORMATS = ("table", "json", "csv", "markdown")
 #: how every CSV layerprobe writes is formatted (``DataFrame.to_csv(**CSV_OPTIONS)``)
 CSV_OPTIONS: Mapping[str, Any] = {"index": False, "float_format": "%.10g", "lineterminator": "\n"}
 
+#: the defaults, defined here only
 DEFAULT_POOLING = "mean"
+#: truncation of probe texts for a snapshot or a comparison (capped to a model with fewer positions)
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 32
+#: truncation of texts during training: the tracker's probe, the demo's training and evaluation
+TRAINING_MAX_LENGTH = 64
 
 
 @dataclass(frozen=True)

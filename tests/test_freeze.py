@@ -12,7 +12,7 @@ from conftest import tiny_bert
 from layerprobe import LayerProbeError, find_blocks, freeze, parameter_names, unfreeze
 from layerprobe.cli import main
 from layerprobe.freezing.apply import bottom_prefix, trainable_parameters
-from layerprobe.track import FreezePolicy
+from layerprobe import FreezePolicy
 
 
 def _count(m, prefix):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerprobe.metrics import _gram, linear_cka, streaming
+from layerprobe.metrics import gram, linear_cka, streaming
 from layerprobe.metrics import maps as maps_mod
 from layerprobe.metrics.cka import cka_maps, cka_matrix
 
@@ -31,8 +31,8 @@ def reps(seed, n, widths, offset=0.0):
 @pytest.mark.parametrize("n", [40, 700])
 def test_maps_equal_reference_in_both_forms(monkeypatch, force, n):
     # tiny blocks so that the Gram form really runs blockwise (several block pairs)
-    monkeypatch.setattr(_gram, "MIN_BLOCK", 16)
-    monkeypatch.setattr(_gram, "BLOCK_BYTES", 8 * 5 * 200**2)
+    monkeypatch.setattr(gram, "MIN_BLOCK", 16)
+    monkeypatch.setattr(gram, "BLOCK_BYTES", 8 * 5 * 200**2)
     real = maps_mod._inner
     monkeypatch.setattr(maps_mod, "_inner", lambda z, offs, ranges: real(z, offs, ranges, form=force))
     xs, ys = reps(n, n, (8, 20, 14), offset=50.0), reps(n + 1, n, (9, 5))
@@ -48,18 +48,18 @@ def test_maps_equal_reference_in_both_forms(monkeypatch, force, n):
 
 def test_gram_blocks_cover_rows_and_respect_memory():
     for n, m in [(5, 2), (1000, 2), (4000, 26), (20000, 26)]:
-        blocks = _gram._blocks(n, m)
+        blocks = gram.row_blocks(n, m)
         assert blocks[0][0] == 0 and blocks[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
         side = max(e - s for s, e in blocks)
-        assert m * side * side * 8 <= _gram.BLOCK_BYTES or side == _gram.MIN_BLOCK or len(blocks) == 1
+        assert m * side * side * 8 <= gram.BLOCK_BYTES or side == gram.MIN_BLOCK or len(blocks) == 1
 
 
 def test_map_form_follows_map_cost():
     """MiniLM-like 7×7 map at n = 512, d = 384: the Gram form (the single-pair rule would have
     picked the feature form since n > d)."""
     calls = []
-    real = _gram.gram_inner
+    real = gram.gram_inner
     maps_mod.gram_inner = lambda ops: calls.append(len(ops)) or real(ops)
     try:
         xs = [torch.randn(512, 384) for _ in range(7)]

@@ -12,7 +12,9 @@ import torch
 from conftest import tiny_bert
 from layerprobe import LayerProbeCallback, LayerProbeError, Tracker
 from layerprobe.cli import main
-from layerprobe.track import COLUMNS, FREEZE_LOG_CSV, TRAJECTORY_CSV, FreezePolicy
+from layerprobe import FreezePolicy
+from layerprobe.results.trajectory import COLUMNS, TRAJECTORY_CSV
+from layerprobe.tracking.tracker import FREEZE_LOG_CSV
 from layerprobe.demo.train import TrainConfig, fine_tune
 
 NAMES = ["embeddings", "block.0", "block.1", "block.2", "block.3"]

@@ -29,7 +29,6 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.rule import Thresholds, recommend
 from layerprobe.io.checkpoints import check_finite
 from layerprobe.io.pair_reader import PairReader
-from layerprobe.metrics._core import column_range, constant_columns
 from layerprobe.metrics.cka import (
     CKASubsampleWarning,
     CKAUndefinedWarning,
@@ -39,6 +38,7 @@ from layerprobe.metrics.cka import (
     linear_cka,
     rbf_cka,
 )
+from layerprobe.metrics.core import column_range, constant_columns
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
 from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, merge

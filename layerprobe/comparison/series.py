@@ -21,12 +21,13 @@ from typing import Any
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.io.trainer_state import run_progress
+from layerprobe.results.trajectory import REQUIRED, SERIES_FILE
 
 __all__ = ["SERIES_COLUMNS", "TRAJECTORY_FILE", "checkpoint_step", "compare_series", "expand_inputs",
            "series_csv", "write_series"]
 
-SERIES_COLUMNS = ("step", "block", "cka_to_start", "cka_to_previous", "weight_drift")
-TRAJECTORY_FILE = "trajectory.csv"
+SERIES_COLUMNS = REQUIRED  # a series has exactly the columns every trajectory file has
+TRAJECTORY_FILE = SERIES_FILE
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 

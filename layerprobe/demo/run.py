@@ -18,6 +18,9 @@ from typing import Any
 from layerprobe.demo.shipped import default_model_path, load_classifier, rotten_tomatoes_splits
 from layerprobe.errors import LayerProbeError
 from layerprobe.io.outputs import atomic_output_dir, atomic_write_text, ensure_writable_dir
+from layerprobe.options import TRAINING_MAX_LENGTH
+
+__all__ = ["DemoConfig", "run_demo", "split_rotten_tomatoes"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class DemoConfig:
     epochs: float = 1.0
     lr: float = 5e-5
     batch_size: int = 32
-    max_length: int = 64
+    max_length: int = TRAINING_MAX_LENGTH
     seed: int = 0
 
 

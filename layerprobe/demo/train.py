@@ -19,6 +19,10 @@ from tqdm.auto import tqdm
 
 from layerprobe.freezing.apply import trainable_parameters
 from layerprobe.model.batching import collate, encode, pad_id
+from layerprobe.options import TRAINING_MAX_LENGTH
+
+__all__ = ["TrainConfig", "evaluate", "fine_tune", "lr_factor", "peak_rss_mb", "predict", "schedule_steps",
+           "seed_everything", "train_loop"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class TrainConfig:
     epochs: float = 1.0
     lr: float = 5e-5
     batch_size: int = 32
-    max_length: int = 64
+    max_length: int = TRAINING_MAX_LENGTH
     warmup: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0
@@ -187,7 +191,7 @@ def fine_tune(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int = 64, batch_size: int = 64,
+def predict(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int = TRAINING_MAX_LENGTH, batch_size: int = 64,
             progress: bool = False) -> np.ndarray:
     """Predicted class per text (eval mode; restores the model's mode)."""
     was = model.training
@@ -204,7 +208,7 @@ def predict(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int =
     return preds
 
 
-def evaluate(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int = 64,
+def evaluate(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int = TRAINING_MAX_LENGTH,
              batch_size: int = 64, progress: bool = False) -> float:
     """Accuracy on ``texts``."""
     preds = predict(model, tokenizer, texts, max_length, batch_size, progress)

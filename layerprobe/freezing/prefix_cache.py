@@ -66,7 +66,7 @@ import torch
 from torch import nn
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.model.blocks import Blocks, _find_stack, block_modules, find_blocks
+from layerprobe.model.blocks import Blocks, block_modules, find_blocks, find_stack
 
 __all__ = ["PrefixCache", "PrefixCacheOffWarning"]
 
@@ -158,7 +158,7 @@ def _encoder_decoder_refusal(model: nn.Module, blocks: Blocks, first_block: nn.M
     if isinstance(encoder, nn.Module):
         path = next((n for n, m in model.named_modules() if m is encoder), None)
         try:
-            stack, _ = _find_stack(encoder)
+            stack, _ = find_stack(encoder)
         except LayerProbeError:
             stack = ""
         if path is not None and stack:

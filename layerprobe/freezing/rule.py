@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+__all__ = ["Recommendation", "Thresholds", "recommend", "top_change"]
+
 
 @dataclass(frozen=True)
 class Thresholds:

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
 from layerprobe.model.blocks import Blocks
+from layerprobe.options import DEFAULT_POOLING
 from layerprobe.tracking.tracker import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_PROBE_SHARE,
@@ -79,7 +80,7 @@ class LayerProbeCallback(TrainerCallback):
     """
 
     def __init__(self, tokenizer=None, probe_texts: Sequence[str] = (), every_n_steps: int | None = None,
-                 max_length: int = DEFAULT_MAX_LENGTH, pooling: str = "mean", blocks: Blocks | None = None,
+                 max_length: int = DEFAULT_MAX_LENGTH, pooling: str = DEFAULT_POOLING, blocks: Blocks | None = None,
                  batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
                  filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
                  settle: float | None = None, patience: int | None = None, cache: bool = True,

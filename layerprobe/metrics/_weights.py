@@ -9,6 +9,8 @@ import torch
 
 from layerprobe.errors import LayerProbeError
 
+__all__ = []
+
 
 def _as_tensor(t, name: str) -> torch.Tensor:
     if isinstance(t, torch.Tensor):

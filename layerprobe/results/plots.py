@@ -7,6 +7,8 @@ from typing import Any
 
 import matplotlib
 
+__all__ = ["blocks_frame", "plot_blocks", "plot_cross_layer", "save_figure"]
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import os
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from layerprobe.errors import LayerProbeError
 
+if TYPE_CHECKING:  # pandas and numpy are imported when a file is read or drawn
+    import pandas as pd
+
+__all__ = ["COLUMNS", "REQUIRED", "SERIES_FILE", "TRAJECTORY_CSV", "plot_trajectory", "read_trajectory"]
+
+#: the file a training run's tracker writes (``LayerProbeCallback`` / ``Tracker.write_csv``)
+TRAJECTORY_CSV = "layerprobe_trajectory.csv"
+#: the file ``layerprobe compare BASE CKPT1 CKPT2 ... --out DIR`` writes
+SERIES_FILE = "trajectory.csv"
+#: the columns every trajectory file has (a checkpoint series has exactly these)
 REQUIRED = ("step", "block", "cka_to_start", "cka_to_previous", "weight_drift")
+#: the columns of a tracked run's trajectory, in order
+COLUMNS = (
+    "step", "block", "cka_to_start", "cka_to_previous", "change", "weight_drift", "frozen",
+    "track_seconds", "track_seconds_total", "lr_sum",
+)
 
 
 def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
@@ -18,7 +31,8 @@ def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
     Raises:
         LayerProbeError: no such file, unreadable, missing columns or no rows.
     """
-    from layerprobe.track import TRAJECTORY_CSV
+    import numpy as np
+    import pandas as pd
 
     path = os.fspath(path)
     if os.path.isdir(path):

@@ -62,7 +62,8 @@ from layerprobe.metrics.cka import linear_cka
 from layerprobe.metrics.drift import DriftAccumulator
 from layerprobe.model.batching import pad_id
 from layerprobe.model.blocks import Blocks, find_blocks
-from layerprobe.options import CSV_OPTIONS, ProbeOptions
+from layerprobe.options import CSV_OPTIONS, DEFAULT_POOLING, TRAINING_MAX_LENGTH, ProbeOptions
+from layerprobe.results.trajectory import COLUMNS, TRAJECTORY_CSV
 from layerprobe.snapshot.take import run_probe, tokenize_probe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,20 +85,14 @@ __all__ = [
 ]
 
 
-TRAJECTORY_CSV = "layerprobe_trajectory.csv"
 FREEZE_LOG_CSV = "layerprobe_freeze_log.csv"
 
-#: Columns of the trajectory table, in order.
-COLUMNS = (
-    "step", "block", "cka_to_start", "cka_to_previous", "change", "weight_drift", "frozen",
-    "track_seconds", "track_seconds_total", "lr_sum",
-)
 
 #: Defaults chosen so that tracking costs ≤ 5% of training time on MiniLM-L6 with batch 32
 #: (benchmarks/bench_tracking.py): one check measured 0.54 of a training step, so every 50 steps ≈ 1.1%.
 DEFAULT_EVERY_N_STEPS = 50
 DEFAULT_PROBE_SIZE = 64
-DEFAULT_MAX_LENGTH = 64
+DEFAULT_MAX_LENGTH = TRAINING_MAX_LENGTH
 
 #: Share of a run's training compute the probe passes of an auto-freezing run may cost by default.
 DEFAULT_PROBE_SHARE = 0.05
@@ -196,7 +191,7 @@ class Tracker:
         probe_texts: Sequence[str],
         every_n_steps: int | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
-        pooling: str = "mean",
+        pooling: str = DEFAULT_POOLING,
         blocks: Blocks | None = None,
         batch_size: int = 64,
         freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,

@@ -1,20 +1,33 @@
 """Shared pieces of the CKA estimators: input conversion, validation, stable centring.
 
-Everything here is private to :mod:`layerprobe.metrics`; the public estimators live in
-:mod:`~layerprobe.metrics.linear`, :mod:`~layerprobe.metrics.rbf`,
+The estimators live in :mod:`~layerprobe.metrics.linear`, :mod:`~layerprobe.metrics.rbf`,
 :mod:`~layerprobe.metrics.streaming`, :mod:`~layerprobe.metrics.maps` and
-:mod:`~layerprobe.metrics.bootstrap`.
+:mod:`~layerprobe.metrics.bootstrap`. Outside the metrics only :data:`__all__` is used: the
+definition of a constant representation (:func:`column_range`, :func:`constant_columns`) and the
+centring (:func:`prepare`, for the benchmarks).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from layerprobe.errors import LayerProbeError
+
+__all__ = ["HIGHER_IS_MORE_SIMILAR", "CKASubsampleWarning", "CKAUndefinedWarning", "Matrix", "Weight", "Weights",
+           "column_range", "constant_columns", "prepare"]
+
+#: what the CKA functions take: ``(n, d)`` representations (rows: probe examples), a torch tensor or a
+#: numpy array of any float dtype on any device
+Matrix = torch.Tensor | np.ndarray
+#: one weight tensor of the drift functions (a tensor or an array)
+Weight = torch.Tensor | np.ndarray
+#: what the drift functions take: one weight, or a mapping (paired by name) or sequence (by position) of them
+Weights = Weight | Mapping[str, Weight] | Sequence[Weight]
 
 #: CKA is a similarity: higher means more alike (1 = unchanged).
 HIGHER_IS_MORE_SIMILAR = True

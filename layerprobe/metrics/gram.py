@@ -14,13 +14,16 @@ import math
 
 import torch
 
+__all__ = ["BLOCK_BYTES", "MIN_BLOCK", "gram_inner", "row_blocks"]
+
 #: Memory for the m Gram blocks of one block pair (float64).
 BLOCK_BYTES = 1 << 28
 #: Smallest block side worth cutting to (smaller products run below full speed).
 MIN_BLOCK = 256
 
 
-def _blocks(n: int, m: int) -> list[tuple[int, int]]:
+def row_blocks(n: int, m: int) -> list[tuple[int, int]]:
+    """Row ranges ``[(start, stop), ...]`` cutting n rows into blocks whose m Gram blocks fit :data:`BLOCK_BYTES`."""
     cap = max(1, int(math.sqrt(BLOCK_BYTES / 8 / max(m, 1))))
     side = min(cap, max(MIN_BLOCK, -(-n // 8)))
     count = -(-n // min(side, n))
@@ -44,7 +47,7 @@ def gram_inner(ops: list[torch.Tensor]) -> torch.Tensor:
     True
     """
     m, n = len(ops), ops[0].shape[0]
-    blocks = _blocks(n, m)
+    blocks = row_blocks(n, m)
     side = max(e - s for s, e in blocks)
     buf = torch.empty(m, side * side, dtype=torch.float64)
     g = torch.zeros(m, m, dtype=torch.float64)
