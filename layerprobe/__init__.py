@@ -6,10 +6,8 @@ The implementation lives in subpackages by stage (``docs/architecture.md``); the
 ``__all__`` lists are what other stages, the analyses and the benchmarks may use.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from layerprobe._version import __version__
 
@@ -60,7 +58,7 @@ _LAZY = {
     "ProbeOptions": "layerprobe.options", "CKAOptions": "layerprobe.options",
 }
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+if _typing.TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from layerprobe.comparison.compare import compare
     from layerprobe.errors import LayerProbeError
     from layerprobe.freezing.apply import freeze, parameter_names, unfreeze
@@ -77,11 +75,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from layerprobe.tracking.tracker import Tracker
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'layerprobe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -130,16 +130,54 @@ def test_unwritable_directory_by_access_check(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
-def test_ensure_writable_dir_read_only(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
+def _unprivileged(check):
+    """Run ``check()`` here, or as root (who writes anywhere) in a forked child that dropped to nobody."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        check()
+        return
+    import traceback
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no permission overrides, then the same assertions
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            check()
+        except BaseException:  # noqa: BLE001 - reported to the parent
+            os.write(w, traceback.format_exc().encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        report = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+
+
+def test_ensure_writable_dir_read_only():
+    """A read-only directory is refused before any work (as root too: checked as an unprivileged user)."""
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp()  # under /tmp, reachable by an unprivileged user
+    os.chmod(base, 0o755)
+    ro = os.path.join(base, "ro")
+    os.mkdir(ro)
+    os.chmod(ro, 0o555)
     try:
-        expect_error(lambda: ensure_writable_dir(ro), ro, "not writable")
-        expect_error(lambda: atomic_write_bytes(ro / "x", b""), ro, "not writable")
+        def check():
+            expect_error(lambda: ensure_writable_dir(ro), ro, "not writable")
+            expect_error(lambda: atomic_write_bytes(os.path.join(ro, "x"), b""), ro, "not writable")
+
+        _unprivileged(check)
+        assert os.listdir(ro) == []
     finally:
-        ro.chmod(0o700)
+        os.chmod(ro, 0o755)
+        shutil.rmtree(base)
 
 
 # ----------------------------------------------------------------------------- safe_torch_load

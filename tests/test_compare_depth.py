@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import tiny_bert
+from layerprobe.options import CKAOptions
 from layerprobe import compare, take_snapshot
 from layerprobe.cli import main
 from layerprobe.errors import LayerProbeError
@@ -57,8 +58,8 @@ def with_rep(snap, name, value):
 
 def test_ci_per_entry_deterministic_and_in_frame(snaps):
     a, b = snaps
-    c1 = compare(a, b, ci=True, n_boot=300, seed=3)
-    c2 = compare(a, b, ci=True, n_boot=300, seed=3)
+    c1 = compare(a, b, cka_options=CKAOptions(ci=True, n_boot=300, seed=3))
+    c2 = compare(a, b, cka_options=CKAOptions(ci=True, n_boot=300, seed=3))
     assert c1.to_json() == c2.to_json()  # seeded
     for e in c1.blocks:
         lo, hi = e["cka_ci"]
@@ -71,21 +72,21 @@ def test_ci_per_entry_deterministic_and_in_frame(snaps):
     d = json.loads(c1.to_json())
     assert d["meta"]["ci"]["n_boot"] == 300 and d["meta"]["ci"]["level"] == 0.95
     assert all(len(e["cka_ci"]) == 2 for e in d["blocks"])
-    c3 = compare(a, b, ci=True, n_boot=300, seed=4)
+    c3 = compare(a, b, cka_options=CKAOptions(ci=True, n_boot=300, seed=4))
     assert [e["cka_ci"] for e in c3.blocks] != [e["cka_ci"] for e in c1.blocks]
 
 
 def test_ci_defaults_on_for_small_probes_and_can_be_turned_off(snaps):
     a, b = snaps
-    assert all("cka_ci" in e for e in compare(a, b, n_boot=50).blocks)
-    off = compare(a, b, ci=False)
+    assert all("cka_ci" in e for e in compare(a, b, cka_options=CKAOptions(n_boot=50)).blocks)
+    off = compare(a, b, cka_options=CKAOptions(ci=False))
     assert all("cka_ci" not in e for e in off.blocks) and off.meta["ci"] is None
-    assert "cka_ci" not in compare(a, b, estimator="debiased").blocks[0]  # auto: linear only
+    assert "cka_ci" not in compare(a, b, cka_options=CKAOptions(estimator="debiased")).blocks[0]  # auto: linear only
 
 
 def test_ci_reason_uses_lower_bound(snaps):
     a, b = snaps
-    c = compare(a, b, ci=True, n_boot=200)
+    c = compare(a, b, cka_options=CKAOptions(ci=True, n_boot=200))
     frozen = c.recommendation.freeze
     assert frozen, "the untouched bottom entries should qualify"
     why = c.recommendation.reasons[frozen[0]]
@@ -96,7 +97,7 @@ def test_ci_reason_uses_lower_bound(snaps):
 
 def test_ci_only_for_linear(snaps):
     with pytest.raises(LayerProbeError, match="linear"):
-        compare(*snaps, estimator="rbf", ci=True)
+        compare(*snaps, cka_options=CKAOptions(estimator="rbf", ci=True))
 
 
 # ---------------------------------------------------------------- cross-layer maps
@@ -104,7 +105,7 @@ def test_ci_only_for_linear(snaps):
 
 def test_cross_layer_maps_match_independent_computation(snaps):
     a, b = snaps
-    c = compare(a, b, cross_layer=True, ci=False)
+    c = compare(a, b, cka_options=CKAOptions(cross_layer=True, ci=False))
     x = c.to_dict()["cross_layer"]
     assert x["names"] == NAMES and x["estimator"] == "linear"
     xa = [a.representations[n] for n in NAMES]
@@ -120,7 +121,7 @@ def test_cross_layer_maps_match_independent_computation(snaps):
     assert x["base_vs_tuned"][1][3] == pytest.approx(linear_cka(xa[1], xb[3]), abs=1e-12)
     assert not np.allclose(x["base"], x["tuned"])
     assert "cross_layer" in json.loads(c.to_json())
-    assert "cross_layer" not in compare(a, b, ci=False).to_dict()
+    assert "cross_layer" not in compare(a, b, cka_options=CKAOptions(ci=False)).to_dict()
 
 
 def test_cka_maps_equals_three_cka_matrix_calls():
@@ -136,7 +137,7 @@ def test_cka_maps_equals_three_cka_matrix_calls():
 
 
 def test_cross_layer_without_representations_is_a_note(bert):
-    c = compare(bert, bert, cross_layer=True)
+    c = compare(bert, bert, cka_options=CKAOptions(cross_layer=True))
     assert c.cross_layer is None and any("cross-layer" in n for n in c.recommendation.notes)
 
 
@@ -146,7 +147,7 @@ def test_cross_layer_without_representations_is_a_note(bert):
 def test_token_level_ci_resamples_examples_and_cross_layer_works(token_snaps):
     a, b = token_snaps
     assert a.token_examples is not None and a.representations["block.0"].shape[0] > len(set(a.token_examples.tolist()))
-    c = compare(a, b, ci=True, n_boot=200, cross_layer=True)
+    c = compare(a, b, cka_options=CKAOptions(ci=True, n_boot=200, cross_layer=True))
     assert c.meta["pooling"] == "tokens" and "token" in c.meta["ci"]["resample_unit"]
     e = c.blocks[-1]
     ra, rb = a.representations[e["name"]], b.representations[e["name"]]
@@ -165,7 +166,7 @@ def test_token_level_ci_resamples_examples_and_cross_layer_works(token_snaps):
 @pytest.mark.parametrize("name,fn", [("debiased", debiased_cka), ("rbf", rbf_cka), ("linear", linear_cka)])
 def test_estimators(snaps, name, fn):
     a, b = snaps
-    c = compare(a, b, estimator=name, ci=False)
+    c = compare(a, b, cka_options=CKAOptions(estimator=name, ci=False))
     assert c.meta["estimator"] == name == json.loads(c.to_json())["meta"]["estimator"]
     for e in c.blocks:
         assert e["cka"] == pytest.approx(fn(a.representations[e["name"]], b.representations[e["name"]]), abs=1e-12)
@@ -175,7 +176,7 @@ def test_estimators(snaps, name, fn):
 
 def test_unknown_estimator(snaps):
     with pytest.raises(LayerProbeError, match="unknown estimator"):
-        compare(*snaps, estimator="cosine")
+        compare(*snaps, cka_options=CKAOptions(estimator="cosine"))
 
 
 # ---------------------------------------------------------------- undefined cases
@@ -186,7 +187,7 @@ def test_undefined_entry_is_nan_with_warning_never_a_number(snaps, value, what):
     a, b = snaps
     bad = with_rep(b, "block.1", value)
     with pytest.warns(CKAUndefinedWarning, match=r"block\.1") as rec:
-        c = compare(a, bad, n_boot=50, cross_layer=True)
+        c = compare(a, bad, cka_options=CKAOptions(n_boot=50, cross_layer=True))
     assert any(what in str(w.message) for w in rec)
     e = c.blocks[2]
     assert e["name"] == "block.1" and math.isnan(e["cka"]) and what in e["cka_undefined"]
@@ -216,7 +217,7 @@ def test_cli_undefined_is_one_line_exit_2(snaps, tmp_path, capsys):
 
 def test_groups_carry_ranks_and_rank_param(snaps, tmp_path, capsys):
     a, b = snaps
-    c = compare(a, b, ci=False)
+    c = compare(a, b, cka_options=CKAOptions(ci=False))
     g = c.blocks[-1]["groups"]["attn.q"]
     assert g["rank90"] >= 1 and g["stable_rank"] >= 1.0 and g["rank_param"].endswith("query.weight")
     from layerprobe.results.render import render
@@ -294,10 +295,10 @@ def test_estimator_nan_is_named_never_silent(snaps):
         r[1:] = r[0]
         r[-1] += 1.0
     with pytest.warns(CKAUndefinedWarning, match=r"rbf CKA of block\.2 is undefined"):
-        c = compare(a2, b2, estimator="rbf")
+        c = compare(a2, b2, cka_options=CKAOptions(estimator="rbf"))
     assert math.isnan(c.blocks[3]["cka"]) and "block.2" in c.blocks[3]["cka_undefined"]
     with pytest.raises(LayerProbeError, match=r"block\.2"):
-        compare(a2, b2, estimator="rbf", on_undefined="raise")
+        compare(a2, b2, cka_options=CKAOptions(estimator="rbf"), on_undefined="raise")
 
 
 def test_cli_token_level_ci_and_cross_layer(token_snaps, tmp_path, capsys):

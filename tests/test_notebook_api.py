@@ -18,7 +18,7 @@ def comparison(tokenizer, texts):
     with torch.no_grad():
         for p in tuned.encoder.layer[3].parameters():
             p.add_(0.3 * p.abs().mean() * torch.randn_like(p))
-    return lp.compare(tiny_bert(0), tuned, texts[:24], tokenizer, max_length=16, n_boot=50)
+    return lp.compare(tiny_bert(0), tuned, texts[:24], tokenizer, probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(n_boot=50))
 
 
 def test_comparison_reprs(comparison):
@@ -77,5 +77,7 @@ def test_cli_dtype_recorded_and_mismatch_noted(model_dir, tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["meta"]["dtype"] == {"a": "float32", "b": "bfloat16"} and doc["meta"]["device"]["a"] == "cpu"
     assert any("different dtypes" in n for n in doc["recommendation"]["notes"])
-    assert main(["compare", str(model_dir / "m"), str(model_dir / "m"), "--device", "cuda:7"]) == 2 \
-        or torch.cuda.is_available()
+    absent = f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 7}"  # past the last device
+    assert main(["compare", str(model_dir / "m"), str(model_dir / "m"), "--device", absent]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"layerprobe: error: --device {absent}: ") and len(err.splitlines()) == 1

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_bert
 from safetensors.torch import load_file, save_file
 
+from layerprobe.options import ProbeOptions
 from layerprobe import compare
 from layerprobe.cli import main
 from layerprobe.io.model_dir import drop_non_parameters
@@ -40,7 +41,7 @@ def test_old_checkpoint_with_buffer_compares_weights_only(old_pair, capsys):
 
 
 def test_old_checkpoint_with_probe(old_pair, texts):
-    c = compare(str(old_pair[0]), str(old_pair[1]), probe=texts[:16], max_length=16)
+    c = compare(str(old_pair[0]), str(old_pair[1]), probe=texts[:16], probe_options=ProbeOptions(max_length=16))
     cka = {e["name"]: e["cka"] for e in c.blocks}
     assert cka["block.1"] == pytest.approx(1.0, abs=1e-6) and cka["block.3"] < 0.9999
 

@@ -46,9 +46,9 @@ def test_weights_only_drift_is_the_low_rank_update(adapter):
 
 def test_cka_with_adapter_applied_matches_the_merged_model(adapter, texts, tokenizer):
     base_dir, adapter_dir, pm = adapter
-    c = lp.compare(str(base_dir), str(adapter_dir), probe=texts[:16], max_length=16, ci=False)
+    c = lp.compare(str(base_dir), str(adapter_dir), probe=texts[:16], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
     merged = pm.merge_and_unload()
-    ref = lp.compare(tiny_bert(0), merged, texts[:16], tokenizer, max_length=16, ci=False)
+    ref = lp.compare(tiny_bert(0), merged, texts[:16], tokenizer, probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
     for e, r in zip(c.blocks, ref.blocks):
         assert e["cka"] == pytest.approx(r["cka"], abs=1e-6)
         assert e["weight_drift"] == pytest.approx(r["weight_drift"], rel=1e-5, abs=1e-12)

@@ -232,3 +232,25 @@ def test_an_instance_forward_set_before_the_cache_is_called_and_restored():
     assert calls == [1] and cache.stats()["miss_batches"] == 1
     cache.detach()
     assert block.forward is device_hook
+
+
+def test_context_manager_removes_its_patch_when_training_raises():
+    """``with PrefixCache(...)``: an exception mid-training detaches the cache (issue 18); a hook the user
+    registered before stays."""
+    torch.manual_seed(0)
+    m = _bert().eval()
+    freeze(m, bottom_prefix(find_blocks(m), 2))
+    ids, mask = _collate(_data()[0][:4])
+    ref = m(input_ids=ids, attention_mask=mask).logits
+    calls = []
+    user = m.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(RuntimeError, match="mid-training"):
+        with PrefixCache(m, 2) as cache:
+            m(input_ids=ids, attention_mask=mask)
+            assert cache.stats()["miss_batches"] == 1 and any("forward" in mod.__dict__ for mod in m.modules())
+            raise RuntimeError("mid-training")
+    assert all("forward" not in mod.__dict__ for mod in m.modules())
+    assert not cache._handles and len(cache) == 4  # hooks gone, store kept
+    torch.testing.assert_close(m(input_ids=ids, attention_mask=mask).logits, ref)
+    assert len(calls) == 2  # the user's hook was never removed: it saw both passes
+    user.remove()

@@ -11,6 +11,7 @@ import random
 import pytest
 
 from conftest import WORDS, tiny_bert
+from layerprobe.options import CKAOptions
 from layerprobe import compare
 from layerprobe.results import schema
 
@@ -23,7 +24,7 @@ VOLATILE = {"layerprobe_version", "torch_version"}
 def _golden_comparison(tokenizer):
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(24)]
-    return compare(tiny_bert(0), tiny_bert(1), texts, tokenizer, cross_layer=True, n_boot=50)
+    return compare(tiny_bert(0), tiny_bert(1), texts, tokenizer, cka_options=CKAOptions(cross_layer=True, n_boot=50))
 
 
 def _same(got, want, path="$"):
@@ -58,7 +59,7 @@ def test_every_output_kind_validates(bert, tokenizer, texts, tmp_path):
     from safetensors.torch import save_file
 
     schema.validate(json.loads(compare(bert, bert).to_json()))  # weights only: cka null, reason given
-    schema.validate(json.loads(compare(bert, bert, texts, tokenizer, anatomy=False, ci=False).to_json()))
+    schema.validate(json.loads(compare(bert, bert, texts, tokenizer, anatomy=False, cka_options=CKAOptions(ci=False)).to_json()))
     save_file({k: v.contiguous() for k, v in bert.state_dict().items()}, str(tmp_path / "w.safetensors"))
     schema.validate(json.loads(compare(tmp_path / "w.safetensors", tmp_path / "w.safetensors").to_json()))
     with open(GOLDEN, encoding="utf-8") as f:

@@ -18,7 +18,6 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -41,7 +40,7 @@ from layerprobe.metrics.cka import (
 from layerprobe.metrics.core import column_range, constant_columns
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
 from layerprobe.model.blocks import OTHER
-from layerprobe.options import CKAOptions, ProbeOptions, merge
+from layerprobe.options import CKAOptions, ProbeOptions, checked
 from layerprobe.results.comparison import Comparison
 from layerprobe.snapshot.take import Snapshot
 
@@ -172,16 +171,6 @@ def compare(
     anatomy: bool = True,
     progress: bool = False,
     on_undefined: str = "warn",
-    pooling: str | None = None,
-    max_length: int | None = None,
-    max_tokens: int | None = None,
-    batch_size: int = 32,
-    estimator: str = "linear",
-    ci: bool | None = None,
-    n_boot: int = 1000,
-    ci_level: float = 0.95,
-    seed: int = 0,
-    cross_layer: bool = False,
     device: str | None = None,
     dtype: str | None = None,
     blocks: str | None = None,
@@ -208,9 +197,6 @@ def compare(
         on_undefined: an entry whose representation is constant or non-finite gets
             ``cka = nan`` and a :class:`CKAUndefinedWarning` naming it (``"warn"``), or raises
             :class:`LayerProbeError` (``"raise"``, what the CLI uses).
-        pooling, max_length, max_tokens, batch_size, estimator, ci, n_boot, ci_level, seed,
-            cross_layer: the fields of the two option objects as keywords (the older spelling;
-            pass one or the other).
         device, dtype: where and in which precision model directories run ("cpu", "cuda", "mps";
             "float32", "bfloat16", "float16"); recorded in ``meta``.
         blocks, embeddings: module-path patterns overriding the block stack and the embeddings
@@ -232,12 +218,7 @@ def compare(
     >>> [e["weight_drift"] for e in c.blocks], c.blocks[0]["cka"]
     ([0.0, 0.0, 0.0], None)
     """
-    popts = merge(probe_options, ProbeOptions, {"pooling": pooling, "max_length": max_length,
-                                                 "max_tokens": max_tokens, "batch_size": batch_size},
-                  {"batch_size": 32})
-    copts = merge(cka_options, CKAOptions, {"estimator": estimator, "ci": ci, "n_boot": n_boot,
-                                            "ci_level": ci_level, "seed": seed, "cross_layer": cross_layer},
-                  _CKA_DEFAULTS)
+    popts, copts = checked(probe_options, ProbeOptions), checked(cka_options, CKAOptions)
     texts = read_probe(probe, text_column, max_examples)
     _check_run_settings(a, b, texts, blocks=blocks, embeddings=embeddings, dtype=dtype)
     # a snapshot side fixes the probe settings; a setting given that contradicts one raises here,
@@ -283,7 +264,6 @@ def _check_run_settings(a: Any, b: Any, texts: Sequence[str] | None, **given: An
 
 #: Estimators selectable with ``estimator=`` / ``--estimator`` (names: :data:`layerprobe.options.ESTIMATORS`).
 ESTIMATORS = {"linear": linear_cka, "debiased": debiased_cka, "rbf": rbf_cka}
-_CKA_DEFAULTS = asdict(CKAOptions())
 
 #: ``ci=None`` turns the bootstrap on up to this many representation rows (the Gram matrices of
 #: the bootstrap are n×n; above this bootstrap_cka would subsample).
@@ -336,18 +316,10 @@ def compare_sides(
     *,
     cka_options: CKAOptions | None = None,
     on_undefined: str = "warn",
-    estimator: str = "linear",
-    ci: bool | None = None,
-    n_boot: int = 1000,
-    ci_level: float = 0.95,
-    seed: int = 0,
-    cross_layer: bool = False,
 ) -> Comparison:
     """The core of :func:`compare` once both sides are resolved (same keywords; weights are read
     from the sides' tables, one tensor pair at a time)."""
-    opts = merge(cka_options, CKAOptions, {"estimator": estimator, "ci": ci, "n_boot": n_boot,
-                                           "ci_level": ci_level, "seed": seed, "cross_layer": cross_layer},
-                 _CKA_DEFAULTS)
+    opts = checked(cka_options, CKAOptions)
     if on_undefined not in ("warn", "raise"):
         raise LayerProbeError(f"on_undefined must be 'warn' or 'raise', got {on_undefined!r}")
     estimator, ci, n_boot, ci_level, seed, cross_layer = (opts.estimator, opts.ci, opts.n_boot, opts.ci_level,

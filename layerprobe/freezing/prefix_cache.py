@@ -194,6 +194,9 @@ class PrefixCache:
         blocks: the model's entries (found with :func:`~layerprobe.model.blocks.find_blocks` if None).
         dtype: storage dtype (float32 default: exact; bfloat16/float16: half the memory).
         max_bytes: stop storing new examples beyond this many bytes (None: no bound).
+
+    Use it as a context manager so that an exception mid-training removes its hooks and patched
+    forwards (``with PrefixCache(model, k): train(...)``); only the cache's own hooks are removed.
     """
 
     def __init__(self, model: nn.Module, k: int, blocks: Blocks | None = None,
@@ -271,6 +274,14 @@ class PrefixCache:
                 mod.forward = previous
         self._patched.clear()
         self._batch = None
+
+    def __enter__(self) -> PrefixCache:
+        """``with PrefixCache(model, k) as cache:`` — attached on construction, detached on exit, also
+        when training raises (the model's own forwards come back; the store is kept)."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
 
     def clear(self) -> None:
         """Forget every stored example."""

@@ -68,6 +68,10 @@ def resolve_device(device: str | None) -> str:
     name = str(device)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LayerProbeError(f"--device {name}: no CUDA device is available")
+    index = name[len("cuda:"):] if name.startswith("cuda:") else None
+    if index is not None and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+        raise LayerProbeError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise LayerProbeError("--device mps: no MPS device is available")
     if not (name.startswith("cuda") or name == "mps"):

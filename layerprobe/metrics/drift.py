@@ -372,7 +372,7 @@ def block_anatomy(w0: Mapping, w1: Mapping, with_rank: bool = True) -> dict[str,
     (['attn.q', 'norm'], 0.5, 1, 0.0)
     """
     accs: dict[str, DriftAccumulator] = {}
-    largest: dict[str, tuple[int, str, object, object]] = {}
+    largest: dict[str, tuple[int, str, Weight, Weight]] = {}
     for name, a, b in _pairs(w0, w1):
         group = param_group(name)
         acc = accs.setdefault(group, DriftAccumulator())

@@ -27,7 +27,7 @@ from layerprobe.metrics.gram import gram_inner, row_blocks
 __all__ = ["cka_maps", "cka_matrix"]
 
 
-def _shape(t) -> tuple:
+def _shape(t: Matrix) -> tuple:
     return tuple(t.shape) if hasattr(t, "shape") else np.shape(t)
 
 
@@ -90,7 +90,8 @@ def _centre_into(view: torch.Tensor, src: torch.Tensor, name: str) -> str | None
     return None
 
 
-def _centred_block(items: list, names: list[str], n: int, reasons: list[str]):
+def _centred_block(items: list, names: list[str], n: int,
+                   reasons: list[str]) -> tuple[torch.Tensor, np.ndarray, list[bool]]:
     """Z (n × Σd, float64) with each item centred in its column slice; the column offsets; and
     which items are defined."""
     widths = [_shape(t)[1] for t in items]

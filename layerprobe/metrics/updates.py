@@ -64,7 +64,7 @@ def update_rank(delta: Weight, energy: float = 0.9) -> dict | None:
     return {"stable_rank": total / float(s2[0]), key: min(k, int(s2.numel()))}
 
 
-def _f64_delta(a, b, name: str) -> torch.Tensor:
+def _f64_delta(a: Weight, b: Weight, name: str) -> torch.Tensor:
     ta, tb = _as_tensor(a, name), _as_tensor(b, name)
     if tuple(ta.shape) != tuple(tb.shape):
         raise LayerProbeError(
