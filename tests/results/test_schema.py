@@ -15,8 +15,8 @@ from layerprobe.options import CKAOptions
 from layerprobe import compare
 from layerprobe.results import schema
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "comparison.json")
-DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "json.md")
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "comparison.json")
+DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "json.md")
 #: fields that name the environment, not the result
 VOLATILE = {"layerprobe_version", "torch_version"}
 
