@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from layerprobe._version import __version__
 from layerprobe.errors import LayerProbeError
-from layerprobe.options import CSV_OPTIONS, DEFAULT_MAX_LENGTH, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
+from layerprobe.options import DEFAULT_MAX_LENGTH, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
 
 __all__ = ["COMMANDS", "build_parser", "cmd_compare", "cmd_demo", "cmd_freeze_list", "cmd_plot_trajectory",
            "cmd_snapshot", "entry", "main", "printable"]
@@ -191,8 +191,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from layerprobe.comparison.compare import compare
     from layerprobe.freezing.rule import Thresholds
-    from layerprobe.io.outputs import atomic_write_text, ensure_writable_dir
-    from layerprobe.results.render import render, to_csv
+    from layerprobe.io.outputs import ensure_writable_dir
+    from layerprobe.results.render import render
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size", "n_boot")
     _not_ignored(args)
@@ -206,8 +206,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise LayerProbeError("--out: the output directory name is empty")
     if args.out:
         from layerprobe.io.outputs import check_not_an_input
+        from layerprobe.results.outputs import OUTPUT_FILES
 
-        check_not_an_input([os.path.join(args.out, n) for n in _OUT_FILES],
+        check_not_an_input([os.path.join(args.out, n) for n in OUTPUT_FILES],
                            [*args.inputs, args.probe, args.weights_a, args.weights_b])
         ensure_writable_dir(args.out)  # fail before any work
     from layerprobe.comparison.series import expand_inputs
@@ -235,28 +236,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise LayerProbeError(f"--min-train-blocks {args.min_train_blocks} is more than the {n_blocks} blocks compared")
     text = render(result, args.format)
     if args.out:
-        from layerprobe.io.outputs import atomic_output_dir
-        from layerprobe.results.plots import plot_blocks
+        from layerprobe.results.outputs import write_comparison
 
-        with atomic_output_dir(args.out) as out:  # the files appear together, or not at all
-            atomic_write_text(os.path.join(out, "comparison.json"), result.to_json())
-            atomic_write_text(os.path.join(out, "comparison.csv"), to_csv(result))
-            atomic_write_text(os.path.join(out, "groups.csv"),
-                              result.groups_frame().to_csv(**CSV_OPTIONS))
-            plot_blocks(result.to_dict(), os.path.join(out, "blocks.png"))
-            if result.cross_layer is not None:
-                from layerprobe.results.plots import plot_cross_layer
-                from layerprobe.results.render import cross_layer_csv
-
-                atomic_write_text(os.path.join(out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
-                plot_cross_layer(result.to_dict(), os.path.join(out, "cross_layer.png"))
+        write_comparison(result, args.out)  # the files appear together, or not at all
     _out(text)
     return 0
-
-
-#: every file ``compare --out DIR`` may write (a comparison, or a checkpoint series)
-_OUT_FILES = ("comparison.json", "comparison.csv", "groups.csv", "blocks.png", "cross_layer.csv", "cross_layer.png",
-              "trajectory.csv", "trajectory.png")
 
 
 def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:

@@ -148,17 +148,16 @@ def series_csv(rows: list[dict]) -> str:
 
 
 def write_series(rows: list[dict], final: Any, out: str | os.PathLike, title: str | None = None) -> list[str]:
-    """Write ``trajectory.csv``, ``trajectory.png`` and ``comparison.json`` into ``out``: the three
-    files are built in a temporary sibling directory and appear together, or not at all."""
+    """Write ``trajectory.csv``, ``comparison.json`` and ``trajectory.png`` into ``out``: the three
+    files appear together, or not at all (the one output-set writer)."""
     import pandas as pd
 
-    from layerprobe.io.outputs import atomic_output_dir, atomic_write_text
+    from layerprobe.io.outputs import atomic_write_text, write_output_set
     from layerprobe.results.trajectory import plot_trajectory
 
-    out = os.path.abspath(os.fspath(out))
-    names = [TRAJECTORY_FILE, "comparison.json", "trajectory.png"]
-    with atomic_output_dir(out) as tmp:
-        atomic_write_text(os.path.join(tmp, TRAJECTORY_FILE), series_csv(rows))
-        atomic_write_text(os.path.join(tmp, "comparison.json"), final.to_json())
-        plot_trajectory(pd.DataFrame(rows), os.path.join(tmp, "trajectory.png"), title=title)
-    return [os.path.join(out, n) for n in names]
+    csv, doc = series_csv(rows), final.to_json()
+    return write_output_set(os.path.abspath(os.fspath(out)), {
+        TRAJECTORY_FILE: lambda path: atomic_write_text(path, csv),
+        "comparison.json": lambda path: atomic_write_text(path, doc),
+        "trajectory.png": lambda path: plot_trajectory(pd.DataFrame(rows), path, title=title),
+    })
