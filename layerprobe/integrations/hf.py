@@ -18,16 +18,8 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
 from layerprobe.model.blocks import Blocks
 from layerprobe.options import DEFAULT_POOLING
-from layerprobe.tracking.tracker import (
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_PROBE_SHARE,
-    FREEZE_LOG_CSV,
-    TRAJECTORY_CSV,
-    Tracker,
-    probe_passes,
-    probe_plan,
-    probe_texts_within,
-)
+from layerprobe.tracking.budget import DEFAULT_PROBE_SHARE, probe_passes, probe_plan, probe_texts_within
+from layerprobe.tracking.tracker import DEFAULT_MAX_LENGTH, FREEZE_LOG_CSV, TRAJECTORY_CSV, Tracker
 
 __all__ = ["LayerProbeCallback"]
 
@@ -66,7 +58,7 @@ class LayerProbeCallback(TrainerCallback):
             training example) the probe passes may cost, the start and a final pass included: at train
             begin the callback picks the checks per run (20, fewer on short runs, at least 8) and how
             many of ``probe_texts`` to run (evenly spaced, at least 32) with
-            :func:`~layerprobe.tracking.tracker.probe_plan`; the plan is in :attr:`probe_plan`. Tracking is paid
+            :func:`~layerprobe.tracking.budget.probe_plan`; the plan is in :attr:`probe_plan`. Tracking is paid
             before anything is frozen, so an unbudgeted probe can eat what freezing saves. ``None``:
             every text at every check. Refused without ``auto_freeze``.
         filename: name of the trajectory file in ``args.output_dir``.

@@ -1,2 +1,3 @@
-"""Stage 7, tracking during training: the ``Tracker`` and the probe budget of an auto-freezing run.
+"""Stage 7, tracking during training: the ``Tracker`` (``tracker``) and the probe budget of an
+auto-freezing run (``budget``).
 """

@@ -9,8 +9,8 @@ import pytest
 from conftest import tiny_bert
 from layerprobe import LayerProbeCallback, Tracker
 from layerprobe.errors import LayerProbeError
-from layerprobe.tracking.tracker import (FREEZE_LOG_CSV, MIN_CHECKS, MIN_PROBE_TEXTS, probe_passes, probe_plan,
-                                probe_texts_within)
+from layerprobe.tracking.budget import MIN_CHECKS, MIN_PROBE_TEXTS, probe_passes, probe_plan, probe_texts_within
+from layerprobe.tracking.tracker import FREEZE_LOG_CSV
 
 
 @pytest.mark.parametrize("n_texts", [2, 16, 64, 128, 512])
