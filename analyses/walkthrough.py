@@ -36,7 +36,7 @@ print("sizes:", SIZES, "| output:", OUT)
 # (layerprobe checks a fingerprint of the token ids) and should not be the training data.
 
 # %%
-from layerprobe.corpora import load_rotten_tomatoes, sample, split
+from layerprobe.demo.corpora import load_rotten_tomatoes, sample, split
 
 df = load_rotten_tomatoes()
 rest, test = split(df, SIZES["test"], seed=0)
@@ -50,9 +50,9 @@ print(len(train), "train,", len(test), "test,", len(probe), "probe")
 # mean pooling over real tokens (padding excluded) and copies the weights.
 
 # %%
-from layerprobe.shipped import default_model_path, load_classifier
+from layerprobe.demo.shipped import default_model_path, load_classifier
+from layerprobe.demo.train import TrainConfig, evaluate, fine_tune
 from layerprobe.snapshot.take import take_snapshot
-from layerprobe.train import TrainConfig, evaluate, fine_tune
 
 model, tok = load_classifier(default_model_path(), num_labels=2, seed=0)
 base = take_snapshot(model, tok, probe["text"].tolist(), max_length=SIZES["max_length"], progress=PROGRESS)
@@ -77,7 +77,7 @@ tuned.save(os.path.join(OUT, "tuned.pt"))
 # ## 4. Compare: CKA (similarity, 1 = unchanged) and relative weight drift (distance, 0 = unchanged)
 
 # %%
-from layerprobe.compare import compare
+from layerprobe.comparison.compare import compare
 
 result = compare(base, tuned)
 frame = result.to_frame()
@@ -117,7 +117,7 @@ print("the bottom half, for comparison:", bottom_prefix(find_blocks(fresh), 3))
 # ## 7. Plot (from the saved result only)
 
 # %%
-from layerprobe.plots import plot_blocks
+from layerprobe.results.plots import plot_blocks
 
 print("wrote", plot_blocks(result.to_dict(), os.path.join(OUT, "blocks.png"),
                            title=f"MiniLM-L6 on Rotten Tomatoes (accuracy {acc0:.2f} → {acc1:.2f})"))

@@ -38,8 +38,8 @@ def _run(name: str, train, test, probe, args, auto: bool, out_dir: str) -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from layerprobe import LayerProbeCallback
-    from layerprobe.shipped import default_model_path, load_classifier
-    from layerprobe.train import evaluate
+    from layerprobe.demo.shipped import default_model_path, load_classifier
+    from layerprobe.demo.train import evaluate
 
     model, tok = load_classifier(default_model_path(), 2, seed=args.seed)
     enc = tok(train["text"].tolist(), truncation=True, max_length=args.max_length)
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from layerprobe.shipped import load_rotten_tomatoes, sample, split
+    from layerprobe.demo.shipped import load_rotten_tomatoes, sample, split
 
     torch.set_num_threads(1)
     df = load_rotten_tomatoes()

@@ -173,7 +173,7 @@ for d in sys.argv[1:]:
 print(n)
 """
 
-IMPORT_ONLY = "import torch, layerprobe.cli, layerprobe.compare, layerprobe.io.checkpoints"
+IMPORT_ONLY = "import torch, layerprobe.cli, layerprobe.comparison.compare, layerprobe.io.checkpoints"
 
 
 def layerprobe_cmd() -> list[str]:

@@ -145,7 +145,7 @@ def run_case(impl: str, n: int, d: int, reps: int, peers: str | None) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     x, y = make_data(n, d)
     if impl == "floor":
-        from layerprobe.metrics._core import prepare
+        from layerprobe.metrics.core import prepare
 
         xc, _ = prepare(x.double(), "x")
         yc, _ = prepare(y.double(), "y")
@@ -173,7 +173,7 @@ def run_case(impl: str, n: int, d: int, reps: int, peers: str | None) -> dict:
     if impl in ("layerprobe", "layerprobe_stream"):
         # the floor (XᵀX, YᵀY, YᵀX of pre-centred float64 data) in the same process, interleaved
         # with layerprobe, so that the ratio is not skewed by CPU contention changing between cases
-        from layerprobe.metrics._core import prepare
+        from layerprobe.metrics.core import prepare
 
         xc, _ = prepare(x.double(), "x")
         yc, _ = prepare(y.double(), "y")
@@ -226,7 +226,7 @@ def run_snapshot(n_texts: int, reps: int, batch_size: int = 32) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     from layerprobe import take_snapshot
-    from layerprobe.corpora import load_rotten_tomatoes
+    from layerprobe.demo.corpora import load_rotten_tomatoes
     from layerprobe.model.batching import collate, encode, pad_id
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
@@ -409,7 +409,7 @@ def rewrite_from_log(log: str, out: str) -> None:
 def write_results(rows, xmaps, snap, out, cap_gb, wall, quick) -> None:
     import pandas as pd
 
-    from layerprobe.metrics._gram import _blocks as _gram_blocks
+    from layerprobe.metrics.gram import row_blocks as _gram_blocks
 
     os.makedirs(out, exist_ok=True)
     df = pd.DataFrame(rows)

@@ -12,7 +12,7 @@ same modules):
 
 * ``read``: every tensor's bytes read into one reused buffer — the read-speed limit;
 * ``drift``: what ``layerprobe compare`` does with two weight files:
-  :func:`layerprobe.compare.weight_stats` on every entry (per-group anatomy; update ranks
+  :func:`layerprobe.comparison.compare.weight_stats` on every entry (per-group anatomy; update ranks
   left out, they are SVDs, not reading), tensors read ahead on a second thread into one reused
   buffer (:class:`layerprobe.io.pair_reader.PairReader`), finiteness from the sums (default threads);
 * ``drift_1thread``: the same read serially with one drift worker (output compared for byte
@@ -96,12 +96,12 @@ def _baseline_add(acc: dict, t0, t1, chunk: int = 1 << 24) -> None:
 def run_case(kind: str, pa: str, pb: str) -> dict:
     import torch
 
-    compare_mod = importlib.import_module("layerprobe.compare")  # layerprobe.compare is also the function
-    from layerprobe import pair_reader
+    compare_mod = importlib.import_module("layerprobe.comparison.compare")
+    from layerprobe.comparison.sides import Side, WeightTable
+    from layerprobe.io import pair_reader
     from layerprobe.io.checkpoints import check_finite, open_checkpoint
     from layerprobe.metrics import drift as drift_mod
     from layerprobe.metrics.drift import DriftAccumulator
-    from layerprobe.sources import Side, WeightTable
 
     try:  # ru_maxrss survives exec (it would report the parent's peak): reset VmHWM instead
         with open("/proc/self/clear_refs", "w") as f:

@@ -42,7 +42,7 @@ def build(work: str, size: dict) -> tuple[str, str, str]:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from layerprobe.shipped import default_model_path, rotten_tomatoes_splits
+    from layerprobe.demo.shipped import default_model_path, rotten_tomatoes_splits
 
     tok = AutoTokenizer.from_pretrained(default_model_path())
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=size["hidden"], num_hidden_layers=size["layers"],

@@ -1,4 +1,4 @@
-"""Overhead of layerprobe.track.Tracker at its default settings on the real MiniLM-L6.
+"""Overhead of layerprobe.Tracker at its default settings on the real MiniLM-L6.
 
 One command:  .venv/bin/python benchmarks/bench_tracking.py  [--steps 100] [--repeats 2]
 
@@ -24,10 +24,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 
+from layerprobe.demo.shipped import default_model_path, load_classifier, rotten_tomatoes_splits  # noqa: E402
+from layerprobe.demo.train import TrainConfig, fine_tune  # noqa: E402
 from layerprobe.io.outputs import atomic_write_text  # noqa: E402
-from layerprobe.shipped import default_model_path, load_classifier, rotten_tomatoes_splits  # noqa: E402
-from layerprobe.track import DEFAULT_EVERY_N_STEPS, DEFAULT_PROBE_SIZE, Tracker  # noqa: E402
-from layerprobe.train import TrainConfig, fine_tune  # noqa: E402
+from layerprobe.tracking.tracker import DEFAULT_EVERY_N_STEPS, DEFAULT_PROBE_SIZE, Tracker  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -61,7 +61,7 @@ def task_order(tasks) -> list[str]:
 
 
 def save(fig, path: str) -> None:
-    from layerprobe.plots import save_figure
+    from layerprobe.results.plots import save_figure
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_figure(fig, path)

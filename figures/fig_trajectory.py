@@ -16,7 +16,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from layerprobe.trajectory_plot import plot_trajectory, read_trajectory  # noqa: E402
+from layerprobe.results.trajectory import plot_trajectory, read_trajectory  # noqa: E402
 
 DEFAULT = os.path.join(HERE, "..", "benchmarks", "results", "auto_freeze_trajectory.csv")
 

@@ -17,7 +17,10 @@ from typing import Any, NoReturn
 
 from layerprobe._version import __version__
 from layerprobe.errors import LayerProbeError
-from layerprobe.options import CSV_OPTIONS, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
+from layerprobe.options import DEFAULT_MAX_LENGTH, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
+
+__all__ = ["COMMANDS", "build_parser", "cmd_compare", "cmd_demo", "cmd_freeze_list", "cmd_plot_trajectory",
+           "cmd_snapshot", "entry", "main", "printable"]
 
 
 def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
@@ -25,7 +28,7 @@ def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
                    help="probe texts: CSV, TSV, JSONL, TXT (one per line) or a saved datasets directory")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--max-examples", type=int, default=None, metavar="N", help="use the first N probe examples")
-    p.add_argument("--max-length", type=int, default=None, metavar="L", help="truncate to L tokens (default 128)")
+    p.add_argument("--max-length", type=int, default=None, metavar="L", help=f"truncate to L tokens (default {DEFAULT_MAX_LENGTH})")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="mean over real tokens (default), first token, last real token, or all tokens")
     p.add_argument("--max-tokens", type=int, default=None, metavar="K",
@@ -153,10 +156,10 @@ def _probe_options(args: argparse.Namespace) -> ProbeOptions:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from layerprobe.io.hf_model import load_hf_model
     from layerprobe.io.outputs import ensure_writable_dir
     from layerprobe.io.probe_files import read_probe_texts
     from layerprobe.snapshot.take import take_snapshot
-    from layerprobe.sources import load_hf_model
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size")
     _not_ignored(args)
@@ -186,10 +189,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from layerprobe.compare import compare
+    from layerprobe.comparison.compare import compare
     from layerprobe.freezing.rule import Thresholds
-    from layerprobe.io.outputs import atomic_write_text, ensure_writable_dir
-    from layerprobe.report import render, to_csv
+    from layerprobe.io.outputs import ensure_writable_dir
+    from layerprobe.results.render import render
 
     _positive(args, "max_examples", "max_length", "max_tokens", "batch_size", "n_boot")
     _not_ignored(args)
@@ -203,12 +206,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise LayerProbeError("--out: the output directory name is empty")
     if args.out:
         from layerprobe.io.outputs import check_not_an_input
+        from layerprobe.results.outputs import OUTPUT_FILES
 
-        check_not_an_input([os.path.join(args.out, n) for n in _OUT_FILES],
+        check_not_an_input([os.path.join(args.out, n) for n in OUTPUT_FILES],
                            [*args.inputs, args.probe, args.weights_a, args.weights_b])
         ensure_writable_dir(args.out)  # fail before any work
-    from layerprobe.series import expand_inputs
-    from layerprobe.sources import resolve_device
+    from layerprobe.comparison.series import expand_inputs
+    from layerprobe.io.hf_model import resolve_device
 
     resolve_device(args.device)  # an absent device fails before any work
 
@@ -232,33 +236,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise LayerProbeError(f"--min-train-blocks {args.min_train_blocks} is more than the {n_blocks} blocks compared")
     text = render(result, args.format)
     if args.out:
-        from layerprobe.io.outputs import atomic_output_dir
-        from layerprobe.plots import plot_blocks
+        from layerprobe.results.outputs import write_comparison
 
-        with atomic_output_dir(args.out) as out:  # the files appear together, or not at all
-            atomic_write_text(os.path.join(out, "comparison.json"), result.to_json())
-            atomic_write_text(os.path.join(out, "comparison.csv"), to_csv(result))
-            atomic_write_text(os.path.join(out, "groups.csv"),
-                              result.groups_frame().to_csv(**CSV_OPTIONS))
-            plot_blocks(result.to_dict(), os.path.join(out, "blocks.png"))
-            if result.cross_layer is not None:
-                from layerprobe.plots import plot_cross_layer
-                from layerprobe.report import cross_layer_csv
-
-                atomic_write_text(os.path.join(out, "cross_layer.csv"), cross_layer_csv(result.to_dict()))
-                plot_cross_layer(result.to_dict(), os.path.join(out, "cross_layer.png"))
+        write_comparison(result, args.out)  # the files appear together, or not at all
     _out(text)
     return 0
 
 
-#: every file ``compare --out DIR`` may write (a comparison, or a checkpoint series)
-_OUT_FILES = ("comparison.json", "comparison.csv", "groups.csv", "blocks.png", "cross_layer.csv", "cross_layer.png",
-              "trajectory.csv", "trajectory.png")
-
-
 def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
-    from layerprobe.report import render
-    from layerprobe.series import compare_series
+    from layerprobe.comparison.series import compare_series
+    from layerprobe.results.render import render
 
     if not args.out:
         raise LayerProbeError(f"a series of {len(inputs)} inputs writes trajectory.csv: give --out DIR")
@@ -275,7 +262,7 @@ def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from layerprobe.demo import DemoConfig, run_demo
+    from layerprobe.demo.run import DemoConfig, run_demo
 
     _positive(args, "train_size", "probe_size", "test_size", "epochs", "lr")
     if args.out == "":
@@ -288,7 +275,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_plot_trajectory(args: argparse.Namespace) -> int:
     from layerprobe.io.outputs import ensure_writable_dir
-    from layerprobe.trajectory_plot import plot_trajectory, read_trajectory
+    from layerprobe.results.trajectory import plot_trajectory, read_trajectory
 
     if args.output is not None:
         from layerprobe.io.outputs import check_not_an_input, check_output_file
@@ -307,7 +294,8 @@ def cmd_plot_trajectory(args: argparse.Namespace) -> int:
 def cmd_freeze_list(args: argparse.Namespace) -> int:
 
     from layerprobe.freezing.apply import parameter_names
-    from layerprobe.io.files import check_model_dir, load_json
+    from layerprobe.io.files import load_json
+    from layerprobe.io.model_dir import build_meta_model, check_model_dir, model_class
     from layerprobe.io.outputs import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
 
     if args.output is not None:
@@ -321,21 +309,9 @@ def cmd_freeze_list(args: argparse.Namespace) -> int:
                               args.comparison) from None
     if not isinstance(advice, list) or not all(isinstance(n, str) for n in advice):
         raise LayerProbeError("recommendation.freeze is not a list of entry names", args.comparison)
-    check_model_dir(args.model, weights=False)  # the one guard: no custom code, a model class of transformers
-    import torch
-    import transformers
-
-    from layerprobe.io.model_dir import architecture_class
-
-    try:  # names only: build the saved architecture (with its head) on the meta device, no weights
-        config = transformers.AutoConfig.from_pretrained(args.model, trust_remote_code=False)
-        cls = architecture_class(config)
-        with torch.device("meta"):
-            model = cls(config) if cls is not transformers.AutoModel else transformers.AutoModel.from_config(config)
-    except LayerProbeError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LayerProbeError(f"cannot load the model config: {str(exc).splitlines()[0]}", args.model) from None
+    cfg = check_model_dir(args.model, weights=False)  # the one guard: no custom code, a model class of transformers
+    # names only: the saved architecture (with its head) on the meta device, no weights
+    model = build_meta_model(args.model, model_class(cfg, os.path.join(args.model, "config.json")))
     try:
         names = parameter_names(model, advice)
     except LayerProbeError as err:  # the comparison was made on another model: name the comparison

@@ -9,7 +9,18 @@ from __future__ import annotations
 import os
 import re
 
+__all__ = ["LayerProbeError", "one_line", "strip_ansi"]
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (libraries colour their messages).
+
+    >>> strip_ansi("\x1b[31mred\x1b[0m")
+    'red'
+    """
+    return _ANSI.sub("", text)
 
 
 def one_line(text: object, limit: int | None = None) -> str:

@@ -9,12 +9,13 @@ from it before torch is loaded).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from layerprobe.errors import LayerProbeError
 
-__all__ = ["CKAOptions", "ProbeOptions", "POOLINGS", "ESTIMATORS", "FORMATS", "CSV_OPTIONS"]
+__all__ = ["CKAOptions", "ProbeOptions", "POOLINGS", "ESTIMATORS", "FORMATS", "CSV_OPTIONS", "DEFAULT_BATCH_SIZE",
+           "DEFAULT_MAX_LENGTH", "DEFAULT_POOLING", "TRAINING_MAX_LENGTH", "checked"]
 
 #: ``pooling=`` choices: mean over real tokens, first token, last real token, every token
 POOLINGS = ("mean", "first", "last", "tokens")
@@ -25,9 +26,13 @@ FORMATS = ("table", "json", "csv", "markdown")
 #: how every CSV layerprobe writes is formatted (``DataFrame.to_csv(**CSV_OPTIONS)``)
 CSV_OPTIONS: Mapping[str, Any] = {"index": False, "float_format": "%.10g", "lineterminator": "\n"}
 
+#: the defaults, defined here only
 DEFAULT_POOLING = "mean"
+#: truncation of probe texts for a snapshot or a comparison (capped to a model with fewer positions)
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 32
+#: truncation of texts during training: the tracker's probe, the demo's training and evaluation
+TRAINING_MAX_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class CKAOptions:
         estimator: ``"linear"`` (default; the freeze thresholds are calibrated for it),
             ``"debiased"`` (unbiased HSIC₁) or ``"rbf"`` (median bandwidth).
         ci: bootstrap interval per entry; ``None`` = on for linear CKA with at most
-            :data:`~layerprobe.compare.CI_AUTO_MAX_ROWS` representation rows.
+            :data:`~layerprobe.comparison.compare.CI_AUTO_MAX_ROWS` representation rows.
         n_boot, ci_level, seed: bootstrap resamples, coverage and seed.
         cross_layer: also the every-entry-vs-every-entry linear CKA maps.
 
@@ -115,18 +120,14 @@ class CKAOptions:
             raise LayerProbeError(f"need 0 < ci_level < 1 and n_boot >= 1, got {ci_level=}, {n_boot=}")
 
 
-def merge(options: Any, cls: type, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Any:
-    """``options`` (an instance of ``cls`` or None) combined with old-style keyword arguments.
+def checked(options: Any, cls: type) -> Any:
+    """``options`` if it is a ``cls`` (a new default ``cls()`` for None); anything else is refused.
 
-    ``given`` maps field names to the keyword values a caller passed; a value equal to its entry
-    in ``defaults`` counts as not passed. Passing both an options object and a differing keyword
-    is an error (which one should win is not obvious).
+    >>> checked(None, CKAOptions).estimator
+    'linear'
     """
-    changed = {k: v for k, v in given.items() if v != defaults.get(k)}
     if options is None:
-        return cls(**{k: v for k, v in given.items() if k in {f.name for f in fields(cls)}})
+        return cls()
     if not isinstance(options, cls):
         raise LayerProbeError(f"expected {cls.__name__}, got {type(options).__name__}")
-    if changed:
-        raise LayerProbeError(f"pass either a {cls.__name__} or the keywords {sorted(changed)}, not both")
     return options

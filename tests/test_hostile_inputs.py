@@ -278,7 +278,7 @@ def test_output_targets_never_replaced(f, capsys, monkeypatch, tmp_path):
 
 
 def test_out_dir_appears_together_or_not_at_all(f, capsys, monkeypatch, tmp_path):
-    import layerprobe.plots as plots
+    import layerprobe.results.plots as plots
 
     out = tmp_path / "out"
     out.mkdir()
@@ -301,7 +301,7 @@ def test_out_dir_appears_together_or_not_at_all(f, capsys, monkeypatch, tmp_path
 
 def test_sigterm_cleans_temporary_files(f, tmp_path):
     code = ("import os, signal, sys\n"
-            "import layerprobe.plots as plots\n"
+            "import layerprobe.results.plots as plots\n"
             "def slow(*a, **k): os.kill(os.getpid(), signal.SIGTERM)\n"
             "plots.plot_blocks = slow\n"
             "from layerprobe.cli import main\n"

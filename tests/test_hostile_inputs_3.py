@@ -640,8 +640,8 @@ def test_demo_refuses_too_small_a_probe_before_any_work(capsys, tmp_path):
 def test_demo_output_appears_together_or_not_at_all(capsys, monkeypatch, tmp_path, tokenizer, texts):
     import pandas as pd
 
-    import layerprobe.demo as demo
-    import layerprobe.train as train
+    import layerprobe.demo.run as demo
+    import layerprobe.demo.train as train
 
     frame = pd.DataFrame({"text": texts[:8], "label": [0, 1] * 4})
     monkeypatch.setattr(demo, "rotten_tomatoes_splits", lambda *a, **k: (frame, frame, frame))

@@ -11,15 +11,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def rt():
-    from layerprobe.shipped import rotten_tomatoes_splits
+    from layerprobe.demo.shipped import rotten_tomatoes_splits
 
     return rotten_tomatoes_splits(train_size=320, test_size=200, probe_size=96, seed=0)
 
 
 def test_short_fine_tune_changes_top_blocks_most(rt):
     from layerprobe import compare, find_blocks, take_snapshot
-    from layerprobe.shipped import default_model_path, load_classifier
-    from layerprobe.train import TrainConfig, fine_tune
+    from layerprobe.demo.shipped import default_model_path, load_classifier
+    from layerprobe.demo.train import TrainConfig, fine_tune
 
     train, _test, probe = rt
     model, tok = load_classifier(default_model_path(), 2, seed=0)

@@ -24,14 +24,18 @@ def test_defaults_and_validation():
         CKAOptions().seed = 3  # type: ignore[misc]
 
 
-def test_option_objects_equal_the_old_keywords(bert, tokenizer, texts):
+def test_compare_takes_the_option_objects_only(bert, tokenizer, texts):
+    """The older spelling (the options' fields as keywords of compare) is gone (issue 18): one way to say it."""
     other = tiny_bert(1)
-    old = compare(bert, other, texts, tokenizer, pooling="tokens", max_tokens=4, max_length=16, n_boot=50, seed=3, ci=True)
-    new = compare(bert, other, texts, tokenizer, probe_options=ProbeOptions(pooling="tokens", max_tokens=4, max_length=16),
-                  cka_options=CKAOptions(n_boot=50, seed=3, ci=True))
+    kw = dict(probe_options=ProbeOptions(pooling="tokens", max_tokens=4, max_length=16),
+              cka_options=CKAOptions(n_boot=50, seed=3, ci=True))
+    old = compare(bert, other, texts, tokenizer, **kw)
+    new = compare(bert, other, texts, tokenizer, **kw)
     assert old.to_json() == new.to_json()
-    with pytest.raises(LayerProbeError, match="either a CKAOptions or the keywords"):
-        compare(bert, other, texts, tokenizer, cka_options=CKAOptions(), seed=4)
+    assert old.meta["pooling"] == "tokens" and old.meta["ci"]["n_boot"] == 50 and old.meta["ci"]["seed"] == 3
+    for name, value in (("seed", 4), ("max_length", 16), ("pooling", "mean"), ("ci", False)):
+        with pytest.raises(TypeError, match=name):
+            compare(bert, other, texts, tokenizer, **{name: value})
 
 
 def test_pooling_given_against_a_snapshot_is_refused_not_replaced(bert, tokenizer, texts):
@@ -42,4 +46,4 @@ def test_pooling_given_against_a_snapshot_is_refused_not_replaced(bert, tokenize
     # set and contradicting side A's snapshot: an error before any model runs (was silently replaced)
     with pytest.raises(LayerProbeError, match="pooling='first' was asked for but snapshot A was taken with "
                                               "pooling='mean'"):
-        compare(snap, tiny_bert(1), texts, tokenizer, pooling="first")
+        compare(snap, tiny_bert(1), texts, tokenizer, probe_options=ProbeOptions(pooling="first"))

@@ -9,6 +9,8 @@ from torch import nn
 from layerprobe.errors import LayerProbeError
 from layerprobe.model.blocks import Blocks, find_blocks
 
+__all__ = ["bottom_prefix", "freeze", "parameter_names", "trainable_parameters", "unfreeze"]
+
 
 def _resolve(model: nn.Module, names: Iterable[str], blocks: Blocks | None) -> tuple[Blocks, set[str]]:
     blocks = blocks if blocks is not None else find_blocks(model)

@@ -6,7 +6,7 @@
   freezes the advised prefix once each of its entries has settled (learning-rate-normalised
   change), and hands the frozen prefix to a :class:`~layerprobe.freezing.prefix_cache.PrefixCache`.
 
-Both act through :meth:`decide`/``observe`` called by :class:`~layerprobe.tracker.Tracker` after
+Both act through :meth:`decide`/``observe`` called by :class:`~layerprobe.tracking.tracker.Tracker` after
 each check, keep the frozen set a bottom prefix (embeddings first) that never shrinks, and log
 every decision with its numbers.
 """
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from layerprobe.freezing.prefix_cache import PrefixCache
     from layerprobe.freezing.rule import Thresholds
 
-__all__ = ["LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
+__all__ = ["DEFAULT_AUTO_RULE", "LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
 
 # --------------------------------------------------------------------------------------------
 # Online freeze policy
@@ -250,7 +250,7 @@ class AutoFreezePolicy:
             raise LayerProbeError(f"warmup_checks must be ≥ 0, got {self.warmup_checks=}")
 
     def observe(self, step: int, rows: list[dict], model: nn.Module, blocks: Blocks) -> list[str]:
-        """Take one check's rows (:class:`~layerprobe.tracker.Tracker` columns); freeze; return new names."""
+        """Take one check's rows (:class:`~layerprobe.tracking.tracker.Tracker` columns); freeze; return new names."""
         from layerprobe.freezing.rule import recommend
 
         self._checks += 1

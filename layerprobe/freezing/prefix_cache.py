@@ -66,7 +66,7 @@ import torch
 from torch import nn
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.model.blocks import Blocks, _find_stack, block_modules, find_blocks
+from layerprobe.model.blocks import Blocks, block_modules, find_blocks, find_stack
 
 __all__ = ["PrefixCache", "PrefixCacheOffWarning"]
 
@@ -158,7 +158,7 @@ def _encoder_decoder_refusal(model: nn.Module, blocks: Blocks, first_block: nn.M
     if isinstance(encoder, nn.Module):
         path = next((n for n, m in model.named_modules() if m is encoder), None)
         try:
-            stack, _ = _find_stack(encoder)
+            stack, _ = find_stack(encoder)
         except LayerProbeError:
             stack = ""
         if path is not None and stack:
@@ -194,6 +194,9 @@ class PrefixCache:
         blocks: the model's entries (found with :func:`~layerprobe.model.blocks.find_blocks` if None).
         dtype: storage dtype (float32 default: exact; bfloat16/float16: half the memory).
         max_bytes: stop storing new examples beyond this many bytes (None: no bound).
+
+    Use it as a context manager so that an exception mid-training removes its hooks and patched
+    forwards (``with PrefixCache(model, k): train(...)``); only the cache's own hooks are removed.
     """
 
     def __init__(self, model: nn.Module, k: int, blocks: Blocks | None = None,
@@ -271,6 +274,14 @@ class PrefixCache:
                 mod.forward = previous
         self._patched.clear()
         self._batch = None
+
+    def __enter__(self) -> PrefixCache:
+        """``with PrefixCache(model, k) as cache:`` — attached on construction, detached on exit, also
+        when training raises (the model's own forwards come back; the store is kept)."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
 
     def clear(self) -> None:
         """Forget every stored example."""

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+__all__ = ["Recommendation", "Thresholds", "recommend", "top_change"]
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -169,7 +171,7 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
     Args:
         entries: in model order (embeddings first), dicts with ``name``, ``kind``, ``n_params``,
             ``weight_drift`` and optionally ``cka`` and ``cka_ci`` ([low, high]); or a whole
-            comparison — a :class:`~layerprobe.result.Comparison`, its JSON dict, JSON text or the
+            comparison — a :class:`~layerprobe.results.comparison.Comparison`, its JSON dict, JSON text or the
             path of a ``comparison.json`` (its ``blocks``, and ``other`` parameters, are used).
         thresholds: the rule's knobs (defaults: :class:`Thresholds`).
         other_params: parameters outside the entries (pooler, head): they always train and

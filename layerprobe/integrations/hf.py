@@ -17,16 +17,9 @@ from transformers import TrainerCallback
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
 from layerprobe.model.blocks import Blocks
-from layerprobe.tracker import (
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_PROBE_SHARE,
-    FREEZE_LOG_CSV,
-    TRAJECTORY_CSV,
-    Tracker,
-    probe_passes,
-    probe_plan,
-    probe_texts_within,
-)
+from layerprobe.options import DEFAULT_POOLING
+from layerprobe.tracking.budget import DEFAULT_PROBE_SHARE, probe_passes, probe_plan, probe_texts_within
+from layerprobe.tracking.tracker import DEFAULT_MAX_LENGTH, FREEZE_LOG_CSV, TRAJECTORY_CSV, Tracker
 
 __all__ = ["LayerProbeCallback"]
 
@@ -56,7 +49,7 @@ class LayerProbeCallback(TrainerCallback):
         auto_freeze: freeze progressively in the same run (contract keyword).
         every_n_steps: steps between checks; default 50, or with ``auto_freeze`` up to 20 checks per
             run (see ``probe_share``).
-        max_length, pooling, blocks, batch_size: as for :class:`~layerprobe.tracker.Tracker`.
+        max_length, pooling, blocks, batch_size: as for :class:`~layerprobe.tracking.tracker.Tracker`.
         freeze_policy: an explicit policy instead of the default one (``FreezePolicy`` or
             ``AutoFreezePolicy``).
         thresholds, settle, patience, cache: knobs of the default ``AutoFreezePolicy``.
@@ -65,7 +58,7 @@ class LayerProbeCallback(TrainerCallback):
             training example) the probe passes may cost, the start and a final pass included: at train
             begin the callback picks the checks per run (20, fewer on short runs, at least 8) and how
             many of ``probe_texts`` to run (evenly spaced, at least 32) with
-            :func:`~layerprobe.tracker.probe_plan`; the plan is in :attr:`probe_plan`. Tracking is paid
+            :func:`~layerprobe.tracking.budget.probe_plan`; the plan is in :attr:`probe_plan`. Tracking is paid
             before anything is frozen, so an unbudgeted probe can eat what freezing saves. ``None``:
             every text at every check. Refused without ``auto_freeze``.
         filename: name of the trajectory file in ``args.output_dir``.
@@ -79,7 +72,7 @@ class LayerProbeCallback(TrainerCallback):
     """
 
     def __init__(self, tokenizer=None, probe_texts: Sequence[str] = (), every_n_steps: int | None = None,
-                 max_length: int = DEFAULT_MAX_LENGTH, pooling: str = "mean", blocks: Blocks | None = None,
+                 max_length: int = DEFAULT_MAX_LENGTH, pooling: str = DEFAULT_POOLING, blocks: Blocks | None = None,
                  batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
                  filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
                  settle: float | None = None, patience: int | None = None, cache: bool = True,

@@ -25,7 +25,8 @@ import torch
 
 from layerprobe.errors import LayerProbeError, one_line
 
-__all__ = ["is_adapter_dir", "lora_update_norm", "read_adapter", "resolve_adapter_side"]
+__all__ = ["ADAPTER_CONFIG", "adapter_tensors", "base_key_of", "base_model_dir", "is_adapter_dir", "lora_delta",
+           "lora_update_norm", "read_adapter"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -53,13 +54,14 @@ def lora_update_norm(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> fl
 
 
 def _read_config(path: str) -> dict:
-    from layerprobe.io.files import _check_auto_map, load_json
+    from layerprobe.io.files import load_json
+    from layerprobe.io.model_dir import refuse_auto_map
 
     f = os.path.join(path, ADAPTER_CONFIG)
     cfg = load_json(f, "adapter config")  # bounded; deep nesting, NaN, bad UTF-8: one line
     if not isinstance(cfg, dict):
         raise LayerProbeError("adapter config is not a JSON object", f)
-    _check_auto_map(path)  # no custom code from the adapter directory either
+    refuse_auto_map(path)  # no custom code from the adapter directory either
     for key, integer in (("r", True), ("lora_alpha", False)):
         v = cfg.get(key)
         if v is not None and not _plausible(v, integer):
@@ -78,7 +80,8 @@ def _plausible(v: Any, integer: bool) -> bool:
     return math.isfinite(v) and 0 < v < 1 << 31
 
 
-def _adapter_tensors(path: str) -> dict[str, torch.Tensor]:
+def adapter_tensors(path: str) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, read with the checked loaders (safetensors, or ``.bin`` weights only)."""
     from layerprobe.io.checkpoints import load_pt_or_snapshot
 
     st = os.path.join(path, "adapter_model.safetensors")
@@ -108,7 +111,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, Any
         raise LayerProbeError(f"peft_type {cfg.get('peft_type')!r} is not supported (LoRA adapters only)", path)
     if cfg.get("use_dora"):
         raise LayerProbeError("DoRA adapters are not supported (the update is not B·A·scale)", path)
-    tensors = _adapter_tensors(path)
+    tensors = adapter_tensors(path)
     r0 = int(cfg.get("r") or 8)  # validated by _read_config; null means the default
     alpha = float(cfg["lora_alpha"] if cfg.get("lora_alpha") is not None else r0)
     alpha_pattern, rslora = cfg.get("alpha_pattern") or {}, bool(cfg.get("use_rslora"))
@@ -136,7 +139,8 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, Any
     return cfg, out
 
 
-def _delta(mod: dict[str, Any], fan_in_fan_out: bool, shape: tuple[int, ...]) -> torch.Tensor:
+def lora_delta(mod: dict[str, Any], fan_in_fan_out: bool, shape: tuple[int, ...]) -> torch.Tensor:
+    """``scale · B @ A`` of one adapted module (float64), laid out as the base weight of ``shape``."""
     d = (mod["B"].double() @ mod["A"].double()) * mod["scale"]
     if mod.get("embedding") or fan_in_fan_out or tuple(d.shape) != tuple(shape):
         d = d.T
@@ -145,7 +149,8 @@ def _delta(mod: dict[str, Any], fan_in_fan_out: bool, shape: tuple[int, ...]) ->
     return d
 
 
-def _find_base_key(module: str, keys: Sequence[str]) -> str | None:
+def base_key_of(module: str, keys: Sequence[str]) -> str | None:
+    """The base checkpoint key of an adapted module's weight (up to a base-model prefix), or None."""
     target = module + ".weight"
     for k in keys:
         if k == target or k.endswith("." + target) or target.endswith("." + k):
@@ -153,7 +158,8 @@ def _find_base_key(module: str, keys: Sequence[str]) -> str | None:
     return None
 
 
-def _base_path(path: str, cfg: dict, base: Any) -> str:
+def base_model_dir(path: str, cfg: dict, base: Any) -> str:
+    """The base model directory: the one given, else ``base_model_name_or_path`` when it is a local directory."""
     if isinstance(base, (str, os.PathLike)) and os.path.isdir(os.fspath(base)):
         return os.fspath(base)
     named = cfg.get("base_model_name_or_path")
@@ -161,61 +167,3 @@ def _base_path(path: str, cfg: dict, base: Any) -> str:
         return named
     raise LayerProbeError("an adapter needs its base model: give the base model directory as the first input "
                           f"(adapter_config names {named!r}, not a local directory)", path)
-
-
-def resolve_adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, tokenizer: Any,
-                         kw: dict, label: str | None, *, device: str | None = None,
-                         dtype: str | None = None) -> Any:
-    """A :class:`~layerprobe.sources.Side` for an adapter directory over its base model."""
-    from layerprobe.io.checkpoints import open_checkpoint
-    from layerprobe.sources import Side, WeightTable, load_hf_model, resolve_side
-
-    cfg, modules = read_adapter(path)
-    base_dir = _base_path(path, cfg, base)
-    label = label or path
-    info = {"kind": "lora", "base": base_dir, "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha"),
-            "modules": len(modules), "update_norm": math.sqrt(sum(lora_update_norm(m["A"], m["B"], m["scale"]) ** 2
-                                                                  for m in modules.values()))}
-    if probe_texts is not None:
-        try:
-            from peft import PeftModel
-        except ImportError:
-            raise LayerProbeError("CKA with an adapter needs peft (pip install 'layerprobe[peft]'); "
-                                  "without --probe the drift needs no peft", path) from None
-        model, tok = load_hf_model(base_dir, device=device, dtype=dtype)
-        _adapter_tensors(path)  # weights checked with the safe loaders before peft reads them
-        peft_model = PeftModel.from_pretrained(model, path, is_trainable=False).eval()
-        try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        except (OSError, ValueError, KeyError, TypeError):
-            tok = tok or tokenizer
-        if tok is None:
-            raise LayerProbeError("no tokenizer in the adapter or base directory to run the probe", path)
-        side = resolve_side(peft_model, probe_texts, tok, kw, label)
-    else:
-        source = open_checkpoint(base_dir)
-        table, blocks = WeightTable.from_source(source)
-        keys = [k for rel in table.index.values() for k in rel.values()]
-        fan = bool(cfg.get("fan_in_fan_out"))
-        deltas: dict[str, dict[str, Any]] = {}
-        for m, mod in modules.items():
-            k = _find_base_key(m, keys)
-            if k is None:
-                raise LayerProbeError(f"adapter module {m!r} has no weight in the base model", path)
-            deltas[k] = mod
-        base_get = table.get
-
-        def get(key: str) -> torch.Tensor:  # W0 + scale·B·A, one tensor at a time
-            t = base_get(key)
-            mod = deltas.get(key)
-            return t if mod is None else (t.double() + _delta(mod, fan, tuple(t.shape))).to(t.dtype)
-
-        meta = {"entries": [{"name": e.name, "kind": e.kind, "index": e.index, "modules": list(e.modules)}
-                            for e in blocks], "stack": blocks.stack, "prefix": blocks.prefix}
-        why = "no probe given" if probe_texts is None else "no probe"
-        side = Side(label, meta, WeightTable(table.index, table.shapes, get), why_no_reps=f"{label}: {why}")
-    side.meta["source"] = {"path": path, "kind": "adapter"}
-    side.meta["adapter"] = info
-    return side

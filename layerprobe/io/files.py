@@ -1,4 +1,4 @@
-"""Guards for everything read from disk: regular files only, bounded reads, one model-directory check.
+"""Guards for every file read from disk: regular files only, bounded reads, safe JSON.
 
 Every function raises a one-line :class:`~layerprobe.errors.LayerProbeError` naming the file.
 
@@ -7,11 +7,9 @@ Every function raises a one-line :class:`~layerprobe.errors.LayerProbeError` nam
   "no such file").
 * :func:`read_bounded` / :func:`load_json` read at most a fixed number of bytes; JSON that nests
   too deeply, holds a number with thousands of digits or a lone surrogate is refused.
-* :func:`check_model_dir` is the one guard every path that builds a model or config from a user's
-  directory goes through, before ``transformers`` sees it: no ``auto_map`` (custom code) in any
-  config file, a ``model_type`` that ships with transformers, ``architectures`` naming a model class
-  of that type (never ``Trainer``, ``pipeline``, ...), a plausible layer count that matches the
-  weights, and a configuration whose parameter count the weight files can hold.
+
+Model directories are checked in :mod:`layerprobe.io.model_dir`, tokenizers in
+:mod:`layerprobe.io.tokenizer`.
 
 >>> import tempfile, os
 >>> d = tempfile.mkdtemp()
@@ -25,7 +23,6 @@ layerprobe.errors.LayerProbeError: ...p.csv: probe file is a FIFO (named pipe), 
 from __future__ import annotations
 
 import json
-import math
 import os
 import stat
 from typing import Any
@@ -34,25 +31,16 @@ from layerprobe.errors import LayerProbeError, one_line
 
 __all__ = [
     "MAX_JSON_BYTES",
-    "MAX_LAYERS",
     "check_exists",
-    "check_model_dir",
     "json_loads",
     "load_json",
-    "max_positions",
     "read_bounded",
     "regular_file",
+    "unique_keys",
 ]
 
 #: largest JSON file read (config, index, comparison, tokenizer config): 64 MiB
 MAX_JSON_BYTES = 64 << 20
-#: largest layer count a config may claim
-MAX_LAYERS = 4096
-#: config keys that give a block count
-LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-#: config files of a model directory that may ask for custom code
-_CONFIG_FILES = ("config.json", "tokenizer_config.json", "generation_config.json", "preprocessor_config.json",
-                 "processor_config.json", "special_tokens_map.json", "adapter_config.json")
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -223,252 +211,3 @@ def json_loads(text: str | bytes, path: str | os.PathLike | None = None, what: s
 def load_json(path: str | os.PathLike, what: str = "JSON file", limit: int = MAX_JSON_BYTES) -> Any:
     """Read and parse a JSON file through :func:`read_bounded` and :func:`json_loads`."""
     return json_loads(read_bounded(path, limit, what), path, "JSON")
-
-
-# --------------------------------------------------------------------------- model directories
-
-
-def _count(cfg: dict, key: str, path: str, low: int = 0, high: int = 1 << 31) -> int | None:
-    v = cfg.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise LayerProbeError(f"{key} = {one_line(repr(v), 40)} is not a plausible value "
-                              f"(expected an integer in [{low}, {high}])", path)
-    return v
-
-
-def _check_auto_map(path: str) -> None:
-    for name in _CONFIG_FILES:
-        f = os.path.join(path, name)
-        if not os.path.lexists(f):
-            continue
-        cfg = load_json(f, name)
-        if name == "config.json" and not isinstance(cfg, dict):
-            raise LayerProbeError(f"expected a JSON object, found {type(cfg).__name__}", f)
-        if isinstance(cfg, dict) and "auto_map" in cfg:
-            raise LayerProbeError(
-                "refused: 'auto_map' asks for custom Python code from the model directory "
-                "(remote code is never run); use a model whose class ships with transformers", f)
-
-
-def _model_class(cfg: dict, f: str) -> Any:
-    """The transformers model class the config names; refuses anything else."""
-    import transformers
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    model_type = cfg.get("model_type")
-    if not isinstance(model_type, str) or not model_type:
-        raise LayerProbeError("no 'model_type': cannot tell which transformers architecture this is", f)
-    if model_type not in CONFIG_MAPPING_NAMES:
-        raise LayerProbeError(f"unknown model_type {one_line(repr(model_type), 60)}: not an architecture that "
-                              f"ships with transformers {transformers.__version__} (custom code is never run)", f)
-    archs = cfg.get("architectures")
-    if archs is None:
-        return None
-    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise LayerProbeError("'architectures' must be a list of class names", f)
-    for arch in archs[:1]:
-        cls = getattr(transformers, arch, None) if arch.isidentifier() else None
-        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-            raise LayerProbeError(f"architectures names {one_line(repr(arch), 60)}, which is not a model class "
-                                  f"shipped with transformers", f)
-        owned = getattr(getattr(cls, "config_class", None), "model_type", None)
-        if owned and owned != model_type:
-            raise LayerProbeError(f"architectures names {arch} (a {owned!r} model) but model_type is "
-                                  f"{model_type!r}", f)
-        return cls
-    return None
-
-
-def _weights(path: str) -> tuple[list[str], int]:
-    """Parameter names and total element count of the directory's weights (headers only)."""
-    from layerprobe.io.checkpoints import open_checkpoint
-
-    with open_checkpoint(path) as src:
-        keys = list(src.keys())
-        total = 0
-        for k in keys:
-            total += math.prod(src.shape(k))
-        return keys, total
-
-
-def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: bool = True) -> dict:
-    """The one guard for a Hugging Face model directory; returns the parsed ``config.json``.
-
-    Run before anything from ``transformers`` reads the directory. Checks, in order: a directory
-    with a regular, bounded ``config.json`` holding a JSON object; no ``auto_map`` in any config
-    file; a ``model_type`` shipped with transformers and ``architectures`` naming a model class of
-    that type; layer count within :data:`MAX_LAYERS` and equal to the blocks in the weights; weights
-    that are readable (every safetensors header, index entries inside the directory, ``.bin`` with
-    the weights-only loader); and, when ``build``, a configuration whose parameter count (the model
-    built on the meta device) the weight files can hold. ``weights=False`` (names only, e.g.
-    ``freeze-list``) checks the config alone.
-
-    Raises:
-        LayerProbeError: one line naming the offending file.
-    """
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise LayerProbeError("expected a Hugging Face model directory", path)
-    f = os.path.join(path, "config.json")
-    if not os.path.lexists(f):
-        raise LayerProbeError("no config.json: expected a Hugging Face model directory", path)
-    _check_auto_map(path)
-    cfg = load_json(f, "config.json")
-    cls = _model_class(cfg, f)
-    for key in ("hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings", "n_embd",
-                "d_model", "num_attention_heads", "n_head", "n_positions"):
-        _count(cfg, key, f, 0, 1 << 24)
-    claimed = {k: _count(cfg, k, f, 0, MAX_LAYERS) for k in LAYER_KEYS}
-    if not weights:
-        return cfg
-    keys, elements = _weights(path)
-    from layerprobe.model.blocks import blocks_from_names
-
-    try:
-        found = len(blocks_from_names(keys).blocks)
-    except LayerProbeError:
-        found = None
-    for key, n in claimed.items():
-        if n is not None and found and n != found:
-            raise LayerProbeError(f"{key} = {n} but the weights hold {found} blocks (a layer missing from the "
-                                  f"weights would be initialised at random)", f)
-        if n is not None:
-            break
-    if build:
-        n_params = _meta_parameter_count(path, cls)
-        if n_params is not None and n_params > elements:
-            raise LayerProbeError(f"the configuration implies {n_params:,} parameters but the weight files hold "
-                                  f"{elements:,} values (missing weights would be initialised at random)", f)
-    return cfg
-
-
-def _meta_parameter_count(path: str, cls: Any) -> int | None:
-    """Parameters of the configured model built on the meta device (no memory), tied weights once."""
-    import torch
-    import transformers
-
-    try:
-        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
-        with torch.device("meta"):
-            model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise LayerProbeError(f"cannot build the configured model: {one_line(exc, 200)}",
-                              os.path.join(path, "config.json")) from None
-    return sum(p.numel() for p in model.parameters())
-
-
-def max_positions(model: Any) -> int | None:
-    """The longest input the model's position embeddings allow (None when unbounded or unknown)."""
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return None
-    if getattr(cfg, "position_embedding_type", "absolute") not in (None, "absolute"):
-        return None
-    for key in ("max_position_embeddings", "n_positions"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
-
-
-def check_loading_info(model: Any, info: dict, path: str) -> None:
-    """Refuse a loaded model whose block or embedding weights were not all in the files.
-
-    ``info`` is transformers' ``output_loading_info``. Weights of the blocks and embeddings that
-    were missing, had another shape (initialised at random) or were left over in the files mean
-    the model measured is not the one saved. A missing task head is tolerated (it is never measured
-    and snapshots leave it out).
-    """
-    from layerprobe.model.blocks import find_blocks
-
-    try:
-        blocks = find_blocks(model)
-    except LayerProbeError:
-        return
-    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()]
-    if mismatched:
-        raise LayerProbeError(f"{len(mismatched)} weight(s) in the files have another shape than the config "
-                              f"implies, e.g. {one_line(str(mismatched[0]), 80)}", path)
-
-    def in_entry(name: str) -> bool:
-        return blocks.entry_of(name) is not None
-
-    missing = sorted(k for k in info.get("missing_keys") or () if in_entry(k))
-    if missing:
-        raise LayerProbeError(f"{len(missing)} block/embedding weight(s) missing from the weight files (would be "
-                              f"initialised at random), e.g. {one_line(missing[0], 80)}", path)
-    from layerprobe.model.blocks import blocks_from_names
-
-    unexpected = [k for k in info.get("unexpected_keys") or () if not k.endswith(("position_ids", ".bias_k"))]
-    try:
-        extra = blocks_from_names(unexpected).blocks if unexpected else []
-    except LayerProbeError:
-        extra = []
-    if extra:
-        raise LayerProbeError(f"the weight files hold block weights the model does not use, e.g. "
-                              f"{one_line(unexpected[0], 80)} (config and weights disagree)", path)
-
-
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                    "sentencepiece.bpe.model", "vocab.model")
-
-
-def load_tokenizer(path: str, model: Any = None) -> Any:
-    """The directory's own tokenizer, or None when it has no tokenizer files.
-
-    Never a stand-in: transformers builds a tokenizer from the config alone when the files are
-    missing (every word becomes ``[UNK]``), so a tokenizer is only loaded from a directory that
-    holds one of its vocabulary files. Unreadable tokenizer files and a vocabulary larger than the
-    model's embedding table (ids past the vocabulary) are refused.
-    """
-    present = [n for n in _TOKENIZER_FILES if os.path.lexists(os.path.join(path, n))]
-    if not present:
-        return None
-    for n in present:
-        regular_file(os.path.join(path, n), "tokenizer file")
-    if os.path.lexists(os.path.join(path, "tokenizer.json")):
-        load_json(os.path.join(path, "tokenizer.json"), "tokenizer.json")
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - tokenizers raise many types (Exception from Rust)
-        raise LayerProbeError(f"cannot read the tokenizer ({type(exc).__name__}: {one_line(exc, 150)})",
-                              os.path.join(path, present[0])) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if isinstance(tok, bool) or not callable(tok):
-        raise LayerProbeError("the tokenizer files do not give a usable tokenizer", path)
-    emb = model.get_input_embeddings() if model is not None and hasattr(model, "get_input_embeddings") else None
-    rows = getattr(emb, "num_embeddings", None)
-    if isinstance(rows, int) and len(tok) > rows:
-        raise LayerProbeError(f"the tokenizer has {len(tok)} tokens but the model's embedding table has {rows} rows "
-                              f"(token ids past the vocabulary)", path)
-    return tok
-
-
-#: the default truncation length (``options.DEFAULT_MAX_LENGTH``); capped to a smaller model silently
-_DEFAULT_MAX_LENGTH = 128
-
-
-def fit_max_length(model: Any, max_length: int) -> int:
-    """``max_length`` if the model's positions allow it; the default is capped, anything else refused.
-
-    >>> from transformers import BertConfig, BertModel
-    >>> m = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-    ...                          intermediate_size=20, vocab_size=50, max_position_embeddings=64))
-    >>> fit_max_length(m, 128), fit_max_length(m, 32)
-    (64, 32)
-    """
-    limit = max_positions(model)
-    if limit is None or max_length <= limit:
-        return max_length
-    if max_length == _DEFAULT_MAX_LENGTH:
-        return limit
-    raise LayerProbeError(f"--max-length {max_length} is past the model's {limit} positions "
-                          f"(max_position_embeddings); use --max-length {limit} or less")

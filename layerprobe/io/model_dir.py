@@ -1,59 +1,207 @@
-"""Which tensors of a checkpoint are parameters, and which architecture class a directory was saved with.
+"""A Hugging Face model directory, checked before ``transformers`` sees it; its parameters.
 
-Checkpoints carry more than parameters: buffers (``embeddings.position_ids`` in files saved by
-older transformers, GPT-2's causal ``attn.bias``) and, in some files, both names of a tied weight
-(``lm_head.weight`` beside ``wte.weight``). Weight drift is a property of parameters, so
-comparisons align on parameters:
-
-* for a Hugging Face directory, the architecture named in ``config.json`` is built on the meta
-  device (no memory, no weights) and its ``named_parameters()`` (tied aliases dropped) decide;
-* for a bare file (no config), integer and bool tensors are dropped (ids and masks, never trained).
-
-:func:`architecture_class` is the class the directory was saved with (``config.architectures``),
-so a ``*ForSequenceClassification`` directory is loaded with its head rather than through
-``AutoModel`` (which drops the head and randomly initialises a missing pooler).
+* :func:`check_model_dir` is the one guard every path that builds a model or config from a user's
+  directory goes through: no ``auto_map`` (custom code) in any config file
+  (:func:`refuse_auto_map`), a ``model_type`` that ships with transformers, ``architectures``
+  naming a model class of that type (:func:`model_class`, never ``Trainer``, ``pipeline``, ...), a
+  plausible layer count that matches the weights, and a configuration whose parameter count the
+  weight files can hold (the model built on the meta device by :func:`build_meta_model`).
+* Checkpoints carry more than parameters: buffers (``embeddings.position_ids`` in files saved by
+  older transformers, GPT-2's causal ``attn.bias``) and, in some files, both names of a tied weight
+  (``lm_head.weight`` beside ``wte.weight``). Weight drift is a property of parameters, so
+  comparisons align on parameters (:func:`drop_non_parameters`): for a model directory the
+  architecture built on the meta device decides (tied aliases dropped); for a bare file (no
+  config), integer and bool tensors are dropped (ids and masks, never trained).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-__all__ = ["architecture_class", "drop_non_parameters", "parameter_names_of_dir"]
+from layerprobe.errors import LayerProbeError, one_line
+from layerprobe.io.files import load_json
+
+__all__ = [
+    "CONFIG_FILES",
+    "LAYER_KEYS",
+    "MAX_LAYERS",
+    "build_meta_model",
+    "check_model_dir",
+    "drop_non_parameters",
+    "model_class",
+    "parameter_names_of_dir",
+    "refuse_auto_map",
+]
+
+#: largest layer count a config may claim
+MAX_LAYERS = 4096
+#: config keys that give a block count
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+#: config files of a model directory that may ask for custom code
+CONFIG_FILES = ("config.json", "tokenizer_config.json", "generation_config.json", "preprocessor_config.json",
+                "processor_config.json", "special_tokens_map.json", "adapter_config.json")
 
 
-def architecture_class(config: Any) -> Any:
-    """The ``transformers`` class named first in ``config.architectures``, else ``AutoModel``.
+def _count(cfg: dict, key: str, path: str, low: int = 0, high: int = 1 << 31) -> int | None:
+    v = cfg.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        raise LayerProbeError(f"{key} = {one_line(repr(v), 40)} is not a plausible value "
+                              f"(expected an integer in [{low}, {high}])", path)
+    return v
 
-    Only classes shipped with transformers are returned (a name is looked up as an attribute of
-    the ``transformers`` package; nothing is imported from the model directory).
+def refuse_auto_map(path: str | os.PathLike) -> None:
+    """Refuse a directory whose config files ask for custom Python code (``auto_map``): the one check.
+
+    Every config file a model or adapter directory may hold is read bounded (:func:`load_json`).
+    """
+    path = os.fspath(path)
+    for name in CONFIG_FILES:
+        f = os.path.join(path, name)
+        if not os.path.lexists(f):
+            continue
+        cfg = load_json(f, name)
+        if name == "config.json" and not isinstance(cfg, dict):
+            raise LayerProbeError(f"expected a JSON object, found {type(cfg).__name__}", f)
+        if isinstance(cfg, dict) and "auto_map" in cfg:
+            raise LayerProbeError(
+                "refused: 'auto_map' asks for custom Python code from the model directory "
+                "(remote code is never run); use a model whose class ships with transformers", f)
+
+def model_class(cfg: dict, f: str) -> Any:
+    """The transformers model class ``config.json`` names (``architectures[0]``), None when it names
+    none (then ``AutoModel``); refuses anything else: the one class lookup.
+
+    Only classes shipped with transformers are returned (a name is looked up as an attribute of the
+    ``transformers`` package; nothing is imported from the model directory).
+    """
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = cfg.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise LayerProbeError("no 'model_type': cannot tell which transformers architecture this is", f)
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise LayerProbeError(f"unknown model_type {one_line(repr(model_type), 60)}: not an architecture that "
+                              f"ships with transformers {transformers.__version__} (custom code is never run)", f)
+    archs = cfg.get("architectures")
+    if archs is None:
+        return None
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise LayerProbeError("'architectures' must be a list of class names", f)
+    for arch in archs[:1]:
+        cls = getattr(transformers, arch, None) if arch.isidentifier() else None
+        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+            raise LayerProbeError(f"architectures names {one_line(repr(arch), 60)}, which is not a model class "
+                                  f"shipped with transformers", f)
+        owned = getattr(getattr(cls, "config_class", None), "model_type", None)
+        if owned and owned != model_type:
+            raise LayerProbeError(f"architectures names {arch} (a {owned!r} model) but model_type is "
+                                  f"{model_type!r}", f)
+        return cls
+    return None
+
+def _weights(path: str) -> tuple[list[str], int]:
+    """Parameter names and total element count of the directory's weights (headers only)."""
+    from layerprobe.io.checkpoints import open_checkpoint
+
+    with open_checkpoint(path) as src:
+        keys = list(src.keys())
+        total = 0
+        for k in keys:
+            total += math.prod(src.shape(k))
+        return keys, total
+
+def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: bool = True) -> dict:
+    """The one guard for a Hugging Face model directory; returns the parsed ``config.json``.
+
+    Run before anything from ``transformers`` reads the directory. Checks, in order: a directory
+    with a regular, bounded ``config.json`` holding a JSON object; no ``auto_map`` in any config
+    file; a ``model_type`` shipped with transformers and ``architectures`` naming a model class of
+    that type; layer count within :data:`MAX_LAYERS` and equal to the blocks in the weights; weights
+    that are readable (every safetensors header, index entries inside the directory, ``.bin`` with
+    the weights-only loader); and, when ``build``, a configuration whose parameter count (the model
+    built on the meta device) the weight files can hold. ``weights=False`` (names only, e.g.
+    ``freeze-list``) checks the config alone.
+
+    Raises:
+        LayerProbeError: one line naming the offending file.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise LayerProbeError("expected a Hugging Face model directory", path)
+    f = os.path.join(path, "config.json")
+    if not os.path.lexists(f):
+        raise LayerProbeError("no config.json: expected a Hugging Face model directory", path)
+    refuse_auto_map(path)
+    cfg = load_json(f, "config.json")
+    cls = model_class(cfg, f)
+    for key in ("hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings", "n_embd",
+                "d_model", "num_attention_heads", "n_head", "n_positions"):
+        _count(cfg, key, f, 0, 1 << 24)
+    claimed = {k: _count(cfg, k, f, 0, MAX_LAYERS) for k in LAYER_KEYS}
+    if not weights:
+        return cfg
+    keys, elements = _weights(path)
+    from layerprobe.model.blocks import blocks_from_names
+
+    try:
+        found = len(blocks_from_names(keys).blocks)
+    except LayerProbeError:
+        found = None
+    for key, n in claimed.items():
+        if n is not None and found and n != found:
+            raise LayerProbeError(f"{key} = {n} but the weights hold {found} blocks (a layer missing from the "
+                                  f"weights would be initialised at random)", f)
+        if n is not None:
+            break
+    if build:
+        n_params = _meta_parameter_count(path, cls)
+        if n_params is not None and n_params > elements:
+            raise LayerProbeError(f"the configuration implies {n_params:,} parameters but the weight files hold "
+                                  f"{elements:,} values (missing weights would be initialised at random)", f)
+    return cfg
+
+def _meta_parameter_count(path: str, cls: Any) -> int:
+    """Parameters of the configured model built on the meta device (no memory), tied weights once."""
+    return sum(p.numel() for p in build_meta_model(path, cls).parameters())
+
+
+def build_meta_model(path: str | os.PathLike, cls: Any = None) -> torch.nn.Module:
+    """The configured model built on the meta device (no memory, no weights): the one builder.
+
+    ``cls`` is :func:`model_class` of the config (None: ``AutoModel``). Run after
+    :func:`check_model_dir` (or :func:`refuse_auto_map`): no remote code is ever trusted.
+
+    Raises:
+        LayerProbeError: transformers cannot build the configuration.
     """
     import transformers
 
-    for arch in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, str(arch), None)
-        if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
-            return cls
-    return transformers.AutoModel
+    path = os.fspath(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+        with torch.device("meta"):
+            return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        raise LayerProbeError(f"cannot build the configured model: {one_line(exc, 200)}",
+                              os.path.join(path, "config.json")) from None
 
 
 def _meta_model(directory: str) -> torch.nn.Module | None:
-    import transformers
-
-    if not os.path.isfile(os.path.join(directory, "config.json")):
+    """The directory's architecture on the meta device, or None (no config, custom code, unknown class)."""
+    f = os.path.join(directory, "config.json")
+    if not os.path.isfile(f):
         return None
     try:
-        with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-            if "auto_map" in json.load(f):
-                return None  # custom code: never built
-        config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
-        cls = architecture_class(config)
-        with torch.device("meta"):
-            return cls(config) if cls is not transformers.AutoModel else transformers.AutoModel.from_config(config)
+        refuse_auto_map(directory)  # custom code: never built
+        return build_meta_model(directory, model_class(load_json(f, "config.json"), f))
     except Exception:  # noqa: BLE001 - an unknown architecture falls back to the dtype rule
         return None
 

@@ -18,7 +18,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 from layerprobe.errors import LayerProbeError
@@ -33,6 +33,7 @@ __all__ = [
     "check_not_an_input",
     "check_output_file",
     "ensure_writable_dir",
+    "write_output_set",
 ]
 
 
@@ -251,6 +252,18 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[str]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_output_set(path: str | os.PathLike, writers: Mapping[str, Callable[[str], object]]) -> list[str]:
+    """Write a set of files into the directory ``path`` together: the one output-set writer.
+
+    ``writers[name](file)`` writes one file into a temporary sibling directory; the set appears
+    together, or not at all (:func:`atomic_output_dir`). Returns the final paths, in order.
+    """
+    with atomic_output_dir(path) as tmp:
+        for name, write in writers.items():
+            write(os.path.join(tmp, name))
+    return [os.path.join(os.fspath(path), name) for name in writers]
 
 
 def _about_output(exc: OSError, tmp: str) -> bool:

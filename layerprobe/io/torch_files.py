@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from layerprobe.errors import _ANSI, LayerProbeError
+from layerprobe.errors import LayerProbeError, strip_ansi
 from layerprobe.errors import one_line as _one_line
 
 __all__ = ["SNAPSHOT_FORMAT", "load_pt_or_snapshot", "safe_torch_load"]
@@ -85,7 +85,7 @@ def _global_status(dotted: str) -> str:
 
 
 def _translate_unpickling(path: str, exc: Exception) -> LayerProbeError:
-    msg = _ANSI.sub("", str(exc))
+    msg = strip_ansi(str(exc))
     match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", msg)
     if match:
         name = match.group(1)
@@ -155,7 +155,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         raise _translate_unpickling(path, exc) from None
     except RuntimeError as exc:
-        msg = _ANSI.sub("", str(exc))
+        msg = strip_ansi(str(exc))
         if "TorchScript" in msg:
             raise LayerProbeError(
                 "refused: a TorchScript archive contains code; save the state_dict as .safetensors",

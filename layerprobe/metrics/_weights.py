@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.metrics.core import Weight, Weights
+
+__all__ = []
 
 
-def _as_tensor(t, name: str) -> torch.Tensor:
+def _as_tensor(t: Weight, name: str) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         return t.detach()
     try:
@@ -25,7 +29,7 @@ def _as_tensor(t, name: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _pairs(w0, w1) -> list[tuple[str, object, object]]:
+def _pairs(w0: Weights, w1: Weights) -> list[tuple[str, Weight, Weight]]:
     """Normalise (tensor | mapping | sequence) pairs to [(name, t0, t1)], validating keys."""
     if isinstance(w0, Mapping) or isinstance(w1, Mapping):
         if not (isinstance(w0, Mapping) and isinstance(w1, Mapping)):
@@ -42,7 +46,7 @@ def _pairs(w0, w1) -> list[tuple[str, object, object]]:
             )
         return [(str(k), w0[k], w1[k]) for k in k0]
     if isinstance(w0, (torch.Tensor, np.ndarray)) or isinstance(w1, (torch.Tensor, np.ndarray)):
-        return [("<tensor>", w0, w1)]
+        return [("<tensor>", cast(Weight, w0), cast(Weight, w1))]
     if isinstance(w0, Sequence) and isinstance(w1, Sequence) and not isinstance(w0, str):
         if len(w0) != len(w1):
             raise LayerProbeError(f"w0 and w1 have different lengths: {len(w0)=} vs {len(w1)=}")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.metrics._core import (
+from layerprobe.metrics.core import (
     CKASubsampleWarning,
+    Matrix,
     as_f64,
     check_pair,
     prepare,
@@ -53,12 +55,12 @@ def _weighted_linear_cka(k: torch.Tensor, l_: torch.Tensor, w: torch.Tensor) -> 
 
 
 def bootstrap_cka(
-    x,
-    y,
+    x: Matrix,
+    y: Matrix,
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
-    groups=None,
+    groups: np.ndarray | Sequence[int] | None = None,
     max_n: int = 2048,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval for linear CKA, resampling probe examples.

@@ -18,8 +18,8 @@ Undefined cases (a representation that is constant after centring, NaN or Inf in
 :class:`~layerprobe.errors.LayerProbeError`.
 """
 
-from layerprobe.metrics._core import HIGHER_IS_MORE_SIMILAR, CKASubsampleWarning, CKAUndefinedWarning
 from layerprobe.metrics.bootstrap import bootstrap_cka
+from layerprobe.metrics.core import HIGHER_IS_MORE_SIMILAR, CKASubsampleWarning, CKAUndefinedWarning
 from layerprobe.metrics.linear import debiased_cka, linear_cka
 from layerprobe.metrics.maps import cka_maps, cka_matrix
 from layerprobe.metrics.rbf import rbf_cka

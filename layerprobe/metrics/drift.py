@@ -23,6 +23,7 @@ import torch
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.metrics._weights import _as_tensor, _pairs
+from layerprobe.metrics.core import Weight, Weights
 from layerprobe.metrics.param_groups import GROUPS, param_group
 from layerprobe.metrics.updates import _f64_delta, matrix_updates, update_rank
 
@@ -111,7 +112,7 @@ class _OneTorchThread:
         if self.saved != 1:
             torch.set_num_threads(1)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.saved != 1:
             torch.set_num_threads(self.saved)
 
@@ -215,7 +216,7 @@ class DriftAccumulator:
         self.n_params = 0
         self.n_tensors = 0
 
-    def add(self, name: str, t0, t1) -> tuple[bool, bool]:
+    def add(self, name: str, t0: Weight, t1: Weight) -> tuple[bool, bool]:
         """Add one parameter; return whether each side was finite (no NaN/Inf).
 
         Args:
@@ -286,14 +287,14 @@ class DriftAccumulator:
         }
 
 
-def _accumulate(w0, w1) -> DriftAccumulator:
+def _accumulate(w0: Weights, w1: Weights) -> DriftAccumulator:
     acc = DriftAccumulator()
     for name, a, b in _pairs(w0, w1):
         acc.add(name, a, b)
     return acc
 
 
-def weight_drift(w0, w1) -> float:
+def weight_drift(w0: Weights, w1: Weights) -> float:
     """Relative Frobenius drift ‖W1 − W0‖ / ‖W0‖ (a distance; 0 = unchanged).
 
     Args:
@@ -316,7 +317,7 @@ def weight_drift(w0, w1) -> float:
     return _accumulate(w0, w1).result()["weight_drift"]
 
 
-def weight_cosine(w0, w1) -> float:
+def weight_cosine(w0: Weights, w1: Weights) -> float:
     """Cosine similarity of the flattened, concatenated weights (1 = same direction).
 
     Args:
@@ -333,7 +334,7 @@ def weight_cosine(w0, w1) -> float:
     return _accumulate(w0, w1).result()["cosine"]
 
 
-def max_abs_change(w0, w1) -> float:
+def max_abs_change(w0: Weights, w1: Weights) -> float:
     """Largest absolute elementwise change max|W1 − W0| (a distance).
 
     Args:
@@ -371,7 +372,7 @@ def block_anatomy(w0: Mapping, w1: Mapping, with_rank: bool = True) -> dict[str,
     (['attn.q', 'norm'], 0.5, 1, 0.0)
     """
     accs: dict[str, DriftAccumulator] = {}
-    largest: dict[str, tuple[int, str, object, object]] = {}
+    largest: dict[str, tuple[int, str, Weight, Weight]] = {}
     for name, a, b in _pairs(w0, w1):
         group = param_group(name)
         acc = accs.setdefault(group, DriftAccumulator())

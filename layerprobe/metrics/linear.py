@@ -2,7 +2,7 @@
 
 * linear CKA ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)`` with column-centred X, Y (feature form, O(n·d²),
   computed from row chunks: :mod:`~layerprobe.metrics.streaming`), or ``⟨K, L⟩ / (‖K‖‖L‖)`` with
-  centred Gram matrices K = XXᵀ, L = YYᵀ (Gram form, O(n²·d): :mod:`~layerprobe.metrics._gram`);
+  centred Gram matrices K = XXᵀ, L = YYᵀ (Gram form, O(n²·d): :mod:`~layerprobe.metrics.gram`);
   each call picks the cheaper one, both give the same value (Kornblith et al. 2019).
 * debiased CKA: the same ratio with the unbiased estimator HSIC₁ (Song et al. 2012).
 """
@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from layerprobe.metrics._core import (
+from layerprobe.metrics.core import (
+    Matrix,
     as_cpu,
     as_f64_owned,
     check_pair,
@@ -22,7 +23,7 @@ from layerprobe.metrics._core import (
     prepare,
     undefined,
 )
-from layerprobe.metrics._gram import _blocks, gram_inner
+from layerprobe.metrics.gram import gram_inner, row_blocks
 from layerprobe.metrics.streaming import _Moments, shift_of
 
 __all__ = ["debiased_cka", "linear_cka"]
@@ -30,12 +31,12 @@ __all__ = ["debiased_cka", "linear_cka"]
 
 def use_gram(n: int, d1: int, d2: int) -> bool:
     """Whether the Gram form costs fewer multiply-adds: n²(d1+d2)·(b+1)/(2b) for b row blocks
-    (:mod:`~layerprobe.metrics._gram`) against n(d1² + d2² + d1·d2) for the feature form."""
-    b = len(_blocks(n, 2))
+    (:mod:`~layerprobe.metrics.gram`) against n(d1² + d2² + d1·d2) for the feature form."""
+    b = len(row_blocks(n, 2))
     return n * n * (d1 + d2) * (b + 1) / (2 * b) < n * (d1 * d1 + d2 * d2 + d1 * d2)
 
 
-def linear_cka(x, y) -> float:
+def linear_cka(x: Matrix, y: Matrix) -> float:
     """Linear CKA between two representations of the same n examples.
 
     Computes ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)`` after column-centring (or the identical Gram form
@@ -120,7 +121,7 @@ def _ratio(hxy: float, hxx: float, hyy: float, what: str) -> float:
     return hxy / math.sqrt(hxx * hyy)
 
 
-def debiased_cka(x, y) -> float:
+def debiased_cka(x: Matrix, y: Matrix) -> float:
     """Debiased linear CKA: the CKA ratio with the unbiased HSIC₁ estimator (Song et al. 2012).
 
     Unlike :func:`linear_cka` it is close to 0 for independent data even at small n; it can be

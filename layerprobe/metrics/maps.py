@@ -6,7 +6,7 @@ centred matrices, computed by whichever form costs fewer multiply-adds *for the 
 
 * feature form: for each a, one product of Mₐ with the contiguous columns of every M_b it needs
   (Σₐ n·dₐ·Σ_b d_b);
-* Gram form (:mod:`~layerprobe.metrics._gram`): every Gram matrix once, blockwise, then all inner
+* Gram form (:mod:`~layerprobe.metrics.gram`): every Gram matrix once, blockwise, then all inner
   products together (m·n²·d̄·(b+1)/(2b) + m²n²). For an L×L map it stays cheaper than the
   feature form up to n ≈ (L+2)/2·d, far beyond the single-pair rule n < d1 + d2.
 
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.metrics._core import as_f64, clip01, column_range, constant_columns, prepare, undefined
-from layerprobe.metrics._gram import _blocks, gram_inner
+from layerprobe.metrics.core import Matrix, as_f64, clip01, column_range, constant_columns, prepare, undefined
+from layerprobe.metrics.gram import gram_inner, row_blocks
 
 __all__ = ["cka_maps", "cka_matrix"]
 
 
-def _shape(t) -> tuple:
+def _shape(t: Matrix) -> tuple:
     return tuple(t.shape) if hasattr(t, "shape") else np.shape(t)
 
 
@@ -57,7 +57,7 @@ def _check_list_shapes(lists: dict[str, list]) -> int:
 
 def _centre_into(view: torch.Tensor, src: torch.Tensor, name: str) -> str | None:
     """Centre ``src`` (a float CPU tensor of any precision) into the float64 ``view`` as
-    :func:`~layerprobe.metrics._core.centre` does, in fewer passes over memory; return why the
+    :func:`~layerprobe.metrics.core.centre` does, in fewer passes over memory; return why the
     item is undefined, or None.
 
     The column range (constant columns) and a first mean are read from ``src`` in its own dtype;
@@ -90,7 +90,8 @@ def _centre_into(view: torch.Tensor, src: torch.Tensor, name: str) -> str | None
     return None
 
 
-def _centred_block(items: list, names: list[str], n: int, reasons: list[str]):
+def _centred_block(items: list, names: list[str], n: int,
+                   reasons: list[str]) -> tuple[torch.Tensor, np.ndarray, list[bool]]:
     """Z (n × Σd, float64) with each item centred in its column slice; the column offsets; and
     which items are defined."""
     widths = [_shape(t)[1] for t in items]
@@ -117,7 +118,7 @@ def _inner(z: torch.Tensor, offs: np.ndarray, ranges: list[tuple[int, int]], for
     m, n = len(offs) - 1, z.shape[0]
     w = np.diff(offs)
     ops = [z[:, offs[k]:offs[k + 1]] for k in range(m)]
-    b = len(_blocks(n, m))
+    b = len(row_blocks(n, m))
     gram_cost = float(w.sum()) * n * n * (b + 1) / (2 * b) + m * m * n * n / 2
     feat_cost = sum(float(w[a]) * n * (w[lo:hi].sum() + (0 if lo <= a < hi else w[a]))
                     for a, (lo, hi) in enumerate(ranges))
@@ -143,7 +144,7 @@ def _fill(g: np.ndarray, ok: list[bool], rows: range, cols: range, symmetric: bo
     return out
 
 
-def cka_matrix(xs: Sequence, ys: Sequence | None = None) -> np.ndarray:
+def cka_matrix(xs: Sequence[Matrix], ys: Sequence[Matrix] | None = None) -> np.ndarray:
     """Linear CKA between every representation in ``xs`` and every one in ``ys``.
 
     Each matrix is centred once; the map then costs one Gram or feature product per matrix and
@@ -190,7 +191,7 @@ def cka_matrix(xs: Sequence, ys: Sequence | None = None) -> np.ndarray:
     return result
 
 
-def cka_maps(xs: Sequence, ys: Sequence) -> dict[str, np.ndarray]:
+def cka_maps(xs: Sequence[Matrix], ys: Sequence[Matrix]) -> dict[str, np.ndarray]:
     """The three cross-layer linear CKA maps of two models, sharing all per-entry work.
 
     Each representation is converted and centred **once** and every inner product ‖MₐᵀM_b‖²

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.metrics._core import (
+from layerprobe.metrics.core import (
     CKASubsampleWarning,
+    Matrix,
     as_f64,
     check_pair,
     clip01,
@@ -54,7 +55,7 @@ def _subsample_rows(n: int, max_n: int, seed: int, what: str) -> torch.Tensor | 
     return torch.from_numpy(idx)
 
 
-def rbf_cka(x, y, threshold: float = 0.5, max_n: int = 2048, seed: int = 0) -> float:
+def rbf_cka(x: Matrix, y: Matrix, threshold: float = 0.5, max_n: int = 2048, seed: int = 0) -> float:
     """CKA with Gaussian (RBF) kernels (Kornblith et al. 2019), biased HSIC.
 
     ``K_ij = exp(−‖xᵢ − xⱼ‖² / (2σ²))`` with σ² = threshold² · median of the squared pairwise

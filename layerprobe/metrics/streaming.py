@@ -19,7 +19,8 @@ import math
 import torch
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.metrics._core import (
+from layerprobe.metrics.core import (
+    Matrix,
     as_cpu,
     check_pair,
     clip01,
@@ -170,7 +171,7 @@ class StreamingCKA:
     def __init__(self) -> None:
         self._m: _Moments | None = None
 
-    def update(self, x_batch, y_batch) -> None:
+    def update(self, x_batch: Matrix, y_batch: Matrix) -> None:
         """Add a batch.
 
         Args:

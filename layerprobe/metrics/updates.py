@@ -9,6 +9,7 @@ import torch
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.metrics._weights import _as_tensor, _pairs
+from layerprobe.metrics.core import Weight
 
 __all__ = ["matrix_updates", "update_rank"]
 
@@ -17,7 +18,7 @@ def _rank_key(energy: float) -> str:
     return f"rank{energy * 100:g}"
 
 
-def update_rank(delta, energy: float = 0.9) -> dict | None:
+def update_rank(delta: Weight, energy: float = 0.9) -> dict | None:
     """Effective rank of an update ΔW = W1 − W0 (float64 singular values).
 
     ``stable_rank`` = ‖ΔW‖²_F / ‖ΔW‖²₂ (between 1 and rank; 0.0 for ΔW = 0). ``rank90`` is the
@@ -63,7 +64,7 @@ def update_rank(delta, energy: float = 0.9) -> dict | None:
     return {"stable_rank": total / float(s2[0]), key: min(k, int(s2.numel()))}
 
 
-def _f64_delta(a, b, name: str) -> torch.Tensor:
+def _f64_delta(a: Weight, b: Weight, name: str) -> torch.Tensor:
     ta, tb = _as_tensor(a, name), _as_tensor(b, name)
     if tuple(ta.shape) != tuple(tb.shape):
         raise LayerProbeError(
@@ -72,7 +73,7 @@ def _f64_delta(a, b, name: str) -> torch.Tensor:
     return tb.to(device="cpu", dtype=torch.float64) - ta.to(device="cpu", dtype=torch.float64)
 
 
-def matrix_updates(w0: Mapping, w1: Mapping, energy: float = 0.9) -> dict[str, dict]:
+def matrix_updates(w0: Mapping[str, Weight], w1: Mapping[str, Weight], energy: float = 0.9) -> dict[str, dict]:
     """Rank of the update of every parameter with ≥ 2 dims.
 
     Args:

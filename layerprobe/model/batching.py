@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["KEYS", "collate", "encode", "pad_id"]
+
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 

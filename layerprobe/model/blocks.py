@@ -29,6 +29,9 @@ from torch import nn
 
 from layerprobe.errors import LayerProbeError
 
+__all__ = ["EMBEDDINGS", "OTHER", "BlockRef", "Blocks", "block_modules", "blocks_from_names", "find_blocks",
+           "find_stack"]
+
 EMBEDDINGS = "embeddings"
 OTHER = "other"
 
@@ -136,7 +139,8 @@ def _is_embedding_like(path: str, module: nn.Module | None) -> bool:
     return isinstance(module, nn.Embedding) or "embed" in last or last in {"wte", "wpe"}
 
 
-def _find_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+def find_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The largest ``nn.ModuleList`` of the model (the block stack) and its module path."""
     best: tuple[int, str, nn.ModuleList] | None = None
     for path, mod in model.named_modules():
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
@@ -200,7 +204,7 @@ def find_blocks(
         block_paths = sorted(matched, key=order)
         stack_path = block_paths[0].rsplit(".", 1)[0] if "." in block_paths[0] else ""
     else:
-        stack_path, stack = _find_stack(model)
+        stack_path, stack = find_stack(model)
         block_paths = [f"{stack_path}.{i}" for i in range(len(stack))]
 
     def in_blocks(path: str) -> bool:

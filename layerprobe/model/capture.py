@@ -31,7 +31,9 @@ from torch import nn
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.model.blocks import Blocks, block_modules, find_blocks
-from layerprobe.options import POOLINGS
+from layerprobe.options import DEFAULT_POOLING, POOLINGS
+
+__all__ = ["Capture", "capture", "pool"]
 
 
 def _unwrap(output: Any) -> torch.Tensor:
@@ -47,7 +49,7 @@ def _unwrap(output: Any) -> torch.Tensor:
     raise LayerProbeError(f"cannot read hidden states from a block output of type {type(output).__name__}")
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str = "mean",
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str = DEFAULT_POOLING,
          max_tokens: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Pool token states ``(batch, seq, d)`` into per-example vectors, padding excluded.
 
@@ -105,7 +107,7 @@ class Capture:
     """What :func:`capture` records; read ``.outputs`` after the forward passes."""
 
     names: list[str]
-    pooling: str = "mean"
+    pooling: str = DEFAULT_POOLING
     max_tokens: int | None = None
     _chunks: dict[str, list] = field(default_factory=dict)
     _examples: list[torch.Tensor] = field(default_factory=list)
@@ -164,7 +166,7 @@ class Capture:
 def capture(
     model: nn.Module,
     blocks: Blocks | None = None,
-    pooling: str = "mean",
+    pooling: str = DEFAULT_POOLING,
     max_tokens: int | None = None,
 ) -> Iterator[Capture]:
     """Record every entry's pooled output during the forward passes run inside the block.

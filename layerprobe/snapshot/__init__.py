@@ -1,1 +1,2 @@
-"""snapshot"""
+"""Stage 3: a snapshot of one model on one probe (``take``) and the schema its file must satisfy (``check``).
+"""

@@ -31,7 +31,11 @@ from layerprobe.io.outputs import atomic_save_torch
 from layerprobe.io.probe_files import fingerprint
 from layerprobe.model.batching import collate, encode, pad_id
 from layerprobe.model.blocks import OTHER, Blocks, find_blocks
-from layerprobe.model.capture import POOLINGS, capture
+from layerprobe.model.capture import capture
+from layerprobe.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_POOLING, POOLINGS
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Snapshot", "describe_model", "model_weights", "run_probe", "take_snapshot",
+           "tokenize_probe"]
 
 FORMAT = "layerprobe-snapshot"
 FORMAT_VERSION = 1
@@ -144,7 +148,7 @@ def model_weights(model: nn.Module, blocks: Blocks) -> dict[str, dict[str, torch
 
     Wrappers are seen through (:func:`~layerprobe.model.unwrap.effective_parameters`: a LoRA weight is
     base + update, an FSDP2 shard is gathered); parameters that a loader initialised because they
-    were not in the files (:data:`~layerprobe.sources.NOT_IN_FILES`) are left out.
+    were not in the files (:data:`~layerprobe.io.hf_model.NOT_IN_FILES`) are left out.
     """
     from layerprobe.model.unwrap import effective_parameters
 
@@ -212,9 +216,9 @@ def run_probe(
     model: nn.Module,
     examples: list[dict],
     blocks: Blocks,
-    pooling: str = "mean",
+    pooling: str = DEFAULT_POOLING,
     max_tokens: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     pad: int = 0,
     progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
@@ -248,10 +252,10 @@ def take_snapshot(
     tokenizer: Any = None,
     texts: list[str] | None = None,
     *,
-    pooling: str = "mean",
-    max_length: int = 128,
+    pooling: str = DEFAULT_POOLING,
+    max_length: int = DEFAULT_MAX_LENGTH,
     max_tokens: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     blocks: Blocks | None = None,
     with_weights: bool = True,
     progress: bool = True,
@@ -296,7 +300,7 @@ def take_snapshot(
     if texts is not None:
         if tokenizer is None:
             raise LayerProbeError("a tokenizer is needed to run the probe texts")
-        from layerprobe.io.files import fit_max_length
+        from layerprobe.io.tokenizer import fit_max_length
 
         fitted = fit_max_length(model, max_length)  # an explicit length past the positions is refused
         examples, fp = tokenize_probe(tokenizer, texts, max_length)

@@ -1,0 +1,94 @@
+"""The result of a comparison and its JSON contract.
+
+:class:`Comparison` holds the per-entry rows, the advice and the metadata; ``to_dict`` /
+``to_json`` are the JSON contract (described by ``layerprobe/schemas/comparison.schema.json``).
+Rows for tables and figures come from :func:`~layerprobe.results.rows.entry_rows`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from layerprobe.freezing.rule import Recommendation
+from layerprobe.results.rows import entry_rows
+from layerprobe.results.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:  # pandas is imported when a frame is asked for
+    import pandas as pd
+
+__all__ = ["FRAME_COLUMNS", "Comparison"]
+
+#: the columns of :meth:`Comparison.to_frame` (and of ``comparison.csv``), in order
+FRAME_COLUMNS = ("index", "name", "kind", "cka", "cka_low", "cka_high", "weight_drift", "weight_cosine",
+                 "max_abs_change", "n_params", "advice", "reason")
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`: per-entry measurements, advice and metadata."""
+
+    blocks: list[dict]
+    recommendation: Recommendation
+    meta: dict
+    other: dict | None = None
+    cross_layer: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = {"schema_version": SCHEMA_VERSION, "blocks": self.blocks,
+             "recommendation": self.recommendation.to_dict(), "meta": self.meta}
+        if self.other is not None:
+            d["other"] = self.other
+        if self.cross_layer is not None:
+            d["cross_layer"] = self.cross_layer
+        return _nan_to_none(d)
+
+    def __repr__(self) -> str:
+        """The readable table and the advice (what ``layerprobe compare`` prints), not a field dump."""
+        from layerprobe.results.render import to_table
+
+        return to_table(self).rstrip("\n")
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the table as HTML, then the advice and its reasons."""
+        import html
+
+        from layerprobe.results.render import HEADER, advice_text, table_rows
+
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(self))
+        advice = html.escape(advice_text(self))
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                f"<pre style='white-space:pre-wrap'>{advice}</pre>")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Strict JSON (NaN becomes null), stable key order: same inputs give the same bytes."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per entry: index, name, kind, cka (and interval), drift, cosine, params, advice."""
+        import pandas as pd
+
+        rows = entry_rows(self.blocks, self.recommendation.freeze, self.recommendation.reasons)
+        return pd.DataFrame([{k: r[k] for k in FRAME_COLUMNS} for r in rows])
+
+    def groups_frame(self) -> pd.DataFrame:
+        """One row per (entry, parameter group): the anatomy of the weight change."""
+        import pandas as pd
+
+        rows = [{"name": e["name"], "group": g, **s} for e in self.blocks for g, s in (e.get("groups") or {}).items()]
+        return pd.DataFrame(rows)
+
+

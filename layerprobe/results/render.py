@@ -1,0 +1,119 @@
+"""Render a :class:`~layerprobe.results.comparison.Comparison` as a table, Markdown, CSV or JSON."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from layerprobe.options import CSV_OPTIONS, FORMATS
+from layerprobe.results.rows import entry_rows
+
+if TYPE_CHECKING:
+    from layerprobe.results.comparison import Comparison
+
+__all__ = ["FORMATS", "HEADER", "advice_text", "cross_layer_csv", "render", "table_rows", "to_csv", "to_markdown",
+           "to_table"]
+
+
+def _num(x: object, fmt: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x, fmt)
+
+
+def table_rows(c: Comparison) -> list[list[str]]:
+    """The text table's cells, one list per entry (columns: :data:`HEADER`)."""
+    rows = []
+    for r in entry_rows(c.blocks, c.recommendation.freeze):
+        cka = _num(r["cka"], ".4f")
+        if r["cka_low"] is not None:
+            cka += f" [{r['cka_low']:.3f}, {r['cka_high']:.3f}]"
+        rows.append([
+            r["name"], cka, _num(r["weight_drift"], ".4f"), _num(r["weight_cosine"], ".5f"),
+            f"{r['n_params']:,}", r["most_moved"] or "—", "FREEZE" if r["frozen"] else "train",
+        ])
+    return rows
+
+
+HEADER = ["entry", "CKA", "drift", "cosine", "params", "most-moved group", "advice"]
+#: "most-moved group" shows the parameter group with the largest relative drift and, for weight
+#: matrices, the rank holding 90% of its update's energy (``groups`` in the JSON has the rest).
+
+
+def to_table(c: Comparison) -> str:
+    """A plain-text table followed by the advice and its reasons."""
+    rows = [HEADER, *table_rows(c)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n\n" + advice_text(c)
+
+
+def advice_text(c: Comparison) -> str:
+    r = c.recommendation
+    out = []
+    for note in r.notes:
+        out.append(f"note: {note}")
+    if r.freeze:
+        out.append(f"advice: freeze {', '.join(r.freeze)}; train {', '.join(r.train)}")
+        out.append(f"  frozen parameters: {r.frozen_param_fraction:.1%} of the model; "
+                   f"estimated training compute saved: {r.est_compute_saving:.0%} (backward skipped below the prefix)")
+    else:
+        out.append("advice: freeze nothing — train every block")
+    t = r.thresholds
+    rule = f"  rule: freeze the longest bottom prefix with CKA >= {t['min_cka']}"
+    if t.get("use_interval"):
+        rule += " (lower bound of the interval when computed)"
+    if t.get("max_drift") is not None:
+        rule += f" and drift <= {t['max_drift']}"
+    out.append(rule + f"; at least {t['min_train_blocks']} block(s) train")
+    for name, why in r.reasons.items():
+        out.append(f"  {name}: {why}")
+    if c.other and c.other.get("n_params_compared"):
+        out.append(f"  outside the blocks (pooler/head/final norm): drift {_num(c.other.get('weight_drift'), '.4f')} "
+                   f"over {c.other['n_params_compared']:,} parameters")
+    return "\n".join(out) + "\n"
+
+
+def to_markdown(c: Comparison) -> str:
+    rows = [HEADER, *table_rows(c)]
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("---" for _ in HEADER) + "|")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"> {line}" if line else ">" for line in advice_text(c).splitlines()) + "\n"
+
+
+def to_csv(c: Comparison) -> str:
+    return c.to_frame().to_csv(**CSV_OPTIONS)
+
+
+def render(c: Comparison, fmt: str) -> str:
+    if fmt == "table":
+        return to_table(c)
+    if fmt == "json":
+        return c.to_json()
+    if fmt == "csv":
+        return to_csv(c)
+    if fmt == "markdown":
+        return to_markdown(c)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+
+
+def cross_layer_csv(result: dict) -> str:
+    """The cross-layer maps of a comparison dict in long form: ``map,row,column,cka``.
+
+    ``map`` is ``base_vs_tuned`` (row: entry of A, column: entry of B), ``base`` or ``tuned``;
+    an undefined value is an empty cell.
+
+    >>> d = {"cross_layer": {"names": ["e", "b0"], "base_vs_tuned": [[1.0, 0.5], [0.4, None]],
+    ...      "base": [[1.0, 0.3], [0.3, 1.0]], "tuned": [[1.0, 0.2], [0.2, 1.0]]}}
+    >>> cross_layer_csv(d).splitlines()[:3]
+    ['map,row,column,cka', 'base_vs_tuned,e,e,1', 'base_vs_tuned,e,b0,0.5']
+    """
+    x = result["cross_layer"]
+    names = x["names"]
+    lines = ["map,row,column,cka"]
+    for key in ("base_vs_tuned", "base", "tuned"):
+        for i, row in enumerate(x[key]):
+            for j, v in enumerate(row):
+                lines.append(f"{key},{names[i]},{names[j]},{'' if v is None else format(v, '.10g')}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,107 @@
+"""Draw a training trajectory (``layerprobe_trajectory.csv``) — from the CSV only, never a model."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from layerprobe.errors import LayerProbeError
+
+if TYPE_CHECKING:  # pandas and numpy are imported when a file is read or drawn
+    import pandas as pd
+
+__all__ = ["COLUMNS", "REQUIRED", "SERIES_FILE", "TRAJECTORY_CSV", "plot_trajectory", "read_trajectory"]
+
+#: the file a training run's tracker writes (``LayerProbeCallback`` / ``Tracker.write_csv``)
+TRAJECTORY_CSV = "layerprobe_trajectory.csv"
+#: the file ``layerprobe compare BASE CKPT1 CKPT2 ... --out DIR`` writes
+SERIES_FILE = "trajectory.csv"
+#: the columns every trajectory file has (a checkpoint series has exactly these)
+REQUIRED = ("step", "block", "cka_to_start", "cka_to_previous", "weight_drift")
+#: the columns of a tracked run's trajectory, in order
+COLUMNS = (
+    "step", "block", "cka_to_start", "cka_to_previous", "change", "weight_drift", "frozen",
+    "track_seconds", "track_seconds_total", "lr_sum",
+)
+
+
+def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a trajectory CSV (a file, or a run directory that holds one).
+
+    Raises:
+        LayerProbeError: no such file, unreadable, missing columns or no rows.
+    """
+    import numpy as np
+    import pandas as pd
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, TRAJECTORY_CSV)
+    if not os.path.isfile(path):
+        raise LayerProbeError(f"no trajectory file (expected {TRAJECTORY_CSV} from LayerProbeCallback/Tracker)",
+                              path)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise LayerProbeError(f"cannot read the trajectory CSV: {exc}", path) from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise LayerProbeError(f"trajectory CSV lacks columns {missing}; found {list(df.columns)}", path)
+    if df.empty:
+        raise LayerProbeError("trajectory CSV has no rows", path)
+    for c in ("step", "cka_to_start", "weight_drift"):
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            raise LayerProbeError(f"trajectory column {c!r} is not numeric", path)
+    # values a trajectory can hold (the plot's axis arithmetic overflows on 1e308 and the like)
+    checks = (("step", lambda v: v.notna() & np.isfinite(v) & (v >= 0) & (v < 2.0 ** 63), "finite steps >= 0"),
+              ("cka_to_start", lambda v: v.isna() | ((v >= -1 - 1e-6) & (v <= 1 + 1e-6)), "CKA values in [-1, 1] or empty"),
+              ("weight_drift", lambda v: v.isna() | (v >= 0), "drift values >= 0 or empty"))
+    for c, ok, what in checks:
+        bad = ~ok(df[c].astype(float))
+        if bool(bad.any()):
+            row = int(bad.to_numpy().argmax())
+            value = df[c].iloc[row]
+            value = value.item() if hasattr(value, "item") else value
+            raise LayerProbeError(f"trajectory column {c!r} must hold {what}; data row {row + 1} has {value!r}", path)
+    return df
+
+
+def plot_trajectory(df: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> str:
+    """Per-entry CKA to the start (left) and weight drift from the start (right) over steps.
+
+    Entries keep the model order of the CSV (embeddings first); colour goes from light (bottom)
+    to dark (top). Writes a PNG atomically and returns its path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from layerprobe.results.plots import save_figure
+
+    order = list(dict.fromkeys(df["block"]))
+    palette = dict(zip(order, sns.color_palette("viridis_r", len(order))))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in order:
+        d = df[df["block"] == name].sort_values("step")
+        axes[0].plot(d["step"], d["cka_to_start"], marker="o", ms=3, color=palette[name], label=name)
+        axes[1].plot(d["step"], d["weight_drift"], marker="o", ms=3, color=palette[name], label=name)
+    if "frozen" in df.columns:
+        first = df[df["frozen"].astype(str).str.lower() == "true"].groupby("block")["step"].min()
+        for name, step in first.items():
+            if step > df["step"].min():
+                axes[0].axvline(step, color=palette.get(name, "grey"), ls=":", lw=1)
+    axes[0].set(xlabel="step", ylabel="linear CKA to start (1 = unchanged)", title="representation")
+    axes[1].set(xlabel="step", ylabel="‖W − W₀‖ / ‖W₀‖ (0 = unchanged)", title="weight drift")
+    axes[0].legend(fontsize=8, loc="lower left")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    import warnings
+
+    with warnings.catch_warnings():  # many entries: the legend may not fit; the figure is still written
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+    return save_figure(fig, path)

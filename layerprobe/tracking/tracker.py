@@ -1,0 +1,389 @@
+"""Watch fine-tuning as it happens: per-entry CKA and weight drift every N steps.
+
+:class:`Tracker` is the engine, usable from any loop: ``start()`` before the first optimizer step,
+then ``maybe_record(step)`` (or ``on_step(step, model)``, the signature of
+``layerprobe.demo.train.fine_tune(..., on_step=[...])``) after each step. Every ``every_n_steps`` steps
+it runs a small probe set once through the model (:func:`layerprobe.snapshot.take.run_probe`, which
+captures every entry in one forward pass, in eval mode with no grad, and restores the train mode)
+and records, per entry (embeddings and each block, names as in ``compare``):
+
+* ``cka_to_start`` — linear CKA of the probe representation with the one at the start
+  (similarity, 1 = unchanged);
+* ``cka_to_previous`` — linear CKA with the previous check (NaN at the first check);
+* ``change`` — ``1 - cka_to_previous``: how much the entry changed during the last interval
+  (distance, 0 = unchanged); what the freeze policies (:mod:`layerprobe.freezing.policy`) watch;
+* ``weight_drift`` — ‖W_t − W_0‖/‖W_0‖ over the entry's parameters (distance, 0 = unchanged).
+  The start weights are copied to CPU once; drift is accumulated tensor by tensor in float64
+  chunks (:class:`layerprobe.metrics.drift.DriftAccumulator`), never as a second full copy;
+* ``frozen`` — whether every parameter of the entry has ``requires_grad=False`` after this
+  check (and after the policy's decision at it);
+* ``track_seconds`` — wall time this check took (probe + CKA + drift + policy), and
+  ``track_seconds_total`` — the running total, so the overhead is visible in the file;
+* ``lr_sum`` — the sum of the learning rates applied since the previous check (with an
+  ``lr_schedule`` or :meth:`Tracker.add_lr`; NaN otherwise): the denominator of a
+  learning-rate-normalised change.
+
+A frozen bottom prefix cannot change any more (its parameters and its inputs are fixed), so its
+representations are carried from the check at which it froze instead of being recomputed — which
+also keeps them right when a :class:`~layerprobe.freezing.prefix_cache.PrefixCache` stands in for it.
+
+:meth:`Tracker.advice` gives the freeze advice from the latest check at any step.
+The ``transformers.Trainer`` integration is :class:`layerprobe.integrations.hf.LayerProbeCallback`.
+
+>>> import torch
+>>> from transformers import BertConfig, BertModel, BertTokenizerFast
+>>> torch.manual_seed(0) and None
+>>> m = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+...                          intermediate_size=20, vocab_size=50)).train()
+>>> tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(
+...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "d"])})
+>>> t = Tracker(m, tok, ["a b c", "b c d", "d a", "c c a b", "a"], every_n_steps=2, progress=False)
+>>> t.start()
+>>> t.to_frame()[["step", "block", "cka_to_start", "weight_drift"]].round(6).values.tolist()
+[[0, 'embeddings', 1.0, 0.0], [0, 'block.0', 1.0, 0.0], [0, 'block.1', 1.0, 0.0]]
+>>> m.training  # train mode restored after the probe
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from torch import nn
+
+from layerprobe.errors import LayerProbeError
+from layerprobe.io.outputs import atomic_write_text
+from layerprobe.metrics.cka import linear_cka
+from layerprobe.metrics.drift import DriftAccumulator
+from layerprobe.model.batching import pad_id
+from layerprobe.model.blocks import Blocks, find_blocks
+from layerprobe.options import CSV_OPTIONS, DEFAULT_POOLING, TRAINING_MAX_LENGTH, ProbeOptions
+from layerprobe.results.trajectory import COLUMNS, TRAJECTORY_CSV
+from layerprobe.snapshot.take import run_probe, tokenize_probe
+
+if TYPE_CHECKING:  # pragma: no cover
+    from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
+    from layerprobe.freezing.rule import Recommendation, Thresholds
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_EVERY_N_STEPS",
+    "DEFAULT_MAX_LENGTH",
+    "DEFAULT_PROBE_SIZE",
+    "FREEZE_LOG_CSV",
+    "TRAJECTORY_CSV",
+    "Tracker",
+]
+
+
+FREEZE_LOG_CSV = "layerprobe_freeze_log.csv"
+
+
+#: Defaults chosen so that tracking costs ≤ 5% of training time on MiniLM-L6 with batch 32
+#: (benchmarks/bench_tracking.py): one check measured 0.54 of a training step, so every 50 steps ≈ 1.1%.
+DEFAULT_EVERY_N_STEPS = 50
+DEFAULT_PROBE_SIZE = 64
+DEFAULT_MAX_LENGTH = TRAINING_MAX_LENGTH
+
+#: Elements converted to float64 at a time when accumulating drift (8 MB per chunk).
+_DRIFT_CHUNK = 1 << 20
+
+
+
+# --------------------------------------------------------------------------------------------
+# Tracker
+# --------------------------------------------------------------------------------------------
+
+
+class Tracker:
+    """Per-entry CKA to the start / previous check and weight drift, every ``every_n_steps``.
+
+    Args:
+        model: the model being trained (may be None and given to :meth:`start` instead).
+        tokenizer: its tokenizer.
+        probe_texts: a small probe set (64–128 texts is plenty; the default budget assumes 64).
+        every_n_steps: steps between checks (default 50; with a ``freeze_policy`` whose
+            ``every_n_steps`` is set and no value here, the policy's).
+        max_length: probe truncation in tokens.
+        pooling: ``"mean"`` (default), ``"first"`` or ``"last"`` (not ``"tokens"``).
+        blocks: entries (found with :func:`find_blocks` if None).
+        batch_size: probe examples per forward pass.
+        freeze_policy: an optional :class:`~layerprobe.freezing.policy.FreezePolicy` or
+            :class:`~layerprobe.freezing.policy.AutoFreezePolicy` that acts after each check.
+        progress: show a progress bar for each probe pass (off by default).
+        probe: a :class:`~layerprobe.options.ProbeOptions` (pooling, max_length, batch_size) instead
+            of the loose keywords, as for :func:`~layerprobe.compare`.
+        lr_schedule: optional ``step -> learning rate`` of optimizer step ``step`` (0-based); with
+            it each row carries ``lr_sum``, the sum of the learning rates applied since the previous
+            check (the denominator of a learning-rate-normalised change). Without it ``lr_sum`` is
+            NaN unless :meth:`add_lr` is fed the rate of each step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None,
+        tokenizer,
+        probe_texts: Sequence[str],
+        every_n_steps: int | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        pooling: str = DEFAULT_POOLING,
+        blocks: Blocks | None = None,
+        batch_size: int = 64,
+        freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
+        progress: bool = False,
+        lr_schedule: Callable[[int], float] | None = None,
+        probe: ProbeOptions | None = None,
+    ) -> None:
+        if probe is not None:  # the shared option object wins over the loose keywords
+            pooling = probe.pooling or pooling
+            max_length = probe.max_length or max_length
+            batch_size = probe.batch_size
+            if probe.max_tokens is not None:
+                raise LayerProbeError("tracking pools one vector per example: ProbeOptions.max_tokens does not apply")
+        if pooling not in ("mean", "first", "last"):
+            raise LayerProbeError(f"tracking needs one vector per example: pooling mean/first/last, got {pooling!r}")
+        if every_n_steps is None:
+            pe = getattr(freeze_policy, "every_n_steps", None)
+            every_n_steps = pe if pe is not None else DEFAULT_EVERY_N_STEPS
+        if int(every_n_steps) < 1:
+            raise LayerProbeError(f"every_n_steps must be ≥ 1, got {every_n_steps=}")
+        policy_every = getattr(freeze_policy, "every_n_steps", None)
+        if policy_every is not None and policy_every % int(every_n_steps):
+            raise LayerProbeError(
+                f"the policy's every_n_steps={policy_every} is not a multiple of the "
+                f"tracker's every_n_steps={every_n_steps}")
+        texts = [str(t) for t in probe_texts]
+        if len(texts) < 2:
+            raise LayerProbeError(f"the probe needs at least 2 texts for CKA, got {len(texts)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.every_n_steps = int(every_n_steps)
+        self.max_length = int(max_length)
+        self.pooling = pooling
+        self.blocks = blocks
+        self.batch_size = int(batch_size)
+        self.policy = freeze_policy
+        self.progress = progress
+        self.lr_schedule = lr_schedule
+        self._lr_acc = 0.0
+        self._lr_fed = False
+        self._texts = texts
+        self.examples, self.fingerprint = tokenize_probe(tokenizer, texts, self.max_length)
+        self.rows: list[dict] = []
+        self.seconds_total = 0.0
+        self.last_step: int | None = None
+        self._start_reps: dict[str, torch.Tensor] | None = None
+        self._prev_reps: dict[str, torch.Tensor] | None = None
+        self._start_weights: dict[str, list[tuple[str, torch.Tensor]]] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._start_reps is not None
+
+    @property
+    def n_probe(self) -> int:
+        """Probe texts run at each check."""
+        return len(self.examples)
+
+    @property
+    def n_texts(self) -> int:
+        """Probe texts given (:meth:`limit_probe` may run fewer)."""
+        return len(self._texts)
+
+    def limit_probe(self, n: int) -> None:
+        """Probe with ``n`` of the texts (evenly spaced over the given order) from now on; before
+        :meth:`start` only, since every check is compared with the start on the same texts."""
+        if self.started:
+            raise LayerProbeError("Tracker.limit_probe: the probe is fixed once start() has run")
+        n = int(n)
+        if n < 2:
+            raise LayerProbeError(f"the probe needs at least 2 texts for CKA, got {n}")
+        n = min(n, len(self._texts))
+        idx = sorted({round(i * (len(self._texts) - 1) / max(1, n - 1)) for i in range(n)})
+        self.examples, self.fingerprint = tokenize_probe(self.tokenizer, [self._texts[i] for i in idx],
+                                                         self.max_length)
+
+    def start(self, model: nn.Module | None = None, step: int = 0) -> None:
+        """Record the starting point (call before the first optimizer step)."""
+        if model is not None:
+            self.model = model
+        if self.model is None:
+            raise LayerProbeError("Tracker.start needs the model (pass it to Tracker(...) or start(model))")
+        self.blocks = self.blocks if self.blocks is not None else find_blocks(self.model)
+        t0 = time.perf_counter()
+        self._start_weights = self._copy_weights()
+        self._start_reps = None
+        self.rows.clear()
+        self.seconds_total = 0.0
+        self._record(step, t0)
+
+    def maybe_record(self, step: int) -> bool:
+        """Record if ``step`` is a multiple of ``every_n_steps`` (and not recorded yet)."""
+        if not self.started:
+            raise LayerProbeError("call Tracker.start() before training (step 0 is the reference)")
+        if step % self.every_n_steps or step == self.last_step:
+            return False
+        self._record(step, time.perf_counter())
+        return True
+
+    def add_lr(self, lr: float) -> None:
+        """Feed the learning rate of one optimizer step (for loops without an ``lr_schedule``)."""
+        self._lr_acc += float(lr)
+        self._lr_fed = True
+
+    def _lr_since_last(self, step: int) -> float:
+        if self.lr_schedule is not None:
+            start = 0 if self.last_step is None else self.last_step
+            return float(sum(self.lr_schedule(s) for s in range(start, step)))
+        if self._lr_fed:
+            v, self._lr_acc = self._lr_acc, 0.0
+            return v
+        return math.nan
+
+    def on_step(self, step: int, model: nn.Module | None = None) -> None:
+        """``fine_tune(..., on_step=[tracker.on_step])`` hook: start at step 0 is required first."""
+        if model is not None and self.model is not None and model is not self.model:
+            raise LayerProbeError("Tracker.on_step got a different model from the one being tracked")
+        self.maybe_record(step)
+
+    def finish(self, step: int) -> bool:
+        """Record the final state if the last step was not a check; returns whether it recorded."""
+        if not self.started or step == self.last_step:
+            return False
+        self._record(step, time.perf_counter())
+        return True
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _model_blocks(self) -> tuple[nn.Module, Blocks]:
+        """The tracked model and its entries, both set by :meth:`start`."""
+        if self.model is None or self.blocks is None:
+            raise LayerProbeError("call Tracker.start() before training (step 0 is the reference)")
+        return self.model, self.blocks
+
+    def _entry_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        model, blocks = self._model_blocks()
+        out: dict[str, list[tuple[str, nn.Parameter]]] = {n: [] for n in blocks.names}
+        for name, p in model.named_parameters():
+            e = blocks.entry_of(name)
+            if e is not None:
+                out[e.name].append((name, p))
+        return out
+
+    def _copy_weights(self) -> dict[str, list[tuple[str, torch.Tensor]]]:
+        return {e: [(n, p.detach().to("cpu", copy=True)) for n, p in ps] for e, ps in self._entry_params().items()}
+
+    def _drift(self) -> dict[str, float]:
+        start_weights = self._start_weights
+        assert start_weights is not None  # copied by start() before its first check
+        out = {}
+        for entry, params in self._entry_params().items():
+            acc = DriftAccumulator(chunk=_DRIFT_CHUNK)
+            for (name, p), (_, w0) in zip(params, start_weights[entry]):
+                acc.add(name, w0, p.detach())
+            out[entry] = acc.result()["weight_drift"]
+        return out
+
+    def _frozen_prefix(self) -> list[str]:
+        """Entries of the frozen bottom prefix (every parameter frozen, and every entry below too)."""
+        params = self._entry_params()
+        _, blocks = self._model_blocks()
+        out = []
+        for name in blocks.names:
+            ps = params[name]
+            if ps and all(not p.requires_grad for _, p in ps):
+                out.append(name)
+            else:
+                break
+        return out
+
+    def _record(self, step: int, t0: float) -> None:
+        model, blocks = self._model_blocks()
+        reps, _ = run_probe(model, self.examples, blocks, self.pooling, None, self.batch_size,
+                            pad_id(self.tokenizer), self.progress)
+        first = self._start_reps is None
+        if self._start_reps is None:
+            self._start_reps = reps
+        elif self._prev_reps is not None:
+            # a frozen prefix cannot change: carry its representations (a prefix cache may stand in for it)
+            for name in self._frozen_prefix():
+                reps[name] = self._prev_reps[name]
+        start_reps = self._start_reps
+        lr_sum = 0.0 if first else self._lr_since_last(step)
+        drift = self._drift()
+        rows: list[dict[str, Any]] = []
+        changes: dict[str, float] = {}
+        prev_reps = None if first else self._prev_reps
+        assert first or prev_reps is not None, "a check after the first one follows a recorded check"
+        for name in blocks.names:
+            to_start = linear_cka(start_reps[name], reps[name])
+            to_prev = math.nan if prev_reps is None else linear_cka(prev_reps[name], reps[name])
+            changes[name] = 1.0 - to_prev
+            rows.append({"step": int(step), "block": name, "cka_to_start": to_start, "cka_to_previous": to_prev,
+                         "change": 1.0 - to_prev, "weight_drift": drift[name], "lr_sum": lr_sum})
+        self._prev_reps = reps
+        self.last_step = int(step)
+        if self.policy is not None and not first:
+            observe = getattr(self.policy, "observe", None)
+            if observe is not None:
+                observe(step, rows, model, blocks)
+            else:  # a FreezePolicy (an AutoFreezePolicy has observe)
+                cast("FreezePolicy", self.policy).decide(step, changes, model, blocks)
+        params = self._entry_params()  # frozen = state after this check's policy decision
+        for r in rows:
+            r["frozen"] = all(not p.requires_grad for _, p in params[r["block"]])
+        seconds = time.perf_counter() - t0
+        self.seconds_total += seconds
+        for r in rows:
+            r["track_seconds"] = seconds
+            r["track_seconds_total"] = self.seconds_total
+        self.rows.extend(rows)
+
+    def latest(self) -> list[dict]:
+        """The rows of the latest check (one per entry, model order); empty before :meth:`start`."""
+        if not self.rows:
+            return []
+        step = self.rows[-1]["step"]
+        return [r for r in self.rows if r["step"] == step]
+
+    def advice(self, thresholds: Thresholds | None = None) -> Recommendation:
+        """The freeze advice from the latest check (CKA of each entry to the start), at any step.
+
+        Uses :func:`layerprobe.freezing.rule.recommend` with ``thresholds`` (its defaults if None) on the
+        tracker's probe; parameter counts are those of the model's entries.
+        """
+        from layerprobe.freezing.rule import recommend
+
+        rows = self.latest()
+        if not rows:
+            raise LayerProbeError("no check recorded yet: call Tracker.start() first")
+        params = self._entry_params()
+        model, _ = self._model_blocks()
+        entries: list[dict[str, Any]] = [
+            {"name": r["block"], "kind": "embeddings" if r["block"] == "embeddings" else "block",
+             "n_params": sum(p.numel() for _, p in params[r["block"]]), "weight_drift": r["weight_drift"],
+             "cka": r["cka_to_start"]} for r in rows]
+        inside = sum(e["n_params"] for e in entries)
+        other = sum(p.numel() for p in model.parameters()) - inside
+        return recommend(entries, thresholds, other_params=other)
+
+    # -- output -------------------------------------------------------------------------------
+
+    def to_frame(self):
+        """The trajectory as a pandas DataFrame with :data:`COLUMNS`, one row per check and entry."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(COLUMNS))
+
+    def write_csv(self, path: str | os.PathLike) -> str:
+        """Write the trajectory atomically (never a half-written file); returns the path."""
+        return atomic_write_text(path, self.to_frame().to_csv(**CSV_OPTIONS))
+
+

@@ -1,0 +1,103 @@
+"""Checkpoint series: compare BASE CKPT1 CKPT2 ... --out DIR; run directories; progress of a pilot (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_bert
+
+from layerprobe.cli import main
+from layerprobe.comparison.series import SERIES_COLUMNS, checkpoint_step
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tokenizer, texts):
+    """base/ and run/checkpoint-{10,20,30}/ with growing changes in block.3; a probe file."""
+    root = tmp_path_factory.mktemp("series")
+    m = tiny_bert(0, head=True)
+    m.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    g = torch.Generator().manual_seed(0)
+    for step in (10, 20, 30):
+        with torch.no_grad():
+            for p in m.bert.encoder.layer[3].parameters():
+                p.add_(0.2 * p.abs().mean() * torch.randn(p.shape, generator=g))
+        d = root / "run" / f"checkpoint-{step}"
+        m.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        (d / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 120}))
+    (root / "probe.txt").write_text("\n".join(texts[:20]) + "\n")
+    return root
+
+
+def test_series_from_a_run_directory(run, tmp_path, capsys, monkeypatch):
+    import layerprobe.snapshot.take as snapshot
+
+    calls = []
+    real = snapshot.run_probe
+    monkeypatch.setattr(snapshot, "run_probe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "out"
+    assert main(["compare", str(run / "base"), str(run / "run"), "--probe", str(run / "probe.txt"),
+                 "--out", str(out), "--quiet", "--max-length", "16"]) == 0
+    assert len(calls) == 4  # each model once over the probe
+    df = pd.read_csv(out / "trajectory.csv")
+    assert list(df.columns) == list(SERIES_COLUMNS)
+    assert sorted(df["step"].unique()) == [0, 10, 20, 30]
+    b3 = df[df["block"] == "block.3"].set_index("step")
+    assert b3.loc[0, "cka_to_start"] == 1.0 and b3.loc[30, "cka_to_start"] < b3.loc[10, "cka_to_start"] < 1.0
+    assert list(b3["weight_drift"]) == sorted(b3["weight_drift"]) and b3.loc[30, "weight_drift"] > 0
+    assert b3.loc[20, "cka_to_previous"] < 1.0 and pd.isna(b3.loc[0, "cka_to_previous"])
+    b0 = df[df["block"] == "block.0"]
+    assert (b0["weight_drift"] == 0).all() and (b0["cka_to_start"] > 1 - 1e-6).all()
+    assert (out / "trajectory.png").stat().st_size > 1000
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["meta"]["series"]["steps"] == [0, 10, 20, 30]
+    assert doc["meta"]["progress"]["b"] == {"step": 30, "max_steps": 120, "fraction": 0.25}
+    assert "steps [0, 10, 20, 30]" in capsys.readouterr().out
+
+
+def test_series_of_explicit_inputs_weights_only(run, tmp_path):
+    ckpts = [str(run / "run" / f"checkpoint-{s}") for s in (10, 20, 30)]
+    assert main(["compare", str(run / "base"), *ckpts, "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "trajectory.csv")
+    assert sorted(df["step"].unique()) == [0, 10, 20, 30] and df["cka_to_start"].isna().all()
+
+
+def test_series_needs_out(run, capsys):
+    ckpts = [str(run / "run" / f"checkpoint-{s}") for s in (10, 20)]
+    assert main(["compare", str(run / "base"), *ckpts]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_pilot_checkpoint_says_how_far_the_run_went(run, capsys):
+    assert main(["compare", str(run / "base"), str(run / "run" / "checkpoint-30")]) == 0
+    assert "tuned side: step 30 of 120 (25% of the run)" in capsys.readouterr().out
+
+
+def test_step_from_name_state_or_position(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "trainer_state.json").write_text('{"global_step": 7}')
+    assert checkpoint_step(tmp_path / "checkpoint-500", 1) == 500
+    assert checkpoint_step(tmp_path / "x", 1) == 7
+    assert checkpoint_step(tmp_path / "y.pt", 3) == 3
+
+
+def test_series_output_appears_together_or_not_at_all(run, tmp_path, monkeypatch):
+    import layerprobe.results.trajectory as tp
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "trajectory.csv").write_text("old\n")
+    ckpts = [str(run / "run" / f"checkpoint-{s}") for s in (10, 20)]
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # interrupted after the first two files were written
+
+    monkeypatch.setattr(tp, "plot_trajectory", boom)
+    assert main(["compare", str(run / "base"), *ckpts, "--out", str(out)]) == 130
+    assert sorted(os.listdir(out)) == ["trajectory.csv"] and (out / "trajectory.csv").read_text() == "old\n"
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary directory left behind
