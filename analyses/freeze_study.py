@@ -30,91 +30,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (ROOT, os.path.dirname(os.path.abspath(__file__))):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from study_grid import (  # noqa: E402  (the grid both study scripts share)
+    BUDGETS,
+    LORA,
+    LR_GRID,
+    MEASURE_EPOCHS,
+    N_BLOCKS,
+    SMOKE_BUDGETS,
+    SMOKE_LR_GRID,
+    TaskBudget,
+    clean,
+    config_name,
+    run_file,
+)
+
 from layerprobe.io.outputs import atomic_write_text  # noqa: E402
-
-N_BLOCKS = 6  # MiniLM-L6
-LR_GRID = (5e-5, 1e-4, 2e-4)
-
-
-@dataclass(frozen=True)
-class TaskBudget:
-    """The fixed budget of one task: data sizes, stopping rule, optimiser (same for every config)."""
-
-    task: str
-    corpus: str
-    num_labels: int
-    train_size: int | None  # None: every row not held out (the whole training split)
-    dev_size: int
-    test_size: int
-    probe_size: int
-    track_probe_size: int
-    batch_size: int
-    max_length: int
-    min_epochs: int = 3
-    max_epochs: int = 5
-    patience: int = 1
-    lr: float | None = None  # chosen on dev from LR_GRID (full fine-tuning, seed 0)
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    checks_per_epoch: int = 8
-    split_seed: int = 0
-
-
-BUDGETS = {
-    # 4,000 test snippets: a paired accuracy difference between two models then has a standard error of
-    # about 0.5 points (1,000 gave about 1 point, too coarse for a 99% criterion); BBC's 400 articles at
-    # ~98% accuracy give about 0.7 points
-    "rt": TaskBudget("rt", "rotten_tomatoes", 2, train_size=4000, dev_size=500, test_size=4000, probe_size=512,
-                     track_probe_size=128, batch_size=32, max_length=64),
-    "bbc": TaskBudget("bbc", "bbc_news", 5, train_size=None, dev_size=200, test_size=400, probe_size=192,
-                      track_probe_size=128, batch_size=16, max_length=128),
-    # the four tasks added for leave-one-task-out (analyses/study_tasks.py): >= 3,000 training examples each;
-    # max_length covers the texts (TREC ~10 words, SMS ~16, tweets ~15, newsgroups ~270: truncated at 128)
-    "trec": TaskBudget("trec", "trec", 6, train_size=4000, dev_size=500, test_size=1000, probe_size=256,
-                       track_probe_size=128, batch_size=32, max_length=32),
-    "newsgroups": TaskBudget("newsgroups", "newsgroups", 20, train_size=3000, dev_size=500, test_size=2000,
-                             probe_size=256, track_probe_size=128, batch_size=16, max_length=128),
-    "sms": TaskBudget("sms", "sms", 2, train_size=3000, dev_size=500, test_size=1400, probe_size=256,
-                      track_probe_size=128, batch_size=32, max_length=64),
-    "disaster": TaskBudget("disaster", "disaster", 2, train_size=4000, dev_size=500, test_size=2000, probe_size=256,
-                           track_probe_size=128, batch_size=32, max_length=64),
-}
-#: LoRA as users run it (Hu et al. 2021; peft): rank 8, alpha 16 on the attention projections (query, key,
-#: value, attention output), head trained in full, its usual lr (higher than full fine-tuning's)
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lr": 5e-4,
-        "target_modules": r".*\.attention\.(self\.(query|key|value)|output\.dense)$"}
-#: when the full run's mid-run measurements (revert test, drift) are taken, in epochs
-MEASURE_EPOCHS = (0.5, 1.0, 2.0)
-SMOKE_BUDGETS = {
-    k: replace(b, train_size=64, dev_size=24, test_size=32, probe_size=24, track_probe_size=16, batch_size=16,
-               max_length=32, min_epochs=1, max_epochs=2, checks_per_epoch=2)
-    for k, b in BUDGETS.items()
-}
-SMOKE_LR_GRID = (1e-4,)
-
-
-def config_name(embeddings_frozen: bool, frozen_blocks: int) -> str:
-    if not embeddings_frozen and frozen_blocks == 0:
-        return "full"
-    if embeddings_frozen and frozen_blocks == 0:
-        return "emb"
-    return f"emb+{frozen_blocks}" if embeddings_frozen else f"blocks{frozen_blocks}"
-
-
-def run_file(cache: str, task: str, method: str, config: str, lr: float, seed: int, ext: str = "json") -> str:
-    return os.path.join(cache, task, f"{method}_{config}_lr{lr:g}_seed{seed}.{ext}")
 
 
 # %% data
@@ -122,7 +63,7 @@ def task_splits(b: TaskBudget):
     """Disjoint stratified test / dev / probe / train sets (fixed per task, independent of the run seed)."""
     from study_tasks import load_task_corpus
 
-    from layerprobe.shipped import sample, split
+    from layerprobe.demo.shipped import sample, split
 
     df = load_task_corpus(b.corpus)
     rest, test = split(df, b.test_size, seed=b.split_seed)
@@ -133,7 +74,7 @@ def task_splits(b: TaskBudget):
 
 
 # %% one run
-from layerprobe.tracker import DEFAULT_PROBE_SHARE as AUTO_PROBE_SHARE  # noqa: E402  (5% of training compute)
+from layerprobe.tracking.budget import DEFAULT_PROBE_SHARE as AUTO_PROBE_SHARE  # noqa: E402  (5% of training compute)
 
 
 def auto_probe_size(cap: int, n_train: int, checks_per_epoch: int, floor: int = 32) -> int:
@@ -146,7 +87,7 @@ def auto_probe_size(cap: int, n_train: int, checks_per_epoch: int, floor: int = 
     >>> auto_probe_size(128, 4000, 4), auto_probe_size(128, 1433, 4), auto_probe_size(128, 100, 4)
     (128, 53, 32)
     """
-    from layerprobe.tracker import probe_texts_within
+    from layerprobe.tracking.budget import probe_texts_within
 
     return probe_texts_within(AUTO_PROBE_SHARE * 3 * n_train, checks_per_epoch, cap, floor)
 
@@ -157,10 +98,10 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     ``config`` names an auto-rule variant's runs (default: the config's name)."""
     import torch
 
+    from layerprobe.demo.shipped import default_model_path, load_classifier
+    from layerprobe.demo.train import TrainConfig, evaluate, fine_tune, schedule_steps
     from layerprobe.freezing.apply import bottom_prefix, freeze, trainable_parameters
     from layerprobe.model.blocks import find_blocks
-    from layerprobe.shipped import default_model_path, load_classifier
-    from layerprobe.train import TrainConfig, evaluate, fine_tune, schedule_steps
 
     assert b.lr is not None
     train, dev, test, probe = data["train"], data["dev"], data["test"], data["probe"]
@@ -201,7 +142,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
             pcache = PrefixCache(model, k, blocks=blocks)
     if method in ("full", "auto"):
         from layerprobe.snapshot.take import take_snapshot
-        from layerprobe.track import Tracker
+        from layerprobe.tracking.tracker import Tracker
 
         base = take_snapshot(model, tok, probe_texts, max_length=b.max_length, progress=progress) \
             if method == "full" else None
@@ -292,7 +233,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         measures["cpu_seconds"] = time.process_time() - c
         os.makedirs(os.path.join(cache, b.task), exist_ok=True)
         atomic_write_text(run_file(cache, b.task, method, name, b.lr, seed, "measures.json"),
-                          json.dumps(_clean(measures)) + "\n")
+                          json.dumps(clean(measures)) + "\n")
     t0 = time.perf_counter()
     acc = evaluate(model, tok, test["text"].tolist(), test["label"].tolist(), b.max_length)
     eval_seconds = time.perf_counter() - t0
@@ -320,7 +261,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         atomic_write_text(run_file(cache, b.task, method, name, b.lr, seed, "freeze_log.csv"),
                           tracker.policy.log_frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     if method == "full":
-        from layerprobe.compare import compare
+        from layerprobe.comparison.compare import compare
         from layerprobe.snapshot.take import take_snapshot
 
         tuned = take_snapshot(model, tok, probe_texts, max_length=b.max_length, progress=progress)
@@ -349,8 +290,8 @@ def linear_probe_task(b: TaskBudget, data: dict, cache: str, n_train: int = 2000
             return row
     from study_measure import linear_probe
 
+    from layerprobe.demo.shipped import default_model_path, load_classifier, sample
     from layerprobe.model.blocks import find_blocks
-    from layerprobe.shipped import default_model_path, load_classifier, sample
 
     model, tok = load_classifier(default_model_path(), b.num_labels, 0)
     train = data["train"] if len(data["train"]) <= n_train else sample(data["train"], n_train, seed=0, stratify=True)
@@ -360,12 +301,12 @@ def linear_probe_task(b: TaskBudget, data: dict, cache: str, n_train: int = 2000
     row = {**want, "accuracy": acc, "majority": float(data["dev"]["label"].value_counts(normalize=True).max()),
            "cpu_seconds": time.process_time() - c0}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write_text(path, json.dumps(_clean(row), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(clean(row), indent=1) + "\n")
     return row
 
 
 def _lr_factor(step: int, total: int, warm: int) -> float:
-    from layerprobe.train import lr_factor
+    from layerprobe.demo.train import lr_factor
 
     return lr_factor(step, total, warm)
 
@@ -442,7 +383,7 @@ def main(argv=None) -> int:
         owes = method == "full" and b.lr == chosen_lr(cache, replace(b, lr=None), grid) and \
             not os.path.exists(run_file(cache, b.task, method, "full", b.lr, seed, "measures.json"))
         if row is not None and not owes and \
-                (method != "auto" or row.get("auto_options") == _clean(auto_options or {})):
+                (method != "auto" or row.get("auto_options") == clean(auto_options or {})):
             return row
         if b.task not in data_cache:
             data_cache[b.task] = task_splits(b)
@@ -450,7 +391,7 @@ def main(argv=None) -> int:
         if method == "auto":
             row["auto_options"] = auto_options or {}
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write_text(path, json.dumps(_clean(row), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(clean(row), indent=1) + "\n")
         tqdm.write(f"{b.task} {method} {row['config']:>6} lr {b.lr:g} seed {seed}: acc {row['accuracy']:.4f} "
                    f"dev {row['dev_accuracy']:.4f} epochs {row['epochs']:.2f} (best {row['best_epoch']}) "
                    f"cpu {row['train_cpu_seconds']:.0f}s wall {row['train_seconds']:.0f}s")
@@ -558,23 +499,6 @@ def _report(cache: str, out: str, smoke: bool) -> None:
         build_outputs(cache, out, smoke=smoke)
     except Exception as exc:  # noqa: BLE001 - the report is rebuilt by analyses/study_report.py anyway
         print(f"report not rebuilt: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-
-def _clean(x):
-
-    import numpy as np
-
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ for p in (ROOT, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from freeze_study import BUDGETS, LR_GRID, N_BLOCKS, SMOKE_BUDGETS, SMOKE_LR_GRID, _clean, config_name  # noqa: E402
+from study_grid import BUDGETS, LR_GRID, N_BLOCKS, SMOKE_BUDGETS, SMOKE_LR_GRID, clean, config_name  # noqa: E402
 
 from layerprobe.freezing.rule import Thresholds, recommend  # noqa: E402
 from layerprobe.io.outputs import atomic_write_text  # noqa: E402
@@ -263,7 +263,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
                                              f"{b.max_epochs} epochs, patience {b.patience}, best dev epoch kept; "
                                              f"lr {lr} (chosen on dev from {list(grid)}"
                                              f"{'' if final else ', provisional: grid not finished'})"}
-    atomic_write_text(os.path.join(out, "settings.json"), json.dumps(_clean(settings), indent=2) + "\n")
+    atomic_write_text(os.path.join(out, "settings.json"), json.dumps(clean(settings), indent=2) + "\n")
     if not len(runs):
         return {}
     if any(len(t) for t in lr_tables):
@@ -282,11 +282,11 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
                  "fit_on": "rt: candidates in rule_candidates.csv; the one saving the most CPU time among those "
                            "keeping >= 99% of full fine-tuning accuracy (mean over seeds) on Rotten Tomatoes",
                  "auto": {"settle": 0.5, "patience": 2, "warmup_checks": 2}}
-    atomic_write_text(os.path.join(out, "rule.json"), json.dumps(_clean(rule_info), indent=2) + "\n")
+    atomic_write_text(os.path.join(out, "rule.json"), json.dumps(clean(rule_info), indent=2) + "\n")
     # auto runs follow the rule as it stood when they ran: keep only those run with the current rule
     def current(r) -> bool:
         opts = r.get("auto_options") if isinstance(r.get("auto_options"), dict) else {}
-        want = _clean(asdict(t)) if rule else None  # unfit: the runs used the policy's default rule
+        want = clean(asdict(t)) if rule else None  # unfit: the runs used the policy's default rule
         return r["method"] != "auto" or opts.get("thresholds") == want
 
     variants = auto_variants(runs)
@@ -357,7 +357,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     agree20 = timing[timing.fraction == 0.2] if len(timing) else timing
     info["_agreement_at_20pct"] = {"agree": int(agree20.agrees.sum()) if len(agree20) else 0,
                                    "of": int(len(agree20))}
-    atomic_write_text(os.path.join(out, "oracle.json"), json.dumps(_clean(info), indent=2) + "\n")
+    atomic_write_text(os.path.join(out, "oracle.json"), json.dumps(clean(info), indent=2) + "\n")
     atomic_write_text(os.path.join(out, "report.md"),
                       render(settings, info, rule_info, cand_table, timing, df, budgets))
     return info
@@ -382,7 +382,7 @@ def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str) -> dict:
     atomic_write_text(os.path.join(out, "outcomes.csv"), outcomes.drop(columns=["rel"]).to_csv(
         index=False, float_format="%.6g", lineterminator="\n"))
     atomic_write_text(os.path.join(out, "predictor.json"),
-                      json.dumps(_clean(sp.export_predictor(outcomes, feats, scores)), indent=1) + "\n")
+                      json.dumps(clean(sp.export_predictor(outcomes, feats, scores)), indent=1) + "\n")
     if len(scores):
         winner = scores.candidate.iloc[0]
         res.update(scores=scores, winner=winner)

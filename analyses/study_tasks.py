@@ -218,7 +218,7 @@ def load_disaster(cache: str | None = None) -> pd.DataFrame:
 
 
 def _shipped(name: str) -> pd.DataFrame:
-    from layerprobe.shipped import load_corpus
+    from layerprobe.demo.shipped import load_corpus
 
     return load_corpus(name)[["text", "label"]]
 

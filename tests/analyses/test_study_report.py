@@ -11,16 +11,11 @@ from dataclasses import asdict, replace
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "analyses"))
 
-try:  # until analyses/ is ported to the subpackage layout (issue 18) by its owner: skip, never a collection error
-    import freeze_study as fs  # noqa: E402
-    import study_report as sr  # noqa: E402
-except ModuleNotFoundError as exc:
-    if not (exc.name or "").startswith("layerprobe"):
-        raise
-    pytest.skip(f"analyses/ still imports {exc.name}, which moved (issue 18 layout)", allow_module_level=True)
+import freeze_study as fs  # noqa: E402
+import study_report as sr  # noqa: E402
 
 CKAS = {"rt": [0.9999, 0.99, 0.93, 0.75, 0.4, 0.25, 0.15], "bbc": [0.9999, 0.92, 0.87, 0.72, 0.66, 0.65, 0.54]}
 # accuracy relative to full fine-tuning per frozen k (embeddings + k blocks), per task
