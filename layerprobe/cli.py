@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="also write comparison.json, comparison.csv, groups.csv, blocks.png")
     p.add_argument("--min-cka", type=float, default=0.99,  # = Thresholds().min_cka (not imported here: start-up)
                    help="freeze only entries with CKA >= this (default 0.99, fit by the freeze study)")
+    p.add_argument("--tolerance", type=float, default=None, metavar="LOSS",
+                   help="accuracy loss you accept (e.g. 0.01 = keep 99%% of full fine-tuning): freeze the largest bottom "
+                        "prefix predicted within it (docs/method.md); without it the CKA rule decides and the "
+                        "predictions are listed")
     p.add_argument("--max-drift", type=float, default=None,
                    help="also require relative weight drift <= this (the only criterion without CKA)")
     p.add_argument("--no-interval", action="store_true",
@@ -228,7 +232,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      seed=args.seed, cross_layer=args.cross_layer)
     result = compare(inputs[0], inputs[1], probe=args.probe, text_column=args.text_column,
                      max_examples=args.max_examples, probe_options=_probe_options(args), cka_options=cka,
-                     thresholds=thresholds, anatomy=not args.no_anatomy, progress=not args.quiet,
+                     thresholds=thresholds, tolerance=args.tolerance, anatomy=not args.no_anatomy, progress=not args.quiet,
                      on_undefined="raise", device=args.device, dtype=args.dtype, blocks=args.blocks,
                      embeddings=args.embeddings, weights_a=args.weights_a, weights_b=args.weights_b)
     n_blocks = sum(1 for row in result.blocks if row.get("kind") == "block")

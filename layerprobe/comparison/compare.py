@@ -25,6 +25,7 @@ import torch
 from layerprobe._version import __version__
 from layerprobe.comparison.sides import Side, WeightTable, read_probe, resolve_side
 from layerprobe.errors import LayerProbeError
+from layerprobe.freezing.predict import check_tolerance
 from layerprobe.freezing.rule import Thresholds, recommend
 from layerprobe.io.checkpoints import check_finite
 from layerprobe.io.pair_reader import PairReader
@@ -168,6 +169,7 @@ def compare(
     text_column: str = "text",
     max_examples: int | None = None,
     thresholds: Thresholds | None = None,
+    tolerance: float | None = None,
     anatomy: bool = True,
     progress: bool = False,
     on_undefined: str = "warn",
@@ -192,6 +194,8 @@ def compare(
             seed, cross_layer).
         text_column, max_examples: how to read a probe file.
         thresholds: the freeze rule's knobs.
+        tolerance: the accuracy loss accepted: the advice freezes the largest bottom prefix predicted to keep
+            ``1 - tolerance`` of full fine-tuning (``recommendation.candidates`` lists every prefix either way).
         anatomy: also compute per-parameter-group drift and update ranks.
         progress: show progress bars.
         on_undefined: an entry whose representation is constant or non-finite gets
@@ -218,6 +222,8 @@ def compare(
     >>> [e["weight_drift"] for e in c.blocks], c.blocks[0]["cka"]
     ([0.0, 0.0, 0.0], None)
     """
+    if tolerance is not None:
+        check_tolerance(tolerance)  # before any model runs
     popts, copts = checked(probe_options, ProbeOptions), checked(cka_options, CKAOptions)
     texts = read_probe(probe, text_column, max_examples)
     _check_run_settings(a, b, texts, blocks=blocks, embeddings=embeddings, dtype=dtype)
@@ -236,7 +242,7 @@ def compare(
     for side, wpath in ((sa, weights_a), (sb, weights_b)):
         if wpath is not None:
             attach_weights(side, wpath)
-    return compare_sides(sa, sb, thresholds=thresholds, anatomy=anatomy, cka_options=copts,
+    return compare_sides(sa, sb, thresholds=thresholds, tolerance=tolerance, anatomy=anatomy, cka_options=copts,
                          on_undefined=on_undefined)
 
 
@@ -312,6 +318,7 @@ def compare_sides(
     sa: Side,
     sb: Side,
     thresholds: Thresholds | None = None,
+    tolerance: float | None = None,
     anatomy: bool = True,
     *,
     cka_options: CKAOptions | None = None,
@@ -404,7 +411,7 @@ def compare_sides(
             other.update(weight_stats(sa, sb, OTHER, anatomy=False, reader=reader))
             other["n_params_compared"] = other.pop("n_params")
     other_params = other["n_params_compared"] if other else 0
-    rec = recommend(entries, thresholds, other_params=other_params)
+    rec = recommend(entries, thresholds, other_params=other_params, tolerance=tolerance)
     if not reps_ok:
         rec.notes.insert(0, f"CKA not computed: {why_not}")
         if cross_layer:

@@ -38,7 +38,8 @@ from typing import Any
 
 from layerprobe.errors import LayerProbeError
 
-__all__ = ["PrefixPrediction", "Predictor", "default_predictor", "predict_prefixes", "prefix_features", "shipped_meta"]
+__all__ = ["PrefixPrediction", "Predictor", "default_predictor", "predict_prefixes", "prefix_features", "shipped_meta",
+           "check_tolerance"]
 
 PREDICTOR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "predictor.json")
 BYTES_PER_FROZEN_PARAM = 12  # fp32 gradient + AdamW's two moments, not kept for a frozen parameter
@@ -165,6 +166,13 @@ class PrefixPrediction:
         return asdict(self)
 
 
+def check_tolerance(tolerance: object) -> float:
+    """``tolerance`` as a float in [0, 1), or :class:`LayerProbeError` naming what was given."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0.0 <= tolerance < 1.0:
+        raise LayerProbeError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
+    return float(tolerance)
+
+
 def predict_prefixes(entries: Sequence[Mapping[str, Any]], tolerance: float = 0.01,
                      revert: Sequence[Mapping[str, Any]] | None = None,
                      step_cost: Sequence[float] | None = None, min_train_blocks: int = 1,
@@ -185,8 +193,7 @@ def predict_prefixes(entries: Sequence[Mapping[str, Any]], tolerance: float = 0.
         the recommended prefix (-1: freeze nothing); the predictor used (None: no measurement to predict
         from, every prediction is NaN and nothing is advised).
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0.0 <= tolerance < 1.0:
-        raise LayerProbeError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
+    check_tolerance(tolerance)
     entries = [e for e in entries if e.get("kind") in ("embeddings", "block")]
     feats = prefix_features(entries, revert)
     pred = predictor if predictor is not None else default_predictor(feats)

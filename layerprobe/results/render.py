@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from layerprobe.options import CSV_OPTIONS, FORMATS
 from layerprobe.results.rows import entry_rows
@@ -69,10 +69,35 @@ def advice_text(c: Comparison) -> str:
     out.append(rule + f"; at least {t['min_train_blocks']} block(s) train")
     for name, why in r.reasons.items():
         out.append(f"  {name}: {why}")
+    out += candidates_text(r)
     if c.other and c.other.get("n_params_compared"):
         out.append(f"  outside the blocks (pooler/head/final norm): drift {_num(c.other.get('weight_drift'), '.4f')} "
                    f"over {c.other['n_params_compared']:,} parameters")
     return "\n".join(out) + "\n"
+
+
+def _pct(x: object) -> str:
+    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
+
+
+def candidates_text(r: Any) -> list[str]:
+    """The per-prefix trade-off: predicted accuracy (interval), compute and memory saved, and whose prediction."""
+    rows = [c for c in (getattr(r, "candidates", None) or []) if isinstance(c, dict)]
+    if not rows or all(c.get("basis") == "none" for c in rows):
+        return []
+    p = getattr(r, "predictor", None) or {}
+    how = (f"{p.get('name')}, fit on {', '.join(p.get('fit_on') or [])}"
+           + ("" if p.get("validated") else "; preliminary: not yet validated on held-out tasks"))
+    head = ["freeze up to", "predicted acc vs full", "interval", "compute saved/epoch", "memory saved"]
+    table = [head] + [[c["freeze"][-1], _pct(c.get("predicted_rel_acc")),
+                       f"[{_pct((c.get('interval') or [None, None])[0])}, {_pct((c.get('interval') or [None, None])[1])}]",
+                       _pct(c.get("compute_saved")), f"{c.get('memory_saved_mb', 0.0):,.0f} MB"
+                       + ("" if c.get("within_tolerance") or r.tolerance is None else "  (over tolerance)")]
+                      for c in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    tol = f"tolerance {_pct(r.tolerance)}" if r.tolerance is not None else "the CKA rule decided"
+    return [f"  predicted cost of freezing each bottom prefix ({how}; {tol}):"] + [
+        "    " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
 
 
 def to_markdown(c: Comparison) -> str:

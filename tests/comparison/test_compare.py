@@ -157,3 +157,22 @@ def test_token_level_comparison(tokenizer, texts):
 def test_weights_only_snapshot_gives_drift_only(tokenizer, texts):
     c = compare(take_snapshot(tiny_bert(0)), take_snapshot(perturbed([3])))
     assert not c.meta["cka_computed"] and c.blocks[-1]["weight_drift"] > 0.1
+
+
+def test_candidates_and_tolerance(tokenizer, texts):
+    base, tuned = tiny_bert(0), perturbed([2, 3])
+    c = compare(base, tuned, texts, tokenizer)
+    r = c.recommendation
+    # every prefix that leaves a block to train, each with a prediction from the shipped fit
+    assert [x["freeze"][-1] for x in r.candidates] == ["embeddings", "block.0", "block.1", "block.2"]
+    assert r.tolerance is None and r.predictor["name"] in ("cka_rel", "cka_abs", "drift_rel")
+    assert all(0.0 < x["predicted_rel_acc"] <= 1.1 for x in r.candidates)
+    assert [x["compute_saved"] for x in r.candidates] == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    # the unchanged bottom prefix is predicted to cost (nearly) nothing, the changed block more
+    assert r.candidates[2]["predicted_rel_acc"] >= r.candidates[3]["predicted_rel_acc"]
+    doc = json.loads(c.to_json())
+    assert doc["recommendation"]["candidates"][0]["freeze"] == ["embeddings"]
+    t = compare(base, tuned, texts, tokenizer, tolerance=0.02).recommendation
+    assert t.tolerance == 0.02 and all(w.startswith(("freeze: predicted", "train")) for w in t.reasons.values())
+    with pytest.raises(LayerProbeError, match="tolerance must be a number in"):
+        compare(base, tuned, texts, tokenizer, tolerance=1.5)
