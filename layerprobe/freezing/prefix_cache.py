@@ -12,8 +12,25 @@ changes, so recomputing it every epoch only spends time. :class:`PrefixCache` at
 * when every example of the batch is stored ("hit"), the frozen blocks ``0..k-2`` pass their input
   through untouched and block ``k-1`` returns the stored states, re-padded to the batch's width
   (zeros at padding positions, which attention masks out): the prefix costs a copy;
-* otherwise ("miss") it runs the prefix as usual — in **eval mode and without gradients** — and
-  stores block ``k-1``'s output of each new example (its unpadded positions).
+* when only some are stored ("partial"), the prefix runs — in **eval mode and without gradients** —
+  on the other rows only (at the batch's width, with their rows of the attention mask and of every
+  other per-example argument), their outputs are stored, and block ``k-1`` returns the whole batch
+  assembled in its order: stored rows re-padded as above, computed rows as computed. The blocks
+  ``0..k-2`` hand their input up unchanged, as on a hit, so the model only ever sees full batches;
+* when none is stored, or before a filling pass has been checked ("miss"), it runs the prefix as
+  usual — in eval mode and without gradients — and stores block ``k-1``'s output of each new example
+  (its unpadded positions).
+
+Row accounting: :meth:`PrefixCache.stats` counts batches (``hit_batches``, ``partial_batches``,
+``miss_batches``, ``uncached_batches``) and rows (``hit_rows`` served from the store, ``miss_rows``
+run through the prefix), so the share of the prefix's work saved is ``hit_rows / (hit_rows + miss_rows)``.
+
+What is stored: every pass that reaches the prefix may be served, but a pass only *stores* when
+storing is on — not inside ``with cache.no_store():`` (or the module-wide :func:`no_store`, which the
+:class:`~layerprobe.tracking.tracker.Tracker` wraps around its probe passes, so probe texts never enter a
+training cache), and, with ``store_in_eval=False`` (what the auto-freeze policy uses), not while the
+model is in eval mode (an evaluation loop over a dev set). Serving such passes is exact and saves
+their prefix; storing them would only spend memory and ``max_bytes`` on examples training never sees.
 
 The trainable blocks, the head, the loss and the optimizer see exactly what they would see with the
 prefix frozen, except for one documented difference: **the frozen prefix runs without dropout**
@@ -59,7 +76,8 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -68,7 +86,20 @@ from torch import nn
 from layerprobe.errors import LayerProbeError
 from layerprobe.model.blocks import Blocks, block_modules, find_blocks, find_stack
 
-__all__ = ["PrefixCache", "PrefixCacheOffWarning"]
+__all__ = ["PrefixCache", "PrefixCacheOffWarning", "no_store"]
+
+_NO_STORE = [0]  # depth of module-wide no_store() blocks
+
+
+@contextmanager
+def no_store() -> Iterator[None]:
+    """While active, no :class:`PrefixCache` in this process stores new examples (they still serve what
+    they hold). The :class:`~layerprobe.tracking.tracker.Tracker` runs its probe passes inside it."""
+    _NO_STORE[0] += 1
+    try:
+        yield
+    finally:
+        _NO_STORE[0] -= 1
 
 
 class PrefixCacheOffWarning(UserWarning):
@@ -133,6 +164,27 @@ def _needs_grad(args: tuple, kwargs: dict) -> bool:
     return False
 
 
+def _rows_of(x: Any, rows: torch.Tensor, n: int, width: int) -> Any:
+    """A block call's argument restricted to the batch rows ``rows``: every tensor shaped like a
+    per-example one — at least 3-D with first dimension the batch size ``n`` and the sequence width
+    among the others (attention masks ``(n, 1, 1, w)``, rotary tables ``(n, w, d)``), or an integer /
+    boolean ``(n, w)`` mask or id tensor — is indexed; anything else (broadcast masks ``(1, ...)``, cache
+    positions, float tables such as DeBERTa's relative embeddings ``(2 * span, d)``, None) is kept; a
+    key/value cache object is dropped (as on a hit, the prefix blocks do not fill it). The first pass
+    that could be served in part checks the rule on the model (:meth:`PrefixCache._verify_step`)."""
+    if torch.is_tensor(x):
+        per_example = (x.dim() >= 3 and x.shape[0] == n and width in tuple(x.shape[1:])) or \
+            (x.dim() == 2 and tuple(x.shape) == (n, width) and not x.is_floating_point())
+        return x.index_select(0, rows.to(x.device)) if per_example else x
+    if callable(getattr(x, "get_seq_length", None)) and callable(getattr(x, "update", None)):
+        return None  # a key/value cache (decoders with use_cache): the rows' pass neither reads nor fills it
+    if isinstance(x, tuple):
+        return tuple(_rows_of(v, rows, n, width) for v in x)
+    if isinstance(x, list):
+        return [_rows_of(v, rows, n, width) for v in x]
+    return x
+
+
 def _requiring_grad(out: Any) -> Any:
     """A block's output (computed without grad) with its hidden states marked as requiring grad."""
     if torch.is_tensor(out):
@@ -194,17 +246,26 @@ class PrefixCache:
         blocks: the model's entries (found with :func:`~layerprobe.model.blocks.find_blocks` if None).
         dtype: storage dtype (float32 default: exact; bfloat16/float16: half the memory).
         max_bytes: stop storing new examples beyond this many bytes (None: no bound).
+        store_in_eval: whether passes with the model in eval mode store new examples (True, the
+            default; False: only training-mode passes store, evaluation passes are only served).
+        partial: serve the stored rows of a batch that is only partly stored and run the prefix for
+            the rest (True, the default); False: such a batch is a miss (the whole prefix runs).
 
     Use it as a context manager so that an exception mid-training removes its hooks and patched
     forwards (``with PrefixCache(model, k): train(...)``); only the cache's own hooks are removed.
     """
 
     def __init__(self, model: nn.Module, k: int, blocks: Blocks | None = None,
-                 dtype: torch.dtype = torch.float32, max_bytes: int | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, max_bytes: int | None = None,
+                 store_in_eval: bool = True, partial: bool = True) -> None:
         self.model = model
         self.blocks = blocks if blocks is not None else find_blocks(model)
         self.dtype = dtype
         self.max_bytes = max_bytes
+        self.store_in_eval = bool(store_in_eval)
+        self.partial = bool(partial)
+        self._paused = 0
+        self._partial_checked = False  # a pass served in part has been checked against the full prefix
         self.k = 0
         self.disabled: str | None = None
         self._store: dict[bytes, torch.Tensor] = {}
@@ -216,6 +277,7 @@ class PrefixCache:
         self._last_calls: int | None = None  # applications of block k-1 per pass, seen on every filling pass
         self._arg_names: list[str] | None = None
         self.hit_batches = self.miss_batches = self.stored = self.uncached_batches = 0
+        self.partial_batches = self.hit_rows = self.miss_rows = 0
         self.fill_cpu_seconds = 0.0
         self.attach(k)
 
@@ -288,11 +350,29 @@ class PrefixCache:
         self._store.clear()
         self._nbytes = 0
 
+    @contextmanager
+    def no_store(self) -> Iterator[None]:
+        """While active, this cache serves what it holds but stores nothing new (e.g. around an
+        evaluation loop the user runs; the tracker's probe passes use the module-wide :func:`no_store`)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def _storing(self) -> bool:
+        """Whether the pass starting now may store new examples."""
+        return not (self._paused or _NO_STORE[0] or (not self.store_in_eval and not self.model.training))
+
     def stats(self) -> dict:
-        """Counters: batches served / filled / not cacheable, examples stored, bytes, fill CPU time; and
-        ``disabled``, why the cache turned itself off (None while it stands in)."""
-        return {"k": self.k, "hit_batches": self.hit_batches, "miss_batches": self.miss_batches,
-                "uncached_batches": self.uncached_batches, "stored": self.stored, "examples": len(self._store),
+        """Counters: batches served whole (``hit_batches``), in part (``partial_batches``), filled
+        (``miss_batches``) and not cacheable (``uncached_batches``); rows served from the store
+        (``hit_rows``) and run through the prefix (``miss_rows``, cacheable passes only); examples stored,
+        bytes, fill CPU time; and ``disabled``, why the cache turned itself off (None while it stands in)."""
+        return {"k": self.k, "hit_batches": self.hit_batches, "partial_batches": self.partial_batches,
+                "miss_batches": self.miss_batches, "uncached_batches": self.uncached_batches,
+                "hit_rows": self.hit_rows, "miss_rows": self.miss_rows,
+                "stored": self.stored, "examples": len(self._store),
                 "mb": self._nbytes / 2**20, "fill_cpu_seconds": self.fill_cpu_seconds, "disabled": self.disabled}
 
     def __len__(self) -> int:
@@ -370,17 +450,39 @@ class PrefixCache:
         b = None if wants_layers else self._keys(named, ())
         if b is None:
             self.uncached_batches += 1
-            self._batch = {"hit": False, "store": False}
+            self._batch = {"hit": False, "store": False, "rows": None}
         else:
-            b["hit"] = self._last_calls is not None and all(key in self._store for key in b["keys"])
-            b["store"] = not b["hit"]
+            served = self._last_calls is not None  # a filling pass has been checked
+            missing = [r for r, key in enumerate(b["keys"]) if key not in self._store] if served else \
+                list(range(len(b["keys"])))
+            b["hit"] = not missing
+            b["rows"] = None
+            b["store"] = not b["hit"] and self._storing()
             if b["hit"]:
                 self.hit_batches += 1
+                self.hit_rows += len(b["keys"])
+            elif self.partial and len(missing) < len(b["keys"]) and not self._partial_checked:
+                # the first batch that could be served in part runs as a miss, and its rows that are
+                # not stored also through the row-restricted prefix: both must agree before any is served
+                b["verify"] = torch.tensor(missing, dtype=torch.long)
+                self.miss_batches += 1
+                self.miss_rows += len(b["keys"])
+                b["cpu0"] = time.process_time()
+            elif self.partial and len(missing) < len(b["keys"]):
+                b["rows"] = torch.tensor(missing, dtype=torch.long)
+                self.partial_batches += 1
+                self.hit_rows += len(b["keys"]) - len(missing)
+                self.miss_rows += len(missing)
+                b["cpu0"] = time.process_time()
             else:
                 self.miss_batches += 1
+                self.miss_rows += len(b["keys"])
                 b["cpu0"] = time.process_time()
+            if not (b["hit"] or b["store"] or b["rows"] is not None):  # a miss that stores nothing
+                b.pop("cpu0", None)
             self._batch = b
-        self._batch.update(calls=0, last_calls=0, rest_calls=0, problem=None, last_out=None)
+        self._batch.setdefault("verify", None)
+        self._batch.update(calls=0, last_calls=0, rest_calls=0, problem=None, last_out=None, sub=None)
         return None
 
     def _rest_call(self, module: nn.Module, args: Any) -> None:
@@ -393,17 +495,24 @@ class PrefixCache:
             return
         if not b["hit"] and "cpu0" in b:
             self.fill_cpu_seconds += time.process_time() - b["cpu0"]
-        if b["hit"] and output is not None and b["last_calls"] != self._last_calls:
+        served = b["hit"] or b["rows"] is not None
+        if served and output is not None and b["last_calls"] != self._last_calls:
             raise LayerProbeError(  # the filling passes applied block k-1 a different number of times
                 f"PrefixCache: block {self.blocks.blocks[self.k - 1].name} was applied {b['last_calls']} times in a "
                 f"served forward pass, {self._last_calls} times in the passes that filled the store")
-        if b["hit"] or not b["store"] or output is None:  # a hit, not cacheable, or the forward raised
+        if b["rows"] is not None and b["problem"] is not None and output is not None:
+            raise LayerProbeError(f"PrefixCache: {b['problem']} in a forward pass served in part from the store")
+        if b["hit"] or not b["store"] or output is None:  # a hit, not stored, or the forward raised
             return
         problem = b["problem"] or self._check_pass(b)
         if problem:
             self._disable(problem)
             return
-        self._put(b, b["last_out"])
+        if b["rows"] is None:
+            self._put(b["keys"], b["runs"], b["last_out"])
+        else:
+            rows = b["rows"].tolist()
+            self._put([b["keys"][r] for r in rows], [b["runs"][r] for r in rows], b["last_out"])
 
     def _check_pass(self, b: dict) -> str | None:
         """Why this filling pass shows the prefix cannot be served from the store (None: it can)."""
@@ -414,10 +523,11 @@ class PrefixCache:
             return (f"{last} was applied {b['last_calls']} times in one forward pass and {self._last_calls} "
                     "times in another")
         hidden = b["last_out"]
-        if hidden is None or hidden.dim() != 3 or tuple(hidden.shape[:2]) != (len(b["keys"]), b["width"]):
+        n = len(b["keys"]) if b["rows"] is None else len(b["rows"])
+        if hidden is None or hidden.dim() != 3 or tuple(hidden.shape[:2]) != (n, b["width"]):
             shape = None if hidden is None else tuple(hidden.shape)
             return (f"{last} returned hidden states of shape {shape}, not (batch, seq, d) with "
-                    f"(batch, seq) = {(len(b['keys']), b['width'])} as the input ids")
+                    f"(batch, seq) = {(n, b['width'])} as the input ids")
         self._last_calls = b["last_calls"]
         return None
 
@@ -449,9 +559,11 @@ class PrefixCache:
                 if b["rest_calls"] and b["problem"] is None:
                     b["problem"] = f"block {name} of the frozen prefix ran after a trainable block"
                 if _needs_grad(args, kwargs):
-                    if not (b["hit"] or b["store"]):  # a pass that is not cached: computed exactly as without
+                    if b["rows"] is not None and first:  # nothing served yet: compute the pass as a miss
+                        b["rows"] = None
+                    if not (b["hit"] or b["store"] or b["rows"] is not None):  # not cached: computed as without
                         return orig(*args, **kwargs)
-                    if b["hit"] and not first:  # earlier prefix blocks already passed their input through
+                    if (b["hit"] or b["rows"] is not None) and not first:  # earlier blocks passed their input up
                         raise LayerProbeError(
                             f"PrefixCache: block {name} of the frozen prefix was called with an input that depends "
                             "on trainable parameters after stored states were served")
@@ -467,6 +579,8 @@ class PrefixCache:
                         if b["last_calls"] == self._last_calls:  # block k-1's final application
                             hidden = self._padded(b, hidden).requires_grad_(hidden.requires_grad)
                     return self._as_output(hidden)
+                if b["rows"] is not None:
+                    return self._partial_call(b, mod, orig, name, last, hidden, args, kwargs)
                 with torch.no_grad():
                     was = mod.training
                     mod.train(False)
@@ -474,6 +588,8 @@ class PrefixCache:
                         out = orig(*args, **kwargs)
                     finally:
                         mod.train(was)
+                if b["verify"] is not None:
+                    self._verify_step(b, mod, orig, name, last, hidden, args, kwargs, out)
                 if hidden is not None and hidden.requires_grad and torch.is_grad_enabled():
                     out = _requiring_grad(out)  # as the input did (gradient checkpointing needs it)
                 if not b["store"]:
@@ -501,18 +617,96 @@ class PrefixCache:
             return forward
         return make
 
+    def _sub_step(self, b: dict, mod: nn.Module, orig: Callable, name: str, rows: torch.Tensor,
+                  hidden: torch.Tensor | None, args: tuple, kwargs: dict) -> torch.Tensor:
+        """Run a prefix block (eval mode, no grad) on the batch rows ``rows`` only, its input the rows'
+        states carried from the previous prefix block (``b["sub"]``; at the first, ``hidden``'s rows),
+        every per-example argument restricted to the rows (:func:`_rows_of`); returns and carries the
+        rows' output hidden states."""
+        n, width = len(b["keys"]), b["width"]
+        if hidden is None or hidden.dim() < 2 or hidden.shape[0] != n:
+            raise LayerProbeError(f"PrefixCache: block {name} was not called with hidden states of the batch's "
+                                  f"{n} rows (got {None if hidden is None else tuple(hidden.shape)})")
+        sub = b["sub"] if b["sub"] is not None else hidden.index_select(0, rows.to(hidden.device))
+        if args and torch.is_tensor(args[0]):
+            args = (sub,) + _rows_of(args[1:], rows, n, width)
+            kwargs = {key: _rows_of(v, rows, n, width) for key, v in kwargs.items()}
+        else:
+            kwargs = {key: (sub if key == "hidden_states" else _rows_of(v, rows, n, width))
+                      for key, v in kwargs.items()}
+            args = _rows_of(args, rows, n, width)
+        with torch.no_grad():
+            was = mod.training
+            mod.train(False)
+            try:
+                out = orig(*args, **kwargs)
+            finally:
+                mod.train(was)
+        if torch.is_tensor(out):
+            b["sub"] = out
+        elif isinstance(out, tuple) and out and torch.is_tensor(out[0]):
+            b["sub"] = out[0]
+        else:
+            raise LayerProbeError(f"PrefixCache: block {name} returned a {type(out).__name__}, not hidden states")
+        return b["sub"]
+
+    def _verify_step(self, b: dict, mod: nn.Module, orig: Callable, name: str, last: bool,
+                     hidden: torch.Tensor | None, args: tuple, kwargs: dict, out: Any) -> None:
+        """On the pass that checks serving in part: the block also runs on the rows that are not stored;
+        at block ``k-1``'s last application their states must equal the full prefix's, or serving in
+        part is switched off (every such batch is then a miss, as without it)."""
+        rows = b["verify"]
+        why = None
+        try:
+            sub = self._sub_step(b, mod, orig, name, rows, hidden, args, kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure of the restricted pass only turns the option off
+            why = f"block {name} could not run on a subset of the batch's rows ({type(e).__name__}: {e})"
+        if why is None and last and b["last_calls"] + 1 == self._last_calls:
+            full = (out if torch.is_tensor(out) else out[0]).index_select(0, rows.to(sub.device))
+            if full.shape != sub.shape or not torch.allclose(sub, full, rtol=1e-4, atol=1e-5):
+                why = f"block {name}'s output on a subset of the batch's rows differs from the full batch's"
+            else:
+                self._partial_checked = True
+                b["verify"] = None
+        if why is not None:
+            b["verify"] = None
+            self.partial = False
+            warnings.warn(f"layerprobe PrefixCache(k={self.k}): {why}; batches only partly stored are computed "
+                          "whole from now on (no saving on them)", PrefixCacheOffWarning, stacklevel=3)
+
+    def _partial_call(self, b: dict, mod: nn.Module, orig: Callable, name: str, last: bool,
+                      hidden: torch.Tensor | None, args: tuple, kwargs: dict) -> Any:
+        """A prefix block in a pass served in part: run it on the rows that are not stored
+        (:meth:`_sub_step`) and hand the block's input up unchanged — except at block ``k-1``'s last
+        application, which returns the batch assembled in its order from the store and those rows."""
+        rows = b["rows"]
+        self._sub_step(b, mod, orig, name, rows, hidden, args, kwargs)
+        assert hidden is not None  # _sub_step checked it
+        if not last:
+            return self._as_output(hidden)
+        b["last_calls"] += 1
+        if b["last_calls"] != self._last_calls:  # not block k-1's final application yet
+            return self._as_output(hidden)
+        b["last_out"] = b["sub"]
+        full = self._padded(b, hidden, skip=rows)
+        full.index_copy_(0, rows.to(full.device), b["sub"].to(full.dtype))
+        return self._as_output(full.requires_grad_(hidden.requires_grad))
+
     def _as_output(self, hidden: torch.Tensor):
         kind, n = self._format or ("tensor", 1)
         return hidden if kind == "tensor" else (hidden,) + (None,) * (n - 1)
 
-    def _padded(self, b: dict, like: torch.Tensor) -> torch.Tensor:
+    def _padded(self, b: dict, like: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """The stored states of the batch's rows, zero-padded to its width (rows in ``skip``: zeros)."""
         out = torch.zeros(len(b["keys"]), b["width"], like.shape[-1], dtype=like.dtype, device=like.device)
+        skipped = set() if skip is None else set(skip.tolist())
         for r, (key, (s, n)) in enumerate(zip(b["keys"], b["runs"])):
-            out[r, s: s + n] = self._store[key].to(like.device, like.dtype)
+            if r not in skipped:
+                out[r, s: s + n] = self._store[key].to(like.device, like.dtype)
         return out
 
-    def _put(self, b: dict, hidden: torch.Tensor) -> None:
-        for r, (key, (s, n)) in enumerate(zip(b["keys"], b["runs"])):
+    def _put(self, keys: list[bytes], runs: list[tuple[int, int]], hidden: torch.Tensor) -> None:
+        for r, (key, (s, n)) in enumerate(zip(keys, runs)):
             if key in self._store:
                 continue
             t = hidden[r, s: s + n].detach().to("cpu", self.dtype).clone()

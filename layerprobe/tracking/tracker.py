@@ -25,7 +25,9 @@ and records, per entry (embeddings and each block, names as in ``compare``):
 
 A frozen bottom prefix cannot change any more (its parameters and its inputs are fixed), so its
 representations are carried from the check at which it froze instead of being recomputed — which
-also keeps them right when a :class:`~layerprobe.freezing.prefix_cache.PrefixCache` stands in for it.
+also keeps them right when a :class:`~layerprobe.freezing.prefix_cache.PrefixCache` stands in for it. The probe
+passes run inside :func:`layerprobe.freezing.prefix_cache.no_store`: a prefix cache may serve them but never
+stores the probe texts (they are not training examples).
 
 :meth:`Tracker.advice` gives the freeze advice from the latest check at any step.
 The ``transformers.Trainer`` integration is :class:`layerprobe.integrations.hf.LayerProbeCallback`.
@@ -57,6 +59,7 @@ import torch
 from torch import nn
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.freezing.prefix_cache import no_store
 from layerprobe.io.outputs import atomic_write_text
 from layerprobe.metrics.cka import linear_cka
 from layerprobe.metrics.drift import DriftAccumulator
@@ -306,8 +309,9 @@ class Tracker:
 
     def _record(self, step: int, t0: float) -> None:
         model, blocks = self._model_blocks()
-        reps, _ = run_probe(model, self.examples, blocks, self.pooling, None, self.batch_size,
-                            pad_id(self.tokenizer), self.progress)
+        with no_store():  # probe texts are served by a prefix cache, never stored in it (not training data)
+            reps, _ = run_probe(model, self.examples, blocks, self.pooling, None, self.batch_size,
+                                pad_id(self.tokenizer), self.progress)
         first = self._start_reps is None
         if self._start_reps is None:
             self._start_reps = reps
