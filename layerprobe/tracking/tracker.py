@@ -357,11 +357,12 @@ class Tracker:
         step = self.rows[-1]["step"]
         return [r for r in self.rows if r["step"] == step]
 
-    def advice(self, thresholds: Thresholds | None = None) -> Recommendation:
+    def advice(self, thresholds: Thresholds | None = None, prefix_savings: Any = None) -> Recommendation:
         """The freeze advice from the latest check (CKA of each entry to the start), at any step.
 
         Uses :func:`layerprobe.freezing.rule.recommend` with ``thresholds`` (its defaults if None) on the
-        tracker's probe; parameter counts are those of the model's entries.
+        tracker's probe; parameter counts are those of the model's entries. ``prefix_savings`` (from
+        :func:`~layerprobe.freezing.step_cost.calibrate_prefix_savings`): report the measured saving.
         """
         from layerprobe.freezing.rule import recommend
 
@@ -376,7 +377,7 @@ class Tracker:
              "cka": r["cka_to_start"]} for r in rows]
         inside = sum(e["n_params"] for e in entries)
         other = sum(p.numel() for p in model.parameters()) - inside
-        return recommend(entries, thresholds, other_params=other)
+        return recommend(entries, thresholds, other_params=other, prefix_savings=prefix_savings)
 
     # -- output -------------------------------------------------------------------------------
 
