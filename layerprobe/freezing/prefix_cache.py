@@ -73,7 +73,6 @@ stored).
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -84,141 +83,23 @@ import torch
 from torch import nn
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.model.blocks import Blocks, block_modules, find_blocks, find_stack
+from layerprobe.freezing.prefix_rows import (
+    batch_keys,
+    encoder_decoder_refusal,
+    hidden_of,
+    needs_grad,
+    no_store,
+    no_store_depth,
+    padded,
+    requiring_grad,
+    run_rows,
+)
+from layerprobe.model.blocks import Blocks, block_modules, find_blocks
 
 __all__ = ["PrefixCache", "PrefixCacheOffWarning", "no_store"]
 
-_NO_STORE = [0]  # depth of module-wide no_store() blocks
-
-
-@contextmanager
-def no_store() -> Iterator[None]:
-    """While active, no :class:`PrefixCache` in this process stores new examples (they still serve what
-    they hold). The :class:`~layerprobe.tracking.tracker.Tracker` runs its probe passes inside it."""
-    _NO_STORE[0] += 1
-    try:
-        yield
-    finally:
-        _NO_STORE[0] -= 1
-
-
 class PrefixCacheOffWarning(UserWarning):
     """A :class:`PrefixCache` found at run time that it cannot stand in for the prefix and turned itself off."""
-
-
-def _contiguous_run(mask_row: torch.Tensor) -> tuple[int, int] | None:
-    """``(start, length)`` of the single run of ones in a 0/1 mask row, or None if not one run."""
-    idx = torch.nonzero(mask_row, as_tuple=False).flatten()
-    if idx.numel() == 0:
-        return None
-    start, end = int(idx[0]), int(idx[-1]) + 1
-    if end - start != idx.numel():
-        return None
-    return start, end - start
-
-
-def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """The hidden states a block is called with: its first positional tensor or ``hidden_states=``."""
-    if args and torch.is_tensor(args[0]):
-        return args[0]
-    h = kwargs.get("hidden_states")
-    return h if torch.is_tensor(h) else None
-
-
-def _tensors(x: Any) -> list[torch.Tensor]:
-    """The tensors in a call argument (a tensor, or tuples / lists / dicts of them)."""
-    if torch.is_tensor(x):
-        return [x]
-    if isinstance(x, (tuple, list)):
-        return [t for v in x for t in _tensors(v)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
-    return []
-
-
-def _needs_grad(args: tuple, kwargs: dict) -> bool:
-    """Whether a call's inputs depend on a trainable parameter (their autograd graph reaches one): such a
-    call must neither run without grad nor be served from the store.
-
-    A tensor that merely requires grad without a trainable parameter behind it (the embeddings' output
-    after ``enable_input_require_grads()``, which gradient checkpointing turns on) does not count.
-    """
-    if not torch.is_grad_enabled():
-        return False
-    nodes = []
-    for t in _tensors(args) + _tensors(kwargs):
-        if t.requires_grad:
-            if isinstance(t, nn.Parameter):
-                return True
-            if t.grad_fn is not None:
-                nodes.append(t.grad_fn)
-    seen: set = set()
-    while nodes:
-        node = nodes.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if isinstance(getattr(node, "variable", None), nn.Parameter):  # AccumulateGrad of a trainable parameter
-            return True
-        nodes.extend(n for n, _ in node.next_functions if n is not None)
-    return False
-
-
-def _rows_of(x: Any, rows: torch.Tensor, n: int, width: int) -> Any:
-    """A block call's argument restricted to the batch rows ``rows``: every tensor shaped like a
-    per-example one — at least 3-D with first dimension the batch size ``n`` and the sequence width
-    among the others (attention masks ``(n, 1, 1, w)``, rotary tables ``(n, w, d)``), or an integer /
-    boolean ``(n, w)`` mask or id tensor — is indexed; anything else (broadcast masks ``(1, ...)``, cache
-    positions, float tables such as DeBERTa's relative embeddings ``(2 * span, d)``, None) is kept; a
-    key/value cache object is dropped (as on a hit, the prefix blocks do not fill it). The first pass
-    that could be served in part checks the rule on the model (:meth:`PrefixCache._verify_step`)."""
-    if torch.is_tensor(x):
-        per_example = (x.dim() >= 3 and x.shape[0] == n and width in tuple(x.shape[1:])) or \
-            (x.dim() == 2 and tuple(x.shape) == (n, width) and not x.is_floating_point())
-        return x.index_select(0, rows.to(x.device)) if per_example else x
-    if callable(getattr(x, "get_seq_length", None)) and callable(getattr(x, "update", None)):
-        return None  # a key/value cache (decoders with use_cache): the rows' pass neither reads nor fills it
-    if isinstance(x, tuple):
-        return tuple(_rows_of(v, rows, n, width) for v in x)
-    if isinstance(x, list):
-        return [_rows_of(v, rows, n, width) for v in x]
-    return x
-
-
-def _requiring_grad(out: Any) -> Any:
-    """A block's output (computed without grad) with its hidden states marked as requiring grad."""
-    if torch.is_tensor(out):
-        return out.requires_grad_(True)
-    if isinstance(out, tuple) and out and torch.is_tensor(out[0]):
-        return (out[0].requires_grad_(True),) + out[1:]
-    return out
-
-
-def _encoder_decoder_refusal(model: nn.Module, blocks: Blocks, first_block: nn.Module) -> str | None:
-    """Why the cache cannot stand in for this stack of an encoder-decoder model (None: it can)."""
-    config = getattr(model, "config", None)
-    if not getattr(config, "is_encoder_decoder", False):
-        return None
-    get_encoder = getattr(model, "get_encoder", None)
-    try:
-        encoder = get_encoder() if callable(get_encoder) else None
-    except (AttributeError, NotImplementedError):
-        encoder = None
-    if isinstance(encoder, nn.Module) and any(m is first_block for m in encoder.modules()):
-        return None
-    hint = ""
-    if isinstance(encoder, nn.Module):
-        path = next((n for n, m in model.named_modules() if m is encoder), None)
-        try:
-            stack, _ = find_stack(encoder)
-        except LayerProbeError:
-            stack = ""
-        if path is not None and stack:
-            hint = (f"; to freeze and cache the encoder's bottom blocks instead, use "
-                    f"blocks=find_blocks(model, blocks='{path}.{stack}.*')")
-    return (f"{type(model).__name__} is an encoder-decoder model and its block stack {blocks.stack!r} is not in "
-            "its encoder: those blocks also read the encoder's output and the decoder_input_ids, which the cache "
-            f"does not key on{hint}")
 
 
 class PrefixCache:
@@ -302,7 +183,7 @@ class PrefixCache:
                 f"the prefix cache stands in for {', '.join(entries)}, but {len(trainable)} of their parameters "
                 f"still train (e.g. {trainable[0]}): freeze the prefix first")
         mods = block_modules(self.model, self.blocks)
-        refusal = _encoder_decoder_refusal(self.model, self.blocks, mods[self.blocks.blocks[0].name][0])
+        refusal = encoder_decoder_refusal(self.model, self.blocks, mods[self.blocks.blocks[0].name][0])
         if refusal:
             raise LayerProbeError(f"the prefix cache cannot stand in for this prefix: {refusal}")
         if self._handles and k == self.k:
@@ -352,8 +233,7 @@ class PrefixCache:
 
     @contextmanager
     def no_store(self) -> Iterator[None]:
-        """While active, this cache serves what it holds but stores nothing new (e.g. around an
-        evaluation loop the user runs; the tracker's probe passes use the module-wide :func:`no_store`)."""
+        """While active, this cache serves what it holds but stores nothing new (e.g. a user's eval loop)."""
         self._paused += 1
         try:
             yield
@@ -362,7 +242,7 @@ class PrefixCache:
 
     def _storing(self) -> bool:
         """Whether the pass starting now may store new examples."""
-        return not (self._paused or _NO_STORE[0] or (not self.store_in_eval and not self.model.training))
+        return not (self._paused or no_store_depth() or (not self.store_in_eval and not self.model.training))
 
     def stats(self) -> dict:
         """Counters: batches served whole (``hit_batches``), in part (``partial_batches``), filled
@@ -410,33 +290,7 @@ class PrefixCache:
         return {**dict(zip(self._arg_names, args)), **kwargs}
 
     def _keys(self, kwargs: dict, args: tuple) -> dict | None:
-        kwargs = self._call_arguments(args, kwargs)
-        ids = kwargs.get("input_ids")
-        if ids is None or not torch.is_tensor(ids) or ids.dim() != 2:
-            return None
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(ids)
-        if not torch.is_tensor(mask) or mask.shape != ids.shape:
-            return None
-        extra: list[torch.Tensor] = [t for t in (kwargs.get(n) for n in ("token_type_ids", "position_ids"))
-                                     if torch.is_tensor(t) and t.shape == ids.shape]
-        keys, runs = [], []
-        ids_c, mask_c = ids.detach().cpu(), mask.detach().cpu()
-        extra_c = [t.detach().cpu() for t in extra]
-        for r in range(ids.shape[0]):
-            run = _contiguous_run(mask_c[r] != 0)
-            if run is None:
-                return None
-            s, n = run
-            h = hashlib.blake2b(digest_size=20)
-            h.update(f"{s}|{n}|{len(extra_c)}|".encode())
-            h.update(ids_c[r, s: s + n].to(torch.int64).numpy().tobytes())
-            for t in extra_c:
-                h.update(t[r, s: s + n].to(torch.int64).numpy().tobytes())
-            keys.append(h.digest())
-            runs.append(run)
-        return {"keys": keys, "runs": runs, "width": ids.shape[1], "device": ids.device}
+        return batch_keys(self._call_arguments(args, kwargs))
 
     def _read_batch(self, module: nn.Module, args: tuple, kwargs: dict):
         if self.disabled is not None:
@@ -534,7 +388,7 @@ class PrefixCache:
     def _frozen_call(self, mod: nn.Module, orig: Callable) -> Callable:
         def forward(*args, **kwargs):
             b = self._batch
-            if b is None or _needs_grad(args, kwargs):  # outside a model call, or fed by trainable parameters
+            if b is None or needs_grad(args, kwargs):  # outside a model call, or fed by trainable parameters
                 return orig(*args, **kwargs)
             with torch.no_grad():
                 was = mod.training
@@ -558,7 +412,7 @@ class PrefixCache:
                 b["calls"] += 1
                 if b["rest_calls"] and b["problem"] is None:
                     b["problem"] = f"block {name} of the frozen prefix ran after a trainable block"
-                if _needs_grad(args, kwargs):
+                if needs_grad(args, kwargs):
                     if b["rows"] is not None and first:  # nothing served yet: compute the pass as a miss
                         b["rows"] = None
                     if not (b["hit"] or b["store"] or b["rows"] is not None):  # not cached: computed as without
@@ -570,14 +424,14 @@ class PrefixCache:
                     self._disable(f"block {name} of the frozen prefix is called with an input that depends on "
                                   "trainable parameters")
                     return orig(*args, **kwargs)
-                hidden = _hidden_of(args, kwargs)
+                hidden = hidden_of(args, kwargs)
                 if b["hit"]:
                     if hidden is None:
                         raise LayerProbeError(f"PrefixCache: cannot find the hidden states block {name} is called with")
                     if last:
                         b["last_calls"] += 1
                         if b["last_calls"] == self._last_calls:  # block k-1's final application
-                            hidden = self._padded(b, hidden).requires_grad_(hidden.requires_grad)
+                            hidden = padded(self._store, b, hidden).requires_grad_(hidden.requires_grad)
                     return self._as_output(hidden)
                 if b["rows"] is not None:
                     return self._partial_call(b, mod, orig, name, last, hidden, args, kwargs)
@@ -591,7 +445,7 @@ class PrefixCache:
                 if b["verify"] is not None:
                     self._verify_step(b, mod, orig, name, last, hidden, args, kwargs, out)
                 if hidden is not None and hidden.requires_grad and torch.is_grad_enabled():
-                    out = _requiring_grad(out)  # as the input did (gradient checkpointing needs it)
+                    out = requiring_grad(out)  # as the input did (gradient checkpointing needs it)
                 if not b["store"]:
                     return out
                 if hidden is None and b["problem"] is None:
@@ -617,39 +471,6 @@ class PrefixCache:
             return forward
         return make
 
-    def _sub_step(self, b: dict, mod: nn.Module, orig: Callable, name: str, rows: torch.Tensor,
-                  hidden: torch.Tensor | None, args: tuple, kwargs: dict) -> torch.Tensor:
-        """Run a prefix block (eval mode, no grad) on the batch rows ``rows`` only, its input the rows'
-        states carried from the previous prefix block (``b["sub"]``; at the first, ``hidden``'s rows),
-        every per-example argument restricted to the rows (:func:`_rows_of`); returns and carries the
-        rows' output hidden states."""
-        n, width = len(b["keys"]), b["width"]
-        if hidden is None or hidden.dim() < 2 or hidden.shape[0] != n:
-            raise LayerProbeError(f"PrefixCache: block {name} was not called with hidden states of the batch's "
-                                  f"{n} rows (got {None if hidden is None else tuple(hidden.shape)})")
-        sub = b["sub"] if b["sub"] is not None else hidden.index_select(0, rows.to(hidden.device))
-        if args and torch.is_tensor(args[0]):
-            args = (sub,) + _rows_of(args[1:], rows, n, width)
-            kwargs = {key: _rows_of(v, rows, n, width) for key, v in kwargs.items()}
-        else:
-            kwargs = {key: (sub if key == "hidden_states" else _rows_of(v, rows, n, width))
-                      for key, v in kwargs.items()}
-            args = _rows_of(args, rows, n, width)
-        with torch.no_grad():
-            was = mod.training
-            mod.train(False)
-            try:
-                out = orig(*args, **kwargs)
-            finally:
-                mod.train(was)
-        if torch.is_tensor(out):
-            b["sub"] = out
-        elif isinstance(out, tuple) and out and torch.is_tensor(out[0]):
-            b["sub"] = out[0]
-        else:
-            raise LayerProbeError(f"PrefixCache: block {name} returned a {type(out).__name__}, not hidden states")
-        return b["sub"]
-
     def _verify_step(self, b: dict, mod: nn.Module, orig: Callable, name: str, last: bool,
                      hidden: torch.Tensor | None, args: tuple, kwargs: dict, out: Any) -> None:
         """On the pass that checks serving in part: the block also runs on the rows that are not stored;
@@ -658,12 +479,12 @@ class PrefixCache:
         rows = b["verify"]
         why = None
         try:
-            sub = self._sub_step(b, mod, orig, name, rows, hidden, args, kwargs)
+            sub = run_rows(b, mod, orig, name, rows, hidden, args, kwargs)
         except Exception as e:  # noqa: BLE001 - any failure of the restricted pass only turns the option off
             why = f"block {name} could not run on a subset of the batch's rows ({type(e).__name__}: {e})"
         if why is None and last and b["last_calls"] + 1 == self._last_calls:
             full = (out if torch.is_tensor(out) else out[0]).index_select(0, rows.to(sub.device))
-            if full.shape != sub.shape or not torch.allclose(sub, full, rtol=1e-4, atol=1e-5):
+            if full.shape != sub.shape or not torch.allclose(sub, full, rtol=1e-4, atol=1e-5):  # rows differ
                 why = f"block {name}'s output on a subset of the batch's rows differs from the full batch's"
             else:
                 self._partial_checked = True
@@ -677,10 +498,10 @@ class PrefixCache:
     def _partial_call(self, b: dict, mod: nn.Module, orig: Callable, name: str, last: bool,
                       hidden: torch.Tensor | None, args: tuple, kwargs: dict) -> Any:
         """A prefix block in a pass served in part: run it on the rows that are not stored
-        (:meth:`_sub_step`) and hand the block's input up unchanged — except at block ``k-1``'s last
+        (:func:`~layerprobe.freezing.prefix_rows.run_rows`) and hand the block's input up unchanged — except at block ``k-1``'s last
         application, which returns the batch assembled in its order from the store and those rows."""
         rows = b["rows"]
-        self._sub_step(b, mod, orig, name, rows, hidden, args, kwargs)
+        run_rows(b, mod, orig, name, rows, hidden, args, kwargs)
         assert hidden is not None  # _sub_step checked it
         if not last:
             return self._as_output(hidden)
@@ -688,22 +509,13 @@ class PrefixCache:
         if b["last_calls"] != self._last_calls:  # not block k-1's final application yet
             return self._as_output(hidden)
         b["last_out"] = b["sub"]
-        full = self._padded(b, hidden, skip=rows)
+        full = padded(self._store, b, hidden, skip=rows)
         full.index_copy_(0, rows.to(full.device), b["sub"].to(full.dtype))
         return self._as_output(full.requires_grad_(hidden.requires_grad))
 
     def _as_output(self, hidden: torch.Tensor):
         kind, n = self._format or ("tensor", 1)
         return hidden if kind == "tensor" else (hidden,) + (None,) * (n - 1)
-
-    def _padded(self, b: dict, like: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        """The stored states of the batch's rows, zero-padded to its width (rows in ``skip``: zeros)."""
-        out = torch.zeros(len(b["keys"]), b["width"], like.shape[-1], dtype=like.dtype, device=like.device)
-        skipped = set() if skip is None else set(skip.tolist())
-        for r, (key, (s, n)) in enumerate(zip(b["keys"], b["runs"])):
-            if r not in skipped:
-                out[r, s: s + n] = self._store[key].to(like.device, like.dtype)
-        return out
 
     def _put(self, keys: list[bytes], runs: list[tuple[int, int]], hidden: torch.Tensor) -> None:
         for r, (key, (s, n)) in enumerate(zip(keys, runs)):
