@@ -199,7 +199,9 @@ class AutoFreezePolicy:
     With ``cache=True``, once the embeddings and ``k >= 1`` blocks are frozen a
     :class:`~layerprobe.freezing.prefix_cache.PrefixCache` stands in for them (re-attached, and refilled,
     when the prefix grows): later epochs stop recomputing the frozen prefix. The frozen prefix then
-    runs in eval mode (no dropout there). A model the cache cannot serve (e.g. the decoder stack of an
+    runs in eval mode (no dropout there). The cache stores training-mode passes only
+    (``store_in_eval=False``): an evaluation loop and the tracker's probe are served from it but add
+    nothing to it. A model the cache cannot serve (e.g. the decoder stack of an
     encoder-decoder model) keeps training with plain freezing: a
     :class:`~layerprobe.freezing.prefix_cache.PrefixCacheOffWarning` says why, and so does
     :attr:`cache_refused` (or the cache's ``stats()["disabled"]`` when a forward pass showed it).
@@ -346,7 +348,8 @@ class AutoFreezePolicy:
             if self.prefix_cache is None:
                 import torch
 
-                self.prefix_cache = PrefixCache(model, k, blocks=blocks, dtype=self.cache_dtype or torch.float32)
+                self.prefix_cache = PrefixCache(model, k, blocks=blocks, dtype=self.cache_dtype or torch.float32,
+                                                store_in_eval=False)  # evaluation passes: served only
             else:
                 self.prefix_cache.attach(k)
         except LayerProbeError as e:  # a model the cache cannot serve: keep training with plain freezing

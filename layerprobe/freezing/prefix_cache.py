@@ -12,8 +12,25 @@ changes, so recomputing it every epoch only spends time. :class:`PrefixCache` at
 * when every example of the batch is stored ("hit"), the frozen blocks ``0..k-2`` pass their input
   through untouched and block ``k-1`` returns the stored states, re-padded to the batch's width
   (zeros at padding positions, which attention masks out): the prefix costs a copy;
-* otherwise ("miss") it runs the prefix as usual — in **eval mode and without gradients** — and
-  stores block ``k-1``'s output of each new example (its unpadded positions).
+* when only some are stored ("partial"), the prefix runs — in **eval mode and without gradients** —
+  on the other rows only (at the batch's width, with their rows of the attention mask and of every
+  other per-example argument), their outputs are stored, and block ``k-1`` returns the whole batch
+  assembled in its order: stored rows re-padded as above, computed rows as computed. The blocks
+  ``0..k-2`` hand their input up unchanged, as on a hit, so the model only ever sees full batches;
+* when none is stored, or before a filling pass has been checked ("miss"), it runs the prefix as
+  usual — in eval mode and without gradients — and stores block ``k-1``'s output of each new example
+  (its unpadded positions).
+
+Row accounting: :meth:`PrefixCache.stats` counts batches (``hit_batches``, ``partial_batches``,
+``miss_batches``, ``uncached_batches``) and rows (``hit_rows`` served from the store, ``miss_rows``
+run through the prefix), so the share of the prefix's work saved is ``hit_rows / (hit_rows + miss_rows)``.
+
+What is stored: every pass that reaches the prefix may be served, but a pass only *stores* when
+storing is on — not inside ``with cache.no_store():`` (or the module-wide :func:`no_store`, which the
+:class:`~layerprobe.tracking.tracker.Tracker` wraps around its probe passes, so probe texts never enter a
+training cache), and, with ``store_in_eval=False`` (what the auto-freeze policy uses), not while the
+model is in eval mode (an evaluation loop over a dev set). Serving such passes is exact and saves
+their prefix; storing them would only spend memory and ``max_bytes`` on examples training never sees.
 
 The trainable blocks, the head, the loss and the optimizer see exactly what they would see with the
 prefix frozen, except for one documented difference: **the frozen prefix runs without dropout**
@@ -56,117 +73,33 @@ stored).
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from layerprobe.errors import LayerProbeError
-from layerprobe.model.blocks import Blocks, block_modules, find_blocks, find_stack
+from layerprobe.freezing.prefix_rows import (
+    batch_keys,
+    encoder_decoder_refusal,
+    hidden_of,
+    needs_grad,
+    no_store,
+    no_store_depth,
+    padded,
+    requiring_grad,
+    run_rows,
+)
+from layerprobe.model.blocks import Blocks, block_modules, find_blocks
 
-__all__ = ["PrefixCache", "PrefixCacheOffWarning"]
-
+__all__ = ["PrefixCache", "PrefixCacheOffWarning", "no_store"]
 
 class PrefixCacheOffWarning(UserWarning):
     """A :class:`PrefixCache` found at run time that it cannot stand in for the prefix and turned itself off."""
-
-
-def _contiguous_run(mask_row: torch.Tensor) -> tuple[int, int] | None:
-    """``(start, length)`` of the single run of ones in a 0/1 mask row, or None if not one run."""
-    idx = torch.nonzero(mask_row, as_tuple=False).flatten()
-    if idx.numel() == 0:
-        return None
-    start, end = int(idx[0]), int(idx[-1]) + 1
-    if end - start != idx.numel():
-        return None
-    return start, end - start
-
-
-def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """The hidden states a block is called with: its first positional tensor or ``hidden_states=``."""
-    if args and torch.is_tensor(args[0]):
-        return args[0]
-    h = kwargs.get("hidden_states")
-    return h if torch.is_tensor(h) else None
-
-
-def _tensors(x: Any) -> list[torch.Tensor]:
-    """The tensors in a call argument (a tensor, or tuples / lists / dicts of them)."""
-    if torch.is_tensor(x):
-        return [x]
-    if isinstance(x, (tuple, list)):
-        return [t for v in x for t in _tensors(v)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
-    return []
-
-
-def _needs_grad(args: tuple, kwargs: dict) -> bool:
-    """Whether a call's inputs depend on a trainable parameter (their autograd graph reaches one): such a
-    call must neither run without grad nor be served from the store.
-
-    A tensor that merely requires grad without a trainable parameter behind it (the embeddings' output
-    after ``enable_input_require_grads()``, which gradient checkpointing turns on) does not count.
-    """
-    if not torch.is_grad_enabled():
-        return False
-    nodes = []
-    for t in _tensors(args) + _tensors(kwargs):
-        if t.requires_grad:
-            if isinstance(t, nn.Parameter):
-                return True
-            if t.grad_fn is not None:
-                nodes.append(t.grad_fn)
-    seen: set = set()
-    while nodes:
-        node = nodes.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if isinstance(getattr(node, "variable", None), nn.Parameter):  # AccumulateGrad of a trainable parameter
-            return True
-        nodes.extend(n for n, _ in node.next_functions if n is not None)
-    return False
-
-
-def _requiring_grad(out: Any) -> Any:
-    """A block's output (computed without grad) with its hidden states marked as requiring grad."""
-    if torch.is_tensor(out):
-        return out.requires_grad_(True)
-    if isinstance(out, tuple) and out and torch.is_tensor(out[0]):
-        return (out[0].requires_grad_(True),) + out[1:]
-    return out
-
-
-def _encoder_decoder_refusal(model: nn.Module, blocks: Blocks, first_block: nn.Module) -> str | None:
-    """Why the cache cannot stand in for this stack of an encoder-decoder model (None: it can)."""
-    config = getattr(model, "config", None)
-    if not getattr(config, "is_encoder_decoder", False):
-        return None
-    get_encoder = getattr(model, "get_encoder", None)
-    try:
-        encoder = get_encoder() if callable(get_encoder) else None
-    except (AttributeError, NotImplementedError):
-        encoder = None
-    if isinstance(encoder, nn.Module) and any(m is first_block for m in encoder.modules()):
-        return None
-    hint = ""
-    if isinstance(encoder, nn.Module):
-        path = next((n for n, m in model.named_modules() if m is encoder), None)
-        try:
-            stack, _ = find_stack(encoder)
-        except LayerProbeError:
-            stack = ""
-        if path is not None and stack:
-            hint = (f"; to freeze and cache the encoder's bottom blocks instead, use "
-                    f"blocks=find_blocks(model, blocks='{path}.{stack}.*')")
-    return (f"{type(model).__name__} is an encoder-decoder model and its block stack {blocks.stack!r} is not in "
-            "its encoder: those blocks also read the encoder's output and the decoder_input_ids, which the cache "
-            f"does not key on{hint}")
 
 
 class PrefixCache:
@@ -194,17 +127,26 @@ class PrefixCache:
         blocks: the model's entries (found with :func:`~layerprobe.model.blocks.find_blocks` if None).
         dtype: storage dtype (float32 default: exact; bfloat16/float16: half the memory).
         max_bytes: stop storing new examples beyond this many bytes (None: no bound).
+        store_in_eval: whether passes with the model in eval mode store new examples (True, the
+            default; False: only training-mode passes store, evaluation passes are only served).
+        partial: serve the stored rows of a batch that is only partly stored and run the prefix for
+            the rest (True, the default); False: such a batch is a miss (the whole prefix runs).
 
     Use it as a context manager so that an exception mid-training removes its hooks and patched
     forwards (``with PrefixCache(model, k): train(...)``); only the cache's own hooks are removed.
     """
 
     def __init__(self, model: nn.Module, k: int, blocks: Blocks | None = None,
-                 dtype: torch.dtype = torch.float32, max_bytes: int | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, max_bytes: int | None = None,
+                 store_in_eval: bool = True, partial: bool = True) -> None:
         self.model = model
         self.blocks = blocks if blocks is not None else find_blocks(model)
         self.dtype = dtype
         self.max_bytes = max_bytes
+        self.store_in_eval = bool(store_in_eval)
+        self.partial = bool(partial)
+        self._paused = 0
+        self._partial_checked = False  # a pass served in part has been checked against the full prefix
         self.k = 0
         self.disabled: str | None = None
         self._store: dict[bytes, torch.Tensor] = {}
@@ -216,6 +158,7 @@ class PrefixCache:
         self._last_calls: int | None = None  # applications of block k-1 per pass, seen on every filling pass
         self._arg_names: list[str] | None = None
         self.hit_batches = self.miss_batches = self.stored = self.uncached_batches = 0
+        self.partial_batches = self.hit_rows = self.miss_rows = 0
         self.fill_cpu_seconds = 0.0
         self.attach(k)
 
@@ -240,7 +183,7 @@ class PrefixCache:
                 f"the prefix cache stands in for {', '.join(entries)}, but {len(trainable)} of their parameters "
                 f"still train (e.g. {trainable[0]}): freeze the prefix first")
         mods = block_modules(self.model, self.blocks)
-        refusal = _encoder_decoder_refusal(self.model, self.blocks, mods[self.blocks.blocks[0].name][0])
+        refusal = encoder_decoder_refusal(self.model, self.blocks, mods[self.blocks.blocks[0].name][0])
         if refusal:
             raise LayerProbeError(f"the prefix cache cannot stand in for this prefix: {refusal}")
         if self._handles and k == self.k:
@@ -288,11 +231,28 @@ class PrefixCache:
         self._store.clear()
         self._nbytes = 0
 
+    @contextmanager
+    def no_store(self) -> Iterator[None]:
+        """While active, this cache serves what it holds but stores nothing new (e.g. a user's eval loop)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def _storing(self) -> bool:
+        """Whether the pass starting now may store new examples."""
+        return not (self._paused or no_store_depth() or (not self.store_in_eval and not self.model.training))
+
     def stats(self) -> dict:
-        """Counters: batches served / filled / not cacheable, examples stored, bytes, fill CPU time; and
-        ``disabled``, why the cache turned itself off (None while it stands in)."""
-        return {"k": self.k, "hit_batches": self.hit_batches, "miss_batches": self.miss_batches,
-                "uncached_batches": self.uncached_batches, "stored": self.stored, "examples": len(self._store),
+        """Counters: batches served whole (``hit_batches``), in part (``partial_batches``), filled
+        (``miss_batches``) and not cacheable (``uncached_batches``); rows served from the store
+        (``hit_rows``) and run through the prefix (``miss_rows``, cacheable passes only); examples stored,
+        bytes, fill CPU time; and ``disabled``, why the cache turned itself off (None while it stands in)."""
+        return {"k": self.k, "hit_batches": self.hit_batches, "partial_batches": self.partial_batches,
+                "miss_batches": self.miss_batches, "uncached_batches": self.uncached_batches,
+                "hit_rows": self.hit_rows, "miss_rows": self.miss_rows,
+                "stored": self.stored, "examples": len(self._store),
                 "mb": self._nbytes / 2**20, "fill_cpu_seconds": self.fill_cpu_seconds, "disabled": self.disabled}
 
     def __len__(self) -> int:
@@ -330,33 +290,7 @@ class PrefixCache:
         return {**dict(zip(self._arg_names, args)), **kwargs}
 
     def _keys(self, kwargs: dict, args: tuple) -> dict | None:
-        kwargs = self._call_arguments(args, kwargs)
-        ids = kwargs.get("input_ids")
-        if ids is None or not torch.is_tensor(ids) or ids.dim() != 2:
-            return None
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(ids)
-        if not torch.is_tensor(mask) or mask.shape != ids.shape:
-            return None
-        extra: list[torch.Tensor] = [t for t in (kwargs.get(n) for n in ("token_type_ids", "position_ids"))
-                                     if torch.is_tensor(t) and t.shape == ids.shape]
-        keys, runs = [], []
-        ids_c, mask_c = ids.detach().cpu(), mask.detach().cpu()
-        extra_c = [t.detach().cpu() for t in extra]
-        for r in range(ids.shape[0]):
-            run = _contiguous_run(mask_c[r] != 0)
-            if run is None:
-                return None
-            s, n = run
-            h = hashlib.blake2b(digest_size=20)
-            h.update(f"{s}|{n}|{len(extra_c)}|".encode())
-            h.update(ids_c[r, s: s + n].to(torch.int64).numpy().tobytes())
-            for t in extra_c:
-                h.update(t[r, s: s + n].to(torch.int64).numpy().tobytes())
-            keys.append(h.digest())
-            runs.append(run)
-        return {"keys": keys, "runs": runs, "width": ids.shape[1], "device": ids.device}
+        return batch_keys(self._call_arguments(args, kwargs))
 
     def _read_batch(self, module: nn.Module, args: tuple, kwargs: dict):
         if self.disabled is not None:
@@ -370,17 +304,39 @@ class PrefixCache:
         b = None if wants_layers else self._keys(named, ())
         if b is None:
             self.uncached_batches += 1
-            self._batch = {"hit": False, "store": False}
+            self._batch = {"hit": False, "store": False, "rows": None}
         else:
-            b["hit"] = self._last_calls is not None and all(key in self._store for key in b["keys"])
-            b["store"] = not b["hit"]
+            served = self._last_calls is not None  # a filling pass has been checked
+            missing = [r for r, key in enumerate(b["keys"]) if key not in self._store] if served else \
+                list(range(len(b["keys"])))
+            b["hit"] = not missing
+            b["rows"] = None
+            b["store"] = not b["hit"] and self._storing()
             if b["hit"]:
                 self.hit_batches += 1
+                self.hit_rows += len(b["keys"])
+            elif self.partial and len(missing) < len(b["keys"]) and not self._partial_checked:
+                # the first batch that could be served in part runs as a miss, and its rows that are
+                # not stored also through the row-restricted prefix: both must agree before any is served
+                b["verify"] = torch.tensor(missing, dtype=torch.long)
+                self.miss_batches += 1
+                self.miss_rows += len(b["keys"])
+                b["cpu0"] = time.process_time()
+            elif self.partial and len(missing) < len(b["keys"]):
+                b["rows"] = torch.tensor(missing, dtype=torch.long)
+                self.partial_batches += 1
+                self.hit_rows += len(b["keys"]) - len(missing)
+                self.miss_rows += len(missing)
+                b["cpu0"] = time.process_time()
             else:
                 self.miss_batches += 1
+                self.miss_rows += len(b["keys"])
                 b["cpu0"] = time.process_time()
+            if not (b["hit"] or b["store"] or b["rows"] is not None):  # a miss that stores nothing
+                b.pop("cpu0", None)
             self._batch = b
-        self._batch.update(calls=0, last_calls=0, rest_calls=0, problem=None, last_out=None)
+        self._batch.setdefault("verify", None)
+        self._batch.update(calls=0, last_calls=0, rest_calls=0, problem=None, last_out=None, sub=None)
         return None
 
     def _rest_call(self, module: nn.Module, args: Any) -> None:
@@ -393,17 +349,24 @@ class PrefixCache:
             return
         if not b["hit"] and "cpu0" in b:
             self.fill_cpu_seconds += time.process_time() - b["cpu0"]
-        if b["hit"] and output is not None and b["last_calls"] != self._last_calls:
+        served = b["hit"] or b["rows"] is not None
+        if served and output is not None and b["last_calls"] != self._last_calls:
             raise LayerProbeError(  # the filling passes applied block k-1 a different number of times
                 f"PrefixCache: block {self.blocks.blocks[self.k - 1].name} was applied {b['last_calls']} times in a "
                 f"served forward pass, {self._last_calls} times in the passes that filled the store")
-        if b["hit"] or not b["store"] or output is None:  # a hit, not cacheable, or the forward raised
+        if b["rows"] is not None and b["problem"] is not None and output is not None:
+            raise LayerProbeError(f"PrefixCache: {b['problem']} in a forward pass served in part from the store")
+        if b["hit"] or not b["store"] or output is None:  # a hit, not stored, or the forward raised
             return
         problem = b["problem"] or self._check_pass(b)
         if problem:
             self._disable(problem)
             return
-        self._put(b, b["last_out"])
+        if b["rows"] is None:
+            self._put(b["keys"], b["runs"], b["last_out"])
+        else:
+            rows = b["rows"].tolist()
+            self._put([b["keys"][r] for r in rows], [b["runs"][r] for r in rows], b["last_out"])
 
     def _check_pass(self, b: dict) -> str | None:
         """Why this filling pass shows the prefix cannot be served from the store (None: it can)."""
@@ -414,17 +377,18 @@ class PrefixCache:
             return (f"{last} was applied {b['last_calls']} times in one forward pass and {self._last_calls} "
                     "times in another")
         hidden = b["last_out"]
-        if hidden is None or hidden.dim() != 3 or tuple(hidden.shape[:2]) != (len(b["keys"]), b["width"]):
+        n = len(b["keys"]) if b["rows"] is None else len(b["rows"])
+        if hidden is None or hidden.dim() != 3 or tuple(hidden.shape[:2]) != (n, b["width"]):
             shape = None if hidden is None else tuple(hidden.shape)
             return (f"{last} returned hidden states of shape {shape}, not (batch, seq, d) with "
-                    f"(batch, seq) = {(len(b['keys']), b['width'])} as the input ids")
+                    f"(batch, seq) = {(n, b['width'])} as the input ids")
         self._last_calls = b["last_calls"]
         return None
 
     def _frozen_call(self, mod: nn.Module, orig: Callable) -> Callable:
         def forward(*args, **kwargs):
             b = self._batch
-            if b is None or _needs_grad(args, kwargs):  # outside a model call, or fed by trainable parameters
+            if b is None or needs_grad(args, kwargs):  # outside a model call, or fed by trainable parameters
                 return orig(*args, **kwargs)
             with torch.no_grad():
                 was = mod.training
@@ -448,25 +412,29 @@ class PrefixCache:
                 b["calls"] += 1
                 if b["rest_calls"] and b["problem"] is None:
                     b["problem"] = f"block {name} of the frozen prefix ran after a trainable block"
-                if _needs_grad(args, kwargs):
-                    if not (b["hit"] or b["store"]):  # a pass that is not cached: computed exactly as without
+                if needs_grad(args, kwargs):
+                    if b["rows"] is not None and first:  # nothing served yet: compute the pass as a miss
+                        b["rows"] = None
+                    if not (b["hit"] or b["store"] or b["rows"] is not None):  # not cached: computed as without
                         return orig(*args, **kwargs)
-                    if b["hit"] and not first:  # earlier prefix blocks already passed their input through
+                    if (b["hit"] or b["rows"] is not None) and not first:  # earlier blocks passed their input up
                         raise LayerProbeError(
                             f"PrefixCache: block {name} of the frozen prefix was called with an input that depends "
                             "on trainable parameters after stored states were served")
                     self._disable(f"block {name} of the frozen prefix is called with an input that depends on "
                                   "trainable parameters")
                     return orig(*args, **kwargs)
-                hidden = _hidden_of(args, kwargs)
+                hidden = hidden_of(args, kwargs)
                 if b["hit"]:
                     if hidden is None:
                         raise LayerProbeError(f"PrefixCache: cannot find the hidden states block {name} is called with")
                     if last:
                         b["last_calls"] += 1
                         if b["last_calls"] == self._last_calls:  # block k-1's final application
-                            hidden = self._padded(b, hidden).requires_grad_(hidden.requires_grad)
+                            hidden = padded(self._store, b, hidden).requires_grad_(hidden.requires_grad)
                     return self._as_output(hidden)
+                if b["rows"] is not None:
+                    return self._partial_call(b, mod, orig, name, last, hidden, args, kwargs)
                 with torch.no_grad():
                     was = mod.training
                     mod.train(False)
@@ -474,8 +442,10 @@ class PrefixCache:
                         out = orig(*args, **kwargs)
                     finally:
                         mod.train(was)
+                if b["verify"] is not None:
+                    self._verify_step(b, mod, orig, name, last, hidden, args, kwargs, out)
                 if hidden is not None and hidden.requires_grad and torch.is_grad_enabled():
-                    out = _requiring_grad(out)  # as the input did (gradient checkpointing needs it)
+                    out = requiring_grad(out)  # as the input did (gradient checkpointing needs it)
                 if not b["store"]:
                     return out
                 if hidden is None and b["problem"] is None:
@@ -501,18 +471,54 @@ class PrefixCache:
             return forward
         return make
 
+    def _verify_step(self, b: dict, mod: nn.Module, orig: Callable, name: str, last: bool,
+                     hidden: torch.Tensor | None, args: tuple, kwargs: dict, out: Any) -> None:
+        """On the pass that checks serving in part: the block also runs on the rows that are not stored;
+        at block ``k-1``'s last application their states must equal the full prefix's, or serving in
+        part is switched off (every such batch is then a miss, as without it)."""
+        rows = b["verify"]
+        why = None
+        try:
+            sub = run_rows(b, mod, orig, name, rows, hidden, args, kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure of the restricted pass only turns the option off
+            why = f"block {name} could not run on a subset of the batch's rows ({type(e).__name__}: {e})"
+        if why is None and last and b["last_calls"] + 1 == self._last_calls:
+            full = (out if torch.is_tensor(out) else out[0]).index_select(0, rows.to(sub.device))
+            if full.shape != sub.shape or not torch.allclose(sub, full, rtol=1e-4, atol=1e-5):  # rows differ
+                why = f"block {name}'s output on a subset of the batch's rows differs from the full batch's"
+            else:
+                self._partial_checked = True
+                b["verify"] = None
+        if why is not None:
+            b["verify"] = None
+            self.partial = False
+            warnings.warn(f"layerprobe PrefixCache(k={self.k}): {why}; batches only partly stored are computed "
+                          "whole from now on (no saving on them)", PrefixCacheOffWarning, stacklevel=3)
+
+    def _partial_call(self, b: dict, mod: nn.Module, orig: Callable, name: str, last: bool,
+                      hidden: torch.Tensor | None, args: tuple, kwargs: dict) -> Any:
+        """A prefix block in a pass served in part: run it on the rows that are not stored
+        (:func:`~layerprobe.freezing.prefix_rows.run_rows`) and hand the block's input up unchanged — except at block ``k-1``'s last
+        application, which returns the batch assembled in its order from the store and those rows."""
+        rows = b["rows"]
+        run_rows(b, mod, orig, name, rows, hidden, args, kwargs)
+        assert hidden is not None  # _sub_step checked it
+        if not last:
+            return self._as_output(hidden)
+        b["last_calls"] += 1
+        if b["last_calls"] != self._last_calls:  # not block k-1's final application yet
+            return self._as_output(hidden)
+        b["last_out"] = b["sub"]
+        full = padded(self._store, b, hidden, skip=rows)
+        full.index_copy_(0, rows.to(full.device), b["sub"].to(full.dtype))
+        return self._as_output(full.requires_grad_(hidden.requires_grad))
+
     def _as_output(self, hidden: torch.Tensor):
         kind, n = self._format or ("tensor", 1)
         return hidden if kind == "tensor" else (hidden,) + (None,) * (n - 1)
 
-    def _padded(self, b: dict, like: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(len(b["keys"]), b["width"], like.shape[-1], dtype=like.dtype, device=like.device)
-        for r, (key, (s, n)) in enumerate(zip(b["keys"], b["runs"])):
-            out[r, s: s + n] = self._store[key].to(like.device, like.dtype)
-        return out
-
-    def _put(self, b: dict, hidden: torch.Tensor) -> None:
-        for r, (key, (s, n)) in enumerate(zip(b["keys"], b["runs"])):
+    def _put(self, keys: list[bytes], runs: list[tuple[int, int]], hidden: torch.Tensor) -> None:
+        for r, (key, (s, n)) in enumerate(zip(keys, runs)):
             if key in self._store:
                 continue
             t = hidden[r, s: s + n].detach().to("cpu", self.dtype).clone()

@@ -19,16 +19,21 @@ Without CKA (weights-only comparison) the advice uses ``max_drift`` alone, and o
 given: weight drift is nearly flat across blocks (see REFERENCES.md), so a drift-only rule is
 weak and layerprobe says so rather than guessing.
 
-Savings are reported as the share of parameters frozen and a compute estimate: a frozen bottom
-prefix skips its backward pass (about 2/3 of its training compute), so
-``est_compute_saving = 2/3 * frozen_block_fraction`` counting blocks by parameter count
-(embedding lookups are ~free in compute but count as parameters).
+Savings are reported as the share of parameters frozen and the training compute saved. Given a
+**measured** calibration (``prefix_savings=``, from
+:func:`layerprobe.freezing.step_cost.calibrate_prefix_savings`: timed training steps per frozen and
+cached prefix on the model, at the run's batch shape, one thread) ``est_compute_saving`` is the
+measured share of a step's CPU time saved. Without it, a parameter-count estimate:
+``est_compute_saving = 2/3 * frozen_block_fraction`` (the frozen blocks' backward pass), which
+ignores the embeddings' backward and optimizer update and the forward a prefix cache saves — it
+under-estimates (11% for the embeddings + 1 block of MiniLM-L6, where 27-31% per step was measured).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 __all__ = ["Recommendation", "Thresholds", "recommend", "top_change"]
 
@@ -165,7 +170,7 @@ def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
 
 def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_params: int = 0,
               tolerance: float | None = None, revert: list[dict] | None = None,
-              step_cost: list[float] | None = None) -> Recommendation:
+              step_cost: list[float] | None = None, prefix_savings: Any = None) -> Recommendation:
     """Advise a frozen bottom prefix from per-entry measurements.
 
     Args:
@@ -182,7 +187,13 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
             tolerance when it was validated on held-out tasks, else the CKA rule (``thresholds``) does.
             Either way ``candidates`` lists every prefix's prediction.
         revert: rows of a revert test (:func:`layerprobe.freezing.revert.revert_test`), the strongest input.
-        step_cost: share of a training step's compute per entry, for the compute saved per prefix.
+        step_cost: share of a training step's compute per entry, for the compute saved per prefix
+            (default: from ``prefix_savings`` when given, else blocks by parameter count).
+        prefix_savings: a :class:`~layerprobe.freezing.step_cost.PrefixSavings` measured on the model
+            (:func:`~layerprobe.freezing.step_cost.calibrate_prefix_savings`): ``est_compute_saving``
+            is then the measured CPU share a training step saves with the advised prefix frozen and
+            served by the prefix cache, a note says so, and
+            the candidates' compute saved per prefix are the measured ones; without it, the parameter-count estimate.
 
     Returns:
         :class:`Recommendation`.
@@ -225,6 +236,8 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
         else:
             stopped = True
             reasons[e["name"]] = f"train: {why}"
+    if step_cost is None and prefix_savings is not None:
+        step_cost = prefix_savings.entry_shares([e["name"] for e in entries])
     cands, decided = _predicted(entries, tolerance, revert, step_cost, t, basis)
     if decided is not None:
         freeze, reasons, extra = decided
@@ -232,10 +245,17 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
     elif cands.get("notes"):
         notes += cands["notes"]
     train = [e["name"] for e in entries if e["name"] not in freeze]
+    saving = (2 / 3) * frozen_block_params_of(entries, freeze)
+    if prefix_savings is not None and freeze:
+        top_entry = freeze[-1]
+        if top_entry in prefix_savings.served:
+            saving = prefix_savings.saving(top_entry)
+            notes.append(f"compute saving measured on the model: {saving:.0%} of a training step's CPU time with "
+                         f"the prefix frozen and cached (batch {prefix_savings.batch_shape}, "
+                         f"{prefix_savings.threads} thread(s)); {prefix_savings.epoch_saving(top_entry, 3):.0%} over "
+                         "3 epochs, the first filling the cache")
     total = sum(int(e["n_params"]) for e in entries) + int(other_params)
     frozen = sum(int(e["n_params"]) for e in entries if e["name"] in freeze)
-    block_params = sum(int(e["n_params"]) for e in entries if e["kind"] == "block")
-    frozen_block_params = sum(int(e["n_params"]) for e in entries if e["kind"] == "block" and e["name"] in freeze)
     return Recommendation(
         freeze=freeze,
         train=train,
@@ -243,7 +263,7 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
         thresholds=asdict(t),
         frozen_param_fraction=frozen / total if total else 0.0,
         basis=basis,
-        est_compute_saving=(2 / 3) * frozen_block_params / block_params if block_params else 0.0,
+        est_compute_saving=saving,
         notes=notes,
         candidates=cands.get("rows", []),
         tolerance=cands.get("tolerance"),
@@ -293,3 +313,13 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
         reasons.setdefault(e["name"], "train: at least "
                            f"{t.min_train_blocks} block(s) always train" if e["kind"] == "block" else "train")
     return out, (freeze, reasons, [])
+
+
+def frozen_block_params_of(entries: list[dict], freeze: list[str]) -> float:
+    """The parameter-count estimate: the frozen blocks' share of the block parameters (the caller takes
+    2/3 of it: their backward pass). Ignores the embeddings' backward and optimizer update, and the
+    forward a prefix cache saves — it under-estimates (11% for emb+1 of MiniLM-L6 where 27-31% was
+    measured); use ``prefix_savings``."""
+    block_params = sum(int(e["n_params"]) for e in entries if e["kind"] == "block")
+    frozen = sum(int(e["n_params"]) for e in entries if e["kind"] == "block" and e["name"] in freeze)
+    return frozen / block_params if block_params else 0.0

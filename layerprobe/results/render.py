@@ -57,7 +57,9 @@ def advice_text(c: Comparison) -> str:
     if r.freeze:
         out.append(f"advice: freeze {', '.join(r.freeze)}; train {', '.join(r.train)}")
         out.append(f"  frozen parameters: {r.frozen_param_fraction:.1%} of the model; "
-                   f"estimated training compute saved: {r.est_compute_saving:.0%} (backward skipped below the prefix)")
+                   f"training compute saved: {r.est_compute_saving:.0%} "
+                   + ("(measured, prefix cached)" if any(n.startswith("compute saving measured") for n in r.notes)
+                      else "(parameter-count estimate: backward skipped below the prefix; calibrate to measure)"))
     else:
         out.append("advice: freeze nothing — train every block")
     t = r.thresholds

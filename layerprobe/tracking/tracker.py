@@ -25,7 +25,9 @@ and records, per entry (embeddings and each block, names as in ``compare``):
 
 A frozen bottom prefix cannot change any more (its parameters and its inputs are fixed), so its
 representations are carried from the check at which it froze instead of being recomputed — which
-also keeps them right when a :class:`~layerprobe.freezing.prefix_cache.PrefixCache` stands in for it.
+also keeps them right when a :class:`~layerprobe.freezing.prefix_cache.PrefixCache` stands in for it. The probe
+passes run inside :func:`layerprobe.freezing.prefix_cache.no_store`: a prefix cache may serve them but never
+stores the probe texts (they are not training examples).
 
 :meth:`Tracker.advice` gives the freeze advice from the latest check at any step.
 The ``transformers.Trainer`` integration is :class:`layerprobe.integrations.hf.LayerProbeCallback`.
@@ -57,6 +59,7 @@ import torch
 from torch import nn
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.freezing.prefix_cache import no_store
 from layerprobe.io.outputs import atomic_write_text
 from layerprobe.metrics.cka import linear_cka
 from layerprobe.metrics.drift import DriftAccumulator
@@ -306,8 +309,9 @@ class Tracker:
 
     def _record(self, step: int, t0: float) -> None:
         model, blocks = self._model_blocks()
-        reps, _ = run_probe(model, self.examples, blocks, self.pooling, None, self.batch_size,
-                            pad_id(self.tokenizer), self.progress)
+        with no_store():  # probe texts are served by a prefix cache, never stored in it (not training data)
+            reps, _ = run_probe(model, self.examples, blocks, self.pooling, None, self.batch_size,
+                                pad_id(self.tokenizer), self.progress)
         first = self._start_reps is None
         if self._start_reps is None:
             self._start_reps = reps
@@ -353,11 +357,12 @@ class Tracker:
         step = self.rows[-1]["step"]
         return [r for r in self.rows if r["step"] == step]
 
-    def advice(self, thresholds: Thresholds | None = None) -> Recommendation:
+    def advice(self, thresholds: Thresholds | None = None, prefix_savings: Any = None) -> Recommendation:
         """The freeze advice from the latest check (CKA of each entry to the start), at any step.
 
         Uses :func:`layerprobe.freezing.rule.recommend` with ``thresholds`` (its defaults if None) on the
-        tracker's probe; parameter counts are those of the model's entries.
+        tracker's probe; parameter counts are those of the model's entries. ``prefix_savings`` (from
+        :func:`~layerprobe.freezing.step_cost.calibrate_prefix_savings`): report the measured saving.
         """
         from layerprobe.freezing.rule import recommend
 
@@ -372,7 +377,7 @@ class Tracker:
              "cka": r["cka_to_start"]} for r in rows]
         inside = sum(e["n_params"] for e in entries)
         other = sum(p.numel() for p in model.parameters()) - inside
-        return recommend(entries, thresholds, other_params=other)
+        return recommend(entries, thresholds, other_params=other, prefix_savings=prefix_savings)
 
     # -- output -------------------------------------------------------------------------------
 
