@@ -220,6 +220,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(inputs) < 2:
         raise LayerProbeError(f"compare needs a base and a tuned input (or a run directory with checkpoints); "
                               f"got {len(inputs)}: {args.inputs}")
+    if args.out:  # a folder, link or special file named like a result: refused before any work, never replaced
+        from layerprobe.io.outputs import check_output_names
+        from layerprobe.results.outputs import COMPARISON_FILES, SERIES_FILES
+
+        names = SERIES_FILES if len(inputs) > 2 else \
+            [n for n in COMPARISON_FILES if args.cross_layer or not n.startswith("cross_layer")]
+        check_output_names(args.out, names)
     if len(inputs) > 2:
         return _compare_series(args, inputs)
     thresholds = Thresholds(min_cka=args.min_cka, max_drift=args.max_drift, use_interval=not args.no_interval,
