@@ -51,11 +51,13 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
     The files are built in a temporary sibling folder and appear together at the end: an
     interrupted or failed run leaves ``out_dir`` as it was (no lone ``base.pt``).
     """
-    for name, low in (("train_size", 1), ("test_size", 1), ("probe_size", 2)):  # before minutes of work
+    from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS
+
+    for name, low in (("train_size", 1), ("test_size", 1), ("probe_size", MIN_DISTINCT_ROWS)):  # before the work
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise LayerProbeError(f"{name} must be an integer >= {low}"
-                                  f"{' (linear CKA needs at least 2 probe examples)' if low == 2 else ''}, got {v!r}")
+            why = f" (CKA needs at least {low} distinct probe examples)" if name == "probe_size" else ""
+            raise LayerProbeError(f"{name} must be an integer >= {low}{why}, got {v!r}")
     ensure_writable_dir(out_dir)
     check_output_names(out_dir, DEMO_FILES)  # a folder named like a result: refused before minutes of work
     with atomic_output_dir(out_dir, DEMO_FILES) as tmp:

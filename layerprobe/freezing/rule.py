@@ -203,6 +203,8 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
     freeze: list[str] = []
     n_blocks = sum(e["kind"] == "block" for e in entries)
     max_frozen_blocks = max(0, n_blocks - t.min_train_blocks)
+    if basis == "cka" and not any(e.get("cka") is not None and math.isfinite(e["cka"]) for e in entries):
+        notes.append("cannot advise: CKA is undefined for every entry (see the reasons), so nothing is frozen")
     if basis == "none":
         notes.append("no CKA (weights only) and no --max-drift: no freeze advice; weight drift alone does not "
                      "separate blocks reliably — rerun with --probe, or set --max-drift")

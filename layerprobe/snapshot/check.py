@@ -24,7 +24,7 @@ from layerprobe.errors import LayerProbeError, one_line
 __all__ = ["check_snapshot"]
 
 _KINDS = ("embeddings", "block", "other", "head", "final_norm")
-_POSITIVE_META = ("n_examples", "max_length", "max_tokens", "batch_size")
+_POSITIVE_META = ("n_examples", "n_distinct_examples", "max_length", "max_tokens", "batch_size")
 _STRING_META = ("fingerprint", "pooling", "model_class", "dtype")
 #: largest count a snapshot may claim for n_examples / max_length (a 5000-digit int is refused)
 _MAX_COUNT = 1 << 40
@@ -117,5 +117,8 @@ def check_snapshot(obj: Any, path: str | os.PathLike | None = None) -> None:
         for k, t in group.items():
             if not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.bool, torch.uint8, torch.int8)):
                 raise _fail(f"weight {name}/{k} has dtype {t.dtype}", path)
+    nd, n = meta.get("n_distinct_examples"), meta.get("n_examples")
+    if nd is not None and isinstance(n, int) and nd > n:
+        raise _fail(f"meta.n_distinct_examples is {nd}, more than meta.n_examples {n}", path)
     if isinstance(meta.get("n_examples"), int) and not math.isfinite(float(meta["n_examples"])):
         raise _fail("meta.n_examples is not finite", path)

@@ -201,6 +201,16 @@ def tokenize_probe(tokenizer: Any, texts: list[str], max_length: int) -> tuple[l
     return examples, fingerprint(ids, mask)
 
 
+def distinct_examples(examples: list[dict]) -> int:
+    """How many examples differ in their token ids (duplicate texts, and texts that differ only past
+    ``max_length`` or in what the tokenizer normalises away, count once).
+
+    >>> distinct_examples([{"input_ids": [1, 2]}, {"input_ids": [1, 2]}, {"input_ids": [1, 3]}])
+    2
+    """
+    return len({tuple(int(i) for i in e["input_ids"]) for e in examples})
+
+
 def _forward_kwargs(model: nn.Module, batch: dict) -> dict:
     import inspect
 
@@ -313,6 +323,7 @@ def take_snapshot(
         meta.update(
             probe_fingerprint=fp,
             n_examples=len(texts),
+            n_distinct_examples=distinct_examples(examples),
             pooling=pooling,
             max_length=max_length,
             max_tokens=max_tokens,
