@@ -34,8 +34,8 @@ from layerprobe.model.blocks import OTHER, Blocks, find_blocks
 from layerprobe.model.capture import capture
 from layerprobe.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_POOLING, POOLINGS
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Snapshot", "describe_model", "model_weights", "run_probe", "take_snapshot",
-           "tokenize_probe"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Snapshot", "describe_model", "distinct_examples", "model_weights", "run_probe",
+           "take_snapshot", "tokenize_probe"]
 
 FORMAT = "layerprobe-snapshot"
 FORMAT_VERSION = 1

@@ -15,6 +15,7 @@ from layerprobe.cli import main
 from layerprobe.errors import LayerProbeError
 from layerprobe.metrics import CKAUndefinedWarning
 from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS
+from layerprobe.options import CKAOptions
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_api_cannot_advise(tokenizer, texts, probe_texts):
     sa = take_snapshot(tiny_bert(0), tokenizer, probe_texts(texts), progress=False)
     sb = take_snapshot(tiny_bert(1), tokenizer, probe_texts(texts), progress=False)
     with pytest.warns(CKAUndefinedWarning, match="at least 4 distinct"):
-        r = compare(sa, sb, ci=True)
+        r = compare(sa, sb, cka_options=CKAOptions(ci=True))
     assert all(math.isnan(b["cka"]) for b in r.blocks)
     assert all(all(math.isnan(v) for v in b["cka_ci"]) for b in r.blocks)
     assert r.recommendation.freeze == [] and any("cannot advise" in n for n in r.recommendation.notes)

@@ -352,12 +352,13 @@ def test_cli_writes_next_to_a_folder_it_does_not_replace(snaps, tmp_path, capsys
     assert not [n for n in os.listdir(out) if n.startswith(".")]
 
 
-def test_demo_refuses_what_is_in_the_way_before_any_work(tmp_path):
-    from layerprobe.demo import run_demo
+def test_demo_refuses_what_is_in_the_way_before_any_work(tmp_path, capsys):
+    from layerprobe.cli import main
 
     out = tmp_path / "d"
     out.mkdir()
     _dir_with_files(out / "base.pt")
-    with pytest.raises(LayerProbeError, match="base.pt: cannot write output file: it exists and is a directory"):
-        run_demo(str(out), progress=False)
-    assert (out / "base.pt" / "keep.txt").read_text() == "user data"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 2  # before the data is read or a model loaded
+    err = capsys.readouterr().err
+    assert f"{out / 'base.pt'}: cannot write output file: it exists and is a directory" in err
+    assert len(err.splitlines()) == 1 and (out / "base.pt" / "keep.txt").read_text() == "user data"
