@@ -61,8 +61,8 @@ class ProbeOptions:
             raise LayerProbeError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
         for name in ("max_length", "max_tokens", "batch_size"):
             v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise LayerProbeError(f"{name} must be positive, got {v}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise LayerProbeError(f"{name} must be a positive integer, got {v!r}")
 
     def settle(self, snapshot_meta: Mapping[str, Any] | None = None, label: str = "") -> ProbeOptions:
         """Concrete options: unset fields follow ``snapshot_meta`` (a snapshot side's meta), then

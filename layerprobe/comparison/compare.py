@@ -37,12 +37,12 @@ from layerprobe.metrics.cka import (
     linear_cka,
     rbf_cka,
 )
-from layerprobe.metrics.core import column_range, constant_columns
 from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS, count_distinct_rows
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
 from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, checked
 from layerprobe.results.comparison import Comparison
+from layerprobe.snapshot.check import representation_problem
 from layerprobe.snapshot.take import Snapshot
 
 __all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "compare", "compare_sides",
@@ -219,6 +219,14 @@ def compare(
     >>> [e["weight_drift"] for e in c.blocks], c.blocks[0]["cka"]
     ([0.0, 0.0, 0.0], None)
     """
+    from torch import nn
+
+    from layerprobe.errors import LayerProbeTypeError
+
+    for arg, x, what in (("a", a, "base"), ("b", b, "tuned")):  # checked before anything is read or run
+        if not isinstance(x, (Snapshot, nn.Module, str, os.PathLike)):
+            raise LayerProbeTypeError(f"compare: {arg} (the {what} side) is a {type(x).__name__}; expected a "
+                                      f"Snapshot, a torch.nn.Module or a path")
     popts, copts = checked(probe_options, ProbeOptions), checked(cka_options, CKAOptions)
     texts = read_probe(probe, text_column, max_examples)
     _check_run_settings(a, b, texts, blocks=blocks, embeddings=embeddings, dtype=dtype)
@@ -271,20 +279,6 @@ ESTIMATORS = {"linear": linear_cka, "debiased": debiased_cka, "rbf": rbf_cka}
 CI_AUTO_MAX_ROWS = 2048
 
 
-def _rep_problem(r: torch.Tensor) -> str | None:
-    """Why a representation makes CKA undefined (non-finite or constant), or None.
-
-    The one check of the product, with the metric core's definition of "constant" (every column
-    constant up to float64 rounding, so the centred representation is zero): an entry it passes
-    is never found undefined by the CKA functions for this reason.
-    """
-    if not bool(torch.isfinite(r).all()):
-        return "non-finite values (NaN/Inf) in the representations"
-    if bool(constant_columns(*column_range(r)).all()):
-        return "constant (zero-variance) representation"
-    return None
-
-
 def _distinct_examples(sa: Side, sb: Side) -> int | None:
     """Distinct probe examples (by token ids) as the snapshots recorded them; None for older snapshots."""
     known: list[int] = [c for c in (s.meta.get("n_distinct_examples") for s in (sa, sb))
@@ -327,7 +321,7 @@ def _find_undefined(sa: Side, sb: Side, names: list[str], on_undefined: str) -> 
     for name in names:
         msg = None
         for side in (sa, sb):
-            why = _rep_problem(side.representations[name])
+            why = representation_problem(side.representations[name])
             if why:
                 msg = f"{why} in {name} of {side.label}: CKA is undefined"
                 break

@@ -158,7 +158,9 @@ class Tracker:
             raise LayerProbeError(
                 f"the policy's every_n_steps={policy_every} is not a multiple of the "
                 f"tracker's every_n_steps={every_n_steps}")
-        texts = [str(t) for t in probe_texts]
+        from layerprobe.io.probe_files import check_texts
+
+        texts = check_texts(probe_texts, "probe_texts")
         if len(texts) < MIN_DISTINCT_ROWS:
             raise LayerProbeError(f"the probe needs at least {MIN_DISTINCT_ROWS} distinct texts for CKA, got "
                                   f"{len(texts)}")
