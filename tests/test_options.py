@@ -14,7 +14,7 @@ def test_defaults_and_validation():
     assert ProbeOptions(max_length=64).settle({"pooling": "first", "max_length": 64}).pooling == "first"
     with pytest.raises(LayerProbeError, match="unknown pooling 'avg'"):
         ProbeOptions(pooling="avg")
-    with pytest.raises(LayerProbeError, match="batch_size must be positive, got 0"):
+    with pytest.raises(LayerProbeError, match="batch_size must be a positive integer, got 0"):
         ProbeOptions(batch_size=0)
     with pytest.raises(LayerProbeError, match="unknown estimator 'cosine'"):
         CKAOptions(estimator="cosine")
