@@ -133,7 +133,9 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
         v = getattr(args, n, None)
         if v is not None and not (math.isfinite(v) and v > 0):
             raise LayerProbeError(f"--{n.replace('_', '-')} must be a positive finite number, got {v}")
-    for n, high in (("seed", 2**32 - 1), ("n_boot", 1_000_000), ("batch_size", 1 << 20)):
+    from layerprobe.options import MAX_N_BOOT
+
+    for n, high in (("seed", 2**32 - 1), ("n_boot", MAX_N_BOOT), ("batch_size", 1 << 20)):
         v = getattr(args, n, None)
         if v is not None and n in names + ("seed",) and not 0 <= v <= high:
             raise LayerProbeError(f"--{n.replace('_', '-')} must be in [0, {high:,}], got {v}")
