@@ -182,7 +182,12 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         from layerprobe.model.blocks import find_blocks
 
         blocks = find_blocks(model, blocks=args.blocks, embeddings=args.embeddings)
-    snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), blocks=blocks, progress=not args.quiet)
+    try:
+        snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), blocks=blocks, progress=not args.quiet)
+    except LayerProbeError as err:  # a problem of this model's run (overflowing activations): name the model
+        if err.path is not None:
+            raise
+        raise LayerProbeError(err.message, args.model) from None
     snap.meta["source"] = {"path": args.model, "kind": "hf_dir"}
     snap.save(args.output)
     _out(f"wrote {args.output}: {len(snap.names)} entries, {snap.meta['n_examples']} examples, "
