@@ -137,7 +137,9 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
         v = getattr(args, n, None)
         if v is not None and not (math.isfinite(v) and v > 0):
             raise LayerProbeError(f"--{n.replace('_', '-')} must be a positive finite number, got {v}")
-    for n, high in (("seed", 2**32 - 1), ("n_boot", 1_000_000), ("batch_size", 1 << 20)):
+    from layerprobe.options import MAX_N_BOOT
+
+    for n, high in (("seed", 2**32 - 1), ("n_boot", MAX_N_BOOT), ("batch_size", 1 << 20)):
         v = getattr(args, n, None)
         if v is not None and n in names + ("seed",) and not 0 <= v <= high:
             raise LayerProbeError(f"--{n.replace('_', '-')} must be in [0, {high:,}], got {v}")
@@ -184,7 +186,12 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         from layerprobe.model.blocks import find_blocks
 
         blocks = find_blocks(model, blocks=args.blocks, embeddings=args.embeddings)
-    snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), blocks=blocks, progress=not args.quiet)
+    try:
+        snap = take_snapshot(model, tok, texts, **opts.snapshot_kwargs(), blocks=blocks, progress=not args.quiet)
+    except LayerProbeError as err:  # a problem of this model's run (overflowing activations): name the model
+        if err.path is not None:
+            raise
+        raise LayerProbeError(err.message, args.model) from None
     snap.meta["source"] = {"path": args.model, "kind": "hf_dir"}
     snap.save(args.output)
     _out(f"wrote {args.output}: {len(snap.names)} entries, {snap.meta['n_examples']} examples, "
@@ -224,6 +231,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(inputs) < 2:
         raise LayerProbeError(f"compare needs a base and a tuned input (or a run directory with checkpoints); "
                               f"got {len(inputs)}: {args.inputs}")
+    if args.out:  # a folder, link or special file named like a result: refused before any work, never replaced
+        from layerprobe.io.outputs import check_output_names
+        from layerprobe.results.outputs import COMPARISON_FILES, SERIES_FILES
+
+        names = SERIES_FILES if len(inputs) > 2 else \
+            [n for n in COMPARISON_FILES if args.cross_layer or not n.startswith("cross_layer")]
+        check_output_names(args.out, names)
     if len(inputs) > 2:
         return _compare_series(args, inputs)
     thresholds = Thresholds(min_cka=args.min_cka, max_drift=args.max_drift, use_interval=not args.no_interval,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["LayerProbeError", "one_line", "strip_ansi"]
+__all__ = ["LayerProbeError", "LayerProbeTypeError", "one_line", "strip_ansi"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -49,3 +49,12 @@ class LayerProbeError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class LayerProbeTypeError(LayerProbeError, TypeError):
+    """An argument of the wrong type (a plain string where a list of texts was expected, ``None``
+    for a model): a :class:`LayerProbeError`, and a :class:`TypeError` for code that catches those.
+
+    >>> isinstance(LayerProbeTypeError("texts must be a list of strings"), (TypeError, ValueError))
+    True
+    """

@@ -633,7 +633,7 @@ def test_trajectory_values_checked(capsys, tmp_path, rows, needle):
 def test_demo_refuses_too_small_a_probe_before_any_work(capsys, tmp_path):
     """was: fine-tuned for minutes, then failed on 'linear CKA needs at least 2', leaving base.pt and tuned.pt."""
     rc, _, err = run(["demo", "--out", tmp_path / "d", "--probe-size", "1", "--quiet"], capsys)
-    assert_one_line(rc, err, "probe_size must be an integer >= 2")
+    assert_one_line(rc, err, "probe_size must be an integer >= 4")
     assert os.listdir(tmp_path) == []
 
 

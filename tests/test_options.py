@@ -14,7 +14,7 @@ def test_defaults_and_validation():
     assert ProbeOptions(max_length=64).settle({"pooling": "first", "max_length": 64}).pooling == "first"
     with pytest.raises(LayerProbeError, match="unknown pooling 'avg'"):
         ProbeOptions(pooling="avg")
-    with pytest.raises(LayerProbeError, match="batch_size must be positive, got 0"):
+    with pytest.raises(LayerProbeError, match="batch_size must be a positive integer, got 0"):
         ProbeOptions(batch_size=0)
     with pytest.raises(LayerProbeError, match="unknown estimator 'cosine'"):
         CKAOptions(estimator="cosine")
@@ -47,3 +47,21 @@ def test_pooling_given_against_a_snapshot_is_refused_not_replaced(bert, tokenize
     with pytest.raises(LayerProbeError, match="pooling='first' was asked for but snapshot A was taken with "
                                               "pooling='mean'"):
         compare(snap, tiny_bert(1), texts, tokenizer, probe_options=ProbeOptions(pooling="first"))
+
+
+def test_n_boot_is_bounded_at_and_over():
+    """was: --n-boot 1000000 accepted (minutes of resampling)."""
+    from layerprobe.options import MAX_N_BOOT
+
+    assert CKAOptions(n_boot=MAX_N_BOOT).n_boot == MAX_N_BOOT == 10_000
+    for bad in (MAX_N_BOOT + 1, 1_000_000, 0, 2.5, True):
+        with pytest.raises(LayerProbeError, match=r"n_boot must be an integer in \[1, 10,000\]"):
+            CKAOptions(n_boot=bad)
+
+
+def test_cli_n_boot_bound(capsys):
+    from layerprobe.cli import main
+
+    assert main(["compare", "a.pt", "b.pt", "--n-boot", "10001"]) == 2  # refused before the inputs are read
+    err = capsys.readouterr().err
+    assert "--n-boot must be in [0, 10,000], got 10001" in err and len(err.splitlines()) == 1

@@ -38,11 +38,12 @@ from layerprobe.metrics.cka import (
     linear_cka,
     rbf_cka,
 )
-from layerprobe.metrics.core import column_range, constant_columns
+from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS, count_distinct_rows
 from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
 from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, checked
 from layerprobe.results.comparison import Comparison
+from layerprobe.snapshot.check import representation_problem
 from layerprobe.snapshot.take import Snapshot
 
 __all__ = ["CI_AUTO_MAX_ROWS", "ESTIMATORS", "RANK_MAX_NUMEL", "Comparison", "compare", "compare_sides",
@@ -222,6 +223,14 @@ def compare(
     >>> [e["weight_drift"] for e in c.blocks], c.blocks[0]["cka"]
     ([0.0, 0.0, 0.0], None)
     """
+    from torch import nn
+
+    from layerprobe.errors import LayerProbeTypeError
+
+    for arg, x, what in (("a", a, "base"), ("b", b, "tuned")):  # checked before anything is read or run
+        if not isinstance(x, (Snapshot, nn.Module, str, os.PathLike)):
+            raise LayerProbeTypeError(f"compare: {arg} (the {what} side) is a {type(x).__name__}; expected a "
+                                      f"Snapshot, a torch.nn.Module or a path")
     if tolerance is not None:
         check_tolerance(tolerance)  # before any model runs
     popts, copts = checked(probe_options, ProbeOptions), checked(cka_options, CKAOptions)
@@ -276,33 +285,65 @@ ESTIMATORS = {"linear": linear_cka, "debiased": debiased_cka, "rbf": rbf_cka}
 CI_AUTO_MAX_ROWS = 2048
 
 
-def _rep_problem(r: torch.Tensor) -> str | None:
-    """Why a representation makes CKA undefined (non-finite or constant), or None.
+def _distinct_examples(sa: Side, sb: Side) -> int | None:
+    """Distinct probe examples (by token ids) as the snapshots recorded them; None for older snapshots."""
+    known: list[int] = [c for c in (s.meta.get("n_distinct_examples") for s in (sa, sb))
+                        if isinstance(c, int) and not isinstance(c, bool)]
+    return min(known) if known else None
 
-    The one check of the product, with the metric core's definition of "constant" (every column
-    constant up to float64 rounding, so the centred representation is zero): an entry it passes
-    is never found undefined by the CKA functions for this reason.
-    """
-    if not bool(torch.isfinite(r).all()):
-        return "non-finite values (NaN/Inf) in the representations"
-    if bool(constant_columns(*column_range(r)).all()):
-        return "constant (zero-variance) representation"
-    return None
+
+def _too_few_examples(sa: Side, sb: Side) -> str | None:
+    """Why the probe cannot carry a CKA (fewer than MIN_DISTINCT_ROWS distinct examples), or None."""
+    n = int(next(iter(sa.representations.values())).shape[0])
+    meta_n = sa.meta.get("n_examples")
+    n_ex: int = meta_n if isinstance(meta_n, int) and not isinstance(meta_n, bool) else n
+    distinct = _distinct_examples(sa, sb)
+    if distinct is None:
+        distinct = min(n, n_ex)  # older snapshots: rows are checked per entry instead
+    if distinct >= MIN_DISTINCT_ROWS:
+        return None
+    dup = f" (of {n_ex} examples: {n_ex - distinct} duplicates)" if n_ex > distinct else ""
+    why = "; CKA of 2 distinct points is always 1" if distinct == 2 else ""
+    return (f"linear CKA needs at least {MIN_DISTINCT_ROWS} distinct probe examples, got {distinct}{dup}{why}: "
+            f"cannot advise")
+
+
+def _duplicates_note(sa: Side, sb: Side) -> str | None:
+    distinct, n_ex = _distinct_examples(sa, sb), sa.meta.get("n_examples")
+    if distinct is None or not isinstance(n_ex, int) or isinstance(n_ex, bool) or distinct >= n_ex:
+        return None
+    return (f"the probe holds {n_ex - distinct} duplicate example(s): CKA rests on {distinct} distinct examples of "
+            f"{n_ex} (duplicates weigh more)")
 
 
 def _find_undefined(sa: Side, sb: Side, names: list[str], on_undefined: str) -> dict[str, str]:
-    """Entries whose CKA is undefined, with a message naming the entry and side; warn or raise."""
+    """Entries whose CKA is undefined, with a message naming the entry and side; warn or raise.
+
+    Undefined: non-finite or constant representations on either side, or fewer than
+    :data:`~layerprobe.metrics.distinct.MIN_DISTINCT_ROWS` distinct rows of the two side by side (a
+    layer that maps the examples onto two or three points).
+    """
     out = {}
     for name in names:
+        msg = None
         for side in (sa, sb):
-            why = _rep_problem(side.representations[name])
+            why = representation_problem(side.representations[name])
             if why:
                 msg = f"{why} in {name} of {side.label}: CKA is undefined"
-                if on_undefined == "raise":
-                    raise LayerProbeError(msg)
-                warnings.warn(msg + "; cka = nan for this entry", CKAUndefinedWarning, stacklevel=3)
-                out[name] = msg
                 break
+        if msg is None:
+            ra, rb = sa.representations[name], sb.representations[name]
+            k = count_distinct_rows(ra, rb, max_rows=512)  # a lower bound: enough rows to pass, on real data
+            if k < MIN_DISTINCT_ROWS and ra.shape[0] > 512:
+                k = count_distinct_rows(ra, rb, max_rows=ra.shape[0])
+            if k < MIN_DISTINCT_ROWS:
+                msg = (f"only {k} distinct representation row(s) of {ra.shape[0]} in {name} of {sa.label} and "
+                       f"{sb.label}: CKA needs at least {MIN_DISTINCT_ROWS} distinct rows, it is undefined")
+        if msg:
+            if on_undefined == "raise":
+                raise LayerProbeError(msg)
+            warnings.warn(msg + "; cka = nan for this entry", CKAUndefinedWarning, stacklevel=3)
+            out[name] = msg
     return out
 
 
@@ -350,12 +391,14 @@ def compare_sides(
     if weightless and not reps_ok:
         raise LayerProbeError(f"{weightless[0].label}: snapshot holds no weights (and no CKA can be computed)")
     names = [e["name"] for e in sa.meta["entries"]]
-    if reps_ok:  # same fingerprint, so both sides have the same rows
-        n = next(iter(sa.representations.values())).shape[0]
-        if n < 2:
-            raise LayerProbeError(f"linear CKA needs at least 2 probe examples, got {n}", sa.label)
-    # non-finite or constant representations: reported once per entry here (warn, or raise)
-    undefined = _find_undefined(sa, sb, names, on_undefined) if reps_ok else {}
+    degenerate = _too_few_examples(sa, sb) if reps_ok else None
+    if degenerate and on_undefined == "raise":
+        raise LayerProbeError(degenerate, sa.label)
+    if degenerate:  # every entry undefined: no number is given, and no advice
+        warnings.warn(degenerate + "; cka = nan for every entry", CKAUndefinedWarning, stacklevel=2)
+        undefined = dict.fromkeys(names, f"{sa.label}: {degenerate}")
+    else:  # non-finite, constant or too few distinct rows: reported once per entry here (warn, or raise)
+        undefined = _find_undefined(sa, sb, names, on_undefined) if reps_ok else {}
     entries = []
     reader = PairReader()  # one read-ahead buffer for every entry
     for e in sa.meta["entries"]:
@@ -400,7 +443,7 @@ def compare_sides(
                    "resample_unit": "example (all its token rows)" if groups is not None else "example",
                    "subsampled": subsampled}
     xmap = None
-    if cross_layer and reps_ok:
+    if cross_layer and reps_ok and not degenerate:
         xmap = _cross_layer(sa, sb, names)
     other: dict[str, Any] | None = None
     if not weightless and OTHER in sa.weights.index and OTHER in sb.weights.index:  # type: ignore[union-attr]
@@ -416,8 +459,16 @@ def compare_sides(
         rec.notes.insert(0, f"CKA not computed: {why_not}")
         if cross_layer:
             rec.notes.append(f"cross-layer maps not computed: {why_not}")
-    for msg in undefined.values():
-        rec.notes.append(msg)
+    if degenerate:
+        rec.notes.append(f"{sa.label}: {degenerate}")
+        if cross_layer:
+            rec.notes.append("cross-layer maps not computed: too few distinct probe examples")
+    else:
+        for msg in undefined.values():
+            rec.notes.append(msg)
+        dup = _duplicates_note(sa, sb) if reps_ok else None
+        if dup:
+            rec.notes.append(dup)
     for s in weightless:
         rec.notes.append(f"weight drift not computed: {s.label} holds no weights "
                          f"({s.meta.get('weights_missing', 'representation-only snapshot')}); "

@@ -119,7 +119,10 @@ def resolve_side(
             side.why_no_reps = "no probe given"
         return side
     if not isinstance(x, (str, os.PathLike)):
-        raise LayerProbeError(f"cannot compare an object of type {type(x).__name__}")
+        from layerprobe.errors import LayerProbeTypeError
+
+        raise LayerProbeTypeError(f"{label or 'a side'}: cannot compare an object of type {type(x).__name__}; "
+                                  f"expected a Snapshot, a torch.nn.Module or a path")
     from layerprobe.io.checkpoints import StateDictSource, load_pt_or_snapshot, open_checkpoint
 
     path = os.fspath(x)
@@ -252,5 +255,8 @@ def read_probe(
         from layerprobe.io.probe_files import read_probe_texts
 
         return read_probe_texts(probe, text_column=text_column, max_examples=max_examples)
-    return list(probe)[:max_examples] if max_examples else list(probe)
+    from layerprobe.io.probe_files import check_texts
+
+    texts = check_texts(probe, "probe")
+    return texts[:max_examples] if max_examples else texts
 

@@ -17,7 +17,7 @@ from typing import Any
 # the shipped model and data live in shipped.py; re-exported here for older callers
 from layerprobe.demo.shipped import default_model_path, load_classifier, rotten_tomatoes_splits
 from layerprobe.errors import LayerProbeError
-from layerprobe.io.outputs import atomic_output_dir, atomic_write_text, ensure_writable_dir
+from layerprobe.io.outputs import atomic_output_dir, atomic_write_text, check_output_names, ensure_writable_dir
 from layerprobe.options import TRAINING_MAX_LENGTH
 
 __all__ = ["DemoConfig", "run_demo", "split_rotten_tomatoes"]
@@ -40,6 +40,10 @@ def split_rotten_tomatoes(cfg: DemoConfig) -> tuple[Any, Any, Any]:
     return rotten_tomatoes_splits(cfg.train_size, cfg.test_size, cfg.probe_size, seed=cfg.seed)
 
 
+#: the files the demo writes
+DEMO_FILES = ("base.pt", "tuned.pt", "comparison.json", "comparison.csv", "groups.csv", "blocks.png", "run.json")
+
+
 def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True,
              log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Run the whole path once and write every result into ``out_dir``.
@@ -47,13 +51,16 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
     The files are built in a temporary sibling folder and appear together at the end: an
     interrupted or failed run leaves ``out_dir`` as it was (no lone ``base.pt``).
     """
-    for name, low in (("train_size", 1), ("test_size", 1), ("probe_size", 2)):  # before minutes of work
+    from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS
+
+    for name, low in (("train_size", 1), ("test_size", 1), ("probe_size", MIN_DISTINCT_ROWS)):  # before the work
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise LayerProbeError(f"{name} must be an integer >= {low}"
-                                  f"{' (linear CKA needs at least 2 probe examples)' if low == 2 else ''}, got {v!r}")
+            why = f" (CKA needs at least {low} distinct probe examples)" if name == "probe_size" else ""
+            raise LayerProbeError(f"{name} must be an integer >= {low}{why}, got {v!r}")
     ensure_writable_dir(out_dir)
-    with atomic_output_dir(out_dir) as tmp:
+    check_output_names(out_dir, DEMO_FILES)  # a folder named like a result: refused before minutes of work
+    with atomic_output_dir(out_dir, DEMO_FILES) as tmp:
         run = _run_demo(tmp, cfg, progress, log)
     log(f"wrote base.pt, tuned.pt, comparison.json, comparison.csv, groups.csv, blocks.png, run.json to {out_dir} "
         f"({run['wall_seconds']:.0f}s)")

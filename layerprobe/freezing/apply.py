@@ -6,13 +6,26 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from layerprobe.errors import LayerProbeError
+from layerprobe.errors import LayerProbeError, LayerProbeTypeError
 from layerprobe.model.blocks import Blocks, find_blocks
 
 __all__ = ["bottom_prefix", "freeze", "parameter_names", "trainable_parameters", "unfreeze"]
 
 
 def _resolve(model: nn.Module, names: Iterable[str], blocks: Blocks | None) -> tuple[Blocks, set[str]]:
+    """The one argument check of freeze, unfreeze and parameter_names."""
+    if not isinstance(model, nn.Module):
+        raise LayerProbeTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(names, str):
+        raise LayerProbeTypeError(f"names must be a list of entry names, got one str {names!r}; write [{names!r}]")
+    if hasattr(names, "freeze") and hasattr(names, "train"):  # a Recommendation: its frozen entries
+        names = names.freeze
+    if not isinstance(names, Iterable):
+        raise LayerProbeTypeError(f"names must be a list of entry names (str), got {type(names).__name__}")
+    names = list(names)
+    bad = next((n for n in names if not isinstance(n, str)), None)
+    if bad is not None or any(not isinstance(n, str) for n in names):
+        raise LayerProbeTypeError(f"names must be a list of entry names (str), found {type(bad).__name__}")
     blocks = blocks if blocks is not None else find_blocks(model)
     wanted = set(names)
     unknown = wanted - set(blocks.names)

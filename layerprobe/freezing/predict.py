@@ -86,7 +86,7 @@ def prefix_features(entries: Sequence[Mapping[str, Any]], revert: Sequence[Mappi
             out["cka_rel"] = [float(_prefix_max(rel, k) or 0.0) for k in ks]
     drift = [e.get("weight_drift") for e in entries]
     if all(d is not None and math.isfinite(d) for d in drift) and drift[-1]:
-        rel_d = [d / drift[-1] for d in drift]  # type: ignore[operator]
+        rel_d = [d / drift[-1] for d in drift]
         out["drift_rel"] = [float(_prefix_max(rel_d, k) or 0.0) for k in ks]
     if revert:
         by_k = {int(r["k"]): r for r in revert}

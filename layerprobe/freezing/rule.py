@@ -141,7 +141,7 @@ def _qualifies(entry: dict, t: Thresholds, basis: str, top: float = math.nan) ->
 def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
     """Accept a comparison as well as its entries: a Comparison, its JSON dict, JSON text or a JSON file."""
     import os
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from layerprobe.errors import LayerProbeError
     from layerprobe.io.files import json_loads, load_json
@@ -162,6 +162,11 @@ def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
         if not other_params:
             other_params = int((x.get("other") or {}).get("n_params_compared") or 0)
         x = x["blocks"]
+    if not isinstance(x, Iterable) or isinstance(x, bytes):
+        from layerprobe.errors import LayerProbeTypeError
+
+        raise LayerProbeTypeError(f"expected a comparison (a Comparison, its JSON dict, JSON text or a comparison.json "
+                                  f"path) or its list of entries, got {type(x).__name__}")
     x = list(x)
     if not all(isinstance(e, Mapping) and isinstance(e.get("name"), str) for e in x):
         raise LayerProbeError("expected entries as dicts with a 'name' (a comparison's 'blocks')", path)
@@ -214,6 +219,8 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
     freeze: list[str] = []
     n_blocks = sum(e["kind"] == "block" for e in entries)
     max_frozen_blocks = max(0, n_blocks - t.min_train_blocks)
+    if basis == "cka" and not any(e.get("cka") is not None and math.isfinite(e["cka"]) for e in entries):
+        notes.append("cannot advise: CKA is undefined for every entry (see the reasons), so nothing is frozen")
     if basis == "none":
         notes.append("no CKA (weights only) and no --max-drift: no freeze advice; weight drift alone does not "
                      "separate blocks reliably — rerun with --probe, or set --max-drift")

@@ -18,7 +18,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from layerprobe.errors import LayerProbeError
@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_not_an_input",
+    "check_output_names",
     "check_output_file",
     "ensure_writable_dir",
     "write_output_set",
@@ -164,16 +165,114 @@ def check_not_an_input(outputs: str | os.PathLike | list, inputs: list) -> None:
                                       f"output name", path=out)
 
 
-@contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike) -> Iterator[str]:
-    """Build a set of output files in a temporary sibling directory, then swap it in as ``path``.
+#: temporary names are short and fixed in length, so that any legal output name (up to 255 bytes) still works
+_TMP_PREFIX = ".lp-"
 
-    Files are written into the yielded directory. On success, entries already in ``path`` that
-    were not written are carried over (files hard-linked or copied, folders moved), the old
-    directory is renamed aside, the new one renamed into place, and the old one removed: readers
-    see all the new files or all the old ones. On any exception (SIGINT, SIGTERM via the CLI,
-    disk full, a folder named like an output file) the temporary directory is removed and
-    ``path`` is left as it was.
+
+def _kind_of(st: os.stat_result) -> str:
+    import stat
+
+    mode = st.st_mode
+    return ("a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
+            else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+
+
+def check_output_names(directory: str | os.PathLike, names: Iterable[str]) -> None:
+    """Refuse, before any work, an entry of ``directory`` that a result named in ``names`` would replace
+    but that is not a plain file: a folder ``blocks.png/``, a symbolic link, a FIFO, a mount point.
+
+    Only regular files are ever replaced by :func:`atomic_output_dir`; anything else in the way is the
+    user's and is never touched.
+
+    Raises:
+        LayerProbeError: naming the entry and what it is.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> os.mkdir(os.path.join(d, "blocks.png"))
+    >>> check_output_names(d, ["comparison.json", "blocks.png"])
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: .../blocks.png: cannot write output file: it exists and is a directory, expected a file name (it is never replaced)
+    """
+    directory = os.fspath(directory)
+    for name in names:
+        target = os.path.join(directory, name)
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise LayerProbeError(f"cannot write output file ({_one_line(exc.strerror or exc)})", path=target) from None
+        import stat
+
+        if not stat.S_ISREG(st.st_mode):
+            raise LayerProbeError(f"cannot write output file: it exists and is {_kind_of(st)}, expected a file name "
+                                  f"(it is never replaced)", path=target)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM for the few renames that swap the results in (or put the old files back).
+
+    Yields the list of signals that arrived meanwhile; each is delivered when the block ends (after the
+    caller has put everything back), so that a signal can never cut a swap in half.
+    """
+    import signal
+    import threading
+
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # Python handlers only run in the main thread
+        yield pending
+        return
+    previous: dict[int, Any] = {}
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    for sig in (int(signal.SIGINT), int(signal.SIGTERM)):
+        try:
+            handler = signal.getsignal(sig)
+            if handler not in (signal.SIG_IGN, None):
+                previous[sig] = signal.signal(sig, hold)
+        except (ValueError, OSError):  # pragma: no cover - not settable here
+            pass
+    try:
+        yield pending
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            first = pending[0]
+            handler = previous[first]
+            if callable(handler):
+                handler(first, None)  # KeyboardInterrupt, or the CLI's SIGTERM exception
+            else:
+                signal.raise_signal(first)  # the default action
+            raise LayerProbeError(f"interrupted by signal {first} while moving the results in; nothing was changed")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, names: Iterable[str] = ()) -> Iterator[str]:
+    """Build a set of output files in a temporary folder, then move them into ``path`` together.
+
+    The results are written into the yielded folder (a short-named hidden folder inside ``path``,
+    so that ``path`` may be a mount point and any legal file name works). When the block succeeds,
+    every written file must land on a missing name or replace a regular file of ``path``; a folder,
+    link or special file in the way is refused before anything changes. Then each file replaced is
+    first moved aside, and the new files are renamed in, with SIGINT/SIGTERM held; if any step
+    fails, the files moved so far are taken back out and the old ones put back. Nothing else in
+    ``path`` is ever moved, copied or deleted (mount points and folders inside it included).
+
+    On any exception (SIGINT, SIGTERM via the CLI, disk full, a folder named like an output file)
+    ``path`` is left exactly as it was, a folder created for the run is removed again, and the
+    temporary folder is removed.
+
+    Args:
+        path: the output folder; created if missing.
+        names: the files the block will write, when known: checked with :func:`check_output_names`
+            before the block runs (they are checked again after it, whatever was written).
 
     >>> import tempfile, os
     >>> d = os.path.join(tempfile.mkdtemp(), "out")
@@ -187,80 +286,119 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[str]:
     path = os.path.abspath(os.fspath(path))
     if os.path.islink(path):
         path = os.path.realpath(path)
-    parent = os.path.dirname(path)
-    ensure_writable_dir(parent)
-    if os.path.exists(path) and not os.path.isdir(path):
+    ensure_writable_dir(os.path.dirname(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
         raise LayerProbeError("cannot write to output directory: it exists but is a file, expected a directory",
                               path=path)
+    check_output_names(path, names)
+    created = False
+    tmp = ""
     try:
-        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise LayerProbeError(f"cannot write to output directory: {_one_line(exc.strerror or exc)}",
-                              path=parent) from None
-    old = None
-    body_done = False
-    try:
-        yield tmp
-        body_done = True
-        written = set(os.listdir(tmp))
-        moved: list[str] = []
-        if os.path.isdir(path):
-            for name in os.listdir(path):
-                if name in written:
-                    continue
-                src = os.path.join(path, name)
-                if os.path.isdir(src) and not os.path.islink(src):
-                    os.rename(src, os.path.join(tmp, name))
-                    moved.append(name)
-                elif os.path.islink(src):
-                    os.symlink(os.readlink(src), os.path.join(tmp, name))
-                else:
-                    try:
-                        os.link(src, os.path.join(tmp, name))
-                    except OSError:
-                        shutil.copy2(src, os.path.join(tmp, name))
-            old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=parent)
-            os.rmdir(old)
-            try:
-                os.rename(path, old)
-            except BaseException:
-                for name in moved:  # put the folders back
-                    os.rename(os.path.join(tmp, name), os.path.join(path, name))
-                raise
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        try:
-            os.rename(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.rename(old, path)
-                for name in moved:
-                    os.rename(os.path.join(tmp, name), os.path.join(path, name))
-                old = None
-            raise
+        if not os.path.isdir(path):
+            os.mkdir(path)
+            created = True
+        tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=path)
+        new = os.path.join(tmp, "n")  # the results, as written by the block
+        aside = os.path.join(tmp, "o")  # the user's files that the results replace, until the swap is complete
+        os.mkdir(new)
+        os.mkdir(aside)
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        if not isinstance(exc, OSError):
+            raise
+        raise LayerProbeError(f"cannot write to output directory ({_one_line(exc.strerror or exc)}); it was left "
+                              f"as it was", path=path) from None
+    done: list[tuple[str, bool]] = []  # (name, whether an old file was moved aside), in order
+    body_done = committed = False
+    try:
+        yield new
+        body_done = True
+        written = sorted(os.listdir(new))
+        for name in written:
+            if not os.path.isfile(os.path.join(new, name)) or os.path.islink(os.path.join(new, name)):
+                raise LayerProbeError("output is not a plain file (only files are written)",
+                                      path=os.path.join(path, name))
+        check_output_names(path, written)  # again: what was written, and whatever changed meanwhile
+        with _signals_held() as pending:
+            try:
+                for name in written:
+                    target = os.path.join(path, name)
+                    had_old = os.path.lexists(target)
+                    if had_old:
+                        os.rename(target, os.path.join(aside, name))
+                    done.append((name, had_old))
+                    os.rename(os.path.join(new, name), target)
+            except BaseException:
+                _undo(path, new, aside, done)
+                raise
+            if pending:  # a signal arrived during the swap: put everything back, then let it act
+                _undo(path, new, aside, done)
+            else:
+                committed = True  # the results are in; the old versions of the replaced files go
+                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if committed:  # the results are complete: only our clean-up was cut short
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _remove_temporary(tmp, aside)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only when empty: nothing but our own folder was ever in it
         if isinstance(exc, LayerProbeError) and exc.path and exc.path.startswith(tmp + os.sep):
             # name the file the user asked for, not its place in the temporary folder
-            raise LayerProbeError(exc.message, path=os.path.join(path, os.path.relpath(exc.path, tmp))) from None
+            raise LayerProbeError(exc.message, path=os.path.join(path, os.path.relpath(exc.path, new))) from None
         if isinstance(exc, OSError) and (body_done or _about_output(exc, tmp)):
             # disk full while writing the output or swapping it in: one line, ``path`` as it was (an error of
             # the caller's own work inside the block, e.g. a missing input file, propagates unchanged)
             raise LayerProbeError(f"cannot write to output directory ({_one_line(exc.strerror or exc)}); it was "
                                   f"left as it was", path=path) from None
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def _undo(path: str, new: str, aside: str, done: list[tuple[str, bool]]) -> None:
+    """Take the results moved so far back out of ``path`` and put the user's files back, newest first.
+
+    Every entry is tried even when one fails; a file that could not be put back stays in ``aside``,
+    which :func:`_remove_temporary` then reports instead of deleting.
+    """
+    for name, had_old in reversed(done):
+        target = os.path.join(path, name)
+        arrived = not os.path.lexists(os.path.join(new, name))
+        with contextlib.suppress(OSError):
+            if had_old and os.path.lexists(os.path.join(aside, name)):
+                os.rename(os.path.join(aside, name), target)  # the old file back, over the result if it arrived
+            elif arrived and os.path.lexists(target):
+                os.rename(target, os.path.join(new, name))  # a new name: take the result out again
+
+
+def _remove_temporary(tmp: str, aside: str) -> None:
+    """Remove the temporary folder, unless a file of the user's is still in it (a restore that failed):
+    then it stays, and the error says where."""
+    import shutil
+
+    try:
+        kept = os.listdir(aside)
+    except FileNotFoundError:
+        kept = []
+    except OSError:
+        kept = ["?"]
+    if kept:
+        raise LayerProbeError(f"cannot put back {len(kept)} earlier file(s) after a failed write; they are kept in "
+                              f"this folder (move them back by hand)", path=aside)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_output_set(path: str | os.PathLike, writers: Mapping[str, Callable[[str], object]]) -> list[str]:
     """Write a set of files into the directory ``path`` together: the one output-set writer.
 
-    ``writers[name](file)`` writes one file into a temporary sibling directory; the set appears
+    ``writers[name](file)`` writes one file into a temporary directory; the set appears
     together, or not at all (:func:`atomic_output_dir`). Returns the final paths, in order.
     """
-    with atomic_output_dir(path) as tmp:
+    with atomic_output_dir(path, list(writers)) as tmp:  # a folder named like one of them: refused first
         for name, write in writers.items():
             write(os.path.join(tmp, name))
     return [os.path.join(os.fspath(path), name) for name in writers]
@@ -310,12 +448,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         )
     try:
         fd, tmp = tempfile.mkstemp(
-            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+            prefix=_TMP_PREFIX, suffix=".tmp", dir=directory
         )
-    except OSError as exc:
-        raise LayerProbeError(
-            f"cannot write to output directory: {_one_line(exc.strerror or exc)}", path=directory
-        ) from None
+    except OSError as exc:  # no inodes left, say: name the user's file, never the temporary one
+        raise LayerProbeError(f"cannot write output file ({_one_line(exc.strerror or exc)}); nothing was written",
+                              path=path) from None
     try:
         f: IO[Any]
         if mode == "w":

@@ -23,7 +23,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,8 @@ import numpy as np
 from layerprobe.errors import LayerProbeError
 from layerprobe.errors import one_line as _one_line
 
-__all__ = ["PROBE_EXTENSIONS", "fingerprint", "read_probe_texts"]
+__all__ = ["MAX_PROBE_EXAMPLES", "MAX_PROBE_BYTES", "MAX_TEXT_CHARS", "PROBE_EXTENSIONS", "check_texts", "fingerprint",
+           "read_probe_texts"]
 
 PROBE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
 _EXPECTED = "expected .csv, .tsv, .jsonl, .json, .txt or a directory saved with datasets.save_to_disk"
@@ -74,9 +75,10 @@ def read_probe_texts(
     """
     path = os.fspath(path)
     if max_examples is not None:
-        if isinstance(max_examples, bool) or not isinstance(max_examples, (int, np.integer)) or max_examples < 1:
+        if isinstance(max_examples, bool) or not isinstance(max_examples, (int, np.integer)) or \
+                not 1 <= max_examples <= MAX_PROBE_EXAMPLES:
             raise LayerProbeError(
-                f"max_examples must be a positive integer or None, got {max_examples!r}"
+                f"max_examples must be an integer in [1, {MAX_PROBE_EXAMPLES:,}] or None, got {max_examples!r}"
             )
         max_examples = int(max_examples)
     from layerprobe.io.files import check_exists
@@ -114,6 +116,62 @@ def read_probe_texts(
 MAX_TEXT_CHARS = 1_000_000
 #: largest probe file read
 MAX_PROBE_BYTES = 512 << 20
+#: most probe texts used in one run (a file or a list): the byte cap alone lets a file hold millions of
+#: one-word lines, each tokenized, run and kept; take a sample with max_examples (--max-examples)
+MAX_PROBE_EXAMPLES = 100_000
+
+
+def _too_many(n: str, path: str | None = None) -> LayerProbeError:
+    return LayerProbeError(f"the probe holds {n} texts, more than the {MAX_PROBE_EXAMPLES:,} accepted; use "
+                           f"--max-examples (max_examples=) to take the first N", path=path)
+
+
+def check_texts(texts: Any, what: str = "texts") -> list[str]:
+    """Probe texts given as a Python list, checked once at each entry point of the API.
+
+    Returns:
+        The texts as a new list, unmodified (blank ones kept: they are the caller's examples).
+
+    Raises:
+        LayerProbeTypeError: a single string (it would be read as a list of characters), something
+            not iterable, or an element that is not a string (``None``, token ids).
+        LayerProbeError: every text blank, a text too long or holding a lone surrogate, or more
+            than :data:`MAX_PROBE_EXAMPLES` texts.
+
+    >>> check_texts(("a good film", "a bad one"))
+    ['a good film', 'a bad one']
+    >>> check_texts("a good film")
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeTypeError: texts must be a list of strings, got one str (11 characters); wrap a single text in a list: [text]
+    """
+    from layerprobe.errors import LayerProbeTypeError
+
+    if isinstance(texts, (str, bytes, bytearray)):
+        raise LayerProbeTypeError(f"{what} must be a list of strings, got one {type(texts).__name__} "
+                                  f"({len(texts):,} characters); wrap a single text in a list: [text]")
+    if isinstance(texts, Mapping) or not isinstance(texts, Iterable):
+        raise LayerProbeTypeError(f"{what} must be a list of strings, got {type(texts).__name__}")
+    out: list[str] = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            hint = " (token ids are not accepted: pass the texts)" if isinstance(t, (int, list, tuple)) else ""
+            raise LayerProbeTypeError(f"{what}[{i}] is {type(t).__name__}, expected str{hint}")
+        if len(t) > MAX_TEXT_CHARS:
+            raise LayerProbeError(f"{what}[{i}] has {len(t):,} characters, more than the {MAX_TEXT_CHARS:,} "
+                                  f"accepted; split or shorten it")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LayerProbeError(f"{what}[{i}] holds a lone surrogate (not valid Unicode)") from None
+        out.append(t)
+        if len(out) > MAX_PROBE_EXAMPLES:
+            raise _too_many(f"more than {MAX_PROBE_EXAMPLES:,}")
+    if not out:
+        raise LayerProbeError(f"{what} is empty, expected probe texts")
+    if not any(t.strip() for t in out):
+        raise LayerProbeError(f"{what}: all {len(out)} texts are empty or whitespace-only, expected probe texts")
+    return out
 
 
 def _usable(raw: Iterable[str | None], max_examples: int | None, path: str = "") -> list[str]:
@@ -133,6 +191,8 @@ def _usable(raw: Iterable[str | None], max_examples: int | None, path: str = "")
         out.append(text)
         if max_examples is not None and len(out) >= max_examples:
             break
+        if len(out) > MAX_PROBE_EXAMPLES:
+            raise _too_many(f"more than {MAX_PROBE_EXAMPLES:,}", path or None)
     return out
 
 
@@ -290,10 +350,22 @@ def _read_saved_dataset(path: str, text_column: str, max_examples: int | None) -
     column = ds.select_columns([text_column])
     out: list[str] = []
     batch = 1024 if max_examples is None else max(1, min(1024, max_examples))
-    for start in range(0, len(column), batch):
-        out.extend(_usable(column[start : start + batch][text_column], None))
-        if max_examples is not None and len(out) >= max_examples:
-            return out[:max_examples]
+    try:
+        column = column.with_format(None)  # plain Python rows: a saved format or transform is not applied
+        for start in range(0, len(column), batch):
+            values = column[start : start + batch][text_column]
+            if not isinstance(values, list) or not all(v is None or isinstance(v, str) for v in values):
+                raise LayerProbeError(f"column {text_column!r} does not read as strings", path=path)
+            out.extend(_usable(values, None, path))
+            if max_examples is None and len(out) > MAX_PROBE_EXAMPLES:
+                raise _too_many(f"more than {MAX_PROBE_EXAMPLES:,}", path)
+            if max_examples is not None and len(out) >= max_examples:
+                return out[:max_examples]
+    except LayerProbeError:
+        raise
+    except Exception as exc:  # a saved format type or transform datasets cannot rebuild
+        raise LayerProbeError(f"cannot read saved dataset ({type(exc).__name__}: {_one_line(exc, 120)})",
+                              path=path) from None
     return out
 
 

@@ -21,10 +21,10 @@ import torch
 
 from layerprobe.errors import LayerProbeError, one_line
 
-__all__ = ["check_snapshot"]
+__all__ = ["check_snapshot", "representation_problem"]
 
 _KINDS = ("embeddings", "block", "other", "head", "final_norm")
-_POSITIVE_META = ("n_examples", "max_length", "max_tokens", "batch_size")
+_POSITIVE_META = ("n_examples", "n_distinct_examples", "max_length", "max_tokens", "batch_size")
 _STRING_META = ("fingerprint", "pooling", "model_class", "dtype")
 #: largest count a snapshot may claim for n_examples / max_length (a 5000-digit int is refused)
 _MAX_COUNT = 1 << 40
@@ -117,5 +117,31 @@ def check_snapshot(obj: Any, path: str | os.PathLike | None = None) -> None:
         for k, t in group.items():
             if not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.bool, torch.uint8, torch.int8)):
                 raise _fail(f"weight {name}/{k} has dtype {t.dtype}", path)
+    nd, n = meta.get("n_distinct_examples"), meta.get("n_examples")
+    if nd is not None and isinstance(n, int) and nd > n:
+        raise _fail(f"meta.n_distinct_examples is {nd}, more than meta.n_examples {n}", path)
     if isinstance(meta.get("n_examples"), int) and not math.isfinite(float(meta["n_examples"])):
         raise _fail("meta.n_examples is not finite", path)
+
+
+def representation_problem(r: torch.Tensor, constant: bool = True) -> str | None:
+    """Why a representation makes CKA undefined (non-finite, or constant when ``constant``), or None.
+
+    The one check of the product, used by ``snapshot`` (which refuses non-finite representations:
+    activations that overflow) and by ``compare`` (which refuses both, per entry), with the metric
+    core's definition of "constant" (every column constant up to float64 rounding, so the centred
+    representation is zero): an entry it passes is never found undefined by the CKA functions for
+    this reason.
+
+    >>> representation_problem(torch.tensor([[1.0, float("inf")], [2.0, 3.0]]))
+    'non-finite values (NaN/Inf) in the representations'
+    >>> representation_problem(torch.ones(3, 2)), representation_problem(torch.ones(3, 2), constant=False)
+    ('constant (zero-variance) representation', None)
+    """
+    from layerprobe.metrics.core import column_range, constant_columns
+
+    if not bool(torch.isfinite(r).all()):
+        return "non-finite values (NaN/Inf) in the representations"
+    if constant and bool(constant_columns(*column_range(r)).all()):
+        return "constant (zero-variance) representation"
+    return None

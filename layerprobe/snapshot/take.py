@@ -32,10 +32,10 @@ from layerprobe.io.probe_files import fingerprint
 from layerprobe.model.batching import collate, encode, pad_id
 from layerprobe.model.blocks import OTHER, Blocks, find_blocks
 from layerprobe.model.capture import capture
-from layerprobe.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_POOLING, POOLINGS
+from layerprobe.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_POOLING
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Snapshot", "describe_model", "model_weights", "run_probe", "take_snapshot",
-           "tokenize_probe"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Snapshot", "describe_model", "distinct_examples", "model_weights", "run_probe",
+           "take_snapshot", "tokenize_probe"]
 
 FORMAT = "layerprobe-snapshot"
 FORMAT_VERSION = 1
@@ -201,6 +201,16 @@ def tokenize_probe(tokenizer: Any, texts: list[str], max_length: int) -> tuple[l
     return examples, fingerprint(ids, mask)
 
 
+def distinct_examples(examples: list[dict]) -> int:
+    """How many examples differ in their token ids (duplicate texts, and texts that differ only past
+    ``max_length`` or in what the tokenizer normalises away, count once).
+
+    >>> distinct_examples([{"input_ids": [1, 2]}, {"input_ids": [1, 2]}, {"input_ids": [1, 3]}])
+    2
+    """
+    return len({tuple(int(i) for i in e["input_ids"]) for e in examples})
+
+
 def _forward_kwargs(model: nn.Module, batch: dict) -> dict:
     import inspect
 
@@ -284,10 +294,21 @@ def take_snapshot(
     >>> s.names, s.has_representations
     (['embeddings', 'block.0', 'block.1'], False)
     """
+    from layerprobe.errors import LayerProbeTypeError
+    from layerprobe.io.probe_files import check_texts
     from layerprobe.model.unwrap import has_meta_parameters, unwrap
+    from layerprobe.options import ProbeOptions
 
-    if pooling not in POOLINGS:
-        raise LayerProbeError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if not isinstance(model, nn.Module):
+        raise LayerProbeTypeError(f"model must be a torch.nn.Module, got {type(model).__name__} (a path? use "
+                                  f"compare() or the CLI, which load model directories)")
+    ProbeOptions(pooling=pooling, max_length=max_length, max_tokens=max_tokens, batch_size=batch_size)  # refuses
+    if texts is not None:
+        texts = check_texts(texts)
+        if tokenizer is not None and any(True for _ in model.parameters()) and \
+                all(p.is_meta for p in model.parameters()):
+            raise LayerProbeError("the model's parameters are all on the meta device (no data): it cannot run "
+                                  "the probe texts; load its weights, or pass texts=None for a weights-free snapshot")
     model = unwrap(model)  # DDP, FSDP, torch.compile, PEFT: the names of the plain model
     blocks = blocks if blocks is not None else find_blocks(model)
     meta = describe_model(model, blocks)
@@ -310,9 +331,17 @@ def take_snapshot(
         reps, token_examples = run_probe(
             model, examples, blocks, pooling, max_tokens, batch_size, pad_id(tokenizer), progress
         )
+        from layerprobe.snapshot.check import representation_problem
+
+        for name, r in reps.items():  # the check compare makes, so no snapshot holds what compare refuses
+            why = representation_problem(r, constant=False)
+            if why:
+                raise LayerProbeError(f"{why} in {name}: the activations overflow or the weights are broken "
+                                      f"(in float16, try --dtype float32); no snapshot written")
         meta.update(
             probe_fingerprint=fp,
             n_examples=len(texts),
+            n_distinct_examples=distinct_examples(examples),
             pooling=pooling,
             max_length=max_length,
             max_tokens=max_tokens,

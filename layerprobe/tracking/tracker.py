@@ -62,12 +62,13 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.prefix_cache import no_store
 from layerprobe.io.outputs import atomic_write_text
 from layerprobe.metrics.cka import linear_cka
+from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS
 from layerprobe.metrics.drift import DriftAccumulator
 from layerprobe.model.batching import pad_id
 from layerprobe.model.blocks import Blocks, find_blocks
 from layerprobe.options import CSV_OPTIONS, DEFAULT_POOLING, TRAINING_MAX_LENGTH, ProbeOptions
 from layerprobe.results.trajectory import COLUMNS, TRAJECTORY_CSV
-from layerprobe.snapshot.take import run_probe, tokenize_probe
+from layerprobe.snapshot.take import distinct_examples, run_probe, tokenize_probe
 
 if TYPE_CHECKING:  # pragma: no cover
     from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
@@ -160,9 +161,12 @@ class Tracker:
             raise LayerProbeError(
                 f"the policy's every_n_steps={policy_every} is not a multiple of the "
                 f"tracker's every_n_steps={every_n_steps}")
-        texts = [str(t) for t in probe_texts]
-        if len(texts) < 2:
-            raise LayerProbeError(f"the probe needs at least 2 texts for CKA, got {len(texts)}")
+        from layerprobe.io.probe_files import check_texts
+
+        texts = check_texts(probe_texts, "probe_texts")
+        if len(texts) < MIN_DISTINCT_ROWS:
+            raise LayerProbeError(f"the probe needs at least {MIN_DISTINCT_ROWS} distinct texts for CKA, got "
+                                  f"{len(texts)}")
         self.model = model
         self.tokenizer = tokenizer
         self.every_n_steps = int(every_n_steps)
@@ -176,7 +180,7 @@ class Tracker:
         self._lr_acc = 0.0
         self._lr_fed = False
         self._texts = texts
-        self.examples, self.fingerprint = tokenize_probe(tokenizer, texts, self.max_length)
+        self.examples, self.fingerprint = _distinct_probe(tokenizer, texts, self.max_length)
         self.rows: list[dict] = []
         self.seconds_total = 0.0
         self.last_step: int | None = None
@@ -206,12 +210,12 @@ class Tracker:
         if self.started:
             raise LayerProbeError("Tracker.limit_probe: the probe is fixed once start() has run")
         n = int(n)
-        if n < 2:
-            raise LayerProbeError(f"the probe needs at least 2 texts for CKA, got {n}")
+        if n < MIN_DISTINCT_ROWS:
+            raise LayerProbeError(f"the probe needs at least {MIN_DISTINCT_ROWS} distinct texts for CKA, got {n}")
         n = min(n, len(self._texts))
         idx = sorted({round(i * (len(self._texts) - 1) / max(1, n - 1)) for i in range(n)})
-        self.examples, self.fingerprint = tokenize_probe(self.tokenizer, [self._texts[i] for i in idx],
-                                                         self.max_length)
+        self.examples, self.fingerprint = _distinct_probe(self.tokenizer, [self._texts[i] for i in idx],
+                                                          self.max_length)
 
     def start(self, model: nn.Module | None = None, step: int = 0) -> None:
         """Record the starting point (call before the first optimizer step)."""
@@ -392,3 +396,12 @@ class Tracker:
         return atomic_write_text(path, self.to_frame().to_csv(**CSV_OPTIONS))
 
 
+def _distinct_probe(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[dict], str]:
+    """Tokenize the probe; refuse one with fewer distinct examples than CKA needs (a check during training
+    would otherwise report CKA 1 for every block, and a freeze policy act on it)."""
+    examples, fp = tokenize_probe(tokenizer, texts, max_length)
+    k = distinct_examples(examples)
+    if k < MIN_DISTINCT_ROWS:
+        raise LayerProbeError(f"the probe needs at least {MIN_DISTINCT_ROWS} distinct texts for CKA, got {k} "
+                              f"(of {len(texts)} texts: {len(texts) - k} duplicates after tokenization)")
+    return examples, fp

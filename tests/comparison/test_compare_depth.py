@@ -286,14 +286,14 @@ def test_linear_cka_never_modifies_its_input():
 
 def test_estimator_nan_is_named_never_silent(snaps):
     a, b = snaps
-    # rows duplicated so that more than half the pairwise distances are 0: rbf bandwidth undefined
+    # rows duplicated so that more than half the pairwise distances are 0: rbf bandwidth undefined (five
+    # distinct rows are left, enough for CKA to be defined at all)
     a2, b2 = copy.copy(a), copy.copy(b)
     a2.representations = {k: v.clone() for k, v in a.representations.items()}
     b2.representations = {k: v.clone() for k, v in b.representations.items()}
     for s in (a2, b2):
         r = s.representations["block.2"]
-        r[1:] = r[0]
-        r[-1] += 1.0
+        r[1:-4] = r[0]
     with pytest.warns(CKAUndefinedWarning, match=r"rbf CKA of block\.2 is undefined"):
         c = compare(a2, b2, cka_options=CKAOptions(estimator="rbf"))
     assert math.isnan(c.blocks[3]["cka"]) and "block.2" in c.blocks[3]["cka_undefined"]

@@ -177,3 +177,45 @@ def test_fingerprint_stable_and_sensitive():
         fingerprint(ids, [[1, 1, 1], [1, 1, 1]])
     with pytest.raises(LayerProbeError, match="integers"):
         fingerprint(np.zeros((2, 4)), mask)
+
+
+# ------------------------------------------------------------------ bounds: probe texts (docs/safety.md)
+
+def test_probe_example_count_is_bounded_at_and_over(tmp_path):
+    """was: a 30 MB probe of 3 million lines was tokenized and run (minutes, > 6 GB): the byte cap did not
+    bound the example count."""
+    from layerprobe.io.probe_files import MAX_PROBE_EXAMPLES, read_probe_texts
+
+    assert MAX_PROBE_EXAMPLES == 100_000
+    at = tmp_path / "at.txt"
+    at.write_text("w\n" * MAX_PROBE_EXAMPLES)
+    assert len(read_probe_texts(at)) == MAX_PROBE_EXAMPLES
+    over = tmp_path / "over.txt"
+    over.write_text("w\n" * (MAX_PROBE_EXAMPLES + 1))
+    with pytest.raises(LayerProbeError, match="more than the 100,000 accepted; use --max-examples") as e:
+        read_probe_texts(over)
+    assert e.value.path == str(over)
+    assert len(read_probe_texts(over, max_examples=10)) == 10  # a sample is fine
+    for bad in (0, MAX_PROBE_EXAMPLES + 1):
+        with pytest.raises(LayerProbeError, match=r"max_examples must be an integer in \[1, 100,000\]"):
+            read_probe_texts(at, max_examples=bad)
+
+
+@pytest.mark.parametrize("ext,body", [(".csv", "text\n" + "w\n" * 100_001), (".jsonl", '{"text": "w"}\n' * 100_001)])
+def test_probe_example_bound_holds_for_every_format(tmp_path, ext, body):
+    from layerprobe.io.probe_files import read_probe_texts
+
+    p = tmp_path / f"p{ext}"
+    p.write_text(body)
+    with pytest.raises(LayerProbeError, match="more than the 100,000 accepted"):
+        read_probe_texts(p)
+
+
+def test_check_texts_bound_at_and_over():
+    from layerprobe.io.probe_files import MAX_PROBE_EXAMPLES, check_texts
+
+    assert len(check_texts(["w"] * MAX_PROBE_EXAMPLES)) == MAX_PROBE_EXAMPLES
+    with pytest.raises(LayerProbeError, match="more than the 100,000 accepted"):
+        check_texts(["w"] * (MAX_PROBE_EXAMPLES + 1))
+    with pytest.raises(LayerProbeError, match="more than the 100,000 accepted"):
+        check_texts("w" for _ in range(10**9))  # a generator is never read past the bound

@@ -90,3 +90,23 @@ def test_errors(bert, tokenizer):
         take_snapshot(bert, None, ["a"], progress=False)
     with pytest.raises(LayerProbeError, match="unknown pooling"):
         take_snapshot(bert, tokenizer, ["good"], pooling="max", progress=False)
+
+
+@pytest.mark.parametrize("block,scale", [(2, 1e38), (0, 1e38), (3, 1e30)])
+def test_overflowing_activations_give_no_snapshot(tmp_path, tokenizer, texts, capsys, block, scale):
+    """was: snapshot wrote NaN representations with exit 0 (compare refused the same model later)."""
+    from layerprobe.cli import main
+
+    m = tiny_bert(0)
+    with torch.no_grad():
+        m.encoder.layer[block].output.dense.weight.mul_(scale)
+    m.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    (tmp_path / "p.txt").write_text("\n".join(texts[:8]) + "\n")
+    capsys.readouterr()  # transformers' own progress bar while saving
+    rc = main(["snapshot", str(tmp_path / "m"), "--probe", str(tmp_path / "p.txt"), "-o", str(tmp_path / "s.pt"),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"{tmp_path / 'm'}: non-finite values (NaN/Inf) in the representations in block.{block}" in err
+    assert not (tmp_path / "s.pt").exists()

@@ -56,8 +56,9 @@ def test_limit_probe_takes_evenly_spaced_texts_and_only_before_start(tokenizer, 
     assert t.n_probe == 4 and t.fingerprint == ref.fingerprint != fp
     t.limit_probe(50)  # more than given: all of them
     assert t.n_probe == 10 and t.fingerprint == fp
-    with pytest.raises(LayerProbeError, match="at least 2"):
-        t.limit_probe(1)
+    for n in (1, 3):
+        with pytest.raises(LayerProbeError, match="at least 4 distinct"):
+            t.limit_probe(n)
     t.start(tiny_bert(0))
     with pytest.raises(LayerProbeError, match="fixed once start"):
         t.limit_probe(4)

@@ -100,8 +100,9 @@ def test_bad_arguments(tokenizer, texts):
     m = tiny_bert(0)
     with pytest.raises(LayerProbeError, match="pooling"):
         Tracker(m, tokenizer, texts, pooling="tokens")
-    with pytest.raises(LayerProbeError, match="at least 2"):
-        Tracker(m, tokenizer, texts[:1])
+    for probe in (texts[:1], texts[:3], [texts[0]] * 9 + [texts[1]], [texts[0], texts[0].upper()] * 4):
+        with pytest.raises(LayerProbeError, match="at least 4 distinct"):
+            Tracker(m, tokenizer, probe)
     with pytest.raises(LayerProbeError, match="multiple"):
         Tracker(m, tokenizer, texts, every_n_steps=3, freeze_policy=FreezePolicy(every_n_steps=4))
 
