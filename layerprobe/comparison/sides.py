@@ -183,32 +183,52 @@ def _add_progress(side: Side, path: str) -> None:
 def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, tokenizer: Any,
                   kw: dict, label: str | None, *, device: str | None = None,
                   dtype: str | None = None) -> Side:
-    """A :class:`Side` for a LoRA adapter directory over its base model (:mod:`layerprobe.io.adapters`)."""
+    """A :class:`Side` for a LoRA adapter directory over its base model (:mod:`layerprobe.io.adapters`).
+
+    With a probe the base is loaded in the class the adapter was trained on (its ``task_type``:
+    a ``SEQ_CLS`` adapter's keys are ``bert.encoder...``, not the bare encoder's ``encoder...``),
+    and every adapter key must load: a missing or left-over key, or an applied update whose norm is
+    not the adapter's own, is a one-line error instead of a comparison with nothing changed.
+    ``modules_to_save`` (a trained head) are compared with the base's copy where it has one; a head
+    the base lacks is reported in ``meta.adapter.modules_to_save`` (``in_base: false``).
+    """
+    import warnings
+
     from layerprobe.io.adapters import (
         adapter_tensors,
-        base_key_of,
         base_model_dir,
+        check_adapter_loaded,
+        find_key,
+        load_base_for_adapter,
         lora_delta,
         lora_update_norm,
-        read_adapter,
+        read_adapter_parts,
+        saved_modules_info,
     )
     from layerprobe.io.checkpoints import open_checkpoint
 
-    cfg, modules = read_adapter(path)
+    cfg, modules, saved = read_adapter_parts(path)
     base_dir = base_model_dir(path, cfg, base)
     label = label or path
-    info = {"kind": "lora", "base": base_dir, "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha"),
-            "modules": len(modules), "update_norm": math.sqrt(sum(lora_update_norm(m["A"], m["B"], m["scale"]) ** 2
-                                                                  for m in modules.values()))}
+    table, blocks = WeightTable.from_source(open_checkpoint(base_dir))
+    keys = [k for rel in table.index.values() for k in rel.values()]
+    info: dict[str, Any] = {
+        "kind": "lora", "base": base_dir, "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha"),
+        "task_type": cfg.get("task_type"), "modules": len(modules),
+        "update_norm": math.sqrt(sum(lora_update_norm(m["A"], m["B"], m["scale"]) ** 2 for m in modules.values())),
+        "modules_to_save": saved_modules_info(saved, keys, table.get)}
     if probe_texts is not None:
         try:
             from peft import PeftModel
         except ImportError:
             raise LayerProbeError("CKA with an adapter needs peft (pip install 'layerprobe[peft]'); "
                                   "without --probe the drift needs no peft", path) from None
-        model, tok = load_hf_model(base_dir, device=device, dtype=dtype)
+        model, tok = load_base_for_adapter(base_dir, cfg, modules, saved, path, device, dtype)
         adapter_tensors(path)  # weights checked with the safe loaders before peft reads them
-        peft_model = PeftModel.from_pretrained(model, path, is_trainable=False).eval()
+        with warnings.catch_warnings():  # peft's "missing adapter keys" warning: check_adapter_loaded raises
+            warnings.filterwarnings("ignore", message=".*missing adapter keys.*")
+            peft_model = PeftModel.from_pretrained(model, path, is_trainable=False).eval()
+        info["applied_update_norm"] = check_adapter_loaded(peft_model, path, info["update_norm"])
         # the adapter's own tokenizer through the one checked loader (a vocabulary past the embedding
         # table is refused in one line), else the base directory's, else the caller's
         tok = load_tokenizer(path, peft_model) or tok or tokenizer
@@ -216,20 +236,20 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
             raise LayerProbeError("no tokenizer in the adapter or base directory to run the probe", path)
         side = resolve_side(peft_model, probe_texts, tok, kw, label)
     else:
-        source = open_checkpoint(base_dir)
-        table, blocks = WeightTable.from_source(source)
-        keys = [k for rel in table.index.values() for k in rel.values()]
         fan = bool(cfg.get("fan_in_fan_out"))
         deltas: dict[str, dict[str, Any]] = {}
         for m, mod in modules.items():
-            k = base_key_of(m, keys)
+            k = find_key(m + ".weight", keys)
             if k is None:
                 raise LayerProbeError(f"adapter module {m!r} has no weight in the base model", path)
             deltas[k] = mod
+        replaced = {k: t for name, t in saved.items() if (k := find_key(name, keys)) is not None}
         base_get = table.get
 
-        def get(key: str) -> torch.Tensor:  # W0 + scale·B·A, one tensor at a time
+        def get(key: str) -> torch.Tensor:  # W0 + scale·B·A (or the saved module), one tensor at a time
             t = base_get(key)
+            if key in replaced:
+                return replaced[key].to(t.dtype)
             mod = deltas.get(key)
             return t if mod is None else (t.double() + lora_delta(mod, fan, tuple(t.shape))).to(t.dtype)
 
