@@ -388,7 +388,8 @@ def compare_sides(
                 row["cka_ci"] = list(bootstrap_cka(sa.representations[row["name"]], sb.representations[row["name"]],
                                                    n_boot=n_boot, level=ci_level, seed=seed, groups=groups))
             subsampled |= any(issubclass(w.category, CKASubsampleWarning) for w in caught)
-        ci_meta = {"method": "percentile bootstrap over probe examples (same resamples for every entry)",
+        ci_meta = {"method": "bias-corrected bootstrap over probe examples (percentiles recentred on the estimate, "
+                             "at least the delete-one jackknife interval; same resamples for every entry)",
                    "n_boot": n_boot, "level": ci_level, "seed": seed,
                    "resample_unit": "example (all its token rows)" if groups is not None else "example",
                    "subsampled": subsampled}
