@@ -375,3 +375,23 @@ class AutoFreezePolicy:
     def write_csv(self, path: str | os.PathLike) -> str:
         """Write the decision log atomically; returns the path."""
         return atomic_write_text(path, self.log_frame().to_csv(**CSV_OPTIONS))
+
+
+#: the fields of each policy that change during a run (what a resumed run needs back)
+_RUN_STATE = {"FreezePolicy": ("log", "frozen", "_streak"),
+              "AutoFreezePolicy": ("log", "frozen", "freeze_steps", "cache", "cache_refused", "_checks", "_last_rate",
+                                   "_lr_peaked", "_last_step", "_peak", "_advised", "_settled")}
+
+
+def policy_state(policy: FreezePolicy | AutoFreezePolicy) -> dict[str, Any]:
+    """The run state of a policy as JSON-able values (:func:`restore_policy_state` reads it back)."""
+    import copy
+
+    return {k: copy.deepcopy(getattr(policy, k)) for k in _RUN_STATE.get(type(policy).__name__, ())}
+
+
+def restore_policy_state(policy: FreezePolicy | AutoFreezePolicy, state: dict[str, Any]) -> None:
+    """Put back :func:`policy_state`'s values (the frozen prefix itself is re-applied by the caller)."""
+    for k in _RUN_STATE.get(type(policy).__name__, ()):
+        if k in state:
+            setattr(policy, k, state[k])
