@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from layerprobe.freezing.prefix_cache import PrefixCache
     from layerprobe.freezing.rule import Thresholds
 
-__all__ = ["DEFAULT_AUTO_RULE", "LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
+__all__ = ["DEFAULT_AUTO_RULE", "LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy", "policy_state", "restore_policy_state"]
 
 # --------------------------------------------------------------------------------------------
 # Online freeze policy

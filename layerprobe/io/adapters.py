@@ -238,7 +238,7 @@ def check_adapter_loaded(peft_model: Any, path: str, update_norm: float) -> floa
     the adapter's own: returns the applied update norm ``sqrt(Σ‖ΔW‖²)``."""
     from peft.utils import get_peft_model_state_dict
 
-    from layerprobe.model.unwrap import _lora_layers
+    from layerprobe.model.unwrap import lora_layers
 
     in_file = {_strip(k) for k in adapter_tensors(path)}
     in_model = {_strip(k) for k in get_peft_model_state_dict(peft_model)}
@@ -247,7 +247,7 @@ def check_adapter_loaded(peft_model: Any, path: str, update_norm: float) -> floa
             raise LayerProbeError(f"{len(keys)} adapter key(s) {what}, e.g. {one_line(sorted(keys)[0], 80)}: "
                                   "the adapter does not fit the base model as loaded", path)
     total = 0.0
-    for layer in _lora_layers(peft_model).values():
+    for layer in lora_layers(peft_model).values():
         lay: Any = layer
         for name in lay.active_adapters:
             if name in getattr(lay, "lora_A", {}) or name in getattr(lay, "lora_embedding_A", {}):

@@ -338,13 +338,13 @@ class Tracker:
         return out
 
     def _copy_weights(self) -> dict[str, list[tuple[str, torch.Tensor]]]:
-        from layerprobe.model.unwrap import _full  # FSDP2 / DTensor: the whole tensor (every rank calls this)
+        from layerprobe.model.unwrap import full_tensor as _full  # FSDP2: the whole tensor (every rank calls it)
 
         return {e: [(n, _full(p.detach()).to("cpu", copy=True)) for n, p in ps]
                 for e, ps in self._entry_params().items()}
 
     def _drift(self) -> dict[str, float]:
-        from layerprobe.model.unwrap import _full
+        from layerprobe.model.unwrap import full_tensor as _full
 
         start_weights = self._start_weights
         assert start_weights is not None  # copied by start() before its first check
