@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from layerprobe._version import __version__
-from layerprobe.comparison.sides import Side, WeightTable, read_probe, resolve_side
+from layerprobe.comparison.sides import Side, WeightTable, check_inputs, read_probe, resolve_side
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.rule import Thresholds, recommend
 from layerprobe.io.checkpoints import check_finite
@@ -229,6 +229,7 @@ def compare(
     kw = {**popts.settle(snaps[0][0].meta if snaps else None).snapshot_kwargs(), "progress": progress,
           "device": device, "dtype": dtype, "block_pattern": blocks, "embedding_pattern": embeddings,
           "adapter_base": a if isinstance(a, (str, os.PathLike)) else None}
+    check_inputs(a, b, probe=texts is not None)  # both sides, before any model runs
     sa = resolve_side(a, texts, tokenizer, kw, label=None if not isinstance(a, Snapshot) else "A")
     if sa.representations and sa.meta.get("pooling"):  # e.g. a snapshot file: the other side follows it
         kw.update(popts.settle(sa.meta, sa.label).snapshot_kwargs())

@@ -26,7 +26,7 @@ from layerprobe.snapshot.take import Snapshot, take_snapshot
 if TYPE_CHECKING:
     from layerprobe.io.checkpoints import TensorSource
 
-__all__ = ["Side", "WeightTable", "read_probe", "resolve_side", "side_from_snapshot"]
+__all__ = ["Side", "WeightTable", "check_inputs", "read_probe", "resolve_side", "side_from_snapshot"]
 
 
 @dataclass
@@ -91,6 +91,31 @@ def side_from_snapshot(snap: Snapshot, label: str) -> Side:
                 None if snap.has_representations else f"{label} is a weights-only snapshot")
 
 
+def check_inputs(*inputs: Any, probe: bool) -> None:
+    """Every path input exists and is readable, and a model directory that a probe will run is a
+    model directory — checked for all inputs before any model runs (a bad second input used to
+    surface only after the first had been loaded and probed)."""
+    from layerprobe.io.adapters import is_adapter_dir
+    from layerprobe.io.files import check_exists
+    from layerprobe.io.model_dir import check_model_dir, sentence_transformer_dir
+
+    for x in inputs:
+        if not isinstance(x, (str, os.PathLike)):
+            continue
+        path = os.fspath(x)
+        check_exists(path, "input", missing="no such file or directory")
+        if not os.access(path, os.R_OK):
+            raise LayerProbeError("not readable (permission denied)", path)
+        if os.path.isdir(path) and probe and not is_adapter_dir(path):
+            path = sentence_transformer_dir(path) or path
+            if os.path.lexists(os.path.join(path, "config.json")) or not _has_weight_files(path):
+                check_model_dir(path, build=False, weights=False)
+
+
+def _has_weight_files(path: str) -> bool:
+    return any(n.endswith((".safetensors", ".bin", ".pt", ".index.json")) for n in os.listdir(path))
+
+
 def resolve_side(
     x: Any,
     probe_texts: Sequence[str] | None,
@@ -128,6 +153,17 @@ def resolve_side(
 
     check_exists(path, "input", missing="no such file or directory")  # a loop or too long a name is said so
     from layerprobe.io.adapters import is_adapter_dir
+    from layerprobe.io.model_dir import sentence_transformer_dir
+
+    st_dir = sentence_transformer_dir(path)
+    if st_dir is not None and st_dir != path:  # a sentence-transformers save: its transformer module
+        side = resolve_side(st_dir, probe_texts, tokenizer, {**kw, "device": device, "dtype": dtype,
+                                                             "block_pattern": block_pattern,
+                                                             "embedding_pattern": embedding_pattern,
+                                                             "adapter_base": base}, label)
+        side.meta["source"] = {**side.meta.get("source", {}), "path": path, "kind": "sentence_transformers",
+                               "module": os.path.relpath(st_dir, path)}
+        return side
 
     overrides = {"block_pattern": block_pattern, "embedding_pattern": embedding_pattern}
     if os.path.isdir(path) and is_adapter_dir(path):
