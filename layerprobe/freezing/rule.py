@@ -80,6 +80,22 @@ class Recommendation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: one row per entry (advised-frozen rows highlighted) with its reason, then the totals."""
+        import html
+
+        rows = []
+        for name in [*self.freeze, *self.train]:
+            frozen = name in self.freeze
+            style = " style='background-color:#dbe9f6'" if frozen else ""
+            rows.append(f"<tr{style}><td>{html.escape(name)}</td><td>{'FREEZE' if frozen else 'train'}</td>"
+                        f"<td style='text-align:left'>{html.escape(self.reasons.get(name, ''))}</td></tr>")
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return ("<table><thead><tr><th>entry</th><th>advice</th><th>reason</th></tr></thead><tbody>"
+                + "".join(rows) + "</tbody></table>"
+                + f"<p>frozen parameters: {self.frozen_param_fraction:.1%}; estimated training compute saved: "
+                  f"{self.est_compute_saving:.0%}</p>" + (f"<ul>{notes}</ul>" if notes else ""))
+
 
 def _fmt_cka(entry: dict) -> str:
     s = f"CKA {entry['cka']:.4f}"

@@ -6,7 +6,6 @@ layerprobe does at import time.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,6 +23,14 @@ from transformers.trainer_callback import ExportableState
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
+from layerprobe.integrations.hf_state import (
+    REFERENCE_FILE,
+    STATE_JSON,
+    STATE_TENSORS,
+    restore_state,
+    save_state,
+    stored_state,
+)
 from layerprobe.model.blocks import Blocks
 from layerprobe.options import DEFAULT_POOLING
 from layerprobe.tracking.tracker import (
@@ -41,12 +48,6 @@ __all__ = ["STATE_JSON", "STATE_TENSORS", "REFERENCE_FILE", "LayerProbeCallback"
 
 _DEFAULT: Any = object()  # probe_share not given
 
-#: written into each Trainer checkpoint (``checkpoint-N/``): the run state a resume needs
-STATE_JSON = "layerprobe_state.json"
-#: the start's and the latest check's probe representations, beside :data:`STATE_JSON`
-STATE_TENSORS = "layerprobe_state.safetensors"
-#: the start weights (the drift reference), once per run in ``output_dir``
-REFERENCE_FILE = "layerprobe_reference.safetensors"
 
 logger = logging.getLogger("layerprobe")
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # callbacks built in this process (see __new__)
@@ -222,7 +223,7 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
             if getattr(self.policy, "cache", False):  # the cache would stand in on rank 0 only
                 cast(AutoFreezePolicy, self.policy).cache = False  # FreezePolicy has no cache
         step = int(state.global_step)
-        resume = self.resume_state or _stored_state(state, type(self).__name__)
+        resume = self.resume_state or stored_state(state, type(self).__name__)
         if step > 0 and resume:
             self._restore(args, state, model, resume)
             return control
@@ -329,69 +330,11 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
         return {"args": {"_layerprobe_resume": True}, "attributes": {"resume_state": where}}
 
     def _save_state(self, ckpt: str) -> dict[str, Any] | None:
-        from safetensors.torch import save_file
-
-        from layerprobe.freezing.policy import policy_state
-        from layerprobe.io.outputs import atomic_write_text
-
-        if not os.path.isdir(ckpt):
-            return None
-        fields, reps, weights = self.tracker.export_state()
-        assert self.output_dir is not None
-        ref = os.path.join(self.output_dir, REFERENCE_FILE)
-        if not os.path.isfile(ref):
-            tmp = ref + ".tmp"
-            save_file(weights, tmp)
-            os.replace(tmp, ref)
-        save_file(reps, os.path.join(ckpt, STATE_TENSORS))
-        model = self._trained_model()
-        doc = {"version": 1, "step": self._step, "tracker": fields,
-               "policy": policy_state(self.policy) if self.policy is not None else None,
-               "probe_plan": self.probe_plan, "reference": os.path.abspath(ref),
-               "frozen_params": sorted(n for n, p in model.named_parameters() if not p.requires_grad)}
-        atomic_write_text(os.path.join(ckpt, STATE_JSON), json.dumps(doc))
-        return {"dir": os.path.abspath(ckpt), "step": self._step}
+        return save_state(self, ckpt)
 
     def _restore(self, args, state, model: nn.Module, resume: dict[str, Any]) -> None:
         """Continue the run saved in the checkpoint being resumed (see :meth:`state`)."""
-        from safetensors.torch import load_file
-
-        from layerprobe.freezing.policy import restore_policy_state
-
-        step = int(state.global_step)
-        dirs = [os.path.join(args.output_dir, f"checkpoint-{step}"), str(resume.get("dir") or "")]
-        ckpt = next((d for d in dirs if d and os.path.isfile(os.path.join(d, STATE_JSON))), None)
-        if ckpt is None:
-            raise LayerProbeError(f"LayerProbeCallback: resuming at step {step}, but {STATE_JSON} is in neither "
-                                  f"{dirs[0]} nor {dirs[1] or '(no recorded directory)'}")
-        with open(os.path.join(ckpt, STATE_JSON), encoding="utf-8") as f:
-            doc = json.load(f)
-        if int(doc.get("step", -1)) != step:
-            raise LayerProbeError(f"LayerProbeCallback: {os.path.join(ckpt, STATE_JSON)} is of step {doc.get('step')}, "
-                                  f"the Trainer resumes at step {step}")
-        self._attach_model(model)
-        if self._measures:
-            weights = load_file(str(doc["reference"])) if os.path.isfile(str(doc["reference"])) else None
-            if weights is None:
-                raise LayerProbeError(f"LayerProbeCallback: the drift reference {doc['reference']} is gone "
-                                      "(written once per run in output_dir)")
-            self.tracker.restore_state(model, doc["tracker"], load_file(os.path.join(ckpt, STATE_TENSORS)), weights)
-        else:
-            self.tracker.every_n_steps = int(doc["tracker"]["every_n_steps"])
-            self.tracker.rows = [dict(r) for r in doc["tracker"]["rows"]]
-        self.probe_plan = doc.get("probe_plan")
-        frozen = set(doc.get("frozen_params") or ())
-        for n, p in model.named_parameters():  # before the first resumed step
-            if n in frozen:
-                p.requires_grad_(False)
-        if self.policy is not None and doc.get("policy") is not None:
-            restore_policy_state(self.policy, doc["policy"])
-            attach = getattr(self.policy, "_attach_cache", None)
-            if attach is not None and getattr(self.policy, "cache", False) and self.policy.frozen:
-                attach(model, self.tracker.blocks)
-        self._logged_freezes = len(self.policy.frozen) if self.policy is not None else 0
-        self.resumed_from = step
-        self._write()
+        restore_state(self, args, state, model, resume)
 
     # -- visible decisions ---------------------------------------------------------------------
 
@@ -497,17 +440,6 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
     def _order(self, name: str) -> int:
         names = self.tracker.blocks.names if self.tracker.blocks is not None else []
         return names.index(name) if name in names else len(names)
-
-
-def _stored_state(state, name: str) -> dict[str, Any] | None:
-    """The pointer :meth:`LayerProbeCallback.state` left in the resumed ``trainer_state.json``."""
-    stored = (getattr(state, "stateful_callbacks", None) or {}).get(name)
-    if isinstance(stored, list):
-        stored = stored[0] if stored else None
-    if not isinstance(stored, dict):
-        return None
-    value = (stored.get("attributes") or {}).get("resume_state")
-    return value if isinstance(value, dict) else None
 
 
 def _is_fsdp(model: nn.Module) -> bool:

@@ -83,7 +83,8 @@ def to_markdown(c: Comparison) -> str:
 
 
 def to_csv(c: Comparison) -> str:
-    return c.to_frame().to_csv(**CSV_OPTIONS)
+    df = c.to_frame().reset_index()  # the entry name back as a column, after "index" as before
+    return df[["index", "name", *(k for k in df.columns if k not in ("index", "name"))]].to_csv(**CSV_OPTIONS)
 
 
 def render(c: Comparison, fmt: str) -> str:
