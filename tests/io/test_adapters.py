@@ -114,10 +114,10 @@ def task_adapter(tmp_path_factory, tokenizer):
 
 def test_task_adapter_with_probe_is_the_merged_model(task_adapter, texts, tokenizer):
     base_dir, adapter_dir, pm = task_adapter
-    c = lp.compare(str(base_dir), str(adapter_dir), probe=texts[:16], max_length=16, ci=False)
+    c = lp.compare(str(base_dir), str(adapter_dir), probe=texts[:16], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
     weights_only = lp.compare(str(base_dir), str(adapter_dir))
     merged = pm.merge_and_unload()
-    ref = lp.compare(tiny_bert(0), merged, texts[:16], tokenizer, max_length=16, ci=False)
+    ref = lp.compare(tiny_bert(0), merged, texts[:16], tokenizer, probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
     for e, r, w in zip(c.blocks, ref.blocks, weights_only.blocks):
         assert e["cka"] == pytest.approx(r["cka"], abs=1e-6)
         assert e["weight_drift"] == pytest.approx(w["weight_drift"], rel=1e-5)
@@ -182,7 +182,7 @@ def test_adapter_key_peft_would_not_load_is_an_error(tmp_path, task_adapter, tex
     save_file(sd, str(bad / "adapter_model.safetensors"))
     with pytest.raises(lp.LayerProbeError, match=r"2 adapter key\(s\) missing from the model, e.g. bert.encoder."
                                                  r"layer.0.attention.self.key.lora_A.weight"):
-        lp.compare(str(base_dir), str(bad), probe=texts[:8], max_length=16, ci=False)
+        lp.compare(str(base_dir), str(bad), probe=texts[:8], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
 
 
 def test_adapter_with_an_update_but_no_drift_is_refused():

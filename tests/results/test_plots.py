@@ -22,7 +22,7 @@ def result(tokenizer, texts):
     with torch.no_grad():
         for p in tuned.encoder.layer[3].parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return lp.compare(tiny_bert(0), tuned, texts[:24], tokenizer, max_length=16, n_boot=100)
+    return lp.compare(tiny_bert(0), tuned, texts[:24], tokenizer, probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(n_boot=100))
 
 
 def test_plot_returns_a_figure_without_touching_global_style_or_files(result, tmp_path, monkeypatch):

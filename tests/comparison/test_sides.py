@@ -29,8 +29,8 @@ def _st_dir(root, model, tokenizer):
 def test_sentence_transformers_dirs_compare_like_their_transformer(tmp_path, tokenizer, texts):
     a = _st_dir(tmp_path / "st_a", tiny_bert(0), tokenizer)
     b = _st_dir(tmp_path / "st_b", tiny_bert(1), tokenizer)
-    c = lp.compare(str(a), str(b), probe=texts[:12], max_length=16, ci=False)
-    ref = lp.compare(str(a / "0_Transformer"), str(b / "0_Transformer"), probe=texts[:12], max_length=16, ci=False)
+    c = lp.compare(str(a), str(b), probe=texts[:12], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
+    ref = lp.compare(str(a / "0_Transformer"), str(b / "0_Transformer"), probe=texts[:12], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
     assert [e["cka"] for e in c.blocks] == pytest.approx([e["cka"] for e in ref.blocks], abs=1e-9)
     assert min(e["cka"] for e in c.blocks) < 0.99
     w = lp.compare(str(a), str(b))  # weights only
