@@ -138,6 +138,8 @@ def resolve_side(
             from layerprobe.model.unwrap import unwrap
 
             kw["blocks"] = find_blocks(unwrap(x), blocks=block_pattern, embeddings=embedding_pattern)
+        if kw.get("progress") is True and label:  # say which side / checkpoint the bar is for
+            kw["progress"] = f"probe {os.path.basename(str(label).rstrip(os.sep)) or label}"
         snap = take_snapshot(x, tokenizer, list(probe_texts) if probe_texts is not None else None, **kw)
         side = side_from_snapshot(snap, label or type(x).__name__)
         if probe_texts is None:
