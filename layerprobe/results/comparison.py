@@ -49,6 +49,19 @@ class Comparison:
     other: dict | None = None
     cross_layer: dict | None = None
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Comparison:
+        """A comparison back from :meth:`to_dict` or a saved ``comparison.json`` (to re-render, re-plot
+        or re-advise it without the models; NaN values come back as None)."""
+        return cls(list(d["blocks"]), Recommendation(**d["recommendation"]), dict(d["meta"]), d.get("other"),
+                   d.get("cross_layer"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Comparison:
+        """:meth:`from_dict` of a ``comparison.json`` file."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
     def to_dict(self) -> dict:
         d = {"schema_version": SCHEMA_VERSION, "blocks": self.blocks,
              "recommendation": self.recommendation.to_dict(), "meta": self.meta}
