@@ -81,7 +81,7 @@ from layerprobe.comparison.compare import compare
 
 result = compare(base, tuned)
 frame = result.to_frame()
-print(frame[["name", "cka", "weight_drift", "advice"]].to_string(index=False))
+print(frame[["cka", "weight_drift", "advice"]].to_string())
 with open(os.path.join(OUT, "comparison.json"), "w") as f:
     f.write(result.to_json())
 
@@ -119,5 +119,6 @@ print("the bottom half, for comparison:", bottom_prefix(find_blocks(fresh), 3))
 # %%
 from layerprobe.results.plots import plot_blocks
 
-print("wrote", plot_blocks(result.to_dict(), os.path.join(OUT, "blocks.png"),
-                           title=f"MiniLM-L6 on Rotten Tomatoes (accuracy {acc0:.2f} → {acc1:.2f})"))
+plot_blocks(result.to_dict(), os.path.join(OUT, "blocks.png"),
+            title=f"MiniLM-L6 on Rotten Tomatoes (accuracy {acc0:.2f} → {acc1:.2f})")
+print("wrote", os.path.join(OUT, "blocks.png"))

@@ -33,7 +33,8 @@ def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
                    help="mean over real tokens (default), first token, last real token, or all tokens")
     p.add_argument("--max-tokens", type=int, default=None, metavar="K",
                    help="with --pooling tokens: keep at most K tokens per example")
-    p.add_argument("--batch-size", type=int, default=ProbeOptions.batch_size)
+    p.add_argument("--batch-size", type=int, default=ProbeOptions.batch_size, metavar="N",
+                   help=f"probe examples per forward pass (default {ProbeOptions.batch_size}); lower it if memory runs out")
     p.add_argument("--device", default=None, metavar="DEV", help="run models on cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="load models in this precision (default: as saved); recorded in meta")
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight files for A when A is a representation-only snapshot (offloaded model)")
     p.add_argument("--weights-b", default=None, metavar="PATH", help="weight files for B, likewise")
     _add_probe_args(p, probe_required=False)
-    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="what is printed on stdout: table (default), markdown, csv or json (the JSON contract)")
     p.add_argument("--out", metavar="DIR", help="also write comparison.json, comparison.csv, groups.csv, blocks.png")
     p.add_argument("--min-cka", type=float, default=0.99,  # = Thresholds().min_cka (not imported here: start-up)
                    help="freeze only entries with CKA >= this (default 0.99, fit by the freeze study)")

@@ -14,8 +14,8 @@ from typing import Any
 
 from layerprobe.errors import LayerProbeError
 
-__all__ = ["CKAOptions", "ProbeOptions", "POOLINGS", "ESTIMATORS", "FORMATS", "CSV_OPTIONS", "DEFAULT_BATCH_SIZE",
-           "DEFAULT_MAX_LENGTH", "DEFAULT_POOLING", "MAX_N_BOOT", "TRAINING_MAX_LENGTH", "checked"]
+__all__ = ["CKAOptions", "csv_float", "ProbeOptions", "POOLINGS", "ESTIMATORS", "FORMATS", "CSV_OPTIONS",
+           "DEFAULT_BATCH_SIZE", "DEFAULT_MAX_LENGTH", "DEFAULT_POOLING", "MAX_N_BOOT", "TRAINING_MAX_LENGTH", "checked"]
 
 #: ``pooling=`` choices: mean over real tokens, first token, last real token, every token
 POOLINGS = ("mean", "first", "last", "tokens")
@@ -24,7 +24,18 @@ ESTIMATORS = ("linear", "debiased", "rbf")
 #: output formats of the report / ``--format``
 FORMATS = ("table", "json", "csv", "markdown")
 #: how every CSV layerprobe writes is formatted (``DataFrame.to_csv(**CSV_OPTIONS)``)
-CSV_OPTIONS: Mapping[str, Any] = {"index": False, "float_format": "%.10g", "lineterminator": "\n"}
+def csv_float(x: float) -> str:
+    """A float as every CSV layerprobe writes it: 10 significant digits, always a float (``1.0``,
+    not ``1``, so a reader infers the same dtype for every file).
+
+    >>> csv_float(1.0), csv_float(0.123456789012), csv_float(1e-12), csv_float(float("nan"))
+    ('1.0', '0.123456789', '1e-12', 'nan')
+    """
+    s = f"{x:.10g}"
+    return s + ".0" if s.lstrip("-").isdigit() else s
+
+
+CSV_OPTIONS: Mapping[str, Any] = {"index": False, "float_format": csv_float, "lineterminator": "\n"}
 
 #: the defaults, defined here only
 DEFAULT_POOLING = "mean"

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from layerprobe._version import __version__
-from layerprobe.comparison.sides import Side, WeightTable, read_probe, resolve_side
+from layerprobe.comparison.sides import Side, WeightTable, check_inputs, read_probe, resolve_side
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.predict import check_tolerance
 from layerprobe.freezing.rule import Thresholds, recommend
@@ -244,6 +244,7 @@ def compare(
     kw = {**popts.settle(snaps[0][0].meta if snaps else None).snapshot_kwargs(), "progress": progress,
           "device": device, "dtype": dtype, "block_pattern": blocks, "embedding_pattern": embeddings,
           "adapter_base": a if isinstance(a, (str, os.PathLike)) else None}
+    check_inputs(a, b, probe=texts is not None)  # both sides, before any model runs
     sa = resolve_side(a, texts, tokenizer, kw, label=None if not isinstance(a, Snapshot) else "A")
     if sa.representations and sa.meta.get("pooling"):  # e.g. a snapshot file: the other side follows it
         kw.update(popts.settle(sa.meta, sa.label).snapshot_kwargs())
@@ -438,7 +439,8 @@ def compare_sides(
                 row["cka_ci"] = list(bootstrap_cka(sa.representations[row["name"]], sb.representations[row["name"]],
                                                    n_boot=n_boot, level=ci_level, seed=seed, groups=groups))
             subsampled |= any(issubclass(w.category, CKASubsampleWarning) for w in caught)
-        ci_meta = {"method": "percentile bootstrap over probe examples (same resamples for every entry)",
+        ci_meta = {"method": "bias-corrected bootstrap over probe examples (percentiles recentred on the estimate, "
+                             "at least the delete-one jackknife interval; same resamples for every entry)",
                    "n_boot": n_boot, "level": ci_level, "seed": seed,
                    "resample_unit": "example (all its token rows)" if groups is not None else "example",
                    "subsampled": subsampled}
@@ -499,8 +501,27 @@ def compare_sides(
         got = {k: s.meta[key] for k, s in (("a", sa), ("b", sb)) if s.meta.get(key) is not None}
         if got:
             meta[key] = got
+    for side_key, adapter in meta.get("adapter", {}).items():
+        _adapter_notes(adapter, entries, other, rec.notes, sa.label if side_key == "a" else sb.label)
     if "progress" in meta and "b" in meta["progress"]:
         from layerprobe.io.trainer_state import progress_text
 
         rec.notes.append(f"tuned side: {progress_text(meta['progress']['b'])}")
     return Comparison(entries, rec, meta, other, xmap)
+
+
+def _adapter_notes(adapter: dict, entries: list[dict], other: dict | None, notes: list[str], label: str) -> None:
+    """Cross-check an adapter side: an adapter with an update must show drift somewhere (else it did
+    not load: one-line error), and a trained head the base lacks is said, not silently dropped."""
+    norm = float(adapter.get("update_norm") or 0.0)
+    drifts = [e.get("weight_drift") for e in entries] + [(other or {}).get("weight_drift")]
+    if norm > 0 and all(d == 0.0 for d in drifts if d is not None) and any(d is not None for d in drifts):
+        raise LayerProbeError(f"the adapter's update norm is {norm:.6g} but no compared weight changed: "
+                              "the adapter was not applied to this base model", label)
+    for module, info in (adapter.get("modules_to_save") or {}).items():
+        if info.get("in_base"):
+            notes.append(f"adapter head {module} ({info['n_params']} parameters, modules_to_save): "
+                         f"drift {info['weight_drift'] or 0.0:.4g} from the base's copy")
+        else:
+            notes.append(f"adapter head {module} ({info['n_params']} parameters, modules_to_save) is not in the "
+                         "base model: trained from a fresh initialisation, not compared")

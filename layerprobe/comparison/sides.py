@@ -26,7 +26,7 @@ from layerprobe.snapshot.take import Snapshot, take_snapshot
 if TYPE_CHECKING:
     from layerprobe.io.checkpoints import TensorSource
 
-__all__ = ["Side", "WeightTable", "read_probe", "resolve_side", "side_from_snapshot"]
+__all__ = ["Side", "WeightTable", "check_inputs", "read_probe", "resolve_side", "side_from_snapshot"]
 
 
 @dataclass
@@ -91,6 +91,31 @@ def side_from_snapshot(snap: Snapshot, label: str) -> Side:
                 None if snap.has_representations else f"{label} is a weights-only snapshot")
 
 
+def check_inputs(*inputs: Any, probe: bool) -> None:
+    """Every path input exists and is readable, and a model directory that a probe will run is a
+    model directory — checked for all inputs before any model runs (a bad second input used to
+    surface only after the first had been loaded and probed)."""
+    from layerprobe.io.adapters import is_adapter_dir
+    from layerprobe.io.files import check_exists
+    from layerprobe.io.model_dir import check_model_dir, sentence_transformer_dir
+
+    for x in inputs:
+        if not isinstance(x, (str, os.PathLike)):
+            continue
+        path = os.fspath(x)
+        check_exists(path, "input", missing="no such file or directory")
+        if not os.access(path, os.R_OK):
+            raise LayerProbeError("not readable (permission denied)", path)
+        if os.path.isdir(path) and probe and not is_adapter_dir(path):
+            path = sentence_transformer_dir(path) or path
+            if os.path.lexists(os.path.join(path, "config.json")) or not _has_weight_files(path):
+                check_model_dir(path, build=False, weights=False)
+
+
+def _has_weight_files(path: str) -> bool:
+    return any(n.endswith((".safetensors", ".bin", ".pt", ".index.json")) for n in os.listdir(path))
+
+
 def resolve_side(
     x: Any,
     probe_texts: Sequence[str] | None,
@@ -113,6 +138,8 @@ def resolve_side(
             from layerprobe.model.unwrap import unwrap
 
             kw["blocks"] = find_blocks(unwrap(x), blocks=block_pattern, embeddings=embedding_pattern)
+        if kw.get("progress") is True and label:  # say which side / checkpoint the bar is for
+            kw["progress"] = f"probe {os.path.basename(str(label).rstrip(os.sep)) or label}"
         snap = take_snapshot(x, tokenizer, list(probe_texts) if probe_texts is not None else None, **kw)
         side = side_from_snapshot(snap, label or type(x).__name__)
         if probe_texts is None:
@@ -131,6 +158,17 @@ def resolve_side(
 
     check_exists(path, "input", missing="no such file or directory")  # a loop or too long a name is said so
     from layerprobe.io.adapters import is_adapter_dir
+    from layerprobe.io.model_dir import sentence_transformer_dir
+
+    st_dir = sentence_transformer_dir(path)
+    if st_dir is not None and st_dir != path:  # a sentence-transformers save: its transformer module
+        side = resolve_side(st_dir, probe_texts, tokenizer, {**kw, "device": device, "dtype": dtype,
+                                                             "block_pattern": block_pattern,
+                                                             "embedding_pattern": embedding_pattern,
+                                                             "adapter_base": base}, label)
+        side.meta["source"] = {**side.meta.get("source", {}), "path": path, "kind": "sentence_transformers",
+                               "module": os.path.relpath(st_dir, path)}
+        return side
 
     overrides = {"block_pattern": block_pattern, "embedding_pattern": embedding_pattern}
     if os.path.isdir(path) and is_adapter_dir(path):
@@ -186,32 +224,52 @@ def _add_progress(side: Side, path: str) -> None:
 def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, tokenizer: Any,
                   kw: dict, label: str | None, *, device: str | None = None,
                   dtype: str | None = None) -> Side:
-    """A :class:`Side` for a LoRA adapter directory over its base model (:mod:`layerprobe.io.adapters`)."""
+    """A :class:`Side` for a LoRA adapter directory over its base model (:mod:`layerprobe.io.adapters`).
+
+    With a probe the base is loaded in the class the adapter was trained on (its ``task_type``:
+    a ``SEQ_CLS`` adapter's keys are ``bert.encoder...``, not the bare encoder's ``encoder...``),
+    and every adapter key must load: a missing or left-over key, or an applied update whose norm is
+    not the adapter's own, is a one-line error instead of a comparison with nothing changed.
+    ``modules_to_save`` (a trained head) are compared with the base's copy where it has one; a head
+    the base lacks is reported in ``meta.adapter.modules_to_save`` (``in_base: false``).
+    """
+    import warnings
+
     from layerprobe.io.adapters import (
         adapter_tensors,
-        base_key_of,
         base_model_dir,
+        check_adapter_loaded,
+        find_key,
+        load_base_for_adapter,
         lora_delta,
         lora_update_norm,
-        read_adapter,
+        read_adapter_parts,
+        saved_modules_info,
     )
     from layerprobe.io.checkpoints import open_checkpoint
 
-    cfg, modules = read_adapter(path)
+    cfg, modules, saved = read_adapter_parts(path)
     base_dir = base_model_dir(path, cfg, base)
     label = label or path
-    info = {"kind": "lora", "base": base_dir, "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha"),
-            "modules": len(modules), "update_norm": math.sqrt(sum(lora_update_norm(m["A"], m["B"], m["scale"]) ** 2
-                                                                  for m in modules.values()))}
+    table, blocks = WeightTable.from_source(open_checkpoint(base_dir))
+    keys = [k for rel in table.index.values() for k in rel.values()]
+    info: dict[str, Any] = {
+        "kind": "lora", "base": base_dir, "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha"),
+        "task_type": cfg.get("task_type"), "modules": len(modules),
+        "update_norm": math.sqrt(sum(lora_update_norm(m["A"], m["B"], m["scale"]) ** 2 for m in modules.values())),
+        "modules_to_save": saved_modules_info(saved, keys, table.get)}
     if probe_texts is not None:
         try:
             from peft import PeftModel
         except ImportError:
             raise LayerProbeError("CKA with an adapter needs peft (pip install 'layerprobe[peft]'); "
                                   "without --probe the drift needs no peft", path) from None
-        model, tok = load_hf_model(base_dir, device=device, dtype=dtype)
+        model, tok = load_base_for_adapter(base_dir, cfg, modules, saved, path, device, dtype)
         adapter_tensors(path)  # weights checked with the safe loaders before peft reads them
-        peft_model = PeftModel.from_pretrained(model, path, is_trainable=False).eval()
+        with warnings.catch_warnings():  # peft's "missing adapter keys" warning: check_adapter_loaded raises
+            warnings.filterwarnings("ignore", message=".*missing adapter keys.*")
+            peft_model = PeftModel.from_pretrained(model, path, is_trainable=False).eval()
+        info["applied_update_norm"] = check_adapter_loaded(peft_model, path, info["update_norm"])
         # the adapter's own tokenizer through the one checked loader (a vocabulary past the embedding
         # table is refused in one line), else the base directory's, else the caller's
         tok = load_tokenizer(path, peft_model) or tok or tokenizer
@@ -219,20 +277,20 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
             raise LayerProbeError("no tokenizer in the adapter or base directory to run the probe", path)
         side = resolve_side(peft_model, probe_texts, tok, kw, label)
     else:
-        source = open_checkpoint(base_dir)
-        table, blocks = WeightTable.from_source(source)
-        keys = [k for rel in table.index.values() for k in rel.values()]
         fan = bool(cfg.get("fan_in_fan_out"))
         deltas: dict[str, dict[str, Any]] = {}
         for m, mod in modules.items():
-            k = base_key_of(m, keys)
+            k = find_key(m + ".weight", keys)
             if k is None:
                 raise LayerProbeError(f"adapter module {m!r} has no weight in the base model", path)
             deltas[k] = mod
+        replaced = {k: t for name, t in saved.items() if (k := find_key(name, keys)) is not None}
         base_get = table.get
 
-        def get(key: str) -> torch.Tensor:  # W0 + scale·B·A, one tensor at a time
+        def get(key: str) -> torch.Tensor:  # W0 + scale·B·A (or the saved module), one tensor at a time
             t = base_get(key)
+            if key in replaced:
+                return replaced[key].to(t.dtype)
             mod = deltas.get(key)
             return t if mod is None else (t.double() + lora_delta(mod, fan, tuple(t.shape))).to(t.dtype)
 

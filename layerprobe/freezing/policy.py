@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from layerprobe.freezing.prefix_cache import PrefixCache
     from layerprobe.freezing.rule import Thresholds
 
-__all__ = ["DEFAULT_AUTO_RULE", "LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy"]
+__all__ = ["DEFAULT_AUTO_RULE", "LOG_COLUMNS", "AutoFreezePolicy", "FreezePolicy", "policy_state", "restore_policy_state"]
 
 # --------------------------------------------------------------------------------------------
 # Online freeze policy
@@ -274,6 +274,7 @@ class AutoFreezePolicy:
         if not self._lr_peaked and (not math.isfinite(rate) or
                                     (math.isfinite(self._last_rate) and rate <= self._last_rate * (1 + 1e-9))):
             self._lr_peaked = True  # the mean rate stopped rising: warm-up is over (or no lr is known)
+        rising = math.isfinite(self._last_rate) and math.isfinite(rate) and rate > self._last_rate * (1 + 1e-9)
         self._last_rate = rate
         self._last_step = int(step)
         observing = self._checks <= self.warmup_checks or (self.wait_for_lr_peak and not self._lr_peaked)
@@ -300,7 +301,7 @@ class AutoFreezePolicy:
                 continue
             if observing:
                 reasons[n] = ("train", f"observing: check {self._checks} (warm-up: {self.warmup_checks} checks"
-                                       f"{' and the learning rate still rising' if not self._lr_peaked else ''})")
+                                       f"{_lr_note(self._lr_peaked, rising)})")
                 continue
             if blocked_by is not None:
                 reasons[n] = ("train", f"{blocked_by} below still trains (the frozen set stays a bottom prefix)")
@@ -378,3 +379,31 @@ class AutoFreezePolicy:
     def write_csv(self, path: str | os.PathLike) -> str:
         """Write the decision log atomically; returns the path."""
         return atomic_write_text(path, self.log_frame().to_csv(**CSV_OPTIONS))
+
+
+def _lr_note(peaked: bool, rising: bool) -> str:
+    """Why the warm-up still waits on the learning rate: only say "rising" when it was seen to rise
+    (a schedule without warm-up gave that reason at the first check, with one rate known)."""
+    if peaked:
+        return ""
+    return " and the learning rate still rising" if rising else " and the learning-rate trend not known yet (one reading)"
+
+
+#: the fields of each policy that change during a run (what a resumed run needs back)
+_RUN_STATE = {"FreezePolicy": ("log", "frozen", "_streak"),
+              "AutoFreezePolicy": ("log", "frozen", "freeze_steps", "cache", "cache_refused", "_checks", "_last_rate",
+                                   "_lr_peaked", "_last_step", "_peak", "_advised", "_settled")}
+
+
+def policy_state(policy: FreezePolicy | AutoFreezePolicy) -> dict[str, Any]:
+    """The run state of a policy as JSON-able values (:func:`restore_policy_state` reads it back)."""
+    import copy
+
+    return {k: copy.deepcopy(getattr(policy, k)) for k in _RUN_STATE.get(type(policy).__name__, ())}
+
+
+def restore_policy_state(policy: FreezePolicy | AutoFreezePolicy, state: dict[str, Any]) -> None:
+    """Put back :func:`policy_state`'s values (the frozen prefix itself is re-applied by the caller)."""
+    for k in _RUN_STATE.get(type(policy).__name__, ()):
+        if k in state:
+            setattr(policy, k, state[k])

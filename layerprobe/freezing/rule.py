@@ -92,13 +92,43 @@ class Recommendation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: one row per entry (advised-frozen rows highlighted) with its reason, then the totals."""
+        import html
+
+        rows = []
+        for name in [*self.freeze, *self.train]:
+            frozen = name in self.freeze
+            style = " style='background-color:#dbe9f6'" if frozen else ""
+            rows.append(f"<tr{style}><td>{html.escape(name)}</td><td>{'FREEZE' if frozen else 'train'}</td>"
+                        f"<td style='text-align:left'>{html.escape(self.reasons.get(name, ''))}</td></tr>")
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return ("<table><thead><tr><th>entry</th><th>advice</th><th>reason</th></tr></thead><tbody>"
+                + "".join(rows) + "</tbody></table>"
+                + f"<p>frozen parameters: {self.frozen_param_fraction:.1%}; estimated training compute saved: "
+                  f"{self.est_compute_saving:.0%}</p>" + (f"<ul>{notes}</ul>" if notes else ""))
+
 
 def _fmt_cka(entry: dict) -> str:
-    s = f"CKA {entry['cka']:.3f}"
+    s = f"CKA {entry['cka']:.4f}"
     ci = entry.get("cka_ci")
     if ci and all(v is not None and math.isfinite(v) for v in ci):
-        s += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+        s += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
     return s
+
+
+def _beside(value: float, limit: float, places: int = 4) -> str:
+    """``value`` with enough decimals that it reads on its own side of ``limit`` (0.989996 < 0.99,
+    never "0.9900 < 0.99").
+
+    >>> _beside(0.98991, 0.99), _beside(0.989996, 0.99), _beside(0.99, 0.99)
+    ('0.9899', '0.989996', '0.9900')
+    """
+    for k in range(places, 17):
+        text = f"{value:.{k}f}"
+        if (float(text) >= limit) == (value >= limit):
+            return text
+    return repr(value)
 
 
 def top_change(entries: list[dict]) -> float:
@@ -117,10 +147,14 @@ def _qualifies(entry: dict, t: Thresholds, basis: str, top: float = math.nan) ->
         ci = entry.get("cka_ci")
         use_low = bool(t.use_interval and ci and ci[0] is not None and math.isfinite(ci[0]))
         value = ci[0] if (use_low and ci) else cka
-        what = f"{_fmt_cka(entry)}: lower bound {value:.3f}" if use_low else _fmt_cka(entry)
         if t.min_cka is not None:
             ok = value >= t.min_cka
+            shown = _beside(value, t.min_cka)
+            what = f"{_fmt_cka(entry)}: lower bound {shown}" if use_low else \
+                _fmt_cka(entry) if f"{cka:.4f}" == shown else f"{_fmt_cka(entry)} ({shown})"
             parts.append(f"{what} {'>=' if ok else '<'} {t.min_cka}")
+        else:
+            what = f"{_fmt_cka(entry)}: lower bound {value:.4f}" if use_low else _fmt_cka(entry)
         if t.max_relative_change is not None:
             limit = t.max_relative_change * top
             rel_ok = math.isfinite(limit) and (1.0 - value) <= limit

@@ -6,26 +6,46 @@ layerprobe does at import time.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
+import sys
+import time
+import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any, cast
 
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
+from layerprobe.integrations.hf_state import (
+    REFERENCE_FILE,
+    STATE_JSON,
+    STATE_TENSORS,
+    restore_state,
+    save_state,
+    stored_state,
+)
 from layerprobe.model.blocks import Blocks
 from layerprobe.options import DEFAULT_POOLING
 from layerprobe.tracking.budget import DEFAULT_PROBE_SHARE, probe_passes, probe_plan, probe_texts_within
 from layerprobe.tracking.tracker import DEFAULT_MAX_LENGTH, FREEZE_LOG_CSV, TRAJECTORY_CSV, Tracker
 
-__all__ = ["LayerProbeCallback"]
+__all__ = ["STATE_JSON", "STATE_TENSORS", "REFERENCE_FILE", "LayerProbeCallback"]
 
 _DEFAULT: Any = object()  # probe_share not given
 
-class LayerProbeCallback(TrainerCallback):
+
+logger = logging.getLogger("layerprobe")
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # callbacks built in this process (see __new__)
+
+
+class LayerProbeCallback(TrainerCallback, ExportableState):
     """A ``transformers.TrainerCallback`` that tracks every entry, gives the current advice, and
     (with ``auto_freeze=True``) freezes the bottom prefix in the same run.
 
@@ -42,6 +62,29 @@ class LayerProbeCallback(TrainerCallback):
     the last frozen block from the next epoch on. Nothing else in the user's script changes. What
     does change: the frozen prefix runs in eval mode (no dropout there). At train end the cache is
     detached and the model is a plain model again (its frozen parameters stay frozen).
+
+    Like the Trainer's own state, the callback's state is saved with every checkpoint (the
+    stateful-callback mechanism, :class:`transformers.trainer_callback.ExportableState`):
+    ``checkpoint-N/layerprobe_state.json`` and ``.safetensors`` hold the rows, the freeze log and
+    policy, the frozen parameters, the probe plan and the reference and latest representations;
+    the start weights go once to ``<output_dir>/layerprobe_reference.safetensors``. With
+    ``trainer.train(resume_from_checkpoint=...)`` the reference stays the pretrained model, the
+    trajectory and freeze log continue (rows after the checkpoint are dropped, as the Trainer drops
+    their log entries) and the frozen prefix is frozen again before the first resumed step.
+
+    At each ``on_log`` the latest check's numbers join the Trainer's logs (console,
+    ``trainer.state.log_history``, the ``report_to`` trackers): ``layerprobe/cka_to_start/<entry>``,
+    ``layerprobe/frozen_fraction`` and ``layerprobe/probe_share`` (probe seconds / train seconds);
+    each freeze decision is also one line on the ``layerprobe`` logger. To reach the trackers on
+    the same step the callback moves itself before them in the Trainer's callback list.
+
+    With ``load_best_model_at_end`` the final row measures the model of the last step (before the
+    Trainer reloads the best checkpoint); :attr:`best_step` names the best checkpoint's step and
+    :attr:`best_step_measured` whether the trajectory has a row there.
+
+    Under DDP rank 0 measures and every rank gets its rows (so :meth:`advice` gives the same answer
+    everywhere) and its freeze decisions. Under FSDP every rank runs the probe (the sharded forward
+    pass needs them all) and rank 0 writes; freezing during an FSDP run is refused at train begin.
 
     Args:
         tokenizer: the model's tokenizer.
@@ -71,12 +114,27 @@ class LayerProbeCallback(TrainerCallback):
         cb.advice()       # the current advice, at any step
     """
 
+    def __new__(cls, *args: Any, _layerprobe_resume: bool = False, **kwargs: Any):
+        # ``restore_callback_states_from_checkpoint=True`` makes the Trainer rebuild each stateful
+        # callback as ``type(cb)(**state()["args"])``; a tokenizer cannot travel in JSON, so the
+        # rebuilt callback is the one this process already made (the same object stays the user's).
+        if _layerprobe_resume:
+            live = [cb for cb in _LIVE if type(cb) is cls]
+            if len(live) != 1:
+                raise LayerProbeError(f"{cls.__name__}: cannot tell which of {len(live)} callbacks to restore; "
+                                      "use restore_callback_states_from_checkpoint=False (the state is restored "
+                                      "from the checkpoint anyway)")
+            return live[0]
+        return super().__new__(cls)
+
     def __init__(self, tokenizer=None, probe_texts: Sequence[str] = (), every_n_steps: int | None = None,
                  max_length: int = DEFAULT_MAX_LENGTH, pooling: str = DEFAULT_POOLING, blocks: Blocks | None = None,
                  batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
                  filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
                  settle: float | None = None, patience: int | None = None, cache: bool = True,
-                 probe_share: Any = _DEFAULT) -> None:
+                 probe_share: Any = _DEFAULT, _layerprobe_resume: bool = False) -> None:
+        if _layerprobe_resume:  # the Trainer's rebuild: this object already exists (see __new__)
+            return
         if tokenizer is None:
             raise LayerProbeError("LayerProbeCallback needs tokenizer=...")
         if auto_freeze and freeze_policy is not None:
@@ -106,6 +164,21 @@ class LayerProbeCallback(TrainerCallback):
         self.is_main = True
         self._model: nn.Module | None = None
         self._distributed = False
+        self._fsdp = False
+        self._step = 0
+        self._saving = False
+        self._train_t0: float | None = None
+        self._logged_step: int | None = None
+        self._logged_freezes = 0
+        self._reordered = False
+        #: set by the Trainer's callback rebuild (or read from ``state.stateful_callbacks``) on resume
+        self.resume_state: dict[str, Any] | None = None
+        #: the step whose state was restored by a resume (None: a fresh run)
+        self.resumed_from: int | None = None
+        #: the best checkpoint's step (``load_best_model_at_end``), and whether a row was recorded there
+        self.best_step: int | None = None
+        self.best_step_measured = False
+        _LIVE.add(self)
 
     @property
     def policy(self) -> FreezePolicy | AutoFreezePolicy | None:
@@ -130,39 +203,167 @@ class LayerProbeCallback(TrainerCallback):
         self.is_main = bool(getattr(state, "is_world_process_zero", True))
         self._model = model
         self._distributed = _world_size() > 1
+        self._fsdp = self._distributed and _is_fsdp(model)
+        self._train_t0 = time.perf_counter()
+        self._move_before_reporters()
+        if self._fsdp and self.policy is not None:
+            raise LayerProbeError("LayerProbeCallback: freezing during an FSDP run is not supported (sharded "
+                                  "parameters are frozen per rank and the prefix cache would serve one shard); "
+                                  "track without a freeze policy, or freeze before training")
         if self._distributed and self.policy is not None:
             _check_ddp_freezing(args, model)
             if getattr(self.policy, "cache", False):  # the cache would stand in on rank 0 only
                 cast(AutoFreezePolicy, self.policy).cache = False  # FreezePolicy has no cache
+        step = int(state.global_step)
+        resume = self.resume_state or stored_state(state, type(self).__name__)
+        if step > 0 and resume:
+            self._restore(args, state, model, resume)
+            return control
+        if step > 0:
+            warnings.warn(f"LayerProbeCallback: resumed at step {step} without a saved layerprobe state (a "
+                          "checkpoint written before this version, or without the callback): the reference is "
+                          "the resumed model, not the pretrained one", stacklevel=2)
         self._plan_checks(args, state)
-        if self.is_main:  # only the main process measures and writes
-            self.tracker.start(model, step=int(state.global_step))
-            self._write()
+        if self._measures:
+            self.tracker.start(model, step=step)
+        else:  # advice() on every rank: the rows arrive from rank 0 (_share)
+            self._attach_model(model)
+        self._write()
         return control
 
+    @property
+    def _measures(self) -> bool:
+        """This process runs the probe: rank 0, or every rank under FSDP (its forward needs them all)."""
+        return self.is_main or self._fsdp
+
+    def _attach_model(self, model: nn.Module) -> None:
+        from layerprobe.model.blocks import find_blocks
+
+        self.tracker.model = model
+        self.tracker.blocks = self.tracker.blocks or find_blocks(model)
+
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        if self.is_main and optimizer is not None and optimizer.param_groups:  # the rate this step will apply
+        if self._measures and optimizer is not None and optimizer.param_groups:  # the rate this step will apply
             self.tracker.add_lr(float(optimizer.param_groups[0]["lr"]))
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        step = int(state.global_step)
-        if self.is_main and self.tracker.maybe_record(step):
+        step = self._step = int(state.global_step)
+        recorded = False
+        if self._measures:
+            recorded = self.tracker.maybe_record(step)
+            if not recorded and step >= int(getattr(state, "max_steps", 0) or 0) > 0:
+                recorded = self.tracker.finish(step)  # the last step: measured before a best-model reload
+        if self._distributed and not self._fsdp and (step % self.tracker.every_n_steps == 0 or
+                                                     step >= int(getattr(state, "max_steps", 0) or 0) > 0):
+            self._share()  # every rank, same step: rank 0's rows and freezing everywhere
+        if recorded:
             self._write()
-        if self._distributed and self.policy is not None and step % self.tracker.every_n_steps == 0:
-            self._share_freezing()  # every rank, same step: rank 0's decision applied everywhere
+            self._announce_freezes()
+        self._saving = bool(control.should_save)
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        step = self._step = int(state.global_step)
+        if control.should_training_stop and self._measures and self.tracker.started and self.tracker.finish(step):
+            self._write()  # early stopping: the final row before any best-model reload
+        self._saving = self._saving or bool(control.should_save)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self._saving = False
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or not self.tracker.rows:
+            return control
+        latest = self.tracker.latest()
+        step = int(latest[0]["step"])
+        if step == self._logged_step:
+            return control
+        self._logged_step = step
+        extra: dict[str, float] = {f"layerprobe/cka_to_start/{r['block']}": float(r["cka_to_start"]) for r in latest}
+        extra["layerprobe/frozen_fraction"] = self._frozen_fraction()
+        if self._train_t0 is not None:
+            elapsed = time.perf_counter() - self._train_t0
+            extra["layerprobe/probe_share"] = float(latest[0].get("track_seconds_total", 0.0)) / max(elapsed, 1e-9)
+        logs.update(extra)
+        history = getattr(state, "log_history", None)
+        if history and history[-1].get("step") == int(state.global_step):
+            history[-1].update(extra)  # the Trainer appended this entry before calling on_log
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.is_main:
-            self.tracker.finish(int(state.global_step))
-        if self._distributed and self.policy is not None:
-            self._share_freezing()
+        if self._measures:
+            self.tracker.finish(int(state.global_step))  # no-op when the last step was recorded
+        if self._distributed and not self._fsdp:
+            self._share()
         close = getattr(self.policy, "close", None)
         if close is not None:
             close()
+        best = getattr(state, "best_model_checkpoint", None)
+        m = re.search(r"checkpoint-(\d+)$", str(best).rstrip("/\\")) if best else None
+        if m:
+            self.best_step = int(m.group(1))
+            self.best_step_measured = any(int(r["step"]) == self.best_step for r in self.tracker.rows)
         self._write()
         return control
+
+    # -- the Trainer's stateful-callback mechanism ---------------------------------------------
+
+    def state(self) -> dict:
+        """``ExportableState``: called by the Trainer while it writes a checkpoint (``trainer_state.json``).
+
+        Writes this process's state into the checkpoint directory (:data:`STATE_JSON`,
+        :data:`STATE_TENSORS`) and returns where it is; outside a checkpoint save it writes nothing."""
+        where = None
+        if self._saving and self.is_main and self.tracker.started and self.output_dir is not None:
+            where = self._save_state(os.path.join(self.output_dir, f"checkpoint-{self._step}"))
+        return {"args": {"_layerprobe_resume": True}, "attributes": {"resume_state": where}}
+
+    def _save_state(self, ckpt: str) -> dict[str, Any] | None:
+        return save_state(self, ckpt)
+
+    def _restore(self, args, state, model: nn.Module, resume: dict[str, Any]) -> None:
+        """Continue the run saved in the checkpoint being resumed (see :meth:`state`)."""
+        restore_state(self, args, state, model, resume)
+
+    # -- visible decisions ---------------------------------------------------------------------
+
+    def _frozen_fraction(self) -> float:
+        model = self._trained_model()
+        total = frozen = 0
+        for p in model.parameters():
+            total += p.numel()
+            frozen += 0 if p.requires_grad else p.numel()
+        return frozen / total if total else 0.0
+
+    def _announce_freezes(self) -> None:
+        if self.policy is None or not self.is_main:
+            return
+        new = self.policy.frozen[self._logged_freezes:]
+        self._logged_freezes = len(self.policy.frozen)
+        if new:
+            logger.warning("layerprobe: froze %s at step %d (%.1f%% of parameters frozen); see %s",
+                           ", ".join(new), self._step, 100 * self._frozen_fraction(), FREEZE_LOG_CSV)
+
+    def _move_before_reporters(self) -> None:
+        """Put this callback right after the Trainer's flow callback, ahead of the ``report_to``
+        callbacks, so its ``on_log`` values reach them on the same step. Safe during the handler's
+        loop: only this callback moves, and only towards the front."""
+        if self._reordered:
+            return
+        self._reordered = True
+        frame = sys._getframe(2)  # CallbackHandler.call_event -> on_train_begin
+        from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+
+        handler = frame.f_locals.get("self")
+        if not isinstance(handler, CallbackHandler) or self not in handler.callbacks:
+            return
+        cbs = handler.callbacks
+        cbs.remove(self)
+        at = next((i + 1 for i, cb in enumerate(cbs) if isinstance(cb, DefaultFlowCallback)), 0)
+        cbs.insert(at, self)
 
     def _plan_checks(self, args, state) -> None:
         """Set the cadence (auto-freeze default: up to 20 checks per run) and the probe budget.
@@ -198,14 +399,20 @@ class LayerProbeCallback(TrainerCallback):
             raise LayerProbeError("LayerProbeCallback: on_train_begin has not run yet (no model)")
         return self._model
 
-    def _share_freezing(self) -> None:
-        """Broadcast rank 0's frozen parameter names; every other rank freezes the same ones."""
+    def _share(self) -> None:
+        """Broadcast rank 0's rows and frozen parameter names; every other rank keeps the same rows
+        (so :meth:`advice` answers there too) and freezes the same parameters."""
         import torch.distributed as dist
 
         model = self._trained_model()
-        names = [[n for n, p in model.named_parameters() if not p.requires_grad] if self.is_main else None]
+        names: list[Any] = [[n for n, p in model.named_parameters() if not p.requires_grad] if self.is_main else None,
+                            self.tracker.rows if self.is_main else None]
         dist.broadcast_object_list(names, src=0)
-        frozen = set(names[0] or ())
+        if not self.is_main:
+            self.tracker.rows = list(names[1] or [])
+        if self.policy is None:
+            return
+        frozen: set[str] = set(names[0] or ())
         for n, p in model.named_parameters():
             if n in frozen:
                 p.requires_grad_(False)
@@ -225,6 +432,21 @@ class LayerProbeCallback(TrainerCallback):
     def _order(self, name: str) -> int:
         names = self.tracker.blocks.names if self.tracker.blocks is not None else []
         return names.index(name) if name in names else len(names)
+
+
+def _is_fsdp(model: nn.Module) -> bool:
+    """Sharded parameters (FSDP2 ``fully_shard`` / DTensor, or an FSDP1 wrapper)."""
+    kinds: tuple[type, ...] = ()
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        kinds = (FSDPModule,)
+    except ImportError:  # pragma: no cover - older torch
+        pass
+    for m in model.modules():
+        if isinstance(m, kinds) or type(m).__name__ == "FullyShardedDataParallel":
+            return True
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
 def _world_size() -> int:

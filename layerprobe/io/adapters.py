@@ -25,8 +25,9 @@ import torch
 
 from layerprobe.errors import LayerProbeError, one_line
 
-__all__ = ["ADAPTER_CONFIG", "adapter_tensors", "base_key_of", "base_model_dir", "is_adapter_dir", "lora_delta",
-           "lora_update_norm", "read_adapter"]
+__all__ = ["ADAPTER_CONFIG", "TASK_CLASSES", "adapter_tensors", "base_key_of", "base_model_dir",
+           "check_adapter_loaded", "find_key", "is_adapter_dir", "load_base_for_adapter", "lora_delta",
+           "lora_update_norm", "read_adapter", "read_adapter_parts", "saved_modules_info"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -99,13 +100,27 @@ def adapter_tensors(path: str) -> dict[str, torch.Tensor]:
     raise LayerProbeError("no adapter weights (expected adapter_model.safetensors or adapter_model.bin)", path)
 
 
+def _strip(key: str) -> str:
+    return key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+
+
+_LORA_PARTS = ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_embedding_A", "A"),
+               (".lora_embedding_B", "B"))
+
+
 def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, Any]]]:
     """``(adapter config, {module path: {"A", "B", "scale"}})`` of a LoRA adapter directory.
 
     Module paths are those of the base model (``base_model.model.`` stripped). Other PEFT methods
     and DoRA are refused with a one-line error.
     """
-    path = os.fspath(path)
+    cfg, modules, _ = read_adapter_parts(os.fspath(path))
+    return cfg, modules
+
+
+def read_adapter_parts(path: str) -> tuple[dict, dict[str, dict[str, Any]], dict[str, torch.Tensor]]:
+    """:func:`read_adapter` plus the adapter's other tensors: ``modules_to_save`` (e.g. a trained
+    task head), ``{parameter path: tensor}`` with ``base_model.model.`` stripped."""
     cfg = _read_config(path)
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
         raise LayerProbeError(f"peft_type {cfg.get('peft_type')!r} is not supported (LoRA adapters only)", path)
@@ -116,15 +131,17 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, Any
     alpha = float(cfg["lora_alpha"] if cfg.get("lora_alpha") is not None else r0)
     alpha_pattern, rslora = cfg.get("alpha_pattern") or {}, bool(cfg.get("use_rslora"))
     modules: dict[str, dict[str, Any]] = {}
+    saved: dict[str, torch.Tensor] = {}
     for k, t in tensors.items():
-        name = k[len("base_model.model."):] if k.startswith("base_model.model.") else k
-        for part, slot in ((".lora_A.weight", "A"), (".lora_B.weight", "B"),
-                           (".lora_embedding_A", "A"), (".lora_embedding_B", "B")):
+        name = _strip(k)
+        for part, slot in _LORA_PARTS:
             if name.endswith(part):
                 entry = modules.setdefault(name[: -len(part)], {})
                 entry[slot] = t
                 entry["embedding"] = "embedding" in part
                 break
+        else:
+            saved[name] = t
     out = {}
     for m, ab in modules.items():
         if "A" not in ab or "B" not in ab:
@@ -136,7 +153,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, Any
         out[m] = {"A": a, "B": b, "scale": scale, "embedding": ab["embedding"]}
     if not out:
         raise LayerProbeError("no LoRA weights (lora_A/lora_B) in the adapter", path)
-    return cfg, out
+    return cfg, out, saved
 
 
 def lora_delta(mod: dict[str, Any], fan_in_fan_out: bool, shape: tuple[int, ...]) -> torch.Tensor:
@@ -167,3 +184,100 @@ def base_model_dir(path: str, cfg: dict, base: Any) -> str:
         return named
     raise LayerProbeError("an adapter needs its base model: give the base model directory as the first input "
                           f"(adapter_config names {named!r}, not a local directory)", path)
+
+
+#: peft ``task_type`` -> the transformers class the adapter was trained on (its keys carry that
+#: class's prefix, e.g. ``bert.`` in ``base_model.model.bert.encoder...`` for sequence classification)
+TASK_CLASSES = {"SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification",
+                "QUESTION_ANS": "AutoModelForQuestionAnswering", "CAUSAL_LM": "AutoModelForCausalLM",
+                "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM", "FEATURE_EXTRACTION": "AutoModel"}
+
+
+def find_key(name: str, keys: Sequence[str]) -> str | None:
+    """The base checkpoint key of an adapter parameter path (either may carry a model prefix)."""
+    for k in keys:
+        if k == name or k.endswith("." + name) or name.endswith("." + k):
+            return k
+    return None
+
+
+def _missing_modules(model: Any, modules: dict, saved: dict) -> list[str]:
+    """Adapter module paths (LoRA targets and ``modules_to_save``) that ``model`` does not have."""
+    have = {n for n, _ in model.named_modules()}
+    wanted = list(modules) + sorted({k.rsplit(".", 1)[0] for k in saved})
+    return [m for m in wanted if m not in have]
+
+
+def load_base_for_adapter(base_dir: str, cfg: dict, modules: dict, saved: dict, path: str, device: str | None,
+               dtype: str | None) -> tuple[Any, Any]:
+    """The base model in the class the adapter was trained on: as saved, or (when the adapter's
+    module paths are not in it) the class of the adapter's ``task_type`` with the adapter's head
+    size; a module still missing is an error, since peft would leave it silently unloaded."""
+    from layerprobe.io.hf_model import load_hf_model
+
+    model, tok = load_hf_model(base_dir, device=device, dtype=dtype)
+    missing = _missing_modules(model, modules, saved)
+    task = str(cfg.get("task_type") or "").upper()
+    auto = TASK_CLASSES.get(task)
+    if missing and auto is not None and auto != "AutoModel":
+        extra: dict[str, Any] = {}
+        heads = [t for k, t in saved.items() if k.endswith(".weight") and t.dim() == 2]
+        if task in ("SEQ_CLS", "TOKEN_CLS") and heads:
+            extra["num_labels"] = min(int(t.shape[0]) for t in heads)
+        model, tok = load_hf_model(base_dir, device=device, dtype=dtype, auto_class=auto, **extra)
+        missing = _missing_modules(model, modules, saved)
+    if missing:
+        as_what = f"{type(model).__name__}" + (f", loaded for task_type {task}" if auto else "")
+        raise LayerProbeError(f"{len(missing)} adapter module(s) are not in the base model ({as_what}), e.g. "
+                              f"{one_line(missing[0], 80)}: the adapter was trained on another architecture", path)
+    return model, tok
+
+
+def check_adapter_loaded(peft_model: Any, path: str, update_norm: float) -> float:
+    """Every adapter key loaded (none missing, none left over) and the update the model applies is
+    the adapter's own: returns the applied update norm ``sqrt(Σ‖ΔW‖²)``."""
+    from peft.utils import get_peft_model_state_dict
+
+    from layerprobe.model.unwrap import lora_layers
+
+    in_file = {_strip(k) for k in adapter_tensors(path)}
+    in_model = {_strip(k) for k in get_peft_model_state_dict(peft_model)}
+    for what, keys in (("missing from the model", in_file - in_model), ("not in the adapter file", in_model - in_file)):
+        if keys:
+            raise LayerProbeError(f"{len(keys)} adapter key(s) {what}, e.g. {one_line(sorted(keys)[0], 80)}: "
+                                  "the adapter does not fit the base model as loaded", path)
+    total = 0.0
+    for layer in lora_layers(peft_model).values():
+        lay: Any = layer
+        for name in lay.active_adapters:
+            if name in getattr(lay, "lora_A", {}) or name in getattr(lay, "lora_embedding_A", {}):
+                with torch.no_grad():
+                    total += float(lay.get_delta_weight(name).double().pow(2).sum())
+    applied = math.sqrt(total)
+    if not math.isclose(applied, update_norm, rel_tol=1e-3, abs_tol=1e-9):
+        raise LayerProbeError(f"the loaded model applies an update of norm {applied:.6g}, the adapter's own is "
+                              f"{update_norm:.6g}: the adapter did not load as saved", path)
+    return applied
+
+
+def saved_modules_info(saved: dict[str, torch.Tensor], keys: Sequence[str], get: Any) -> dict[str, dict[str, Any]]:
+    """Per ``modules_to_save`` module: parameters, whether the base has it, and its drift there."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, t in sorted(saved.items()):
+        module = name.rsplit(".", 1)[0]
+        info = out.setdefault(module, {"n_params": 0, "in_base": True, "_d2": 0.0, "_w2": 0.0})
+        info["n_params"] += int(t.numel())
+        k = find_key(name, keys)
+        if k is None:
+            info["in_base"] = False
+            continue
+        w0 = get(k).double()
+        if tuple(w0.shape) != tuple(t.shape):
+            raise LayerProbeError(f"adapter tensor {name!r} has shape {list(t.shape)}, the base's {k!r} "
+                                  f"{list(w0.shape)}")
+        info["_d2"] += float((t.double() - w0).pow(2).sum())
+        info["_w2"] += float(w0.pow(2).sum())
+    for info in out.values():
+        d2, w2 = info.pop("_d2"), info.pop("_w2")
+        info["weight_drift"] = (math.sqrt(d2 / w2) if w2 > 0 else None) if info["in_base"] else None
+    return out

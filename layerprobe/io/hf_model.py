@@ -80,7 +80,8 @@ def resolve_device(device: str | None) -> str:
 
 
 def load_hf_model(path: str | os.PathLike, device: str | None = None,
-                  dtype: str | torch.dtype | None = None) -> tuple[nn.Module, Any]:
+                  dtype: str | torch.dtype | None = None, *, auto_class: str | None = None,
+                  num_labels: int | None = None) -> tuple[nn.Module, Any]:
     """Load a Hugging Face model directory safely; returns ``(model in eval mode, tokenizer or None)``.
 
     The model is built with the class it was saved with (``config.architectures``, e.g. a
@@ -89,6 +90,8 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
     ``_layerprobe_not_in_files`` attribute, and loading runs under a fixed seed, so the same
     directory gives the same model every time. ``device`` ("cpu", "cuda", "mps") and ``dtype``
     ("float32", "bfloat16", "float16") choose where and in which precision the model runs.
+    ``auto_class`` (a transformers ``AutoModelFor...`` name) builds another class than the saved
+    one, e.g. the task model a PEFT adapter was trained on, with ``num_labels`` for its head.
 
     No remote code (a config with ``auto_map`` is refused), ``.bin`` weights are checked with the
     weights-only loader first, safetensors are preferred by transformers. Every problem raises a
@@ -113,12 +116,17 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
     hf_logging.disable_progress_bar()  # stderr carries only layerprobe's own progress and errors
     hf_logging.set_verbosity_error()  # no load report before (or instead of) the one-line error
     try:
-        cls = model_class(cfg, os.path.join(path, "config.json")) or AutoModel
+        import transformers
+
+        cls = getattr(transformers, auto_class) if auto_class is not None else \
+            model_class(cfg, os.path.join(path, "config.json")) or AutoModel
+        extra: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+        if num_labels is not None:
+            extra["num_labels"] = int(num_labels)
         with torch.random.fork_rng(devices=[]):  # anything not in the files is initialised the same way each time
             torch.manual_seed(0)
             model, info = cls.from_pretrained(path, trust_remote_code=False, output_loading_info=True,
-                                              ignore_mismatched_sizes=True,
-                                              **({"dtype": dtype} if dtype is not None else {}))
+                                              ignore_mismatched_sizes=True, **extra)
         check_loading_info(model, info, path)
         setattr(model, NOT_IN_FILES, frozenset(info.get("missing_keys") or ()))
         if dev != "cpu":

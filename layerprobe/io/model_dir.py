@@ -36,6 +36,7 @@ __all__ = [
     "model_class",
     "parameter_names_of_dir",
     "refuse_auto_map",
+    "sentence_transformer_dir",
 ]
 
 #: largest layer count a config may claim
@@ -117,6 +118,40 @@ def _weights(path: str) -> tuple[list[str], int]:
         for k in keys:
             total += math.prod(src.shape(k))
         return keys, total
+
+#: the sentence-transformers module type that holds the Hugging Face model
+ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+
+
+def sentence_transformer_dir(path: str | os.PathLike) -> str | None:
+    """The Hugging Face model inside a sentence-transformers directory, or None for any other path.
+
+    A sentence-transformers save has ``modules.json`` listing its modules in order; the
+    ``sentence_transformers.models.Transformer`` module's ``path`` (``0_Transformer/``, or ``""``
+    when the model sits at the top) holds ``config.json`` and the weights. Pooling and dense layers
+    after it are not part of what layerprobe measures (the blocks are in the transformer).
+
+    Raises:
+        LayerProbeError: a ``modules.json`` without a transformer module, or one pointing outside.
+    """
+    from layerprobe.io.files import load_json
+
+    path = os.fspath(path)
+    f = os.path.join(path, "modules.json")
+    if not (os.path.isdir(path) and os.path.isfile(f)):
+        return None
+    if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "0_Transformer")):
+        return path  # the transformer saved at the top (sentence-transformers >= 3 may do so)
+    modules = load_json(f, "sentence-transformers modules.json")
+    entries = modules if isinstance(modules, list) else []
+    for m in entries:
+        if isinstance(m, dict) and m.get("type") == ST_TRANSFORMER and isinstance(m.get("path", ""), str):
+            sub = os.path.normpath(os.path.join(path, m.get("path") or ""))
+            if os.path.commonpath([os.path.abspath(sub), os.path.abspath(path)]) != os.path.abspath(path):
+                raise LayerProbeError(f"modules.json points outside the directory ({m.get('path')!r})", f)
+            return sub
+    raise LayerProbeError(f"modules.json lists no {ST_TRANSFORMER} module (the model layerprobe measures)", f)
+
 
 def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: bool = True) -> dict:
     """The one guard for a Hugging Face model directory; returns the parsed ``config.json``.

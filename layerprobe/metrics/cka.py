@@ -11,7 +11,7 @@ This module gathers the estimators, each of which lives in a small module of its
 * :mod:`~layerprobe.metrics.rbf` — :func:`rbf_cka`;
 * :mod:`~layerprobe.metrics.streaming` — :class:`StreamingCKA` (exact, from batches, O(d²) memory);
 * :mod:`~layerprobe.metrics.maps` — :func:`cka_matrix`, :func:`cka_maps` (cross-layer maps);
-* :mod:`~layerprobe.metrics.bootstrap` — :func:`bootstrap_cka` (percentile intervals).
+* :mod:`~layerprobe.metrics.bootstrap` — :func:`bootstrap_cka` (bias-corrected intervals that contain the estimate).
 
 Undefined cases (a representation that is constant after centring, NaN or Inf in the input) give
 ``nan`` together with a :class:`CKAUndefinedWarning`, never a silent number. Bad shapes raise

@@ -15,7 +15,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-__all__ = ["effective_parameters", "has_meta_parameters", "input_device", "is_peft", "unwrap"]
+__all__ = ["effective_parameters", "full_tensor", "has_meta_parameters", "input_device", "is_peft", "lora_layers",
+           "unwrap"]
 
 #: module attributes that hold the wrapped model: DDP/DataParallel/FSDP1 (``module``), torch.compile (``_orig_mod``)
 _WRAPPER_ATTRS = ("_orig_mod", "module")
@@ -115,3 +116,9 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
                 yield f"{wrapper}.{rest.split('.', 2)[2]}", _full(p.detach())
             continue  # original_module: the untrained copy
         yield name, _full(p.detach())
+
+
+#: public names of the helpers other stages use: the whole tensor of a (DTensor-)sharded parameter
+#: (a collective under FSDP: every rank must call it), and a model's peft LoRA layers by path
+full_tensor = _full
+lora_layers = _lora_layers

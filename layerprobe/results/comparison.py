@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +20,13 @@ from layerprobe.results.schema import SCHEMA_VERSION
 if TYPE_CHECKING:  # pandas is imported when a frame is asked for
     import pandas as pd
 
-__all__ = ["FRAME_COLUMNS", "Comparison"]
+__all__ = ["FLOAT_COLUMNS", "FRAME_COLUMNS", "Comparison"]
 
 #: the columns of :meth:`Comparison.to_frame` (and of ``comparison.csv``), in order
 FRAME_COLUMNS = ("index", "name", "kind", "cka", "cka_low", "cka_high", "weight_drift", "weight_cosine",
                  "max_abs_change", "n_params", "advice", "reason")
+#: the float64 columns of :meth:`Comparison.to_frame` (written with a decimal point: ``1.0``, never ``1``)
+FLOAT_COLUMNS = ("cka", "cka_low", "cka_high", "weight_drift", "weight_cosine", "max_abs_change")
 
 
 def _nan_to_none(x: Any) -> Any:
@@ -46,6 +49,19 @@ class Comparison:
     other: dict | None = None
     cross_layer: dict | None = None
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Comparison:
+        """A comparison back from :meth:`to_dict` or a saved ``comparison.json`` (to re-render, re-plot
+        or re-advise it without the models; NaN values come back as None)."""
+        return cls(list(d["blocks"]), Recommendation(**d["recommendation"]), dict(d["meta"]), d.get("other"),
+                   d.get("cross_layer"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Comparison:
+        """:meth:`from_dict` of a ``comparison.json`` file."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
     def to_dict(self) -> dict:
         d = {"schema_version": SCHEMA_VERSION, "blocks": self.blocks,
              "recommendation": self.recommendation.to_dict(), "meta": self.meta}
@@ -62,27 +78,42 @@ class Comparison:
         return to_table(self).rstrip("\n")
 
     def _repr_html_(self) -> str:
-        """Jupyter: the table as HTML, then the advice and its reasons."""
+        """Jupyter: the table as HTML (advised-frozen rows highlighted), then the advice and its reasons."""
         import html
 
         from layerprobe.results.render import HEADER, advice_text, table_rows
 
         head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(self))
+        frozen = set(self.recommendation.freeze)
+        body = "".join(
+            ("<tr style='background-color:#dbe9f6'>" if r[0] in frozen else "<tr>")
+            + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(self))
         advice = html.escape(advice_text(self))
         return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
                 f"<pre style='white-space:pre-wrap'>{advice}</pre>")
+
+    def plot(self, ax: Any = None, title: str | None = None, path: str | os.PathLike | None = None) -> Any:
+        """The per-entry figure (:func:`~layerprobe.results.plots.plot_blocks`): returned, so a notebook
+        shows it inline; ``ax`` to draw into your axes, ``path`` to also write a PNG."""
+        from layerprobe.results.plots import plot_blocks
+
+        return plot_blocks(self.to_dict(), path, title, ax=ax)
 
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON (NaN becomes null), stable key order: same inputs give the same bytes."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per entry: index, name, kind, cka (and interval), drift, cosine, params, advice."""
+        """One row per entry, indexed by entry name: index, kind, cka (and interval), drift, cosine,
+        params, advice. Numeric columns are float64 (a missing value is NaN), ``n_params`` int64."""
         import pandas as pd
 
         rows = entry_rows(self.blocks, self.recommendation.freeze, self.recommendation.reasons)
-        return pd.DataFrame([{k: r[k] for k in FRAME_COLUMNS} for r in rows])
+        df = pd.DataFrame([{k: r[k] for k in FRAME_COLUMNS} for r in rows], columns=list(FRAME_COLUMNS))
+        for c in FLOAT_COLUMNS:
+            if c in df.columns:
+                df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+        return df.set_index("name")
 
     def groups_frame(self) -> pd.DataFrame:
         """One row per (entry, parameter group): the anatomy of the weight change."""

@@ -1,90 +1,155 @@
-"""Figures drawn from saved results only (a comparison JSON dict), never from models."""
+"""Figures drawn from saved results only (a comparison JSON dict), never from models.
+
+Every plot function returns a :class:`matplotlib.figure.Figure`, draws into ``ax=`` when given,
+leaves the global matplotlib and seaborn style alone (no ``set_theme``, no backend switch: a
+notebook shows the figure inline), and writes a file only when ``path=`` is given.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
+import pandas as pd
 
-__all__ = ["blocks_frame", "plot_blocks", "plot_cross_layer", "save_figure"]
+from layerprobe.io.outputs import atomic_write
+from layerprobe.results.rows import entry_rows
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+__all__ = ["ADVICE_COLOURS", "blocks_frame", "cka_limits", "plot_blocks", "plot_cross_layer", "save_figure"]
 
-from layerprobe.io.outputs import atomic_write  # noqa: E402
-from layerprobe.results.rows import entry_rows  # noqa: E402
+#: advice colours (colour-blind safe): freeze blue, train orange
+ADVICE_COLOURS = {True: "#0072B2", False: "#E69F00"}
 
 
 def blocks_frame(result: dict) -> pd.DataFrame:
-    """Per-entry rows from a comparison dict (``Comparison.to_dict()`` or the saved JSON)."""
+    """Per-entry rows from a comparison dict (``Comparison.to_dict()`` or the saved JSON), indexed by entry name."""
     keep = ("name", "cka", "cka_low", "cka_high", "weight_drift", "frozen")
     rows = entry_rows(result["blocks"], result["recommendation"]["freeze"])
-    return pd.DataFrame([{k: r[k] for k in keep} for r in rows])
+    df = pd.DataFrame([{k: r[k] for k in keep} for r in rows])
+    for c in ("cka", "cka_low", "cka_high", "weight_drift"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    return df.set_index("name")
 
 
-def save_figure(fig: Any, path: str | os.PathLike) -> str:
-    """Save a figure atomically as PNG and close it."""
+def save_figure(fig: Any, path: str | os.PathLike, close: bool = False) -> str:
+    """Save a figure atomically as PNG; ``close=True`` also closes it (scripts, not notebooks)."""
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return os.fspath(path)
 
 
-def plot_blocks(result: dict, path: str | os.PathLike, title: str | None = None) -> str:
-    """Two panels: per-entry CKA (base vs tuned) and relative weight drift, advised freeze marked."""
+def cka_limits(values: Sequence[float], threshold: float | None = None) -> tuple[float, float]:
+    """A CKA axis that separates the values that matter: from a little below the lowest value (or
+    the threshold) to just above 1, so 0.97 and 1.0 do not look alike.
+
+    >>> cka_limits([0.97, 0.995, 1.0], 0.99)
+    (0.9655, 1.0015)
+    """
+    finite = [float(v) for v in values if v is not None and v == v]
+    low = min(finite + ([threshold] if threshold is not None else []) + [1.0])
+    span = max(1.0 - low, 0.01)
+    return round(max(0.0, low - 0.15 * span), 4), round(1.0 + 0.05 * span, 4)
+
+
+def _axes(ax: Any, n: int, figsize: tuple[float, float]) -> tuple[Any, list[Any]]:
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize, layout="constrained")
+        return fig, list(fig.subplots(1, n)) if n > 1 else [fig.subplots()]
+    axes = list(ax) if isinstance(ax, (list, tuple)) or hasattr(ax, "flat") else [ax]
+    axes = list(getattr(ax, "flat", axes))
+    return axes[0].figure, axes
+
+
+def plot_blocks(result: dict, path: str | os.PathLike | None = None, title: str | None = None, *,
+                ax: Any = None) -> Any:
+    """Per-entry CKA (base vs tuned, with its interval) and relative weight drift, advice coloured.
+
+    Args:
+        result: a comparison dict (``Comparison.to_dict()`` or the saved JSON).
+        path: write a PNG there too (atomically); the figure stays open.
+        title: figure title.
+        ax: draw into these axes: two (CKA, drift), or one (CKA only; drift without CKA). Default:
+            a new two-panel figure.
+
+    Returns:
+        the :class:`matplotlib.figure.Figure`.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     df = blocks_frame(result)
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    palette = {True: "#4C72B0", False: "#DD8452"}
-    x = range(len(df))
-    ax = axes[0]
-    if df["cka"].notna().any():
-        ax.bar(x, df["cka"].fillna(0), color=[palette[f] for f in df["frozen"]])
+    fig, axes = _axes(ax, 2, (11, 4))
+    colours = [ADVICE_COLOURS[bool(f)] for f in df["frozen"]]
+    x = list(range(len(df)))
+    thr = result["recommendation"]["thresholds"].get("min_cka")
+    has_cka = bool(df["cka"].notna().any())
+    panels = axes if len(axes) > 1 else axes[:1]
+    handles: list[Any] = [Patch(color=ADVICE_COLOURS[True], label="advice: freeze"),
+                          Patch(color=ADVICE_COLOURS[False], label="advice: train")]
+    if has_cka:
+        a = panels[0]
         if df["cka_low"].notna().any():
-            # a percentile interval may sit just beside the point estimate (rounding, or CKA
-            # near 1): draw the bar to the interval's end, never a negative length
             err = [(df["cka"] - df["cka_low"]).clip(lower=0), (df["cka_high"] - df["cka"]).clip(lower=0)]
-            ax.errorbar(x, df["cka"], yerr=err, fmt="none", ecolor="black", capsize=3)
-        thr = result["recommendation"]["thresholds"].get("min_cka")
+            a.errorbar(x, df["cka"], yerr=err, fmt="none", ecolor="#555555", capsize=4, lw=1.2, zorder=2)
+            handles.append(Line2D([], [], color="#555555", marker="|", ls="none", markersize=10,
+                                  label=f"{round(100 * (result['meta'].get('ci') or {}).get('level', 0.95))}% interval"))
+        a.scatter(x, df["cka"], c=colours, s=60, zorder=3, edgecolors="black", linewidths=0.5)
         if thr is not None:
-            ax.axhline(thr, color="grey", ls="--", lw=1, label=f"min CKA {thr}")
-            ax.legend(loc="lower left")
-        ax.set_ylim(0, 1.05)
+            a.axhline(thr, color="#CC3311", ls="--", lw=1.2, zorder=1)
+            a.annotate(f"min CKA {thr}", xy=(1.0, thr), xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                       textcoords="offset points", ha="right", va="bottom", color="#CC3311", fontsize=9)
+        a.set_ylim(*cka_limits(list(df["cka_low"].fillna(df["cka"])) + list(df["cka"]), thr))
+        a.set_ylabel("linear CKA, base vs tuned\n(1 = unchanged)")
+        a.set_title("representation", fontsize=10)
+        a.grid(axis="y", alpha=0.3)
+        drift_ax = panels[1] if len(panels) > 1 else None
     else:
-        ax.text(0.5, 0.5, "CKA not computed", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylabel("linear CKA, base vs tuned (1 = unchanged)")
-    ax = axes[1]
-    ax.bar(x, df["weight_drift"], color=[palette[f] for f in df["frozen"]])
-    ax.set_ylabel("relative weight drift ‖ΔW‖/‖W₀‖")
-    for ax in axes:
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(df["name"], rotation=45, ha="right")
-    handles = [matplotlib.patches.Patch(color=palette[True], label="advice: freeze"),
-               matplotlib.patches.Patch(color=palette[False], label="advice: train")]
-    fig.legend(handles=handles, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.05))
+        drift_ax = panels[1] if len(panels) > 1 else panels[0]
+        if len(panels) > 1:
+            panels[0].text(0.5, 0.5, "CKA not computed", ha="center", va="center", transform=panels[0].transAxes)
+            panels[0].set_axis_off()
+    if drift_ax is not None:
+        drift_ax.bar(x, df["weight_drift"], color=colours, edgecolor="black", linewidth=0.5)
+        drift_ax.set_ylabel("relative weight drift\n‖ΔW‖/‖W₀‖ (0 = unchanged)")
+        drift_ax.set_title("weights", fontsize=10)
+        drift_ax.grid(axis="y", alpha=0.3)
+    for a in panels:
+        if a.axison:
+            a.set_xticks(x)
+            a.set_xticklabels(list(df.index), rotation=45, ha="right")
+    fig.legend(handles=handles, loc="outside lower center" if ax is None else "lower center", ncol=len(handles),
+               frameon=False)
     if title:
-        fig.suptitle(title, y=1.1)
-    return save_figure(fig, path)
+        fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
 
 
-def plot_cross_layer(result: dict, path: str | os.PathLike, title: str | None = None) -> str:
+def plot_cross_layer(result: dict, path: str | os.PathLike | None = None, title: str | None = None, *,
+                     ax: Any = None) -> Any:
     """Three heatmaps from a comparison dict's ``"cross_layer"``: A vs B, within A, within B.
 
     Drawn from the saved result only (``Comparison.to_dict()`` or the JSON); undefined cells
-    (null) are left blank.
+    (null) are left blank. ``ax``: three axes to draw into. Returns the figure; ``path`` also
+    writes a PNG.
     """
     import numpy as np
+    import seaborn as sns
 
     x = result["cross_layer"]
     names = x["names"]
     panels = [("base_vs_tuned", "base (rows) vs tuned (columns)"), ("base", "within base"),
               ("tuned", "within tuned")]
-    sns.set_theme(style="white", context="notebook")
     size = max(3.5, 0.35 * len(names) + 1.5)
-    fig, axes = plt.subplots(1, 3, figsize=(3 * size + 1.5, size))
+    fig, axes = _axes(ax, 3, (3 * size + 1.5, size))
     for ax, (key, label) in zip(axes, panels):
         m = np.array([[np.nan if v is None else v for v in row] for row in x[key]], dtype=float)
         sns.heatmap(m, ax=ax, vmin=0.0, vmax=1.0, cmap="viridis", square=True, cbar=key == "tuned",
@@ -94,4 +159,6 @@ def plot_cross_layer(result: dict, path: str | os.PathLike, title: str | None = 
         ax.tick_params(axis="x", rotation=90)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    if path is not None:
+        save_figure(fig, path)
+    return fig

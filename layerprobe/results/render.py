@@ -27,7 +27,7 @@ def table_rows(c: Comparison) -> list[list[str]]:
     for r in entry_rows(c.blocks, c.recommendation.freeze):
         cka = _num(r["cka"], ".4f")
         if r["cka_low"] is not None:
-            cka += f" [{r['cka_low']:.3f}, {r['cka_high']:.3f}]"
+            cka += f" [{_num(r['cka_low'], '.4f')}, {_num(r['cka_high'], '.4f')}]"
         rows.append([
             r["name"], cka, _num(r["weight_drift"], ".4f"), _num(r["weight_cosine"], ".5f"),
             f"{r['n_params']:,}", r["most_moved"] or "—", "FREEZE" if r["frozen"] else "train",
@@ -110,7 +110,8 @@ def to_markdown(c: Comparison) -> str:
 
 
 def to_csv(c: Comparison) -> str:
-    return c.to_frame().to_csv(**CSV_OPTIONS)
+    df = c.to_frame().reset_index()  # the entry name back as a column, after "index" as before
+    return df[["index", "name", *(k for k in df.columns if k not in ("index", "name"))]].to_csv(**CSV_OPTIONS)
 
 
 def render(c: Comparison, fmt: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from layerprobe.errors import LayerProbeError
 
@@ -66,42 +66,58 @@ def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def plot_trajectory(df: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> str:
+def plot_trajectory(df: pd.DataFrame, path: str | os.PathLike | None = None, title: str | None = None, *,
+                    ax: Any = None) -> Any:
     """Per-entry CKA to the start (left) and weight drift from the start (right) over steps.
 
-    Entries keep the model order of the CSV (embeddings first); colour goes from light (bottom)
-    to dark (top). Writes a PNG atomically and returns its path.
+    Entries keep the model order of the CSV (embeddings first), each in its own qualitative colour
+    so neighbouring blocks are told apart; a dotted line labelled "<entry> frozen" marks the step
+    each entry froze. ``ax``: two axes to draw into. Returns the figure; ``path`` also writes a PNG
+    (atomically). The global matplotlib style is left alone.
     """
-    import matplotlib
+    import warnings
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.figure import Figure
 
-    from layerprobe.results.plots import save_figure
+    from layerprobe.results.plots import cka_limits, save_figure
 
     order = list(dict.fromkeys(df["block"]))
-    palette = dict(zip(order, sns.color_palette("viridis_r", len(order))))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = sns.color_palette("tab10" if len(order) <= 10 else "tab20", len(order))
+    palette = dict(zip(order, colours))
+    if ax is None:
+        fig = Figure(figsize=(11, 4.4), layout="constrained")
+        axes = list(fig.subplots(1, 2))
+    else:
+        axes = list(getattr(ax, "flat", ax))
+        fig = axes[0].figure
     for name in order:
         d = df[df["block"] == name].sort_values("step")
         axes[0].plot(d["step"], d["cka_to_start"], marker="o", ms=3, color=palette[name], label=name)
         axes[1].plot(d["step"], d["weight_drift"], marker="o", ms=3, color=palette[name], label=name)
+    axes[0].set_ylim(*cka_limits(list(df["cka_to_start"].astype(float))))
     if "frozen" in df.columns:
         first = df[df["frozen"].astype(str).str.lower() == "true"].groupby("block")["step"].min()
-        for name, step in first.items():
-            if step > df["step"].min():
-                axes[0].axvline(step, color=palette.get(name, "grey"), ls=":", lw=1)
+        by_step: dict[int, list[str]] = {}
+        for name in order:  # model order: "embeddings..block.1 frozen"
+            if name in first.index and first[name] > df["step"].min():
+                by_step.setdefault(int(first[name]), []).append(str(name))
+        for step, names in sorted(by_step.items()):
+            for a in axes:
+                a.axvline(step, color="#444444", ls=":", lw=1)
+            label = (", ".join(names) if len(names) <= 2 else f"{names[0]}..{names[-1]}") + " frozen"
+            axes[0].annotate(label, xy=(step, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 3),
+                             textcoords="offset points", ha="left", va="bottom", fontsize=8, color="#444444",
+                             bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
     axes[0].set(xlabel="step", ylabel="linear CKA to start (1 = unchanged)", title="representation")
     axes[1].set(xlabel="step", ylabel="‖W − W₀‖ / ‖W₀‖ (0 = unchanged)", title="weight drift")
-    axes[0].legend(fontsize=8, loc="lower left")
-    for ax in axes:
-        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    for a in axes:
+        a.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    import warnings
-
-    with warnings.catch_warnings():  # many entries: the legend may not fit; the figure is still written
-        warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout()
-    return save_figure(fig, path)
+    if path is not None:
+        with warnings.catch_warnings():  # many entries: the legend may not fit; the figure is still written
+            warnings.simplefilter("ignore", UserWarning)
+            save_figure(fig, path)
+    return fig

@@ -230,7 +230,7 @@ def run_probe(
     max_tokens: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     pad: int = 0,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """One forward pass per batch over the tokenized probe, every entry captured at once.
 
@@ -242,8 +242,10 @@ def run_probe(
     device = input_device(model)  # offloaded (meta) parameters: inputs start on the CPU
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     with capture(model, blocks, pooling=pooling, max_tokens=max_tokens) as cap:
-        for start in tqdm(range(0, len(order), batch_size), desc="probe", unit="batch", disable=not progress,
-                          leave=False):
+        # the bar stays and ends its line (a cleared bar left "\r" and glued the next stderr line on);
+        # a string names what is probed ("probe checkpoint-500")
+        for start in tqdm(range(0, len(order), batch_size), desc=progress if isinstance(progress, str) else "probe",
+                          unit="batch", disable=not progress, leave=True):
             batch = collate([examples[i] for i in order[start : start + batch_size]], pad, device)
             model(**_forward_kwargs(model, batch))
     outputs = cap.outputs
@@ -268,7 +270,7 @@ def take_snapshot(
     batch_size: int = DEFAULT_BATCH_SIZE,
     blocks: Blocks | None = None,
     with_weights: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> Snapshot:
     """Snapshot a model's weights and, given a probe, every entry's representations.
 
@@ -282,7 +284,7 @@ def take_snapshot(
         batch_size: examples per forward pass.
         blocks: entries (found with :func:`find_blocks` if None).
         with_weights: copy the weights too (default True).
-        progress: show a progress bar.
+        progress: show a progress bar; a string is its label (e.g. ``"probe checkpoint-500"``).
 
     Returns:
         :class:`Snapshot` with ``(n, d)`` representations per entry.

@@ -285,16 +285,21 @@ class Tracker:
         return out
 
     def _copy_weights(self) -> dict[str, list[tuple[str, torch.Tensor]]]:
-        return {e: [(n, p.detach().to("cpu", copy=True)) for n, p in ps] for e, ps in self._entry_params().items()}
+        from layerprobe.model.unwrap import full_tensor as _full  # FSDP2: the whole tensor (every rank calls it)
+
+        return {e: [(n, _full(p.detach()).to("cpu", copy=True)) for n, p in ps]
+                for e, ps in self._entry_params().items()}
 
     def _drift(self) -> dict[str, float]:
+        from layerprobe.model.unwrap import full_tensor as _full
+
         start_weights = self._start_weights
         assert start_weights is not None  # copied by start() before its first check
         out = {}
         for entry, params in self._entry_params().items():
             acc = DriftAccumulator(chunk=_DRIFT_CHUNK)
             for (name, p), (_, w0) in zip(params, start_weights[entry]):
-                acc.add(name, w0, p.detach())
+                acc.add(name, w0, _full(p.detach()))
             out[entry] = acc.result()["weight_drift"]
         return out
 
@@ -382,6 +387,55 @@ class Tracker:
         inside = sum(e["n_params"] for e in entries)
         other = sum(p.numel() for p in model.parameters()) - inside
         return recommend(entries, thresholds, other_params=other, prefix_savings=prefix_savings)
+
+    # -- resumable state ----------------------------------------------------------------------
+
+    def export_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """What a restart needs: ``(JSON-able fields, representations, start weights)``.
+
+        Representations are the start's (``start/<entry>``) and the latest check's
+        (``previous/<entry>``); start weights are keyed by parameter name. Used by
+        :class:`~layerprobe.integrations.hf.LayerProbeCallback` to save with each Trainer checkpoint.
+        """
+        if not self.started:
+            raise LayerProbeError("Tracker.export_state: nothing recorded yet (call start() first)")
+        reps = {f"start/{k}": v.contiguous() for k, v in (self._start_reps or {}).items()}
+        reps.update({f"previous/{k}": v.contiguous() for k, v in (self._prev_reps or {}).items()})
+        weights = {n: w.contiguous() for ps in (self._start_weights or {}).values() for n, w in ps}
+        fields = {"rows": self.rows, "seconds_total": self.seconds_total, "last_step": self.last_step,
+                  "every_n_steps": self.every_n_steps, "n_probe": self.n_probe, "fingerprint": self.fingerprint,
+                  "lr_acc": self._lr_acc, "lr_fed": self._lr_fed}
+        return fields, reps, weights
+
+    def restore_state(self, model: nn.Module, fields: dict[str, Any], reps: dict[str, torch.Tensor],
+                      weights: dict[str, torch.Tensor]) -> None:
+        """Continue from :meth:`export_state`'s output: the reference stays the run's start (not the
+        model being resumed), the rows recorded so far are kept and later checks are appended."""
+        self.model = model
+        self.blocks = self.blocks if self.blocks is not None else find_blocks(model)
+        if int(fields["n_probe"]) < self.n_probe:
+            self.limit_probe(int(fields["n_probe"]))
+        if self.fingerprint != fields["fingerprint"]:
+            raise LayerProbeError("the saved layerprobe state was recorded on another probe (texts, tokenizer or "
+                                  "max_length differ): resume with the callback's original arguments")
+        names = self.blocks.names
+        missing = [n for n in names if f"start/{n}" not in reps]
+        if missing:
+            raise LayerProbeError(f"the saved layerprobe state lacks entry {missing[0]!r} (another model?)")
+        self._start_reps = {n: reps[f"start/{n}"] for n in names}
+        self._prev_reps = {n: reps[f"previous/{n}"] for n in names if f"previous/{n}" in reps} or None
+        start: dict[str, list[tuple[str, torch.Tensor]]] = {}
+        for entry, params in self._entry_params().items():
+            lost = [n for n, _ in params if n not in weights]
+            if lost:
+                raise LayerProbeError(f"the saved start weights lack {lost[0]!r} (another model?)")
+            start[entry] = [(n, weights[n]) for n, _ in params]
+        self._start_weights = start
+        self.rows = [dict(r) for r in fields["rows"]]
+        self.seconds_total = float(fields["seconds_total"])
+        self.last_step = None if fields["last_step"] is None else int(fields["last_step"])
+        self.every_n_steps = int(fields["every_n_steps"])
+        self._lr_acc, self._lr_fed = float(fields["lr_acc"]), bool(fields["lr_fed"])
 
     # -- output -------------------------------------------------------------------------------
 

@@ -144,7 +144,7 @@ def test_json_contract_and_determinism(tokenizer, texts):
     again = compare(tiny_bert(0), perturbed([3]), texts, tokenizer, thresholds=Thresholds(min_cka=0.9))
     assert again.to_json() == c.to_json()
     df = c.to_frame()
-    assert list(df["name"]) == NAMES and {"cka", "weight_drift", "advice", "reason"} <= set(df.columns)
+    assert list(df.index) == NAMES and {"cka", "weight_drift", "advice", "reason"} <= set(df.columns)
     assert not math.isnan(df["cka"].iloc[-1])
 
 

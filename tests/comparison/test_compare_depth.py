@@ -73,7 +73,10 @@ def test_ci_per_entry_deterministic_and_in_frame(snaps):
     assert d["meta"]["ci"]["n_boot"] == 300 and d["meta"]["ci"]["level"] == 0.95
     assert all(len(e["cka_ci"]) == 2 for e in d["blocks"])
     c3 = compare(a, b, cka_options=CKAOptions(ci=True, n_boot=300, seed=4))
-    assert [e["cka_ci"] for e in c3.blocks] != [e["cka_ci"] for e in c1.blocks]
+    # another seed: the same interval up to resampling noise (where the jackknife floor is wider than
+    # the recentred bootstrap, as here, it does not move at all)
+    for e3, e1 in zip(c3.blocks, c1.blocks):
+        assert e3["cka_ci"] == pytest.approx(e1["cka_ci"], abs=0.02)
 
 
 def test_ci_defaults_on_for_small_probes_and_can_be_turned_off(snaps):
@@ -91,8 +94,8 @@ def test_ci_reason_uses_lower_bound(snaps):
     assert frozen, "the untouched bottom entries should qualify"
     why = c.recommendation.reasons[frozen[0]]
     e = next(x for x in c.blocks if x["name"] == frozen[0])
-    assert why == (f"freeze: CKA {e['cka']:.3f} [{e['cka_ci'][0]:.3f}, {e['cka_ci'][1]:.3f}]: "
-                   f"lower bound {e['cka_ci'][0]:.3f} >= 0.99")  # the default min_cka
+    assert why == (f"freeze: CKA {e['cka']:.4f} [{e['cka_ci'][0]:.4f}, {e['cka_ci'][1]:.4f}]: "
+                   f"lower bound {e['cka_ci'][0]:.4f} >= 0.99")  # the default min_cka
 
 
 def test_ci_only_for_linear(snaps):
@@ -266,7 +269,8 @@ def test_plot_cross_layer_from_dict_only(tmp_path):
                          "base": [[1.0, 0.3], [0.3, 1.0]], "tuned": [[1.0, 0.2], [0.2, 1.0]]}}
     with warnings.catch_warnings():
         warnings.simplefilter("error", CKAUndefinedWarning)
-        assert plot_cross_layer(d, tmp_path / "x.png").endswith("x.png")
+        fig = plot_cross_layer(d, tmp_path / "x.png")
+    assert len(fig.axes) >= 3 and (tmp_path / "x.png").stat().st_size > 0
 
 
 def test_linear_cka_never_modifies_its_input():

@@ -74,7 +74,19 @@ def test_policy_waits_while_the_learning_rate_rises():
     for step, lr in ((10, 0.2), (20, 0.6), (30, 1.0)):  # linear warm-up: observe only
         assert pol.observe(step, _rows(step, cka, chg, lr), m, blocks) == []
     assert "learning rate still rising" in pol.log[-1]["reason"]
+    assert "not known yet" in pol.log[0]["reason"]  # one rate seen: not called "rising"
     assert pol.observe(40, _rows(40, cka, chg, 0.9), m, blocks) == NAMES[:4]  # decaying: decide
+
+
+def test_a_schedule_without_warm_up_is_never_called_rising():
+    """Issue 19 item 10: a constant rate read "the learning rate still rising" at the first check."""
+    m = tiny_bert(0)
+    blocks = find_blocks(m)
+    pol = AutoFreezePolicy(thresholds=Thresholds(min_cka=0.0), settle=1.0, patience=1, warmup_checks=0,
+                           cache=False)
+    for step in (10, 20):
+        pol.observe(step, _rows(step, [0.99] * 5, [1e-3] * 5, 1.0), m, blocks)
+    assert not any("still rising" in r["reason"] for r in pol.log)
 
 
 def test_policy_bad_knobs():

@@ -51,7 +51,7 @@ def test_interval_lower_bound_is_used():
     e = entries([0.999, 0.97, 0.6, 0.4, 0.3], cis=cis)
     t = Thresholds(min_cka=0.95)
     assert recommend(e, t).freeze == ["embeddings"]
-    assert "[0.940, 0.990]" in recommend(e, t).reasons["block.0"]
+    assert "[0.9400, 0.9900]" in recommend(e, t).reasons["block.0"]
     assert recommend(e, Thresholds(min_cka=0.95, use_interval=False)).freeze == ["embeddings", "block.0"]
 
 
@@ -126,3 +126,13 @@ def test_default_rule_is_the_study_fit():
     e = entries([0.9995, 0.995, 0.985, 0.6, 0.4], cis=[[0.999, 1.0], [0.992, 0.997], [0.98, 0.99], [0.5, 0.7],
                                                        [0.3, 0.5]])
     assert recommend(e).freeze == ["embeddings", "block.0"]  # block.1: lower bound 0.98 < 0.99
+
+
+def test_reason_prints_the_digits_that_decide():
+    """Issue 19 item 10: a bound of 0.98991 was printed "0.990 < 0.99"."""
+    e = entries([0.991, 0.5, 0.4, 0.3, 0.2], cis=[[0.98991, 0.993]] + [[0.4, 0.6]] * 4)
+    reason = recommend(e, Thresholds(min_cka=0.99)).reasons["embeddings"]
+    assert "CKA 0.9910 [0.9899, 0.9930]: lower bound 0.9899 < 0.99" in reason
+    e = entries([0.989996, 0.5, 0.4, 0.3, 0.2])
+    reason = recommend(e, Thresholds(min_cka=0.99, use_interval=False)).reasons["embeddings"]
+    assert "CKA 0.9900 (0.989996) < 0.99" in reason

@@ -90,3 +90,107 @@ def test_adapter_tokenizer_larger_than_the_base_embeddings_is_refused_in_one_lin
     rc = main(["compare", str(base_dir), str(own), "--probe", str(probe), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and expected in err and str(own) in err
+
+
+# -- issue 19 item 1: a task adapter (TaskType.SEQ_CLS) over a bare-encoder base ---------------------
+
+
+@pytest.fixture(scope="module")
+def task_adapter(tmp_path_factory, tokenizer):
+    """A SEQ_CLS LoRA adapter (keys ``base_model.model.bert.encoder...``, head in modules_to_save)
+    whose base directory holds the bare encoder, as a user fine-tuning MiniLM would have."""
+    root = tmp_path_factory.mktemp("lora_cls")
+    tiny_bert(0).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    torch.manual_seed(1)
+    cfg = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=2, lora_alpha=4, target_modules=["query", "value"],
+                          init_lora_weights=False)
+    pm = peft.get_peft_model(tiny_bert(0, head=True), cfg)
+    with torch.no_grad():  # the head was trained too
+        pm.base_model.model.classifier.modules_to_save["default"].weight.add_(0.5)
+    pm.save_pretrained(root / "adapter")
+    return root / "base", root / "adapter", pm
+
+
+def test_task_adapter_with_probe_is_the_merged_model(task_adapter, texts, tokenizer):
+    base_dir, adapter_dir, pm = task_adapter
+    c = lp.compare(str(base_dir), str(adapter_dir), probe=texts[:16], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
+    weights_only = lp.compare(str(base_dir), str(adapter_dir))
+    merged = pm.merge_and_unload()
+    ref = lp.compare(tiny_bert(0), merged, texts[:16], tokenizer, probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
+    for e, r, w in zip(c.blocks, ref.blocks, weights_only.blocks):
+        assert e["cka"] == pytest.approx(r["cka"], abs=1e-6)
+        assert e["weight_drift"] == pytest.approx(w["weight_drift"], rel=1e-5)
+    assert [e["weight_drift"] > 0.1 for e in c.blocks] == [False, True, True, True, True]
+    assert min(e["cka"] for e in c.blocks[1:]) < 0.9995  # before: every block 1.0000 / drift 0
+    info = c.meta["adapter"]["b"]
+    assert info["task_type"] == "SEQ_CLS"
+    assert info["applied_update_norm"] == pytest.approx(info["update_norm"], rel=1e-6) and info["update_norm"] > 1
+    assert info["modules_to_save"] == {"classifier": {"n_params": 66, "in_base": False, "weight_drift": None}}
+    assert any("adapter head classifier (66 parameters" in n and "not in the base" in n for n in c.recommendation.notes)
+
+
+def test_task_adapter_head_is_compared_when_the_base_has_one(tmp_path, task_adapter, texts, tokenizer):
+    _, adapter_dir, _ = task_adapter
+    base = tiny_bert(0, head=True)
+    base.save_pretrained(tmp_path / "base_cls")
+    tokenizer.save_pretrained(tmp_path / "base_cls")
+    c = lp.compare(str(tmp_path / "base_cls"), str(adapter_dir))
+    head = c.meta["adapter"]["b"]["modules_to_save"]["classifier"]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(adapter_dir / "adapter_model.safetensors"))["base_model.model.classifier.weight"].double()
+    w0 = base.classifier.weight.detach().double()
+    b0 = base.classifier.bias.detach().double()
+    sb = load_file(str(adapter_dir / "adapter_model.safetensors"))["base_model.model.classifier.bias"].double()
+    want = math.sqrt(float((saved - w0).pow(2).sum() + (sb - b0).pow(2).sum()) / float(w0.pow(2).sum() + b0.pow(2).sum()))
+    assert head["in_base"] and head["weight_drift"] == pytest.approx(want, rel=1e-9)
+    assert c.other["weight_drift"] > 0  # the saved head is served in place of the base's
+
+
+def test_adapter_keys_that_fit_no_base_class_are_one_line_exit_2(tmp_path, task_adapter, texts, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from layerprobe.cli import main
+
+    base_dir, adapter_dir, _ = task_adapter
+    bad = tmp_path / "bad_adapter"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text((adapter_dir / "adapter_config.json").read_text())
+    sd = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    save_file({k.replace(".bert.", ".roberta."): v for k, v in sd.items()}, str(bad / "adapter_model.safetensors"))
+    probe = tmp_path / "p.txt"
+    probe.write_text("\n".join(texts[:8]) + "\n")
+    assert main(["compare", str(base_dir), str(bad), "--probe", str(probe), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "adapter module(s) are not in the base model" in err
+    assert "BertForSequenceClassification, loaded for task_type SEQ_CLS" in err
+
+
+def test_adapter_key_peft_would_not_load_is_an_error(tmp_path, task_adapter, texts):
+    """A LoRA pair for a module outside target_modules: peft drops it without a word."""
+    from safetensors.torch import load_file, save_file
+
+    base_dir, adapter_dir, _ = task_adapter
+    bad = tmp_path / "extra_key"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text((adapter_dir / "adapter_config.json").read_text())
+    sd = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    q = "base_model.model.bert.encoder.layer.0.attention.self.query"
+    k = q.replace(".query", ".key")
+    sd[k + ".lora_A.weight"], sd[k + ".lora_B.weight"] = sd[q + ".lora_A.weight"].clone(), sd[q + ".lora_B.weight"].clone()
+    save_file(sd, str(bad / "adapter_model.safetensors"))
+    with pytest.raises(lp.LayerProbeError, match=r"2 adapter key\(s\) missing from the model, e.g. bert.encoder."
+                                                 r"layer.0.attention.self.key.lora_A.weight"):
+        lp.compare(str(base_dir), str(bad), probe=texts[:8], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
+
+
+def test_adapter_with_an_update_but_no_drift_is_refused():
+    from layerprobe.comparison.compare import _adapter_notes
+
+    entries = [{"name": "block.0", "weight_drift": 0.0}, {"name": "block.1", "weight_drift": 0.0}]
+    with pytest.raises(lp.LayerProbeError, match="update norm is 1.8 but no compared weight changed"):
+        _adapter_notes({"update_norm": 1.8}, entries, {"weight_drift": 0.0}, [], "adapter")
+    notes: list[str] = []
+    _adapter_notes({"update_norm": 0.0}, entries, None, notes, "adapter")  # a zero adapter is fine
+    assert notes == []

@@ -47,4 +47,6 @@ frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
 checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump({"frozen": frozen, "checksum": checksum, "seconds": seconds,
-               "policy_frozen": cbs[0].policy.frozen if cbs else []}, f)
+               "policy_frozen": cbs[0].policy.frozen if cbs else [],
+               "advice": cbs[0].advice().to_dict() if cbs else None,
+               "rows": len(cbs[0].tracker.rows) if cbs else 0}, f)

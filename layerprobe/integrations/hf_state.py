@@ -1,0 +1,106 @@
+"""The :class:`~layerprobe.integrations.hf.LayerProbeCallback` state saved with each Trainer checkpoint.
+
+``checkpoint-N/layerprobe_state.json`` (rows, policy state, probe plan, frozen parameters) and
+``checkpoint-N/layerprobe_state.safetensors`` (the start's and the latest check's representations)
+are written while the Trainer saves the checkpoint (the callback's ``ExportableState.state()``);
+the start weights go once to ``<output_dir>/layerprobe_reference.safetensors``. A resumed run reads
+them back in ``on_train_begin``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from torch import nn
+
+from layerprobe.errors import LayerProbeError
+
+__all__ = ["REFERENCE_FILE", "STATE_JSON", "STATE_TENSORS", "restore_state", "save_state", "stored_state"]
+
+#: written into each Trainer checkpoint (``checkpoint-N/``): the run state a resume needs
+STATE_JSON = "layerprobe_state.json"
+#: the start's and the latest check's probe representations, beside :data:`STATE_JSON`
+STATE_TENSORS = "layerprobe_state.safetensors"
+#: the start weights (the drift reference), once per run in ``output_dir``
+REFERENCE_FILE = "layerprobe_reference.safetensors"
+
+
+def save_state(cb: Any, ckpt: str) -> dict[str, Any] | None:
+    """Write the callback's run state into the checkpoint directory ``ckpt``; returns where it is."""
+    from safetensors.torch import save_file
+
+    from layerprobe.freezing.policy import policy_state
+    from layerprobe.io.outputs import atomic_write_text
+
+    if not os.path.isdir(ckpt):
+        return None
+    fields, reps, weights = cb.tracker.export_state()
+    assert cb.output_dir is not None
+    ref = os.path.join(cb.output_dir, REFERENCE_FILE)
+    if not os.path.isfile(ref):
+        tmp = ref + ".tmp"
+        save_file(weights, tmp)
+        os.replace(tmp, ref)
+    save_file(reps, os.path.join(ckpt, STATE_TENSORS))
+    model = cb._trained_model()
+    doc = {"version": 1, "step": cb._step, "tracker": fields,
+           "policy": policy_state(cb.policy) if cb.policy is not None else None,
+           "probe_plan": cb.probe_plan, "reference": os.path.abspath(ref),
+           "frozen_params": sorted(n for n, p in model.named_parameters() if not p.requires_grad)}
+    atomic_write_text(os.path.join(ckpt, STATE_JSON), json.dumps(doc))
+    return {"dir": os.path.abspath(ckpt), "step": cb._step}
+
+
+def restore_state(cb: Any, args: Any, state: Any, model: nn.Module, resume: dict[str, Any]) -> None:
+    """Continue the run saved in the checkpoint being resumed (see :meth:`state`)."""
+    from safetensors.torch import load_file
+
+    from layerprobe.freezing.policy import restore_policy_state
+
+    step = int(state.global_step)
+    dirs = [os.path.join(args.output_dir, f"checkpoint-{step}"), str(resume.get("dir") or "")]
+    ckpt = next((d for d in dirs if d and os.path.isfile(os.path.join(d, STATE_JSON))), None)
+    if ckpt is None:
+        raise LayerProbeError(f"LayerProbeCallback: resuming at step {step}, but {STATE_JSON} is in neither "
+                              f"{dirs[0]} nor {dirs[1] or '(no recorded directory)'}")
+    with open(os.path.join(ckpt, STATE_JSON), encoding="utf-8") as f:
+        doc = json.load(f)
+    if int(doc.get("step", -1)) != step:
+        raise LayerProbeError(f"LayerProbeCallback: {os.path.join(ckpt, STATE_JSON)} is of step {doc.get('step')}, "
+                              f"the Trainer resumes at step {step}")
+    cb._attach_model(model)
+    if cb._measures:
+        weights = load_file(str(doc["reference"])) if os.path.isfile(str(doc["reference"])) else None
+        if weights is None:
+            raise LayerProbeError(f"LayerProbeCallback: the drift reference {doc['reference']} is gone "
+                                  "(written once per run in output_dir)")
+        cb.tracker.restore_state(model, doc["tracker"], load_file(os.path.join(ckpt, STATE_TENSORS)), weights)
+    else:
+        cb.tracker.every_n_steps = int(doc["tracker"]["every_n_steps"])
+        cb.tracker.rows = [dict(r) for r in doc["tracker"]["rows"]]
+    cb.probe_plan = doc.get("probe_plan")
+    frozen = set(doc.get("frozen_params") or ())
+    for n, p in model.named_parameters():  # before the first resumed step
+        if n in frozen:
+            p.requires_grad_(False)
+    if cb.policy is not None and doc.get("policy") is not None:
+        restore_policy_state(cb.policy, doc["policy"])
+        attach = getattr(cb.policy, "_attach_cache", None)
+        if attach is not None and getattr(cb.policy, "cache", False) and cb.policy.frozen:
+            attach(model, cb.tracker.blocks)
+    cb._logged_freezes = len(cb.policy.frozen) if cb.policy is not None else 0
+    cb.resumed_from = step
+    cb._write()
+
+
+def stored_state(state: Any, name: str) -> dict[str, Any] | None:
+    """The pointer :meth:`LayerProbeCallback.state` left in the resumed ``trainer_state.json``."""
+    stored = (getattr(state, "stateful_callbacks", None) or {}).get(name)
+    if isinstance(stored, list):
+        stored = stored[0] if stored else None
+    if not isinstance(stored, dict):
+        return None
+    value = (stored.get("attributes") or {}).get("resume_state")
+    return value if isinstance(value, dict) else None

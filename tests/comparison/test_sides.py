@@ -1,0 +1,62 @@
+"""Sentence-transformers model directories and up-front input checks (issue 19 item 8)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import tiny_bert
+import layerprobe as lp
+from layerprobe.cli import main
+
+
+def _st_dir(root, model, tokenizer):
+    """The layout ``SentenceTransformer.save`` writes: modules.json, 0_Transformer/, 1_Pooling/."""
+    root.mkdir()
+    model.save_pretrained(root / "0_Transformer")
+    tokenizer.save_pretrained(root / "0_Transformer")
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                "pooling_mode_mean_tokens": True}))
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    return root
+
+
+def test_sentence_transformers_dirs_compare_like_their_transformer(tmp_path, tokenizer, texts):
+    a = _st_dir(tmp_path / "st_a", tiny_bert(0), tokenizer)
+    b = _st_dir(tmp_path / "st_b", tiny_bert(1), tokenizer)
+    c = lp.compare(str(a), str(b), probe=texts[:12], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
+    ref = lp.compare(str(a / "0_Transformer"), str(b / "0_Transformer"), probe=texts[:12], probe_options=lp.ProbeOptions(max_length=16), cka_options=lp.CKAOptions(ci=False))
+    assert [e["cka"] for e in c.blocks] == pytest.approx([e["cka"] for e in ref.blocks], abs=1e-9)
+    assert min(e["cka"] for e in c.blocks) < 0.99
+    w = lp.compare(str(a), str(b))  # weights only
+    assert w.blocks[1]["weight_drift"] == pytest.approx(ref.blocks[1]["weight_drift"], rel=1e-9)
+
+
+def test_a_bad_second_input_is_refused_before_the_first_is_probed(tmp_path, tokenizer, texts, capsys):
+    a = _st_dir(tmp_path / "st_a", tiny_bert(0), tokenizer)
+    bad = tmp_path / "not_a_model"
+    bad.mkdir()
+    (bad / "README.md").write_text("hello")
+    probe = tmp_path / "p.txt"
+    probe.write_text("\n".join(texts[:12]) + "\n")
+    capsys.readouterr()  # the fixture's own save messages
+    t0 = time.perf_counter()
+    assert main(["compare", str(a), str(bad), "--probe", str(probe)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json" in err and "not_a_model" in err
+    assert "batch/s" not in err  # no progress bar: side A never ran
+    assert time.perf_counter() - t0 < 5
+
+
+def test_modules_json_without_a_transformer_is_one_line(tmp_path, capsys):
+    d = tmp_path / "st"
+    d.mkdir()
+    (d / "modules.json").write_text(json.dumps([{"idx": 0, "path": "1_Pooling",
+                                                 "type": "sentence_transformers.models.Pooling"}]))
+    assert main(["compare", str(d), str(d)]) == 2
+    assert "lists no sentence_transformers.models.Transformer module" in capsys.readouterr().err
