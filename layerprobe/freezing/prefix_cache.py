@@ -86,6 +86,7 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.prefix_rows import (
     batch_keys,
     encoder_decoder_refusal,
+    frozen_call,
     hidden_of,
     needs_grad,
     no_store,
@@ -435,13 +436,7 @@ class PrefixCache:
                     return self._as_output(hidden)
                 if b["rows"] is not None:
                     return self._partial_call(b, mod, orig, name, last, hidden, args, kwargs)
-                with torch.no_grad():
-                    was = mod.training
-                    mod.train(False)
-                    try:
-                        out = orig(*args, **kwargs)
-                    finally:
-                        mod.train(was)
+                out = frozen_call(mod, orig, args, kwargs)
                 if b["verify"] is not None:
                     self._verify_step(b, mod, orig, name, last, hidden, args, kwargs, out)
                 if hidden is not None and hidden.requires_grad and torch.is_grad_enabled():

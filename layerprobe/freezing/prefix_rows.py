@@ -15,7 +15,7 @@ from torch import nn
 from layerprobe.errors import LayerProbeError
 from layerprobe.model.blocks import Blocks, find_stack
 
-__all__ = ["batch_keys", "contiguous_run", "encoder_decoder_refusal", "hidden_of", "needs_grad", "no_store",
+__all__ = ["batch_keys", "contiguous_run", "encoder_decoder_refusal", "frozen_call", "hidden_of", "needs_grad", "no_store",
            "no_store_depth", "padded", "requiring_grad", "rows_of", "run_rows", "tensors_in"]
 
 
@@ -139,6 +139,17 @@ def batch_keys(kwargs: dict) -> dict | None:
     return {"keys": keys, "runs": runs, "width": ids.shape[1], "device": ids.device}
 
 
+def frozen_call(mod: nn.Module, orig: Callable, args: tuple, kwargs: dict) -> Any:
+    """``orig(*args, **kwargs)`` as the frozen prefix runs: eval mode (no dropout), no gradients; mode restored."""
+    with torch.no_grad():
+        was = mod.training
+        mod.train(False)
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            mod.train(was)
+
+
 def run_rows(b: dict, mod: nn.Module, orig: Callable, name: str, rows: torch.Tensor,
              hidden: torch.Tensor | None, args: tuple, kwargs: dict) -> torch.Tensor:
     """Run a prefix block (eval mode, no grad) on the batch rows ``rows`` only, its input the rows'
@@ -157,13 +168,7 @@ def run_rows(b: dict, mod: nn.Module, orig: Callable, name: str, rows: torch.Ten
         kwargs = {key: (sub if key == "hidden_states" else rows_of(v, rows, n, width))
                   for key, v in kwargs.items()}
         args = rows_of(args, rows, n, width)
-    with torch.no_grad():
-        was = mod.training
-        mod.train(False)
-        try:
-            out = orig(*args, **kwargs)
-        finally:
-            mod.train(was)
+    out = frozen_call(mod, orig, args, kwargs)
     if torch.is_tensor(out):
         b["sub"] = out
     elif isinstance(out, tuple) and out and torch.is_tensor(out[0]):
