@@ -210,7 +210,11 @@ def test_real_minilm_trainer_callback_auto_freeze_and_cache(tmp_path):
     Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
             callbacks=[cb]).train()
     assert policy.frozen == ["embeddings"] + [f"block.{i}" for i in range(5)]
-    assert policy.summary()["cache"]["hit_batches"] >= 3  # epoch 2 served from the cache
+    s = policy.summary()["cache"]
+    # frozen after step 1: steps 2-3 store their 16 rows; the Trainer reshuffles, so epoch 2's batches are
+    # only partly stored: the first is checked against the full prefix, the next two served in part
+    assert s["stored"] == 24 and s["examples"] == 24  # every training example stored once, probe rows never
+    assert s["partial_batches"] >= 2 and s["hit_rows"] >= 8  # epoch 2 served rows from the cache
     df_t = pd.read_csv(tmp_path / TRAJECTORY_CSV)
     assert df_t["block"].nunique() == 7 and df_t["step"].max() == 6
     # the cache reproduces the frozen prefix exactly (eval mode)
