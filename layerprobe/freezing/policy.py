@@ -208,8 +208,14 @@ class AutoFreezePolicy:
 
     Every decision for every entry is appended to :attr:`log` (:data:`LOG_COLUMNS`).
 
+    The current advice is :func:`~layerprobe.freezing.rule.recommend`'s on the check's measurements:
+    with a ``tolerance`` (or when the shipped predictor is validated) the largest prefix whose
+    *predicted* accuracy loss is within it (from the relative CKA and drift, or the revert test when the
+    tracker runs it: ``Tracker(revert=True)``), else the CKA rule with ``thresholds``.
+
     Args:
         thresholds: the rule's knobs (default :data:`DEFAULT_AUTO_RULE`: CKA to the start >= 0.99).
+        tolerance: the accuracy loss accepted, in [0, 1): the prediction decides what is advised.
         settle: fraction of its own peak speed below which an entry counts as settled.
         patience: consecutive checks an entry must be advised and settled before it freezes.
         warmup_checks: checks (after the start) that only observe (the profile is not formed yet).
@@ -220,6 +226,7 @@ class AutoFreezePolicy:
     """
 
     thresholds: Thresholds | None = None
+    tolerance: float | None = None
     settle: float = 0.5
     patience: int = 2
     warmup_checks: int = 2
@@ -244,6 +251,10 @@ class AutoFreezePolicy:
 
         if self.thresholds is None:
             self.thresholds = Thresholds(**DEFAULT_AUTO_RULE)
+        if self.tolerance is not None:
+            from layerprobe.freezing.predict import check_tolerance
+
+            self.tolerance = check_tolerance(self.tolerance)
         if not (0 < self.settle <= 1 and math.isfinite(self.settle)):
             raise LayerProbeError(f"settle must be in (0, 1], got {self.settle=}")
         if int(self.patience) < 1:
@@ -251,8 +262,10 @@ class AutoFreezePolicy:
         if int(self.warmup_checks) < 0:
             raise LayerProbeError(f"warmup_checks must be ≥ 0, got {self.warmup_checks=}")
 
-    def observe(self, step: int, rows: list[dict], model: nn.Module, blocks: Blocks) -> list[str]:
-        """Take one check's rows (:class:`~layerprobe.tracking.tracker.Tracker` columns); freeze; return new names."""
+    def observe(self, step: int, rows: list[dict], model: nn.Module, blocks: Blocks,
+                revert: list[dict] | None = None) -> list[str]:
+        """Take one check's rows (:class:`~layerprobe.tracking.tracker.Tracker` columns) and, optionally, its
+        revert-test rows; freeze; return the newly frozen names."""
         from layerprobe.freezing.rule import recommend
 
         self._checks += 1
@@ -286,7 +299,7 @@ class AutoFreezePolicy:
         entries = [{"name": n, "kind": "embeddings" if n == "embeddings" else "block", "n_params": n_params[n],
                     "weight_drift": by[n].get("weight_drift", math.nan), "cka": by[n].get("cka_to_start")}
                    for n in order]
-        advised = set(recommend(entries, self.thresholds).freeze)
+        advised = set(recommend(entries, self.thresholds, tolerance=self.tolerance, revert=revert).freeze)
         reasons: dict[str, tuple[str, str]] = {}
         new: list[str] = []
         blocked_by = None

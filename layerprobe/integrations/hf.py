@@ -96,6 +96,12 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
         freeze_policy: an explicit policy instead of the default one (``FreezePolicy`` or
             ``AutoFreezePolicy``).
         thresholds, settle, patience, cache: knobs of the default ``AutoFreezePolicy``.
+        tolerance: with ``auto_freeze``, the accuracy loss accepted (e.g. 0.01): the policy freezes what the
+            *predicted* cost of freezing allows (:mod:`layerprobe.freezing.predict`) instead of the CKA
+            rule; :meth:`advice` takes its own ``tolerance``.
+        revert_test: run the revert test at every check (:class:`~layerprobe.tracking.tracker.Tracker`'s
+            ``revert``): the strongest input of the prediction, at ``n_blocks + 2`` extra probe passes per
+            check, which the ``probe_share`` budget counts. Needs the model's output head.
         probe_share: with ``auto_freeze`` (default 0.05), the share of this process's training compute
             (the steps left x ``train_batch_size`` x gradient accumulation, at ~3 forward passes per
             training example) the probe passes may cost, the start and a final pass included: at train
@@ -132,17 +138,20 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
                  batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
                  filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
                  settle: float | None = None, patience: int | None = None, cache: bool = True,
-                 probe_share: Any = _DEFAULT, _layerprobe_resume: bool = False) -> None:
+                 probe_share: Any = _DEFAULT, tolerance: float | None = None, revert_test: bool = False,
+                 _layerprobe_resume: bool = False) -> None:
         if _layerprobe_resume:  # the Trainer's rebuild: this object already exists (see __new__)
             return
         if tokenizer is None:
             raise LayerProbeError("LayerProbeCallback needs tokenizer=...")
         if auto_freeze and freeze_policy is not None:
             raise LayerProbeError("LayerProbeCallback: give auto_freeze=True or freeze_policy=..., not both")
-        if not auto_freeze and (settle is not None or patience is not None or thresholds is not None):
-            raise LayerProbeError("LayerProbeCallback: thresholds/settle/patience configure auto_freeze=True")
+        if not auto_freeze and (settle is not None or patience is not None or thresholds is not None
+                                or tolerance is not None):
+            raise LayerProbeError("LayerProbeCallback: thresholds/settle/patience/tolerance configure "
+                                  "auto_freeze=True (advice() takes its own tolerance)")
         if auto_freeze:
-            knobs = (("thresholds", thresholds), ("settle", settle), ("patience", patience))
+            knobs = (("thresholds", thresholds), ("settle", settle), ("patience", patience), ("tolerance", tolerance))
             kw: dict[str, Any] = {k: v for k, v in knobs if v is not None}
             freeze_policy = AutoFreezePolicy(cache=cache, **kw)
         if probe_share is not _DEFAULT and not auto_freeze:
@@ -158,7 +167,8 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
         #: the checks and probe size chosen at train begin (``auto_freeze`` with a ``probe_share``)
         self.probe_plan: dict[str, Any] | None = None
         self.tracker = Tracker(None, tokenizer, probe_texts, every_n_steps=every_n_steps, max_length=max_length,
-                               pooling=pooling, blocks=blocks, batch_size=batch_size, freeze_policy=freeze_policy)
+                               pooling=pooling, blocks=blocks, batch_size=batch_size, freeze_policy=freeze_policy,
+                               revert=revert_test)
         self.filename = filename
         self.output_dir: str | None = None
         self.is_main = True
@@ -184,9 +194,11 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
     def policy(self) -> FreezePolicy | AutoFreezePolicy | None:
         return self.tracker.policy
 
-    def advice(self, thresholds=None):
-        """The freeze advice from the latest check (:meth:`Tracker.advice`)."""
-        return self.tracker.advice(thresholds)
+    def advice(self, thresholds=None, tolerance: float | None = None):
+        """The freeze advice from the latest check (:meth:`Tracker.advice`): with a ``tolerance`` the
+        largest prefix whose predicted accuracy loss is within it; ``candidates`` lists every prefix's
+        prediction either way."""
+        return self.tracker.advice(thresholds, tolerance=tolerance)
 
     def _write(self) -> None:
         if self.output_dir is None or not self.is_main:
@@ -377,7 +389,12 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
         per_step = int(getattr(args, "train_batch_size", 0) or getattr(args, "per_device_train_batch_size", 8)
                        or 8) * int(getattr(args, "gradient_accumulation_steps", 1) or 1)
         examples = steps * per_step
-        checks, n = probe_plan(texts, examples, share=share) if share is not None and self._auto_every \
+        mult = 1  # probe passes per check: with the revert test also its n_blocks + 2
+        if self.tracker.revert:
+            from layerprobe.model.blocks import find_blocks
+
+            mult = len((self.tracker.blocks or find_blocks(self._trained_model())).blocks) + 3
+        checks, n = probe_plan(texts, examples // mult, share=share) if share is not None and self._auto_every \
             else (20, texts)
         if self._auto_every:
             self.tracker.every_n_steps = math.ceil(steps / checks)
@@ -386,12 +403,13 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
         every = self.tracker.every_n_steps
         passes = probe_passes(steps, every)
         if not self._auto_every:  # the user's cadence: only the probe is sized
-            n = probe_texts_within(share * 3 * examples, passes, texts)
+            n = probe_texts_within(share * 3 * examples / mult, passes, texts)
         if n < self.tracker.n_probe:
             self.tracker.limit_probe(n)
         self.probe_plan = {"checks": steps // every, "probe_passes": passes, "probe_texts": self.tracker.n_probe,
                            "of_texts": texts, "train_examples": examples, "share": share,
-                           "probe_share_planned": passes * self.tracker.n_probe / (3 * examples)}
+                           "passes_per_check": mult,
+                           "probe_share_planned": mult * passes * self.tracker.n_probe / (3 * examples)}
 
     def _trained_model(self) -> nn.Module:
         """The model the Trainer passed to :meth:`on_train_begin`."""
@@ -406,10 +424,12 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
 
         model = self._trained_model()
         names: list[Any] = [[n for n, p in model.named_parameters() if not p.requires_grad] if self.is_main else None,
-                            self.tracker.rows if self.is_main else None]
+                            self.tracker.rows if self.is_main else None,
+                            self.tracker.revert_rows if self.is_main else None]
         dist.broadcast_object_list(names, src=0)
         if not self.is_main:
             self.tracker.rows = list(names[1] or [])
+            self.tracker.revert_rows = dict(names[2] or {})
         if self.policy is None:
             return
         frozen: set[str] = set(names[0] or ())

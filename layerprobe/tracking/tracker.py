@@ -30,6 +30,14 @@ passes run inside :func:`layerprobe.freezing.prefix_cache.no_store`: a prefix ca
 stores the probe texts (they are not training examples).
 
 :meth:`Tracker.advice` gives the freeze advice from the latest check at any step.
+
+With ``revert=True`` each check after the start also runs the **revert test**
+(:func:`layerprobe.freezing.revert.revert_test`) on the probe: the model with each bottom prefix put
+back to its start weights, its outputs against the model's own (agreement, KL). The rows are kept
+per step in :attr:`Tracker.revert_rows`, the advice and an
+:class:`~layerprobe.freezing.policy.AutoFreezePolicy` predict from them, and they cost
+``n_blocks + 2`` forward passes of the probe per check (it needs the model's output head, e.g.
+``*ForSequenceClassification``).
 The ``transformers.Trainer`` integration is :class:`layerprobe.integrations.hf.LayerProbeCallback`.
 
 >>> import torch
@@ -126,6 +134,8 @@ class Tracker:
             it each row carries ``lr_sum``, the sum of the learning rates applied since the previous
             check (the denominator of a learning-rate-normalised change). Without it ``lr_sum`` is
             NaN unless :meth:`add_lr` is fed the rate of each step.
+        revert: also run the revert test at each check (see the module docstring); refused for a
+            model without an output head (checked at :meth:`start`) and for sharded (FSDP) parameters.
     """
 
     def __init__(
@@ -142,6 +152,7 @@ class Tracker:
         progress: bool = False,
         lr_schedule: Callable[[int], float] | None = None,
         probe: ProbeOptions | None = None,
+        revert: bool = False,
     ) -> None:
         if probe is not None:  # the shared option object wins over the loose keywords
             pooling = probe.pooling or pooling
@@ -187,6 +198,13 @@ class Tracker:
         self._start_reps: dict[str, torch.Tensor] | None = None
         self._prev_reps: dict[str, torch.Tensor] | None = None
         self._start_weights: dict[str, list[tuple[str, torch.Tensor]]] | None = None
+        if not isinstance(revert, bool):
+            from layerprobe.errors import LayerProbeTypeError
+
+            raise LayerProbeTypeError(f"revert must be True or False, got {revert!r}")
+        self.revert = revert
+        #: revert-test rows per checked step (``revert=True``): ``{step: [{"k", "freeze", "agreement", "kl", "tv"}]}``
+        self.revert_rows: dict[int, list[dict[str, Any]]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -225,9 +243,12 @@ class Tracker:
             raise LayerProbeError("Tracker.start needs the model (pass it to Tracker(...) or start(model))")
         self.blocks = self.blocks if self.blocks is not None else find_blocks(self.model)
         t0 = time.perf_counter()
+        if self.revert:
+            _check_revertable(self.model, self.examples[0], pad_id(self.tokenizer))
         self._start_weights = self._copy_weights()
         self._start_reps = None
         self.rows.clear()
+        self.revert_rows.clear()
         self.seconds_total = 0.0
         self._record(step, t0)
 
@@ -343,10 +364,16 @@ class Tracker:
                          "change": 1.0 - to_prev, "weight_drift": drift[name], "lr_sum": lr_sum})
         self._prev_reps = reps
         self.last_step = int(step)
+        revert = None
+        if self.revert and not first:
+            revert = self.revert_rows[int(step)] = self._revert(model, blocks)
         if self.policy is not None and not first:
             observe = getattr(self.policy, "observe", None)
             if observe is not None:
-                observe(step, rows, model, blocks)
+                if revert is not None:
+                    observe(step, rows, model, blocks, revert=revert)
+                else:
+                    observe(step, rows, model, blocks)
             else:  # a FreezePolicy (an AutoFreezePolicy has observe)
                 cast("FreezePolicy", self.policy).decide(step, changes, model, blocks)
         params = self._entry_params()  # frozen = state after this check's policy decision
@@ -366,10 +393,13 @@ class Tracker:
         step = self.rows[-1]["step"]
         return [r for r in self.rows if r["step"] == step]
 
-    def advice(self, thresholds: Thresholds | None = None, prefix_savings: Any = None) -> Recommendation:
-        """The freeze advice from the latest check (CKA of each entry to the start), at any step.
+    def advice(self, thresholds: Thresholds | None = None, prefix_savings: Any = None,
+               tolerance: float | None = None) -> Recommendation:
+        """The freeze advice from the latest check (CKA of each entry to the start, weight drift and,
+        with ``revert=True``, the revert test), at any step.
 
-        Uses :func:`layerprobe.freezing.rule.recommend` with ``thresholds`` (its defaults if None) on the
+        Uses :func:`layerprobe.freezing.rule.recommend` with ``thresholds`` (its defaults if None) and
+        ``tolerance`` (the accuracy loss accepted; given, the predicted cost of each prefix decides) on the
         tracker's probe; parameter counts are those of the model's entries. ``prefix_savings`` (from
         :func:`~layerprobe.freezing.step_cost.calibrate_prefix_savings`): report the measured saving.
         """
@@ -386,7 +416,24 @@ class Tracker:
              "cka": r["cka_to_start"]} for r in rows]
         inside = sum(e["n_params"] for e in entries)
         other = sum(p.numel() for p in model.parameters()) - inside
-        return recommend(entries, thresholds, other_params=other, prefix_savings=prefix_savings)
+        revert = self.revert_rows.get(int(rows[0]["step"]))
+        return recommend(entries, thresholds, other_params=other, prefix_savings=prefix_savings, tolerance=tolerance,
+                         revert=revert)
+
+    def _revert(self, model: nn.Module, blocks: Blocks) -> list[dict[str, Any]]:
+        """The revert test on the probe against the start weights (no prefix cache stores these passes)."""
+        from layerprobe.freezing.revert import revert_test
+        from layerprobe.model.batching import collate
+
+        assert self._start_weights is not None
+        base = {n: w for ps in self._start_weights.values() for n, w in ps}
+        device = next((p.device for p in model.parameters()), None)
+        pad = pad_id(self.tokenizer)
+        batches = [collate(self.examples[i:i + self.batch_size], pad, device)
+                   for i in range(0, len(self.examples), self.batch_size)]
+        with no_store():
+            rows = revert_test(model, base, batches, blocks=blocks)
+        return [{k: v for k, v in r.items() if k != "freeze"} for r in rows]
 
     # -- resumable state ----------------------------------------------------------------------
 
@@ -404,7 +451,8 @@ class Tracker:
         weights = {n: w.contiguous() for ps in (self._start_weights or {}).values() for n, w in ps}
         fields = {"rows": self.rows, "seconds_total": self.seconds_total, "last_step": self.last_step,
                   "every_n_steps": self.every_n_steps, "n_probe": self.n_probe, "fingerprint": self.fingerprint,
-                  "lr_acc": self._lr_acc, "lr_fed": self._lr_fed}
+                  "lr_acc": self._lr_acc, "lr_fed": self._lr_fed,
+                  "revert_rows": {str(k): v for k, v in self.revert_rows.items()}}
         return fields, reps, weights
 
     def restore_state(self, model: nn.Module, fields: dict[str, Any], reps: dict[str, torch.Tensor],
@@ -436,6 +484,7 @@ class Tracker:
         self.last_step = None if fields["last_step"] is None else int(fields["last_step"])
         self.every_n_steps = int(fields["every_n_steps"])
         self._lr_acc, self._lr_fed = float(fields["lr_acc"]), bool(fields["lr_fed"])
+        self.revert_rows = {int(k): [dict(r) for r in v] for k, v in (fields.get("revert_rows") or {}).items()}
 
     # -- output -------------------------------------------------------------------------------
 
@@ -448,6 +497,28 @@ class Tracker:
     def write_csv(self, path: str | os.PathLike) -> str:
         """Write the trajectory atomically (never a half-written file); returns the path."""
         return atomic_write_text(path, self.to_frame().to_csv(**CSV_OPTIONS))
+
+
+def _check_revertable(model: nn.Module, example: dict, pad: int) -> None:
+    """The revert test needs whole parameters it can overwrite and an output head: one example's forward
+    pass must give ``logits``."""
+    if any(type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor" for p in model.parameters()):
+        raise LayerProbeError("Tracker(revert=True): the revert test cannot run on sharded (FSDP) parameters; "
+                              "track without it")
+    from layerprobe.model.batching import collate
+
+    device = next((p.device for p in model.parameters()), None)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), no_store():
+            out = model(**collate([example], pad, device))
+    finally:
+        model.train(was)
+    if getattr(out, "logits", None) is None:
+        raise LayerProbeError(f"Tracker(revert=True): {type(model).__name__} gives no logits to compare the "
+                              "reverted model's predictions with (use a model with its output head, e.g. "
+                              "*ForSequenceClassification)")
 
 
 def _distinct_probe(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[dict], str]:

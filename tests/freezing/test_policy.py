@@ -189,3 +189,57 @@ def test_tracker_takes_the_shared_probe_options(tokenizer, texts):
     assert (t.pooling, t.max_length, t.batch_size) == ("first", 8, 4)
     with pytest.raises(LayerProbeError, match="max_tokens"):
         Tracker(m, tokenizer, texts[:8], probe=ProbeOptions(max_tokens=4))
+
+
+def test_policy_with_a_tolerance_follows_the_prediction():
+    """Same checks, two policies: the CKA rule (min CKA 0.9999) advises nothing; with a tolerance the
+    predicted cost of each prefix decides (the shipped map from the relative CKA change): a loose
+    tolerance freezes a prefix, a zero tolerance none."""
+    from layerprobe.freezing.predict import predict_prefixes
+
+    cka = [0.9999, 0.999, 0.99, 0.9, 0.5]
+    strict = Thresholds(min_cka=0.99999)
+    frozen = {}
+    for tol in (None, 0.0, 0.2):
+        m = tiny_bert(0)
+        blocks = find_blocks(m)
+        pol = AutoFreezePolicy(thresholds=strict, tolerance=tol, settle=1.0, patience=1, warmup_checks=0,
+                               wait_for_lr_peak=False, cache=False)
+        pol.observe(10, _rows(10, cka, [1e-4] * 5, 1.0), m, blocks)
+        frozen[tol] = list(pol.frozen)
+    entries = [{"name": n, "kind": "embeddings" if n == "embeddings" else "block", "cka": c, "weight_drift": 0.01,
+                "n_params": 1} for n, c in zip(NAMES, cka)]
+    preds, advised, _ = predict_prefixes(entries, 0.2)
+    assert advised >= 0 and frozen[0.2] == preds[advised].freeze
+    assert frozen[None] == [] and frozen[0.2] != []
+    assert len(frozen[0.0]) < len(frozen[0.2])
+    with pytest.raises(LayerProbeError, match="tolerance"):
+        AutoFreezePolicy(tolerance=1.5)
+
+
+def test_callback_tolerance_configures_auto_freeze(tokenizer, texts):
+    cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts[:16], auto_freeze=True, tolerance=0.02)
+    assert cb.policy.tolerance == 0.02
+    with pytest.raises(LayerProbeError, match="tolerance"):
+        LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts[:16], tolerance=0.02)
+
+
+def test_trainer_auto_freeze_with_revert_test_budgets_and_predicts(tokenizer, texts, tmp_path):
+    """revert_test=True: every check after the start has revert rows, the probe budget counts the
+    n_blocks + 3 passes per check (fewer texts or checks than without), and the policy's advice is the
+    prediction's at the tolerance."""
+    plans = {}
+    for revert in (False, True):
+        m = tiny_bert(0, head=True)
+        cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts, auto_freeze=True, tolerance=0.05,
+                                revert_test=revert)
+        _trainer(m, tokenizer, texts, tmp_path / str(revert), cb, epochs=2).train()
+        plans[revert] = cb.probe_plan
+    assert plans[True]["passes_per_check"] == 7 and plans[False]["passes_per_check"] == 1
+    # 12 steps: both plans sit at the minimums (8 checks, 32 texts), so the revert plan states 7x the cost
+    assert plans[True]["probe_texts"] == plans[False]["probe_texts"] == 32
+    assert plans[True]["probe_share_planned"] == pytest.approx(7 * plans[False]["probe_share_planned"])
+    steps = sorted({int(r["step"]) for r in cb.tracker.rows} - {0})
+    assert sorted(cb.tracker.revert_rows) == steps
+    a = cb.advice(tolerance=0.05)
+    assert a.tolerance == 0.05 and a.candidates and a.predictor is not None

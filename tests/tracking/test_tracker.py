@@ -230,3 +230,47 @@ def test_real_minilm_trainer_callback_auto_freeze_and_cache(tmp_path):
     cache.detach()
     assert cache.stats()["hit_batches"] == 1
     assert torch.allclose(served, ref, atol=1e-4)
+
+
+def test_revert_test_at_each_check_matches_an_independent_run(tokenizer, texts):
+    """Tracker(revert=True): the rows kept per check equal revert_test run by hand against a copy of the
+    start weights; a check that reverts nothing (k has no change) agrees fully."""
+    from layerprobe.freezing.revert import revert_test
+    from layerprobe.model.batching import collate
+
+    m = tiny_bert(0, head=True).train()
+    start = {n: p.detach().clone() for n, p in m.named_parameters()}
+    t = Tracker(m, tokenizer, texts[:16], every_n_steps=2, revert=True)
+    t.start()
+    assert t.revert_rows == {}  # nothing to revert at the start
+    fine_tune(m, tokenizer, texts, [i % 2 for i in range(len(texts))], TrainConfig(epochs=1, lr=5e-3, batch_size=8),
+              on_step=[t.on_step], progress=False)
+    steps = sorted({r["step"] for r in t.rows} - {0})
+    assert sorted(t.revert_rows) == steps
+    last = t.revert_rows[steps[-1]]
+    assert [r["k"] for r in last] == list(range(5))  # embeddings + 0..4 blocks
+    was = m.training
+    batches = [collate(t.examples, tokenizer.pad_token_id)]
+    ref = revert_test(m, start, batches)
+    assert m.training == was
+    for got, want in zip(last, ref):
+        assert got["agreement"] == want["agreement"]
+        assert got["kl"] == pytest.approx(want["kl"], rel=1e-6, abs=1e-12)
+    assert all(r["kl"] >= 0 and 0 <= r["agreement"] <= 1 for r in last)
+    assert last[-1]["kl"] > 0  # reverting everything moves the trained outputs
+    # the advice predicts from the revert rows when a tolerance is given
+    a = t.advice(tolerance=0.5)
+    assert a.tolerance == 0.5 and len(a.candidates) == 4  # k = 0..3: one block always trains
+    # resumable: the rows travel with the exported state
+    fields, reps, weights = t.export_state()
+    t2 = Tracker(m, tokenizer, texts[:16], every_n_steps=2, revert=True)
+    t2.restore_state(m, fields, reps, weights)
+    assert t2.revert_rows == t.revert_rows
+
+
+def test_revert_needs_an_output_head(tokenizer, texts):
+    t = Tracker(tiny_bert(0), tokenizer, texts[:16], every_n_steps=2, revert=True)
+    with pytest.raises(LayerProbeError, match="no logits"):
+        t.start()
+    with pytest.raises(LayerProbeError, match="True or False"):
+        Tracker(tiny_bert(0, head=True), tokenizer, texts[:16], revert="yes")
