@@ -152,8 +152,16 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
             from layerprobe.freezing.rule import Thresholds
 
             opts = dict(auto_options or {})
+            revert = False
+            if opts.get("predictor") is not None:  # the fit without this task (leave-one-task-out)
+                from layerprobe.freezing.predict import Predictor
+
+                opts["predictor"] = Predictor.from_dict(opts["predictor"], f"{b.task} auto options")
+                revert = opts["predictor"].name.startswith("revert")
             policy = AutoFreezePolicy(thresholds=Thresholds(**opts.pop("thresholds", DEFAULT_AUTO_RULE)), **opts)
-        tracker = Tracker(model, tok, probe_texts[:n_track], every_n_steps=check_every,
+        else:
+            revert = False
+        tracker = Tracker(model, tok, probe_texts[:n_track], every_n_steps=check_every, revert=revert,
                           max_length=b.max_length, blocks=blocks, freeze_policy=policy,
                           lr_schedule=lambda s: b.lr * _lr_factor(s, total_steps, warm_steps))
         c0 = time.process_time()
@@ -459,7 +467,7 @@ def main(argv=None) -> int:
                 opts = _auto_options(out)
                 do(b, "auto", False, 0, seed, {**opts, "thresholds": variant[1]}, variant[0])
             else:
-                do(b, "auto", False, 0, seed, _auto_options(out))
+                do(b, "auto", False, 0, seed, _auto_options(out, task))
     _report(cache, out, a.smoke)
     print(f"results in {out}")
     return 0
@@ -479,8 +487,16 @@ def _fixed_order(out: str, task: str, ks: list[int]) -> list[int]:
     return first + [k for k in ks if k not in first]
 
 
-def _auto_options(out: str) -> dict:
-    """The auto policy's knobs: the static rule as calibrated on Rotten Tomatoes (rule.json), if any."""
+def _auto_options(out: str, task: str | None = None) -> dict:
+    """The auto policy's knobs. Once the prediction is validated leave-one-task-out (>= 3 tasks), the
+    predictor fit **without** ``task`` (``loto_predictors/<task>.json``, its own inner ranking) at the
+    study's tolerance; before that the static rule as calibrated on Rotten Tomatoes (rule.json), if any."""
+    fold = os.path.join(out, "loto_predictors", f"{task}.json") if task else ""
+    if fold and os.path.exists(fold):
+        with open(fold) as fh:
+            fit = json.load(fh)
+        if fit.get("validated") and fit.get("predictors"):
+            return {"tolerance": fit["tolerance_default"], "predictor": fit["predictors"][0]}
     path = os.path.join(out, "rule.json")
     if not os.path.exists(path):
         return {}

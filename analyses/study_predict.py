@@ -425,3 +425,17 @@ def export_predictor(outcomes: pd.DataFrame, feats: pd.DataFrame, scores: pd.Dat
             # target (>= 98.5% of full on every held-out task, >= 99% on average) leave-one-task-out
             "default_rule": "predictor" if meets else "cka",
             "validation": best["loto"] if best else None, "predictors": preds}
+
+
+def fold_predictors(outcomes: pd.DataFrame, feats: pd.DataFrame) -> dict[str, dict]:
+    """Per held-out task, the predictor file as it would ship **without** that task: every candidate fit on
+    the other tasks and ranked by a leave-one-task-out among them only (so nothing of the held-out task
+    leaks into what its auto runs use). Needs >= 4 tasks (the inner ranking needs 3)."""
+    tasks = sorted(set(outcomes.task) & set(feats.task)) if len(outcomes) and len(feats) else []
+    out: dict[str, dict] = {}
+    if len(tasks) < 4:
+        return out
+    for held in tasks:
+        o, f = outcomes[outcomes.task != held], feats[feats.task != held]
+        out[held] = export_predictor(o, f, score(*loto(o, f)))
+    return out

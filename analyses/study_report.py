@@ -383,6 +383,9 @@ def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str) -> dict:
         index=False, float_format="%.6g", lineterminator="\n"))
     atomic_write_text(os.path.join(out, "predictor.json"),
                       json.dumps(clean(sp.export_predictor(outcomes, feats, scores)), indent=1) + "\n")
+    for held, fit in sp.fold_predictors(outcomes, feats).items():  # what the auto runs on ``held`` use
+        os.makedirs(os.path.join(out, "loto_predictors"), exist_ok=True)
+        atomic_write_text(os.path.join(out, "loto_predictors", f"{held}.json"), json.dumps(clean(fit), indent=1) + "\n")
     if len(scores):
         winner = scores.candidate.iloc[0]
         res.update(scores=scores, winner=winner)

@@ -216,6 +216,9 @@ class AutoFreezePolicy:
     Args:
         thresholds: the rule's knobs (default :data:`DEFAULT_AUTO_RULE`: CKA to the start >= 0.99).
         tolerance: the accuracy loss accepted, in [0, 1): the prediction decides what is advised.
+        predictor: a :class:`~layerprobe.freezing.predict.Predictor` to predict with instead of the best
+            shipped one (its measurements must be at the check: a ``revert_*`` one needs
+            ``Tracker(revert=True)``); it decides the advice.
         settle: fraction of its own peak speed below which an entry counts as settled.
         patience: consecutive checks an entry must be advised and settled before it freezes.
         warmup_checks: checks (after the start) that only observe (the profile is not formed yet).
@@ -227,6 +230,7 @@ class AutoFreezePolicy:
 
     thresholds: Thresholds | None = None
     tolerance: float | None = None
+    predictor: Any = None
     settle: float = 0.5
     patience: int = 2
     warmup_checks: int = 2
@@ -299,7 +303,8 @@ class AutoFreezePolicy:
         entries = [{"name": n, "kind": "embeddings" if n == "embeddings" else "block", "n_params": n_params[n],
                     "weight_drift": by[n].get("weight_drift", math.nan), "cka": by[n].get("cka_to_start")}
                    for n in order]
-        advised = set(recommend(entries, self.thresholds, tolerance=self.tolerance, revert=revert).freeze)
+        advised = set(recommend(entries, self.thresholds, tolerance=self.tolerance, revert=revert,
+                                predictor=self.predictor).freeze)
         reasons: dict[str, tuple[str, str]] = {}
         new: list[str] = []
         blocked_by = None

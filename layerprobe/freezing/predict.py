@@ -124,6 +124,28 @@ class Predictor:
                 return ys[i - 1] + t * (ys[i] - ys[i - 1])
         return ys[-1]  # pragma: no cover - the loop always returns
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "predictor") -> Predictor:
+        """A predictor from its JSON form (an entry of ``predictor.json``'s ``predictors``), checked: knots
+        finite, ``xs`` increasing, ``ys`` non-decreasing, the interval ``[lo, hi]`` with ``lo <= hi``.
+
+        >>> Predictor.from_dict({"name": "cka_rel", "xs": [0, 1], "ys": [0, 0.2], "interval": [-0.01, 0.01],
+        ...                      "fit_on": ["a"]}).loss(0.25)
+        0.05
+        """
+        try:
+            name, xs, ys = str(d["name"]), tuple(float(v) for v in d["xs"]), tuple(float(v) for v in d["ys"])
+            lo, hi = (float(v) for v in d["interval"])
+            fit_on = tuple(str(t) for t in d.get("fit_on") or ())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LayerProbeError(f"{source}: not a freeze predictor ({type(exc).__name__}: {exc})") from None
+        ok = len(xs) == len(ys) >= 1 and all(math.isfinite(v) for v in (*xs, *ys, lo, hi)) and lo <= hi and \
+            all(a < b for a, b in zip(xs, xs[1:])) and all(a <= b for a, b in zip(ys, ys[1:]))
+        if not ok:
+            raise LayerProbeError(f"{source}: predictor {name!r} needs finite knots with xs increasing, ys "
+                                  "non-decreasing and an interval lo <= hi")
+        return cls(name=name, xs=xs, ys=ys, interval=(lo, hi), fit_on=fit_on, label_free=bool(d.get("label_free", True)))
+
 
 @lru_cache(maxsize=1)
 def _shipped() -> tuple[tuple[Predictor, ...], dict]:
@@ -132,9 +154,7 @@ def _shipped() -> tuple[tuple[Predictor, ...], dict]:
             raw = json.load(fh)
     except (OSError, ValueError) as exc:
         raise LayerProbeError(f"{PREDICTOR_FILE}: the shipped freeze predictor is unreadable ({exc})") from None
-    preds = tuple(Predictor(name=p["name"], xs=tuple(p["xs"]), ys=tuple(p["ys"]), interval=tuple(p["interval"]),
-                            fit_on=tuple(p["fit_on"]), label_free=bool(p.get("label_free", True)))
-                  for p in raw["predictors"])
+    preds = tuple(Predictor.from_dict(p, PREDICTOR_FILE) for p in raw["predictors"])
     return preds, {k: v for k, v in raw.items() if k != "predictors"}
 
 

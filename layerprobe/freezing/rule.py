@@ -209,7 +209,8 @@ def _entries_of(x, other_params: int) -> tuple[list[dict], int]:
 
 def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_params: int = 0,
               tolerance: float | None = None, revert: list[dict] | None = None,
-              step_cost: list[float] | None = None, prefix_savings: Any = None) -> Recommendation:
+              step_cost: list[float] | None = None, prefix_savings: Any = None,
+              predictor: Any = None) -> Recommendation:
     """Advise a frozen bottom prefix from per-entry measurements.
 
     Args:
@@ -233,6 +234,9 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
             is then the measured CPU share a training step saves with the advised prefix frozen and
             served by the prefix cache, a note says so, and
             the candidates' compute saved per prefix are the measured ones; without it, the parameter-count estimate.
+        predictor: a :class:`~layerprobe.freezing.predict.Predictor` to predict with instead of the best
+            shipped one (e.g. one fit on your own tasks); it decides the advice (at ``tolerance``, default
+            the shipped default 1%).
 
     Returns:
         :class:`Recommendation`.
@@ -279,7 +283,7 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
             reasons[e["name"]] = f"train: {why}"
     if step_cost is None and prefix_savings is not None:
         step_cost = prefix_savings.entry_shares([e["name"] for e in entries])
-    cands, decided = _predicted(entries, tolerance, revert, step_cost, t, basis)
+    cands, decided = _predicted(entries, tolerance, revert, step_cost, t, basis, predictor)
     if decided is not None:
         freeze, reasons, extra = decided
         notes += extra
@@ -317,22 +321,23 @@ def _pct(x: float) -> str:
 
 
 def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] | None,
-               step_cost: list[float] | None, t: Thresholds, basis: str) -> tuple[dict, tuple | None]:
+               step_cost: list[float] | None, t: Thresholds, basis: str,
+               predictor: Any = None) -> tuple[dict, tuple | None]:
     """The per-prefix predictions and, when the prediction decides, ``(freeze, reasons, notes)``."""
     from layerprobe.freezing import predict as pr
 
     meta = pr.shipped_meta()
-    decide = tolerance is not None or bool(meta.get("default_rule") == "predictor")
+    decide = tolerance is not None or predictor is not None or bool(meta.get("default_rule") == "predictor")
     tol = float(tolerance) if tolerance is not None else float(meta.get("tolerance_default", 0.01))
-    preds, advised, used = pr.predict_prefixes(entries, tol, revert, step_cost, t.min_train_blocks)
+    preds, advised, used = pr.predict_prefixes(entries, tol, revert, step_cost, t.min_train_blocks, predictor)
     if used is None:
         out: dict = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": None}
         if tolerance is not None:
             return out, ([], {e["name"]: "train: no measurement to predict the cost of freezing from"
                               for e in entries}, ["no CKA, weight drift or revert test to predict from: nothing frozen"])
         return out, None
-    info = {"name": used.name, "fit_on": list(used.fit_on), "validated": bool(meta.get("validated")),
-            "label_free": used.label_free}
+    info = {"name": used.name, "fit_on": list(used.fit_on),
+            "validated": bool(meta.get("validated")) and predictor is None, "label_free": used.label_free}
     out = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": info}
     if not decide:
         out["notes"] = [f"predicted accuracies are preliminary ({used.name}, fit on {', '.join(used.fit_on)}, not "

@@ -136,3 +136,17 @@ def test_advise_and_oracle_need_every_smaller_prefix():
     assert sp.advise({0: 0.011}) == -1
     o = pd.DataFrame({"k": [0, 1, 2], "loss": [0.0, 0.009, 0.01]})
     assert sp.oracle_k(o) == 2
+
+
+def test_fold_predictors_never_see_the_held_out_task():
+    """The predictor each held-out task's auto runs use is fit and ranked on the other tasks only:
+    poisoning the held-out task's outcomes changes nothing in its file (and does change the others')."""
+    outcomes, feats = _synthetic(TASKS)
+    poisoned = outcomes.copy()
+    poisoned.loc[poisoned.task == "d", "loss"] = 0.0
+    a, b = sp.fold_predictors(outcomes, feats), sp.fold_predictors(poisoned, feats)
+    assert sorted(a) == ["a", "b", "c", "d"]
+    assert a["d"] == b["d"] and a["d"]["fit_on"] == ["a", "b", "c"]
+    assert a["a"] != b["a"]
+    assert a["d"]["validated"] and a["d"]["predictors"][0]["name"] == "revert_kl"
+    assert sp.fold_predictors(outcomes[outcomes.task != "d"], feats[feats.task != "d"]) == {}

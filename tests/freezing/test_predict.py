@@ -134,3 +134,27 @@ def test_recommend_follows_the_prediction_when_a_tolerance_is_given(monkeypatch)
     assert len(r.candidates) == 4 and any("preliminary" in n for n in r.notes)
     # a tolerance of 5% follows the prediction further than the rule
     assert recommend(_entries(), tolerance=0.05).freeze == ["embeddings", "block.0", "block.1", "block.2"]
+
+
+def test_a_given_predictor_decides_and_is_checked():
+    """recommend(predictor=...) uses the given fit (e.g. one fit without the task, for leave-one-task-out)
+    even without a tolerance (the shipped default 1%), and says it is not the shipped validated one."""
+    from layerprobe.freezing.rule import recommend
+
+    strict = pr.Predictor.from_dict({"name": "cka_rel", "xs": [0.0, 0.001], "ys": [0.0, 0.5],
+                                     "interval": [0.0, 0.0], "fit_on": ["x"]})
+    loose = pr.Predictor.from_dict({"name": "cka_rel", "xs": [0.0, 1.0], "ys": [0.0, 0.0],
+                                    "interval": [0.0, 0.0], "fit_on": ["y"]})
+    assert recommend(_entries(), predictor=strict).freeze == ["embeddings"]  # cka_rel 0 at k=0 only
+    r = recommend(_entries(), predictor=loose)
+    assert r.freeze == ["embeddings", "block.0", "block.1", "block.2"] and r.tolerance == 0.01
+    assert r.predictor == {"name": "cka_rel", "fit_on": ["y"], "validated": False, "label_free": True}
+    for bad in ({"name": "a", "xs": [1, 0], "ys": [0, 1], "interval": [0, 0]},
+                {"name": "a", "xs": [0, 1], "ys": [1, 0], "interval": [0, 0]},
+                {"name": "a", "xs": [0, 1], "ys": [0, 1], "interval": [0.1, 0]},
+                {"name": "a", "xs": [0, float("nan")], "ys": [0, 1], "interval": [0, 0]},
+                {"name": "a", "xs": [0], "interval": [0, 0]}, "nonsense"):
+        with pytest.raises(LayerProbeError, match="predictor"):
+            pr.Predictor.from_dict(bad)  # type: ignore[arg-type]
+    with pytest.raises(LayerProbeError, match="lacks"):
+        recommend(_entries(), predictor=pr.Predictor("revert_kl", (0.0,), (0.0,), (0.0, 0.0), ()))
