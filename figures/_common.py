@@ -15,7 +15,9 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 
-TASK_TITLES = {"rt": "Rotten Tomatoes (2 classes)", "bbc": "BBC News (5 classes)"}
+TASK_TITLES = {"rt": "Rotten Tomatoes (2 classes)", "bbc": "BBC News (5 classes)", "trec": "TREC (6 classes)",
+               "newsgroups": "20 Newsgroups (20 classes)", "sms": "SMS spam (2 classes)",
+               "disaster": "Disaster tweets (2 classes)"}
 CONFIG_ORDER = ["full", "emb"] + [f"emb+{k}" for k in range(1, 7)]
 
 
@@ -66,3 +68,8 @@ def save(fig, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_figure(fig, path)
     print("wrote", path)
+
+
+def pct(x, digits: int = 0) -> str:
+    """``x`` as a percentage, or "n/a" for a missing value."""
+    return "n/a" if x is None or x != x else f"{100 * x:.{digits}f}%"

@@ -66,7 +66,8 @@ def test_study_resumes_from_cache(smoke_results):
     assert "seed 0: acc" not in proc.stdout  # nothing re-run
 
 
-FIGURES = ["fig_block_change.py", "fig_study_accuracy_vs_cpu.py", "fig_auto_freeze.py", "fig_advice_agreement.py"]
+FIGURES = ["fig_block_change.py", "fig_study_accuracy_vs_cpu.py", "fig_auto_freeze.py", "fig_advice_agreement.py",
+           "fig_predicted_vs_measured.py"]
 
 
 def test_figure_scripts_on_smoke_output(smoke_results, tmp_path):
