@@ -16,7 +16,8 @@ import pandas as pd
 from layerprobe.io.outputs import atomic_write
 from layerprobe.results.rows import entry_rows
 
-__all__ = ["ADVICE_COLOURS", "blocks_frame", "cka_limits", "plot_blocks", "plot_cross_layer", "save_figure"]
+__all__ = ["ADVICE_COLOURS", "blocks_frame", "cka_limits", "plot_blocks", "plot_cross_layer", "plot_tradeoff",
+           "save_figure"]
 
 #: advice colours (colour-blind safe): freeze blue, train orange
 ADVICE_COLOURS = {True: "#0072B2", False: "#E69F00"}
@@ -69,14 +70,16 @@ def _axes(ax: Any, n: int, figsize: tuple[float, float]) -> tuple[Any, list[Any]
 
 def plot_blocks(result: dict, path: str | os.PathLike | None = None, title: str | None = None, *,
                 ax: Any = None) -> Any:
-    """Per-entry CKA (base vs tuned, with its interval) and relative weight drift, advice coloured.
+    """Per-entry CKA (base vs tuned, with its interval) and relative weight drift, advice coloured; and,
+    when the advice has predictions (``recommendation.candidates``), the trade-off per bottom prefix
+    (:func:`plot_tradeoff`).
 
     Args:
         result: a comparison dict (``Comparison.to_dict()`` or the saved JSON).
         path: write a PNG there too (atomically); the figure stays open.
         title: figure title.
-        ax: draw into these axes: two (CKA, drift), or one (CKA only; drift without CKA). Default:
-            a new two-panel figure.
+        ax: draw into these axes: three (CKA, drift, trade-off), two (CKA, drift), or one (CKA only;
+            drift without CKA). Default: a new figure of two panels, three with predictions.
 
     Returns:
         the :class:`matplotlib.figure.Figure`.
@@ -85,7 +88,11 @@ def plot_blocks(result: dict, path: str | os.PathLike | None = None, title: str 
     from matplotlib.patches import Patch
 
     df = blocks_frame(result)
-    fig, axes = _axes(ax, 2, (11, 4))
+    tradeoff = _has_predictions(result)
+    fig, axes = _axes(ax, 3, (16, 4)) if tradeoff and ax is None else _axes(ax, 2, (11, 4))
+    if len(axes) > 2:
+        plot_tradeoff(result, ax=axes[2])
+        axes = axes[:2]
     colours = [ADVICE_COLOURS[bool(f)] for f in df["frozen"]]
     x = list(range(len(df)))
     thr = result["recommendation"]["thresholds"].get("min_cka")
@@ -103,9 +110,13 @@ def plot_blocks(result: dict, path: str | os.PathLike | None = None, title: str 
         a.scatter(x, df["cka"], c=colours, s=60, zorder=3, edgecolors="black", linewidths=0.5)
         if thr is not None:
             a.axhline(thr, color="#CC3311", ls="--", lw=1.2, zorder=1)
-            a.annotate(f"min CKA {thr}", xy=(1.0, thr), xycoords=("axes fraction", "data"), xytext=(-4, 3),
-                       textcoords="offset points", ha="right", va="bottom", color="#CC3311", fontsize=9)
-        a.set_ylim(*cka_limits(list(df["cka_low"].fillna(df["cka"])) + list(df["cka"]), thr))
+        lim = cka_limits(list(df["cka_low"].fillna(df["cka"])) + list(df["cka"]), thr)
+        if thr is not None:  # the label below the line when the line sits in the top fifth (it would touch the edge)
+            below = thr > lim[1] - 0.2 * (lim[1] - lim[0])
+            a.annotate(f"min CKA {thr}", xy=(0.0, thr), xycoords=("axes fraction", "data"), xytext=(4, -3 if below else 3),
+                       textcoords="offset points", ha="left", va="top" if below else "bottom", color="#CC3311",
+                       fontsize=9)
+        a.set_ylim(*lim)
         a.set_ylabel("linear CKA, base vs tuned\n(1 = unchanged)")
         a.set_title("representation", fontsize=10)
         a.grid(axis="y", alpha=0.3)
@@ -128,6 +139,67 @@ def plot_blocks(result: dict, path: str | os.PathLike | None = None, title: str 
                frameon=False)
     if title:
         fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _has_predictions(result: dict) -> bool:
+    rows = (result.get("recommendation") or {}).get("candidates") or []
+    return any(r.get("predicted_rel_acc") is not None and r["predicted_rel_acc"] == r["predicted_rel_acc"] for r in rows)
+
+
+def plot_tradeoff(result: dict, path: str | os.PathLike | None = None, title: str | None = None, *,
+                  ax: Any = None) -> Any:
+    """The advice as a trade-off: for each bottom prefix (``recommendation.candidates``), the predicted
+    accuracy relative to full fine-tuning (with its interval) against the share of a training epoch's
+    compute it saves; the tolerance line and the advised prefix marked.
+
+    Args:
+        result: a comparison dict with ``recommendation.candidates`` (schema 2).
+        path: write a PNG there too (atomically).
+        title: axes title (default: the predictor used).
+        ax: draw into these axes (default: a new figure).
+
+    Returns:
+        the :class:`matplotlib.figure.Figure`.
+    """
+    from layerprobe.errors import LayerProbeError
+
+    rec = result.get("recommendation") or {}
+    rows = [r for r in rec.get("candidates") or [] if r.get("predicted_rel_acc") is not None
+            and r["predicted_rel_acc"] == r["predicted_rel_acc"]]
+    if not rows:
+        raise LayerProbeError("plot_tradeoff: the comparison has no predictions (recommendation.candidates is empty: "
+                              "no CKA or drift to predict from, or written before schema 2)")
+    fig, axes = _axes(ax, 1, (5.5, 4))
+    a = axes[0]
+    freeze = list(rec.get("freeze") or [])
+    xs = [100 * float(r["compute_saved"]) for r in rows]
+    ys = [100 * float(r["predicted_rel_acc"]) for r in rows]
+    lo = [max(0.0, y - 100 * float(r["interval"][0])) for y, r in zip(ys, rows)]
+    hi = [max(0.0, 100 * float(r["interval"][1]) - y) for y, r in zip(ys, rows)]
+    advised = [list(r["freeze"]) == freeze for r in rows]
+    colours = [ADVICE_COLOURS[bool(r.get("within_tolerance"))] for r in rows]
+    a.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor="#555555", capsize=3, lw=1, zorder=2)
+    a.plot(xs, ys, color="#999999", lw=0.8, zorder=1)
+    a.scatter(xs, ys, c=colours, s=[140 if adv else 50 for adv in advised], zorder=3, edgecolors="black",
+              linewidths=[2.0 if adv else 0.5 for adv in advised])
+    for x, y, r in zip(xs, ys, rows):
+        n = len(r["freeze"]) - 1
+        a.annotate("emb" if n == 0 else f"emb+{n}", (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    tol = rec.get("tolerance")
+    if tol is not None:
+        a.axhline(100 * (1 - float(tol)), color="#CC3311", ls="--", lw=1.2)
+        a.annotate(f"tolerance {100 * float(tol):g}%", xy=(0.0, 100 * (1 - float(tol))),
+                   xycoords=("axes fraction", "data"), xytext=(4, -3), textcoords="offset points", ha="left",
+                   va="top", color="#CC3311", fontsize=9)
+    a.set_xlabel("compute saved per epoch (%), prefix frozen and cached")
+    a.set_ylabel("predicted accuracy (% of full fine-tuning)")
+    pred = rec.get("predictor") or {}
+    fit = f", fit on {', '.join(pred.get('fit_on') or [])}" if pred.get("fit_on") else ""
+    a.set_title(title or f"trade-off per bottom prefix ({pred.get('name', '?')}{fit}; ringed: advised)", fontsize=10)
+    a.grid(alpha=0.3)
     if path is not None:
         save_figure(fig, path)
     return fig

@@ -32,7 +32,7 @@ def test_plot_returns_a_figure_without_touching_global_style_or_files(result, tm
     before = dict(matplotlib.rcParams)
     backend = matplotlib.get_backend()
     fig = result.plot(title="t")
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert isinstance(fig, Figure) and len(fig.axes) == 3  # CKA, drift, and the predicted trade-off
     assert dict(matplotlib.rcParams) == before and matplotlib.get_backend() == backend  # no set_theme, no use()
     assert os.listdir(tmp_path) == []  # nothing saved unless asked
     low, high = fig.axes[0].get_ylim()
@@ -51,6 +51,32 @@ def test_plot_draws_into_the_given_axes(result):
     single = Figure().subplots()
     plot_blocks(result.to_dict(), ax=single)
     assert single.get_ylabel().startswith("linear CKA")
+    axes = Figure().subplots(1, 3)
+    plot_blocks(result.to_dict(), ax=axes)
+    assert axes[2].get_ylabel().startswith("predicted accuracy")
+
+
+def test_tradeoff_plot_draws_every_candidate_and_the_tolerance(result):
+    """One point per candidate prefix at (compute saved %, predicted %), the advised one ringed, the
+    tolerance as a line; a comparison without predictions is refused in one line."""
+    from layerprobe.results.plots import plot_tradeoff
+
+    d = lp.Comparison.from_dict(result.to_dict()).to_dict()
+    d["recommendation"] = lp.recommend(d, tolerance=0.02).to_dict()
+    fig = plot_tradeoff(d)
+    ax = fig.axes[0]
+    cands = d["recommendation"]["candidates"]
+    pts = ax.collections[-1].get_offsets()
+    assert len(pts) == len(cands) == 4
+    assert [round(float(y), 6) for _, y in pts] == [round(100 * c["predicted_rel_acc"], 6) for c in cands]
+    assert [round(float(x), 6) for x, _ in pts] == [round(100 * c["compute_saved"], 6) for c in cands]
+    assert any(ln.get_ydata()[0] == pytest.approx(98.0) for ln in ax.get_lines())  # the tolerance line
+    sizes = list(ax.collections[-1].get_sizes())
+    n_adv = len(d["recommendation"]["freeze"])
+    assert sizes.count(140) == (1 if n_adv else 0)
+    d["recommendation"]["candidates"] = []
+    with pytest.raises(lp.LayerProbeError, match="no predictions"):
+        plot_tradeoff(d)
 
 
 def test_cka_axis_separates_the_values_that_matter():
