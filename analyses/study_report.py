@@ -426,6 +426,55 @@ def auto_variants(runs: pd.DataFrame) -> list[dict]:
     return out
 
 
+def lora_vs_advice(df: pd.DataFrame) -> list[dict]:
+    """Per task with LoRA runs: the advice and LoRA beside full fine-tuning (relative accuracy and CPU time
+    per seed, then the mean over seeds; peak memory), a plain verdict, and an **estimate** of freezing the
+    advised prefix under LoRA on the blocks above it: LoRA's CPU time times (1 - the prefix's measured
+    per-epoch saving from the fixed runs) — an estimate, not a run."""
+    out = []
+    if not len(df) or "lora" not in set(df.method):
+        return out
+    full = df[df.method == "full"].set_index(["task", "seed"])
+
+    def rel(g: pd.DataFrame, col: str) -> list[float]:
+        return [getattr(r, col) / full.loc[(r.task, r.seed)][col] for r in g.itertuples() if (r.task, r.seed) in full.index]
+
+    for task, d in df.groupby("task", sort=False):
+        lora, adv = d[d.method == "lora"], d[d.method == "advice"]
+        if not len(lora) or not len(adv):
+            continue
+        la, lc = rel(lora, "accuracy"), rel(lora, "train_cpu_seconds")
+        aa, ac = rel(adv, "accuracy"), rel(adv, "train_cpu_seconds")
+        if not (la and aa):
+            continue
+        cfgs = sorted(set(adv.config))
+        per_epoch = []
+        for r in adv.itertuples():
+            if (task, r.seed) in full.index and r.config != "full":
+                f = full.loc[(task, r.seed)]
+                per_epoch.append(1 - (r.train_cpu_seconds / r.epochs) / (f.train_cpu_seconds / f.epochs))
+        saving = float(np.mean(per_epoch)) if per_epoch else 0.0
+        row = {"task": task, "advice": " ".join(cfgs), "advice_rel_acc": float(np.mean(aa)), "advice_cpu": float(np.mean(ac)),
+               "lora_rel_acc": float(np.mean(la)), "lora_cpu": float(np.mean(lc)), "n_lora": len(la), "n_advice": len(aa),
+               "lora_peak_mb": float(lora.peak_rss_mb.mean()) if lora.peak_rss_mb.notna().any() else None,
+               "full_peak_mb": float(d[d.method == "full"].peak_rss_mb.mean())
+               if d[d.method == "full"].peak_rss_mb.notna().any() else None,
+               "advice_peak_mb": float(adv.peak_rss_mb.mean()) if adv.peak_rss_mb.notna().any() else None,
+               "lora_plus_freeze_cpu_est": float(np.mean(lc)) * (1 - max(0.0, saving))}
+        better_acc = row["advice_rel_acc"] >= row["lora_rel_acc"] - 0.002  # within 0.2 points: equal
+        if better_acc and row["advice_cpu"] < row["lora_cpu"]:
+            row["verdict"] = "the advice: faster than LoRA at equal or better accuracy"
+        elif row["lora_rel_acc"] >= row["advice_rel_acc"] - 0.002 and row["lora_cpu"] < row["advice_cpu"]:
+            row["verdict"] = "LoRA: faster at equal or better accuracy" + (
+                "; freezing the advised prefix under LoRA would cut it further (estimate)" if saving > 0.05 else "")
+        elif better_acc:
+            row["verdict"] = "the advice for accuracy, LoRA for CPU time"
+        else:
+            row["verdict"] = "LoRA for accuracy, the advice for CPU time"
+        out.append(row)
+    return out
+
+
 def _copy_side_files(runs: pd.DataFrame, out: str) -> None:
     """Copy each kept run's comparison, trajectory and freeze log into ``out/runs/`` (figures read them)."""
     import shutil
@@ -544,6 +593,20 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
                      f"{_pct(r['min_rel_acc'])} | {_pct(r['mean_rel_acc'])} | {_pct(r['max_regret'])} | "
                      f"{_pct(r['mean_regret'])} | {_pct(r['calibration_within_1pt'], 0)} ({r['calibration_pairs']}) | "
                      f"{_pct(r['early_agreement'], 0)} (n={r['early_n']}) |")
+    lv = lora_vs_advice(df)
+    if lv:
+        L += ["", "## Against LoRA (rank 8 on q/k/v/attention-output, lr 5e-4, head trained)", "",
+              "Relative to full fine-tuning of the same seed, mean over seeds. *LoRA + frozen prefix* is an "
+              "estimate (LoRA's CPU time less the advised prefix's measured per-epoch saving), not a run.", "",
+              "| task | advice | advice rel. acc | advice CPU / full | LoRA rel. acc | LoRA CPU / full | "
+              "LoRA + frozen prefix CPU / full (est.) | peak MB full / advice / LoRA | pick |",
+              "|---|---|---:|---:|---:|---:|---:|---|---|"]
+        for r in lv:
+            mb = " / ".join("n/a" if v is None else f"{v:.0f}" for v in (r["full_peak_mb"], r["advice_peak_mb"],
+                                                                          r["lora_peak_mb"]))
+            L.append(f"| {r['task']} | {r['advice']} | {_pct(r['advice_rel_acc'])} (n={r['n_advice']}) | "
+                     f"{_ratio(r['advice_cpu'])} | {_pct(r['lora_rel_acc'])} (n={r['n_lora']}) | {_ratio(r['lora_cpu'])} | "
+                     f"{_ratio(r['lora_plus_freeze_cpu_est'])} | {mb} | {r['verdict']} |")
     L += ["", "## Per config (mean over seeds; rel. acc ± its standard error over seeds)", "",
           "| task | method | config | n | accuracy | rel. acc | CPU s | "
           "CPU saved | CPU/epoch saved | wall s | epochs | peak MB |",

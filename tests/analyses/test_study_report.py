@@ -151,3 +151,31 @@ def test_auto_variants_are_listed_apart_from_the_targets(cache):
     assert info["rt"]["auto_n_seeds"] == 0  # not the study's auto method
     report = (cache / "results" / "report.md").read_text()
     assert "## Exploratory: the auto run with other rules" in report and "| rt | rule-x | min_cka=0.5 | 2 |" in report
+
+
+def test_lora_against_the_advice_reads_each_seed_against_its_own_full_run():
+    import pandas as pd
+
+    rows = []
+    for seed in (0, 1):
+        rows += [{"task": "a", "method": "full", "config": "full", "seed": seed, "accuracy": 0.9, "epochs": 3.0,
+                  "train_cpu_seconds": 100.0 * (1 + seed), "peak_rss_mb": 1000.0},
+                 {"task": "a", "method": "advice", "config": "emb+2", "seed": seed, "accuracy": 0.9, "epochs": 3.0,
+                  "train_cpu_seconds": 60.0 * (1 + seed), "peak_rss_mb": 900.0},
+                 {"task": "a", "method": "lora", "config": "lora", "seed": seed, "accuracy": 0.88, "epochs": 3.0,
+                  "train_cpu_seconds": 80.0 * (1 + seed), "peak_rss_mb": 800.0},
+                 {"task": "b", "method": "full", "config": "full", "seed": seed, "accuracy": 0.8, "epochs": 3.0,
+                  "train_cpu_seconds": 100.0, "peak_rss_mb": None},
+                 {"task": "b", "method": "advice", "config": "full", "seed": seed, "accuracy": 0.8, "epochs": 3.0,
+                  "train_cpu_seconds": 100.0, "peak_rss_mb": None},
+                 {"task": "b", "method": "lora", "config": "lora", "seed": seed, "accuracy": 0.81, "epochs": 3.0,
+                  "train_cpu_seconds": 70.0, "peak_rss_mb": None}]
+    out = {r["task"]: r for r in sr.lora_vs_advice(pd.DataFrame(rows))}
+    a, b = out["a"], out["b"]
+    assert a["advice_cpu"] == pytest.approx(0.6) and a["lora_cpu"] == pytest.approx(0.8)
+    assert a["lora_rel_acc"] == pytest.approx(0.88 / 0.9) and a["verdict"].startswith("the advice: faster")
+    assert a["lora_plus_freeze_cpu_est"] == pytest.approx(0.8 * 0.6)  # the prefix saved 40% per epoch
+    assert (a["full_peak_mb"], a["advice_peak_mb"], a["lora_peak_mb"]) == (1000.0, 900.0, 800.0)
+    assert b["verdict"] == "LoRA: faster at equal or better accuracy" and b["lora_plus_freeze_cpu_est"] == \
+        pytest.approx(0.7) and b["lora_peak_mb"] is None
+    assert sr.lora_vs_advice(pd.DataFrame([r for r in rows if r["method"] != "lora"])) == []
