@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy loss you accept (e.g. 0.01 = keep 99%% of full fine-tuning): freeze the largest bottom "
                         "prefix predicted within it (docs/method.md); without it the CKA rule decides and the "
                         "predictions are listed")
+    p.add_argument("--revert", action="store_true", default=None,
+                   help="run the revert test (the tuned model with each bottom prefix reset to the base weights, on the "
+                        "probe; needs a probe and a tuned model with its output head): the prediction's strongest input")
     p.add_argument("--max-drift", type=float, default=None,
                    help="also require relative weight drift <= this (the only criterion without CKA)")
     p.add_argument("--no-interval", action="store_true",
@@ -248,7 +251,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      seed=args.seed, cross_layer=args.cross_layer)
     result = compare(inputs[0], inputs[1], probe=args.probe, text_column=args.text_column,
                      max_examples=args.max_examples, probe_options=_probe_options(args), cka_options=cka,
-                     thresholds=thresholds, tolerance=args.tolerance, anatomy=not args.no_anatomy, progress=not args.quiet,
+                     thresholds=thresholds, tolerance=args.tolerance, revert=args.revert, anatomy=not args.no_anatomy,
+                     progress=not args.quiet,
                      on_undefined="raise", device=args.device, dtype=args.dtype, blocks=args.blocks,
                      embeddings=args.embeddings, weights_a=args.weights_a, weights_b=args.weights_b)
     n_blocks = sum(1 for row in result.blocks if row.get("kind") == "block")

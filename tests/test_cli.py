@@ -142,3 +142,17 @@ def test_compare_relative_rule_flag(snapshots, capsys):
         assert main(["compare", str(snapshots[0]), str(snapshots[1]), "--max-relative-change", bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--max-relative-change must be in [0, 1]" in err
+
+
+def test_compare_revert_flag_on_model_directories(model_dirs, probe_csv, snapshots, capsys):
+    """--revert on two classifier directories: meta.revert has one row per prefix; only block.3 changed,
+    so reverting up to block.2 leaves the outputs exactly in place. On snapshots (no model to run): exit 2,
+    one line saying why."""
+    assert main(["compare", *map(str, model_dirs), "--probe", str(probe_csv), "--max-length", "32", "--revert",
+                 "--format", "json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)["meta"]["revert"]["rows"]
+    assert [r["k"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["kl"] for r in rows[:4]] == [0.0] * 4 and rows[4]["kl"] > 0
+    assert main(["compare", *map(str, snapshots), "--revert"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "revert test" in err and "Traceback" not in err

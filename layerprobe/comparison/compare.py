@@ -25,7 +25,7 @@ import torch
 from layerprobe._version import __version__
 from layerprobe.comparison.sides import Side, WeightTable, check_inputs, read_probe, resolve_side
 from layerprobe.errors import LayerProbeError
-from layerprobe.freezing.predict import check_tolerance
+from layerprobe.freezing.predict import check_tolerance, shipped_prefers_revert
 from layerprobe.freezing.rule import Thresholds, recommend
 from layerprobe.io.checkpoints import check_finite
 from layerprobe.io.pair_reader import PairReader
@@ -171,6 +171,7 @@ def compare(
     max_examples: int | None = None,
     thresholds: Thresholds | None = None,
     tolerance: float | None = None,
+    revert: bool | None = None,
     anatomy: bool = True,
     progress: bool = False,
     on_undefined: str = "warn",
@@ -197,6 +198,11 @@ def compare(
         thresholds: the freeze rule's knobs.
         tolerance: the accuracy loss accepted: the advice freezes the largest bottom prefix predicted to keep
             ``1 - tolerance`` of full fine-tuning (``recommendation.candidates`` lists every prefix either way).
+        revert: run the revert test (the tuned model with each bottom prefix put back to the base weights,
+            on the probe; ``meta.revert``), the prediction's strongest input: ``True`` requires it (it needs
+            a probe, the tuned side as a model with its output head and the base's weights; else
+            :class:`LayerProbeError`), ``False`` skips it, ``None`` (default) runs it where it can when the
+            shipped predictor prefers it. Costs ``n_blocks + 2`` forward passes of the probe.
         anatomy: also compute per-parameter-group drift and update ranks.
         progress: show progress bars.
         on_undefined: an entry whose representation is constant or non-finite gets
@@ -245,15 +251,29 @@ def compare(
           "device": device, "dtype": dtype, "block_pattern": blocks, "embedding_pattern": embeddings,
           "adapter_base": a if isinstance(a, (str, os.PathLike)) else None}
     check_inputs(a, b, probe=texts is not None)  # both sides, before any model runs
+    if revert is not None and not isinstance(revert, bool):
+        raise LayerProbeTypeError(f"compare: revert must be True, False or None, got {revert!r}")
+    if revert and texts is None:
+        raise LayerProbeError("the revert test needs a probe (it runs the tuned model with each prefix reverted)")
     sa = resolve_side(a, texts, tokenizer, kw, label=None if not isinstance(a, Snapshot) else "A")
+    sa.model = sa.tokenizer = None  # the base's weights are in its table: its model can go before the tuned one loads
     if sa.representations and sa.meta.get("pooling"):  # e.g. a snapshot file: the other side follows it
         kw.update(popts.settle(sa.meta, sa.label).snapshot_kwargs())
     sb = resolve_side(b, texts, tokenizer, kw, label=None if not isinstance(b, Snapshot) else "B")
     for side, wpath in ((sa, weights_a), (sb, weights_b)):
         if wpath is not None:
             attach_weights(side, wpath)
+    rows, why = None, None
+    if revert or (revert is None and texts is not None and shipped_prefers_revert()):
+        from layerprobe.comparison.revert_sides import side_revert
+
+        rows, why = side_revert(sa, sb, texts, int(sb.meta.get("max_length") or popts.settle().max_length),
+                                int(popts.batch_size))
+        if revert and rows is None:
+            raise LayerProbeError(f"the revert test cannot run: {why}")
+    sb.model = sb.tokenizer = None
     return compare_sides(sa, sb, thresholds=thresholds, tolerance=tolerance, anatomy=anatomy, cka_options=copts,
-                         on_undefined=on_undefined)
+                         on_undefined=on_undefined, revert=rows, revert_skipped=why)
 
 
 def _check_run_settings(a: Any, b: Any, texts: Sequence[str] | None, **given: Any) -> None:
@@ -365,9 +385,12 @@ def compare_sides(
     *,
     cka_options: CKAOptions | None = None,
     on_undefined: str = "warn",
+    revert: list[dict] | None = None,
+    revert_skipped: str | None = None,
 ) -> Comparison:
     """The core of :func:`compare` once both sides are resolved (same keywords; weights are read
-    from the sides' tables, one tensor pair at a time)."""
+    from the sides' tables, one tensor pair at a time). ``revert``: rows of a revert test run on the
+    sides (``meta.revert``; the prediction uses them); ``revert_skipped``: why it could not run."""
     opts = checked(cka_options, CKAOptions)
     if on_undefined not in ("warn", "raise"):
         raise LayerProbeError(f"on_undefined must be 'warn' or 'raise', got {on_undefined!r}")
@@ -456,7 +479,9 @@ def compare_sides(
             other.update(weight_stats(sa, sb, OTHER, anatomy=False, reader=reader))
             other["n_params_compared"] = other.pop("n_params")
     other_params = other["n_params_compared"] if other else 0
-    rec = recommend(entries, thresholds, other_params=other_params, tolerance=tolerance)
+    rec = recommend(entries, thresholds, other_params=other_params, tolerance=tolerance, revert=revert)
+    if revert_skipped:
+        rec.notes.append(f"revert test not run ({revert_skipped}): the prediction uses CKA and drift")
     if not reps_ok:
         rec.notes.insert(0, f"CKA not computed: {why_not}")
         if cross_layer:
@@ -497,6 +522,8 @@ def compare_sides(
         "device": {"a": sa.meta.get("device"), "b": sb.meta.get("device")},
         "dtype": dtypes,
     }
+    if revert:
+        meta["revert"] = {"rows": [{k: r[k] for k in ("k", "agreement", "kl", "tv")} for r in revert]}
     for key in ("progress", "adapter"):
         got = {k: s.meta[key] for k, s in (("a", sa), ("b", sb)) if s.meta.get(key) is not None}
         if got:

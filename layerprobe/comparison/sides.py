@@ -79,6 +79,9 @@ class Side:
     representations: dict[str, torch.Tensor] = field(default_factory=dict)
     token_examples: torch.Tensor | None = None
     why_no_reps: str | None = None
+    #: the model that ran the probe and its tokenizer (a model side only; the revert test runs it)
+    model: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -142,6 +145,7 @@ def resolve_side(
             kw["progress"] = f"probe {os.path.basename(str(label).rstrip(os.sep)) or label}"
         snap = take_snapshot(x, tokenizer, list(probe_texts) if probe_texts is not None else None, **kw)
         side = side_from_snapshot(snap, label or type(x).__name__)
+        side.model, side.tokenizer = x, tokenizer
         if probe_texts is None:
             side.why_no_reps = "no probe given"
         return side

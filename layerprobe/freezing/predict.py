@@ -39,7 +39,7 @@ from typing import Any
 from layerprobe.errors import LayerProbeError
 
 __all__ = ["PrefixPrediction", "Predictor", "default_predictor", "predict_prefixes", "prefix_features", "shipped_meta",
-           "check_tolerance"]
+           "check_tolerance", "shipped_prefers_revert"]
 
 PREDICTOR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "predictor.json")
 BYTES_PER_FROZEN_PARAM = 12  # fp32 gradient + AdamW's two moments, not kept for a frozen parameter
@@ -161,6 +161,13 @@ def _shipped() -> tuple[tuple[Predictor, ...], dict]:
 def shipped_meta() -> dict:
     """What the shipped file says about itself: ``fit_on``, ``validated``, ``default_rule``, ``tolerance_default``."""
     return dict(_shipped()[1])
+
+
+def shipped_prefers_revert() -> bool:
+    """Whether the best shipped predictor needs the revert test (then :func:`layerprobe.compare` runs it
+    by default where it can)."""
+    preds, _ = _shipped()
+    return bool(preds) and preds[0].name.startswith("revert")
 
 
 def default_predictor(features: Mapping[str, Sequence[float]]) -> Predictor | None:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tiny_bert
-from layerprobe.options import ProbeOptions
+from layerprobe.options import CKAOptions, ProbeOptions
 from layerprobe import Thresholds, compare, take_snapshot
 from layerprobe.errors import LayerProbeError
 
@@ -176,3 +176,51 @@ def test_candidates_and_tolerance(tokenizer, texts):
     assert t.tolerance == 0.02 and all(w.startswith(("freeze: predicted", "train")) for w in t.reasons.values())
     with pytest.raises(LayerProbeError, match="tolerance must be a number in"):
         compare(base, tuned, texts, tokenizer, tolerance=1.5)
+
+
+def test_revert_test_runs_on_model_sides_and_matches_revert_test(tokenizer, texts):
+    """compare(revert=True): meta.revert equals revert_test run by hand with the base's weights (the base
+    given without its head: matched by entry), the prediction uses it, and where it cannot run the error
+    says why (no head, no probe)."""
+    import torch
+
+    from layerprobe.freezing.revert import revert_test
+    from layerprobe.model.batching import collate
+    from layerprobe.snapshot.take import tokenize_probe
+
+    base = tiny_bert(0)  # a bare encoder: no head
+    tuned = tiny_bert(0, head=True)
+    tuned.bert.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for p in tuned.bert.encoder.layer[0].parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    c = compare(base, tuned, texts[:24], tokenizer, revert=True, probe_options=ProbeOptions(max_length=16),
+                cka_options=CKAOptions(n_boot=50))
+    rows = c.meta["revert"]["rows"]
+    assert [r["k"] for r in rows] == [0, 1, 2, 3, 4]
+    examples, _ = tokenize_probe(tokenizer, texts[:24], 16)
+    state = {f"bert.{n}": t for n, t in base.state_dict().items() if n.startswith(("embeddings", "encoder"))}
+    ref = revert_test(tuned, state, [collate(examples, tokenizer.pad_token_id)])
+    for got, want in zip(rows, ref):
+        assert got["kl"] == pytest.approx(want["kl"], rel=1e-9, abs=1e-15)
+        assert got["agreement"] == want["agreement"]
+    assert rows[0]["kl"] == 0.0 and rows[0]["agreement"] == 1.0  # the embeddings did not change
+    assert rows[1]["kl"] > 0  # reverting block.0 (the changed one) moves the outputs
+    assert all(p.requires_grad for p in tuned.parameters())  # the tuned model is left as it was
+    assert compare(base, tuned, texts[:24], tokenizer, revert=False).meta.get("revert") is None
+    with pytest.raises(LayerProbeError, match="no logits"):
+        compare(tuned, base, texts[:24], tokenizer, revert=True)
+    with pytest.raises(LayerProbeError, match="needs a probe"):
+        compare(base, tuned, None, tokenizer, revert=True)
+
+
+def test_revert_rows_validate_against_the_schema(tokenizer, texts):
+    pytest.importorskip("jsonschema")
+    from layerprobe.results import schema
+
+    tuned = tiny_bert(0, head=True)
+    c = compare(tiny_bert(0, head=True), tuned, texts[:24], tokenizer, revert=True,
+                probe_options=ProbeOptions(max_length=16), cka_options=CKAOptions(n_boot=20))
+    doc = json.loads(c.to_json())
+    schema.validate(doc)
+    assert [r["kl"] for r in doc["meta"]["revert"]["rows"]] == [0.0] * 5  # identical weights: nothing moves
