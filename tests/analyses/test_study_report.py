@@ -179,3 +179,18 @@ def test_lora_against_the_advice_reads_each_seed_against_its_own_full_run():
     assert b["verdict"] == "LoRA: faster at equal or better accuracy" and b["lora_plus_freeze_cpu_est"] == \
         pytest.approx(0.7) and b["lora_peak_mb"] is None
     assert sr.lora_vs_advice(pd.DataFrame([r for r in rows if r["method"] != "lora"])) == []
+
+
+def test_auto_options_use_the_fold_predictor_once_validated(tmp_path):
+    """The auto runs on a task use the predictor fit without it (loto_predictors/<task>.json) once it is
+    validated, at the study's tolerance; before that (or for another task) the calibrated rule."""
+    out = tmp_path / "results"
+    (out / "loto_predictors").mkdir(parents=True)
+    (out / "rule.json").write_text(json.dumps({"fit": True, "thresholds": {"min_cka": 0.99}, "auto": {"settle": 0.5}}))
+    pred = {"name": "revert_kl", "xs": [0.0, 1.0], "ys": [0.0, 0.1], "interval": [-0.01, 0.01], "fit_on": ["a", "b", "c"]}
+    fold = {"validated": True, "tolerance_default": 0.01, "predictors": [pred]}
+    (out / "loto_predictors" / "trec.json").write_text(json.dumps(fold))
+    assert fs._auto_options(str(out), "trec") == {"tolerance": 0.01, "predictor": pred}
+    assert fs._auto_options(str(out), "sms") == {"thresholds": {"min_cka": 0.99}, "settle": 0.5}
+    (out / "loto_predictors" / "trec.json").write_text(json.dumps({**fold, "validated": False}))
+    assert fs._auto_options(str(out), "trec") == {"thresholds": {"min_cka": 0.99}, "settle": 0.5}
