@@ -128,29 +128,29 @@ def train_loop(
     _reset_peak_rss()
     start, cpu_start = time.perf_counter(), time.process_time()
     step, loss_val, epoch, stop = 0, float("nan"), 0, False
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
-    while step < total and not stop:
-        order = torch.randperm(n_examples, generator=gen).tolist()
-        epoch_start = step
-        for i in range(0, len(order), config.batch_size):
-            if step >= total:
-                break
-            loss = batch_loss(order[i : i + config.batch_size])
-            loss.backward()
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            loss_val = float(loss.detach())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}")
-            for cb in on_step:
-                cb(step, model)
-        if step - epoch_start == per_epoch:
-            epoch += 1
-            if on_epoch is not None and on_epoch(epoch, model):
-                stop = True
-    bar.close()
+    # the bar ends its line (a cleared bar left "\r": the next stderr line was glued on), also on an error
+    with tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=True) as bar:
+        while step < total and not stop:
+            order = torch.randperm(n_examples, generator=gen).tolist()
+            epoch_start = step
+            for i in range(0, len(order), config.batch_size):
+                if step >= total:
+                    break
+                loss = batch_loss(order[i : i + config.batch_size])
+                loss.backward()
+                optim.step()
+                sched.step()
+                optim.zero_grad(set_to_none=True)
+                step += 1
+                loss_val = float(loss.detach())
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.3f}")
+                for cb in on_step:
+                    cb(step, model)
+            if step - epoch_start == per_epoch:
+                epoch += 1
+                if on_epoch is not None and on_epoch(epoch, model):
+                    stop = True
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.eval()
     return {
@@ -200,10 +200,12 @@ def predict(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int =
     order = sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]))
     preds = np.empty(len(data), dtype=np.int64)
     pad = pad_id(tokenizer)
-    for i in tqdm(range(0, len(order), batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False):
-        idx = order[i : i + batch_size]
-        logits = model(**collate([data[j] for j in idx], pad)).logits
-        preds[idx] = logits.argmax(-1).numpy()
+    with tqdm(range(0, len(order), batch_size), desc="evaluate", unit="batch", disable=not progress,
+              leave=True) as bar:  # ends its line, as every bar
+        for i in bar:
+            idx = order[i : i + batch_size]
+            logits = model(**collate([data[j] for j in idx], pad)).logits
+            preds[idx] = logits.argmax(-1).numpy()
     model.train(was)
     return preds
 

@@ -242,12 +242,14 @@ def run_probe(
     device = input_device(model)  # offloaded (meta) parameters: inputs start on the CPU
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     with capture(model, blocks, pooling=pooling, max_tokens=max_tokens) as cap:
-        # the bar stays and ends its line (a cleared bar left "\r" and glued the next stderr line on);
-        # a string names what is probed ("probe checkpoint-500")
-        for start in tqdm(range(0, len(order), batch_size), desc=progress if isinstance(progress, str) else "probe",
-                          unit="batch", disable=not progress, leave=True):
-            batch = collate([examples[i] for i in order[start : start + batch_size]], pad, device)
-            model(**_forward_kwargs(model, batch))
+        # the bar stays and ends its line (a cleared bar left "\r" and glued the next stderr line on), also
+        # when a forward pass raises: closed by ``with`` before the error is printed, not when the traceback
+        # is freed; a string names what is probed ("probe checkpoint-500")
+        with tqdm(range(0, len(order), batch_size), desc=progress if isinstance(progress, str) else "probe",
+                  unit="batch", disable=not progress, leave=True) as bar:
+            for start in bar:
+                batch = collate([examples[i] for i in order[start : start + batch_size]], pad, device)
+                model(**_forward_kwargs(model, batch))
     outputs = cap.outputs
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))

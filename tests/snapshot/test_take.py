@@ -110,3 +110,37 @@ def test_overflowing_activations_give_no_snapshot(tmp_path, tokenizer, texts, ca
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert f"{tmp_path / 'm'}: non-finite values (NaN/Inf) in the representations in block.{block}" in err
     assert not (tmp_path / "s.pt").exists()
+
+
+def _last_line(err: str) -> str:
+    """What a terminal shows last: the text after the final carriage return of stderr's last line."""
+    return err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+
+
+def test_progress_bar_ends_its_line(bert, tokenizer, texts, capsys):
+    """Issue 19 item 10: the bar was cleared on close (``leave=False``), leaving a ``\\r`` that glued the
+    next stderr line onto it; it now stays, complete, and ends with a newline."""
+    take_snapshot(bert, tokenizer, texts[:8], batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and _last_line(err).startswith("probe: 100%") and "2/2" in _last_line(err)
+    take_snapshot(bert, tokenizer, texts[:8], batch_size=4, progress="probe checkpoint-500")  # names what it probes
+    assert _last_line(capsys.readouterr().err).startswith("probe checkpoint-500: 100%")
+
+
+def test_progress_bar_ends_its_line_when_a_forward_pass_raises(bert, tokenizer, texts, capsys):
+    """The error message printed after a failed probe starts on a line of its own."""
+    calls = []
+
+    def second_batch_fails(module, args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+
+    handle = bert.register_forward_pre_hook(second_batch_fails)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            take_snapshot(bert, tokenizer, texts[:8], batch_size=4, progress=True)
+        err = capsys.readouterr().err  # read while the traceback (and its frames) is still alive
+    finally:
+        handle.remove()
+    assert err.endswith("\n") and "1/2" in _last_line(err)
