@@ -101,3 +101,12 @@ def test_series_output_appears_together_or_not_at_all(run, tmp_path, monkeypatch
     assert main(["compare", str(run / "base"), *ckpts, "--out", str(out)]) == 130
     assert sorted(os.listdir(out)) == ["trajectory.csv"] and (out / "trajectory.csv").read_text() == "old\n"
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary directory left behind
+
+
+def test_series_bars_say_which_checkpoint_they_probe(run, tmp_path, capsys):
+    """Issue 19 item 10: every bar of a series read ``probe:``; each now names its input."""
+    assert main(["compare", str(run / "base"), str(run / "run"), "--probe", str(run / "probe.txt"),
+                 "--out", str(tmp_path / "out"), "--max-length", "16"]) == 0
+    lines = capsys.readouterr().err.split("\n")  # a line of a bar: its updates, each after a "\r"
+    bars = [ln.split("\r")[-1].split(":")[0] for ln in lines if "100%" in ln]
+    assert bars == ["probe base", "probe checkpoint-10", "probe checkpoint-20", "probe checkpoint-30"]
