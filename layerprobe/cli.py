@@ -115,18 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: MiniLM-L6 fine-tuned on Rotten Tomatoes, end to end")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--train-size", type=int, default=4000)
-    p.add_argument("--probe-size", type=int, default=512)
-    p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=4000, metavar="N",
+                   help="Rotten Tomatoes snippets to fine-tune on (default %(default)s)")
+    p.add_argument("--probe-size", type=int, default=512, metavar="N",
+                   help="held-out snippets in the probe set (default %(default)s; at least 4)")
+    p.add_argument("--test-size", type=int, default=1000, metavar="N",
+                   help="held-out snippets for the accuracy before and after (default %(default)s)")
+    p.add_argument("--epochs", type=float, default=1.0, help="training epochs, may be fractional (default %(default)s)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of AdamW (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split, head and batch order (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("plot-trajectory", help="draw per-block CKA and drift over training steps from a run's CSV")
     p.add_argument("run_dir", help="folder holding layerprobe_trajectory.csv (or the CSV itself)")
     p.add_argument("-o", "--output", help="PNG to write (default RUN_DIR/layerprobe_trajectory.png)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="figure title (default: none)")
 
     p = sub.add_parser("freeze-list", help="full parameter names of the entries a comparison advises to freeze")
     p.add_argument("comparison", help="comparison.json written by compare --out (or --format json)")

@@ -156,3 +156,34 @@ def test_compare_revert_flag_on_model_directories(model_dirs, probe_csv, snapsho
     assert main(["compare", *map(str, snapshots), "--revert"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "revert test" in err and "Traceback" not in err
+
+
+def _subparsers():
+    import argparse
+
+    from layerprobe.cli import build_parser
+
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+@pytest.mark.parametrize("command", sorted(_subparsers()))
+def test_every_option_says_what_it_does(command, capsys):
+    """Issue 19 item 10: ``--batch-size`` and ``--format`` (and the demo's flags) had no help text."""
+    import argparse
+
+    bare = [a.option_strings or [a.dest] for a in _subparsers()[command]._actions
+            if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert bare == []
+    if command == "compare":
+        assert main(["compare", "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--batch-size N probe examples per forward pass (default 32)" in out
+        assert "--format {table,json,csv,markdown} what is printed on stdout" in out
+
+
+def test_demo_flag_defaults_are_the_demo_config():
+    from layerprobe.demo.run import DemoConfig
+
+    demo = _subparsers()["demo"]
+    for field in ("train_size", "probe_size", "test_size", "epochs", "lr", "seed"):
+        assert demo.get_default(field) == getattr(DemoConfig(), field), field
