@@ -117,18 +117,32 @@ def _fmt_cka(entry: dict) -> str:
     return s
 
 
+def _cmp(a: float, b: float) -> int:
+    return (a > b) - (a < b)
+
+
+def _decimals(value: float, limit: float, places: int = 4) -> int:
+    """The fewest decimals (at least ``places``) at which ``value`` and ``limit``, both rounded, compare
+    as the exact numbers do: a reason line never reads "0.9900 < 0.99" or "drift 0.0100 > 0.01".
+
+    >>> _decimals(0.98991, 0.99), _decimals(0.989996, 0.99), _decimals(0.01000002, 0.01), _decimals(0.99, 0.99)
+    (4, 6, 8, 4)
+    """
+    for k in range(places, 17):
+        if _cmp(float(f"{value:.{k}f}"), float(f"{limit:.{k}f}")) == _cmp(value, limit):
+            return k
+    return 17
+
+
 def _beside(value: float, limit: float, places: int = 4) -> str:
     """``value`` with enough decimals that it reads on its own side of ``limit`` (0.989996 < 0.99,
     never "0.9900 < 0.99").
 
-    >>> _beside(0.98991, 0.99), _beside(0.989996, 0.99), _beside(0.99, 0.99)
-    ('0.9899', '0.989996', '0.9900')
+    >>> _beside(0.98991, 0.99), _beside(0.989996, 0.99), _beside(0.99, 0.99), _beside(2e-5, 1e-5)
+    ('0.9899', '0.989996', '0.9900', '0.00002')
     """
-    for k in range(places, 17):
-        text = f"{value:.{k}f}"
-        if (float(text) >= limit) == (value >= limit):
-            return text
-    return repr(value)
+    k = _decimals(value, limit, places)
+    return f"{value:.{k}f}" if k <= 16 else repr(value)
 
 
 def top_change(entries: list[dict]) -> float:
@@ -157,18 +171,23 @@ def _qualifies(entry: dict, t: Thresholds, basis: str, top: float = math.nan) ->
             what = f"{_fmt_cka(entry)}: lower bound {value:.4f}" if use_low else _fmt_cka(entry)
         if t.max_relative_change is not None:
             limit = t.max_relative_change * top
-            rel_ok = math.isfinite(limit) and (1.0 - value) <= limit
+            change = 1.0 - value
+            rel_ok = math.isfinite(limit) and change <= limit
             head = "" if t.min_cka is not None else f"{what}: "
-            parts.append(f"{head}change {1.0 - value:.4f} {'<=' if rel_ok else '>'} {t.max_relative_change:g} x "
-                         f"top block's change {top:.4f}")
+            k = _decimals(change, limit) if math.isfinite(limit) else 4  # both sides at the digits that decide
+            parts.append(f"{head}change {change:.{k}f} {'<=' if rel_ok else '>'} {t.max_relative_change:g} x "
+                         f"top block's change {top:.{k}f} = {limit:.{k}f}")
             ok = ok and rel_ok
     if t.max_drift is not None:
         d = entry.get("weight_drift")
-        if d is None or not math.isfinite(d) or d > t.max_drift:
+        if d is None or not math.isfinite(d):
             ok = False
-            parts.append(f"drift {d:.4f} > {t.max_drift}")
+            parts.append(f"drift undefined (> {t.max_drift} assumed)")
+        elif d > t.max_drift:
+            ok = False
+            parts.append(f"drift {_beside(d, t.max_drift)} > {t.max_drift}")
         else:
-            parts.append(f"drift {d:.4f} <= {t.max_drift}")
+            parts.append(f"drift {_beside(d, t.max_drift)} <= {t.max_drift}")
     return ok, "; ".join(parts)
 
 

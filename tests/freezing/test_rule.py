@@ -136,3 +136,25 @@ def test_reason_prints_the_digits_that_decide():
     e = entries([0.989996, 0.5, 0.4, 0.3, 0.2])
     reason = recommend(e, Thresholds(min_cka=0.99, use_interval=False)).reasons["embeddings"]
     assert "CKA 0.9900 (0.989996) < 0.99" in reason
+
+
+def test_every_reason_compares_numbers_that_differ_visibly():
+    """Issue 19 item 10, for every criterion: the numbers printed on each side of a comparison say the
+    same as the numbers compared (drift 0.01000002 read "0.0100 > 0.01"; a relative change of 0.02000001
+    read "0.0200 > 0.1 x top block's change 0.2000")."""
+    import re
+
+    e = entries([0.999, 0.97, 0.6, 0.4, 0.3], drifts=[0.01000002, 0.0099999, 2e-5, 0.5, 0.5])
+    r = recommend(e, Thresholds(min_cka=None, max_drift=0.01, use_interval=False))
+    assert "drift 0.01000002 > 0.01" in r.reasons["embeddings"]
+    e = entries([0.999, 0.97, 0.6, 0.4, 0.3], drifts=[0.0099999, 0.01000002, 0.5, 0.5, 0.5])
+    r = recommend(e, Thresholds(min_cka=None, max_drift=0.01, use_interval=False))
+    assert "drift 0.0099999 <= 0.01" in r.reasons["embeddings"]
+    r = recommend(entries([0.9999, 0.97999999, 0.7, 0.6, 0.8]),
+                  Thresholds(min_cka=None, max_relative_change=0.05, use_interval=False))  # top change 0.4
+    assert "change 0.02000001 > 0.05 x top block's change 0.40000000 = 0.02000000" in r.reasons["block.0"]
+    for reason in r.reasons.values():  # whatever is printed reads on the side it is on
+        for a, op, b in re.findall(r"change ([\d.]+) (<=|>) .*? = ([\d.]+)", reason):
+            assert (float(a) <= float(b)) == (op == "<=") and a != b
+    e = entries([0.5, 0.4, 0.3, 0.2, 0.1], drifts=[None, 0.1, 0.1, 0.1, 0.1])
+    assert "drift undefined" in recommend(e, Thresholds(min_cka=None, max_drift=0.5)).reasons["embeddings"]
