@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerprobe.freezing.rule import Recommendation
 from layerprobe.results.rows import entry_rows
-from layerprobe.results.schema import SCHEMA_VERSION
+from layerprobe.results.schema import SCHEMA_VERSION, check
 
 if TYPE_CHECKING:  # pandas is imported when a frame is asked for
     import pandas as pd
@@ -50,17 +50,24 @@ class Comparison:
     cross_layer: dict | None = None
 
     @classmethod
-    def from_dict(cls, d: dict) -> Comparison:
+    def from_dict(cls, d: Any, path: str | os.PathLike | None = None) -> Comparison:
         """A comparison back from :meth:`to_dict` or a saved ``comparison.json`` (to re-render, re-plot
-        or re-advise it without the models; NaN values come back as None)."""
+        or re-advise it without the models; NaN values come back as None).
+
+        The document is held to the JSON contract first (:func:`~layerprobe.results.schema.check`):
+        anything else is a one-line :class:`~layerprobe.errors.LayerProbeError` naming ``path``.
+        """
+        d = check(d, path)
         return cls(list(d["blocks"]), Recommendation(**d["recommendation"]), dict(d["meta"]), d.get("other"),
                    d.get("cross_layer"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Comparison:
-        """:meth:`from_dict` of a ``comparison.json`` file."""
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """:meth:`from_dict` of a ``comparison.json`` file, read through the file guards of
+        :mod:`layerprobe.io.files` (a regular file, bounded, strict JSON)."""
+        from layerprobe.io.files import load_json
+
+        return cls.from_dict(load_json(path, "comparison JSON"), path)
 
     def to_dict(self) -> dict:
         d = {"schema_version": SCHEMA_VERSION, "blocks": self.blocks,

@@ -27,7 +27,7 @@ def blocks_frame(result: dict) -> pd.DataFrame:
     """Per-entry rows from a comparison dict (``Comparison.to_dict()`` or the saved JSON), indexed by entry name."""
     keep = ("name", "cka", "cka_low", "cka_high", "weight_drift", "frozen")
     rows = entry_rows(result["blocks"], result["recommendation"]["freeze"])
-    df = pd.DataFrame([{k: r[k] for k in keep} for r in rows])
+    df = pd.DataFrame([{k: r[k] for k in keep} for r in rows], columns=list(keep))  # the columns also with no rows
     for c in ("cka", "cka_low", "cka_high", "weight_drift"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     return df.set_index("name")

@@ -56,8 +56,8 @@ def advice_text(c: Comparison) -> str:
         out.append(f"note: {note}")
     if r.freeze:
         out.append(f"advice: freeze {', '.join(r.freeze)}; train {', '.join(r.train)}")
-        out.append(f"  frozen parameters: {r.frozen_param_fraction:.1%} of the model; "
-                   f"training compute saved: {r.est_compute_saving:.0%} "
+        out.append(f"  frozen parameters: {_pct(r.frozen_param_fraction)} of the model; "
+                   f"training compute saved: {_pct(r.est_compute_saving, 0)} "
                    + ("(measured, prefix cached)" if any(n.startswith("compute saving measured") for n in r.notes)
                       else "(parameter-count estimate: backward skipped below the prefix; calibrate to measure)"))
     else:
@@ -78,8 +78,13 @@ def advice_text(c: Comparison) -> str:
     return "\n".join(out) + "\n"
 
 
-def _pct(x: object) -> str:
-    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
+def _pct(x: object, places: int = 1) -> str:
+    """A share as a percentage; "—" when it is missing (a saved file may hold null).
+
+    >>> _pct(0.6034), _pct(0.114, 0), _pct(None)
+    ('60.3%', '11%', '—')
+    """
+    return f"{100 * x:.{places}f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
 
 
 def candidates_text(r: Any) -> list[str]:
@@ -91,9 +96,9 @@ def candidates_text(r: Any) -> list[str]:
     how = (f"{p.get('name')}, fit on {', '.join(p.get('fit_on') or [])}"
            + ("" if p.get("validated") else "; preliminary: not yet validated on held-out tasks"))
     head = ["freeze up to", "predicted acc vs full", "interval", "compute saved/epoch", "memory saved"]
-    table = [head] + [[c["freeze"][-1], _pct(c.get("predicted_rel_acc")),
+    table = [head] + [[(c.get("freeze") or ["—"])[-1], _pct(c.get("predicted_rel_acc")),
                        f"[{_pct((c.get('interval') or [None, None])[0])}, {_pct((c.get('interval') or [None, None])[1])}]",
-                       _pct(c.get("compute_saved")), f"{c.get('memory_saved_mb', 0.0):,.0f} MB"
+                       _pct(c.get("compute_saved")), _num(c.get("memory_saved_mb"), ",.0f") + " MB"
                        + ("" if c.get("within_tolerance") or r.tolerance is None else "  (over tolerance)")]
                       for c in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]

@@ -85,3 +85,66 @@ def test_docs_page_is_generated_from_the_schema():
     assert start in page and end in page
     assert page.split(start, 1)[1].split(end, 1)[0] == schema.markdown(), (
         "docs/json.md is out of date: paste layerprobe.results.schema.markdown() between the markers")
+
+
+def _paths(x, at=()):
+    """Every field of a document (the first two items of each list), as key paths."""
+    yield at
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _paths(v, at + (k,))
+    elif isinstance(x, list):
+        for i, v in enumerate(x[:2]):
+            yield from _paths(v, at + (i,))
+
+
+def test_check_agrees_with_jsonschema():
+    """``schema.check`` (what ``Comparison.load`` holds a file to, without jsonschema) accepts exactly the
+    documents jsonschema accepts, over every single-field change of the golden file; it is stricter only
+    where a newer schema version or Infinity (``1e999``) is concerned, and it reads schema 1."""
+    import copy
+
+    import jsonschema
+
+    from layerprobe.errors import LayerProbeError
+
+    with open(GOLDEN, encoding="utf-8") as f:
+        doc = json.load(f)
+    doc["blocks"] = doc["blocks"][:2]  # smaller copies, the same fields
+    doc["cross_layer"] = {k: [row[:2] for row in v[:2]] if isinstance(v, list) and k != "names" else v
+                          for k, v in doc["cross_layer"].items()}
+    validator = jsonschema.Draft202012Validator(schema.load())
+    for block in doc["blocks"]:  # one parameter group is enough
+        block["groups"] = dict(list(block["groups"].items())[:1])
+    values = [None, -1, 0.5, 3.0, "x", True, [], {}, [None, None], "DELETE"]
+    seen = {True: 0, False: 0}
+    for at in list(_paths(doc))[1:]:
+        for value in values:
+            d = copy.deepcopy(doc)
+            parent = d
+            for k in at[:-1]:
+                parent = parent[k]
+            if value == "DELETE":
+                if not isinstance(parent, dict):
+                    continue
+                del parent[at[-1]]
+            else:
+                parent[at[-1]] = value
+            want = validator.is_valid(d)
+            try:
+                schema.check(d, "c.json")
+                got = True
+            except LayerProbeError as err:
+                got = False
+                assert str(err).startswith("c.json: ") and "\n" not in str(err)
+            assert got == want, (at, value)
+            seen[want] += 1
+    assert min(seen.values()) > 100, seen  # both outcomes exercised
+    with pytest.raises(LayerProbeError, match="newer"):
+        schema.check({**doc, "schema_version": schema.SCHEMA_VERSION + 1})
+    with pytest.raises(LayerProbeError, match="must be number or null"):
+        schema.check({**doc, "blocks": [{**doc["blocks"][0], "cka": float("inf")}]})
+    old = {**doc, "schema_version": 1,
+           "recommendation": {k: v for k, v in doc["recommendation"].items() if k not in ("candidates", "tolerance",
+                                                                                         "predictor")}}
+    assert not validator.is_valid(old) and schema.check(old)["recommendation"]["candidates"] == []
