@@ -1,4 +1,5 @@
-"""Command line: ``layerprobe snapshot | compare | demo``. Parses arguments, calls the library.
+"""Command line: ``layerprobe snapshot | compare | show | demo | plot-trajectory | freeze-list``. Parses
+arguments, calls the library.
 
 Exit codes: 0 success; 2 bad input (one line on stderr, no traceback, no partial output).
 """
@@ -20,7 +21,10 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.options import DEFAULT_MAX_LENGTH, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
 
 __all__ = ["COMMANDS", "build_parser", "cmd_compare", "cmd_demo", "cmd_freeze_list", "cmd_plot_trajectory",
-           "cmd_snapshot", "entry", "main", "printable"]
+           "cmd_show", "cmd_snapshot", "entry", "main", "printable"]
+
+#: help of every ``--format``: what is printed on standard output
+FORMAT_HELP = "what is printed on stdout: table (default), markdown, csv or json (the JSON contract)"
 
 
 def _add_probe_args(p: argparse.ArgumentParser, probe_required: bool) -> None:
@@ -75,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight files for A when A is a representation-only snapshot (offloaded model)")
     p.add_argument("--weights-b", default=None, metavar="PATH", help="weight files for B, likewise")
     _add_probe_args(p, probe_required=False)
-    p.add_argument("--format", choices=FORMATS, default="table",
-                   help="what is printed on stdout: table (default), markdown, csv or json (the JSON contract)")
+    p.add_argument("--format", choices=FORMATS, default="table", help=FORMAT_HELP)
     p.add_argument("--out", metavar="DIR", help="also write comparison.json, comparison.csv, groups.csv, blocks.png")
     p.add_argument("--min-cka", type=float, default=0.99,  # = Thresholds().min_cka (not imported here: start-up)
                    help="freeze only entries with CKA >= this (default 0.99, fit by the freeze study)")
@@ -112,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also CKA between every entry of A and of B and within each (JSON 'cross_layer'; "
                         "with --out: cross_layer.csv and cross_layer.png)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("show", help="re-render a saved comparison.json as a table, Markdown, CSV or JSON, and re-plot it")
+    p.add_argument("comparison", help="comparison.json written by compare --out (or --format json)")
+    p.add_argument("--format", choices=FORMATS, default="table", help=FORMAT_HELP)
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="also draw the per-entry figure (compare --out's blocks.png) into this file")
+    p.add_argument("--title", default=None, help="figure title (default: none)")
 
     p = sub.add_parser("demo", help="the main job: MiniLM-L6 fine-tuned on Rotten Tomatoes, end to end")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
@@ -288,6 +298,29 @@ def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    """Re-render (and re-plot) a saved comparison without the models; the file is read through the
+    file guards and held to the JSON contract (``Comparison.load``): a bad file is one line, exit 2."""
+    from layerprobe.results.comparison import Comparison
+    from layerprobe.results.render import render
+
+    if args.plot is not None:
+        from layerprobe.io.outputs import check_not_an_input, check_output_file, ensure_writable_dir
+
+        check_output_file(args.plot)
+        check_not_an_input(args.plot, [args.comparison])
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.plot)))  # created (as snapshot -o), or refused now
+    result = Comparison.load(args.comparison)
+    text = render(result, args.format)
+    if args.plot is not None:
+        from layerprobe.results.plots import plot_blocks, save_figure
+
+        save_figure(plot_blocks(result.to_dict(), title=args.title), args.plot, close=True)
+        _err(f"wrote {args.plot}: {len(result.blocks)} entries")
+    _out(text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from layerprobe.demo.run import DemoConfig, run_demo
 
@@ -353,7 +386,7 @@ def cmd_freeze_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"snapshot": cmd_snapshot, "compare": cmd_compare, "demo": cmd_demo,
+COMMANDS = {"snapshot": cmd_snapshot, "compare": cmd_compare, "show": cmd_show, "demo": cmd_demo,
             "plot-trajectory": cmd_plot_trajectory, "freeze-list": cmd_freeze_list}
 
 

@@ -187,3 +187,89 @@ def test_demo_flag_defaults_are_the_demo_config():
     demo = _subparsers()["demo"]
     for field in ("train_size", "probe_size", "test_size", "epochs", "lr", "seed"):
         assert demo.get_default(field) == getattr(DemoConfig(), field), field
+
+
+@pytest.fixture(scope="module")
+def saved(snapshots, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved") / "res"
+    assert main(["compare", *map(str, snapshots), "--out", str(out), "--quiet"]) == 0
+    return out / "comparison.json"
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv", "markdown"])
+def test_show_prints_a_saved_comparison_as_compare_printed_it(snapshots, saved, capsys, fmt):
+    """Issue 19 item 10: a saved comparison.json could be neither re-rendered nor re-plotted."""
+    assert main(["compare", *map(str, snapshots), "--format", fmt]) == 0
+    printed = capsys.readouterr().out
+    assert main(["show", str(saved), "--format", fmt]) == 0
+    assert capsys.readouterr().out == printed
+
+
+def test_show_plots_a_saved_comparison(saved, capsys, tmp_path):
+    png = tmp_path / "figs" / "blocks.png"
+    assert main(["show", str(saved), "--plot", str(png), "--title", "again"]) == 0
+    out, err = capsys.readouterr()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.startswith("entry") and f"wrote {png}" in err
+    assert main(["show", str(saved), "--plot", str(saved)]) == 2  # never over its input
+    assert saved.read_text().startswith("{")
+
+
+def _golden_doc():
+    with open(os.path.join(os.path.dirname(__file__), "golden", "comparison.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _bad_files(tmp_path):
+    doc = _golden_doc()
+    cases = {"missing.json": (None, "not found"), "dir.json": (None, "directory"), "fifo.json": (None, "FIFO"),
+             "list.json": ("[1, 2]", "expected a JSON object, found an array"),
+             "cut.json": ('{"blocks": [', "malformed JSON"),
+             "nan.json": ('{"blocks": [NaN]}', "malformed JSON"),
+             "other.json": ('{"name": "x"}', "$ is missing 'schema_version'"),
+             "cka.json": (json.dumps({**doc, "blocks": [{**doc["blocks"][0], "cka": "high"}]}),
+                          "$.blocks[0].cka must be number or null, found the string 'high'"),
+             "extra.json": (json.dumps({**doc, "recommendation": {**doc["recommendation"], "why": 1}}),
+                            "$.recommendation has an unknown field 'why'"),
+             "newer.json": (json.dumps({**doc, "schema_version": 99}), "schema_version 99 is newer")}
+    for name, (text, _) in cases.items():
+        if name == "dir.json":
+            (tmp_path / name).mkdir()
+        elif name == "fifo.json":
+            os.mkfifo(tmp_path / name)
+        elif text is not None:
+            (tmp_path / name).write_text(text)
+    return {tmp_path / name: needle for name, (_, needle) in cases.items()}
+
+
+def test_show_refuses_a_bad_file_in_one_line(tmp_path, capsys):
+    """Comparison.load read with a bare open/json.load: a FIFO hung, a missing field was a KeyError."""
+    for path, needle in _bad_files(tmp_path).items():
+        assert main(["show", str(path)]) == 2, path
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"layerprobe: error: {path}: ") and needle in err, err
+
+
+def test_comparison_load_refuses_a_bad_file_naming_it(tmp_path):
+    from layerprobe.errors import LayerProbeError
+    from layerprobe.results.comparison import Comparison
+
+    for path, needle in _bad_files(tmp_path).items():
+        with pytest.raises(LayerProbeError) as info:
+            Comparison.load(path)
+        assert str(info.value).startswith(f"{path}: ") and needle in str(info.value)
+
+
+def test_show_reads_a_schema_1_file_and_renders_missing_numbers(tmp_path, capsys):
+    doc = _golden_doc()
+    rec = {k: v for k, v in doc["recommendation"].items() if k not in ("candidates", "tolerance", "predictor")}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**doc, "schema_version": 1, "recommendation": rec}))
+    assert main(["show", str(old)]) == 0
+    capsys.readouterr()
+    holes = tmp_path / "holes.json"  # nulls the schema allows, where the renderer formatted numbers
+    holes.write_text(json.dumps({**doc, "recommendation": {
+        **doc["recommendation"], "freeze": ["embeddings"], "frozen_param_fraction": None, "est_compute_saving": None,
+        "candidates": [{**c, "memory_saved_mb": None} for c in doc["recommendation"]["candidates"]]}}))
+    assert main(["show", str(holes)]) == 0
+    assert "frozen parameters: — of the model; training compute saved: —" in capsys.readouterr().out
