@@ -284,16 +284,19 @@ def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
     from layerprobe.comparison.series import compare_series
     from layerprobe.results.render import render
 
-    if not args.out:
-        raise LayerProbeError(f"a series of {len(inputs)} inputs writes trajectory.csv: give --out DIR")
+    if not args.out and args.format != "json":
+        raise LayerProbeError(f"a series of {len(inputs)} inputs writes trajectory.csv and trajectory.png: give "
+                              f"--out DIR (or --format json to print the trajectory on stdout)")
     kw = {**_probe_options(args).settle().snapshot_kwargs(), "device": args.device, "dtype": args.dtype,
           "block_pattern": args.blocks, "embedding_pattern": args.embeddings}
-    final, rows = compare_series(inputs, args.probe, out=args.out, text_column=args.text_column,
+    final, rows = compare_series(inputs, args.probe, out=args.out or None, text_column=args.text_column,
                                  max_examples=args.max_examples, snapshot_kwargs=kw, anatomy=not args.no_anatomy,
                                  progress=not args.quiet)
     steps = final.meta["series"]["steps"]
-    _out(f"wrote {os.path.join(args.out, 'trajectory.csv')}: {len(steps)} inputs (steps {steps}), "
-         f"{len(rows) // len(steps)} entries; trajectory.png; comparison.json (last vs first)\n")
+    what = f"{len(steps)} inputs (steps {steps}), {len(rows) // len(steps)} entries"
+    # stdout holds what --format asks for and nothing else (as for two inputs); the summary goes to stderr
+    _err(f"wrote {os.path.join(args.out, 'trajectory.csv')}: {what}; trajectory.png; comparison.json (last vs first)"
+         if args.out else f"series of {what}: the trajectory is in meta.series.trajectory")
     _out(render(final, args.format))
     return 0
 

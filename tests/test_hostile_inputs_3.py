@@ -429,7 +429,7 @@ def test_unreadable_trainer_state_is_ignored(f, capsys, tmp_path):
     (run_dir / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": true, "max_steps": -1}')
     rc, out, err = run(["compare", f["good"], run_dir, "--out", tmp_path / "o", "--quiet"], capsys)
     assert rc == 0, err
-    assert "steps [0, 1, 2]" in out
+    assert "steps [0, 1, 2]" in err  # the summary goes to stderr, stdout holds the table (issue 19 item 10)
 
 
 # ------------------------------------------------------------------ outputs: stdout, disk full, signals, inputs

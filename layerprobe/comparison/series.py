@@ -6,6 +6,9 @@ trajectory columns (``step, block, cka_to_start, cka_to_previous, weight_drift``
 ``DIR/trajectory.csv`` plus ``DIR/trajectory.png``. Each model runs once over the probe: one
 side is resolved per input and at most three are held (base, previous, current).
 
+The final comparison (the last input against the first) carries the series in ``meta.series``: every
+input, its step and the trajectory rows, so the JSON alone holds the whole result (``--format json``).
+
 ``step`` comes from a ``checkpoint-N`` name, else from ``trainer_state.json`` (``global_step``),
 else the input's position in the series. A run directory given as one argument (no weights of
 its own, ``checkpoint-N`` folders inside) expands to its checkpoints in step order.
@@ -134,7 +137,8 @@ def compare_series(
         prev = cur
     assert final is not None
     final.meta["series"] = {"inputs": [os.fspath(p) if isinstance(p, (str, os.PathLike)) else str(i)
-                                       for i, p in enumerate(paths)], "steps": steps}
+                                       for i, p in enumerate(paths)], "steps": steps,
+                            "trajectory": [dict(r) for r in rows]}  # trajectory.csv's rows, in the JSON too
     if out is not None:
         write_series(rows, final, out, title=title)
     return final, rows

@@ -57,7 +57,7 @@ def test_series_from_a_run_directory(run, tmp_path, capsys, monkeypatch):
     doc = json.loads((out / "comparison.json").read_text())
     assert doc["meta"]["series"]["steps"] == [0, 10, 20, 30]
     assert doc["meta"]["progress"]["b"] == {"step": 30, "max_steps": 120, "fraction": 0.25}
-    assert "steps [0, 10, 20, 30]" in capsys.readouterr().out
+    assert "steps [0, 10, 20, 30]" in capsys.readouterr().err  # stdout holds the table alone
 
 
 def test_series_of_explicit_inputs_weights_only(run, tmp_path):
@@ -110,3 +110,24 @@ def test_series_bars_say_which_checkpoint_they_probe(run, tmp_path, capsys):
     lines = capsys.readouterr().err.split("\n")  # a line of a bar: its updates, each after a "\r"
     bars = [ln.split("\r")[-1].split(":")[0] for ln in lines if "100%" in ln]
     assert bars == ["probe base", "probe checkpoint-10", "probe checkpoint-20", "probe checkpoint-30"]
+
+
+def test_a_series_prints_json_on_stdout(run, tmp_path, capsys):
+    """Issue 19 item 10: a series printed "wrote ..." before the JSON and needed --out; stdout is now the
+    JSON alone, with the trajectory in meta.series.trajectory, with or without --out."""
+    from layerprobe.results import schema
+
+    args = ["compare", str(run / "base"), str(run / "run"), "--probe", str(run / "probe.txt"), "--quiet",
+            "--max-length", "16", "--format", "json"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    doc = schema.check(json.loads(out))
+    assert "meta.series.trajectory" in err and not os.listdir(tmp_path)
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out) == doc == json.loads((tmp_path / "out" / "comparison.json").read_text())
+    rows = pd.DataFrame(doc["meta"]["series"]["trajectory"])
+    csv = pd.read_csv(tmp_path / "out" / "trajectory.csv")
+    assert list(rows.columns) == list(SERIES_COLUMNS) and len(rows) == len(csv) == 4 * 5
+    pd.testing.assert_frame_equal(rows.astype(csv.dtypes.to_dict()), csv, rtol=1e-9)
+    assert main([*args[:-2], "--format", "csv"]) == 2  # the trajectory has to go somewhere
+    assert "--format json" in capsys.readouterr().err
