@@ -39,10 +39,14 @@ CSV_OPTIONS: Mapping[str, Any] = {"index": False, "float_format": csv_float, "li
 
 #: the defaults, defined here only
 DEFAULT_POOLING = "mean"
-#: truncation of probe texts for a snapshot or a comparison (capped to a model with fewer positions)
+#: the one default truncation of probe texts, in tokens, wherever a probe runs: ``take_snapshot``,
+#: ``compare`` (:class:`ProbeOptions`), the CLI's ``--max-length``, and the tracker and Trainer callback
+#: (capped to a model with fewer positions). It cuts probe texts only, never training data: give your
+#: training length when your texts are longer. ``tests/test_options.py`` checks that no module defines
+#: another default (the tracker still probes at :data:`TRAINING_MAX_LENGTH`: issue 19 item 10, pending there)
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 32
-#: truncation of texts during training: the tracker's probe, the demo's training and evaluation
+#: truncation of texts in the demo's training and evaluation (``demo/``), not a probe default
 TRAINING_MAX_LENGTH = 64
 
 
