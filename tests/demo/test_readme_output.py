@@ -3,7 +3,7 @@
 The demo takes ~3 min, so the fast test re-renders the table from the demo's stored result
 (tests/golden/demo_comparison.json) with today's rule and renderer: a change to the advice rule or
 the table format that leaves README stale fails here. The slow test runs the demo and checks that
-its numbers still match the stored result and that its printed table is README's.
+its numbers still match the stored result and that the table it printed (its log) is README's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from layerprobe.freezing.rule import recommend
 from layerprobe.results.comparison import Comparison
-from layerprobe.results.render import to_table
+from layerprobe.results.render import render
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 GOLDEN = os.path.join(ROOT, "tests", "golden", "demo_comparison.json")
@@ -30,28 +30,31 @@ def readme_block() -> list[str]:
     return block.group(1).rstrip("\n").splitlines()
 
 
-def printed_table(c: Comparison) -> list[str]:
-    """The table lines the demo prints, through the advice line (notes and reasons left out)."""
-    lines = to_table(c).splitlines()
+def printed_table(printed: str) -> list[str]:
+    """The table lines of what the demo printed, from the header through the advice line (notes and
+    reasons left out)."""
+    lines = printed.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("entry "))
     end = next(i for i, ln in enumerate(lines) if ln.startswith("advice:"))
-    return [ln for ln in lines[: end + 1] if ln and not ln.startswith("note:")]
+    return [ln for ln in lines[start : end + 1] if ln and not ln.startswith("note:")]
 
 
 def test_readme_shows_what_todays_rule_and_renderer_print_for_the_demo():
     c = Comparison.load(GOLDEN)
     c.recommendation = recommend(c.to_dict())  # today's rule on the stored numbers
-    assert readme_block() == printed_table(c)
+    assert readme_block() == printed_table(render(c, "table"))  # what run_demo logs
 
 
 @pytest.mark.slow
 def test_the_demo_still_prints_readmes_table(tmp_path):
     from layerprobe.demo.run import run_demo
 
-    run_demo(str(tmp_path), progress=False, log=lambda *_: None)
+    printed: list[str] = []
+    run_demo(str(tmp_path), progress=False, log=printed.append)
     got = Comparison.load(tmp_path / "comparison.json")
     with open(GOLDEN, encoding="utf-8") as f:
         want = json.load(f)
     for g, w in zip(got.blocks, want["blocks"]):
         assert g["cka"] == pytest.approx(w["cka"], abs=2e-4) and g["weight_drift"] == pytest.approx(w["weight_drift"],
                                                                                                       rel=1e-3)
-    assert readme_block() == printed_table(got)
+    assert readme_block() == printed_table("\n".join(printed))  # what the demo printed, line for line
