@@ -116,25 +116,9 @@ def _rebound_defaults() -> list[str]:
     return bad
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 19 item 10, pending in tracking/tracker.py (being edited elsewhere): it still defines "
-    "DEFAULT_MAX_LENGTH = TRAINING_MAX_LENGTH (64), so Tracker and LayerProbeCallback probe at 64 tokens while "
-    "take_snapshot and compare probe at 128. Import DEFAULT_MAX_LENGTH from layerprobe.options there, then drop "
-    "this mark and the 64 in docs/usage.md ('With the Trainer')."))
 def test_one_probe_max_length_default_everywhere():
     """Issue 19 item 10: take_snapshot's default max_length (128) differed from the callback's (64)."""
     from layerprobe.options import DEFAULT_MAX_LENGTH
 
     assert _rebound_defaults() == []
     assert _max_length_defaults() == dict.fromkeys(_max_length_defaults(), DEFAULT_MAX_LENGTH)
-
-
-def test_probe_max_length_defaults_outside_tracking_are_the_one_constant():
-    """The part of the item above that holds today: snapshot, compare and the CLI read options.DEFAULT_MAX_LENGTH,
-    and no module but the tracker (the pending change) rebinds it or gives max_length another default."""
-    from layerprobe.options import DEFAULT_MAX_LENGTH
-
-    found = _max_length_defaults()
-    assert {k: v for k, v in found.items() if k not in ("Tracker", "LayerProbeCallback")} == \
-        dict.fromkeys([k for k in found if k not in ("Tracker", "LayerProbeCallback")], DEFAULT_MAX_LENGTH)
-    assert {b.split(":")[0] for b in _rebound_defaults()} <= {"tracking/tracker.py"}

@@ -74,7 +74,7 @@ from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS
 from layerprobe.metrics.drift import DriftAccumulator
 from layerprobe.model.batching import pad_id
 from layerprobe.model.blocks import Blocks, find_blocks
-from layerprobe.options import CSV_OPTIONS, DEFAULT_POOLING, TRAINING_MAX_LENGTH, ProbeOptions
+from layerprobe.options import CSV_OPTIONS, DEFAULT_MAX_LENGTH, DEFAULT_POOLING, ProbeOptions
 from layerprobe.results.trajectory import COLUMNS, TRAJECTORY_CSV
 from layerprobe.snapshot.take import distinct_examples, run_probe, tokenize_probe
 
@@ -100,7 +100,6 @@ FREEZE_LOG_CSV = "layerprobe_freeze_log.csv"
 #: (benchmarks/bench_tracking.py): one check measured 0.54 of a training step, so every 50 steps ≈ 1.1%.
 DEFAULT_EVERY_N_STEPS = 50
 DEFAULT_PROBE_SIZE = 64
-DEFAULT_MAX_LENGTH = TRAINING_MAX_LENGTH
 
 #: Elements converted to float64 at a time when accumulating drift (8 MB per chunk).
 _DRIFT_CHUNK = 1 << 20
