@@ -272,11 +272,8 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
         "update_norm": math.sqrt(sum(lora_update_norm(m["A"], m["B"], m["scale"]) ** 2 for m in modules.values())),
         "modules_to_save": saved_modules_info(saved, keys, table.get)}
     mismatch = base_mismatch(path, cfg, base, base_dir)
-    if mismatch is not None:  # kept in meta (and the comparison's notes) and said on stderr
-        from layerprobe.errors import LayerProbeWarning
-
+    if mismatch is not None:  # kept in meta; compare_sides adds it to the notes and warns (once the result stands)
         info["base_note"] = mismatch
-        warnings.warn(f"{label}: {mismatch}", LayerProbeWarning, stacklevel=2)
     if probe_texts is not None:
         try:
             from peft import PeftModel
