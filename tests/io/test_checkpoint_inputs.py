@@ -212,3 +212,119 @@ def test_zero_base_weights_give_strict_json(f3, capsys, tmp_path):
     assert all(b["weight_drift"] is None and b["weight_cosine"] is None for b in blocks)
     rc, out, _ = run(["compare", tmp_path / "z.safetensors", f3["a"], "--format", "csv", "--quiet"], capsys)
     assert rc == 0 and out.splitlines()[1].split(",")[6] == "inf"
+
+
+# ------------------------------------------------------------------ issue 20: tensor counts bounded before loading
+
+def _many_safetensors(path, n):
+    """A header-only .safetensors of ``n`` zero-element tensors (about 50 bytes each on disk)."""
+    header = {f"encoder.layer.{i}.w": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(n)}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "zip", "legacy", "views"])
+def test_tensor_count_is_bounded_at_and_over(f3, capsys, monkeypatch, tmp_path, fmt):
+    """MAX_TENSORS per file, counted from the header / zip directory / pickle before any tensor is built
+    (lowered to 8 here; the real bound is tested below with a small file)."""
+    import layerprobe.io.torch_files as tf
+
+    monkeypatch.setattr(tf, "MAX_TENSORS", 8)
+    for n, ok in ((8, True), (9, False)):
+        p = tmp_path / f"{fmt}_{n}.{'safetensors' if fmt == 'safetensors' else 'pt'}"
+        if fmt == "safetensors":
+            save_file({f"encoder.layer.{i}.w": torch.ones(1) for i in range(n)}, str(p))
+        else:
+            shared = torch.ones(1)
+            sd = {f"encoder.layer.{i}.w": shared if fmt == "views" else torch.ones(1) for i in range(n)}
+            torch.save(sd, p, _use_new_zipfile_serialization=fmt != "legacy")
+        rc, _, err = run(["compare", p, p, "--quiet"], capsys)
+        if ok:
+            assert rc == 0, err
+        else:
+            assert_one_line(rc, err, p.name, "more than the 8 accepted in one checkpoint file")
+
+
+def test_a_million_tensor_header_is_refused_before_parsing(capsys, tmp_path):
+    import time
+
+    p = _many_safetensors(tmp_path / "many.safetensors", 100_001)  # 5 MB of header, no data
+    t = time.monotonic()
+    rc, _, err = run(["compare", p, p, "--quiet"], capsys)
+    assert_one_line(rc, err, "many.safetensors", "holds 100,001 tensors", "more than the 100,000 accepted")
+    assert time.monotonic() - t < 5
+
+
+def test_a_zip_directory_of_too_many_members_is_refused_unread(capsys, tmp_path):
+    """The zip directory's own count (its end record, O(1)) refuses a .pt before the pickle is read."""
+    import zipfile
+
+    p = tmp_path / "members.pt"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("members/data.pkl", b"\x80\x02}q\x00.")
+    from layerprobe.io import torch_files as tf
+
+    raw = bytearray(p.read_bytes())
+    i = raw.rfind(b"PK\x05\x06")
+    raw[i + 8:i + 12] = (0xFFFE).to_bytes(2, "little") * 2  # the end record claims 65,534 members
+    p.write_bytes(bytes(raw))
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tf, "MAX_TENSORS", 1000)
+        rc, _, err = run(["compare", p, p, "--quiet"], capsys)
+    assert_one_line(rc, err, "members.pt", "zip directory lists 65,534 members")
+
+
+@pytest.mark.slow
+def test_a_pt_of_100001_tensors_is_refused(capsys, tmp_path):
+    p = tmp_path / "many.pt"
+    torch.save({f"encoder.layer.{i}.w": torch.zeros(0) for i in range(100_001)}, p)
+    rc, _, err = run(["compare", p, p, "--quiet"], capsys)
+    assert_one_line(rc, err, "many.pt", "more than the 100,000 accepted")
+
+
+# ------------------------------------------------------------------ issue 20: an intact file asking for a missing class
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("owner", ["__main__", "torch.nn"])
+def test_intact_pt_asking_for_a_missing_class_is_named(capsys, monkeypatch, tmp_path, owner, legacy):
+    """was: "truncated or corrupted" for an intact file saved with a class this Python does not have."""
+    import importlib
+
+    module = importlib.import_module(owner)
+    gone = type("TrainArgsGone", (), {"__module__": owner})  # a class of the script that saved the file
+    monkeypatch.setattr(module, "TrainArgsGone", gone, raising=False)
+    p = tmp_path / "ckpt.pt"
+    torch.save({"encoder.layer.0.w": torch.ones(2, 2), "args": gone()}, p, _use_new_zipfile_serialization=not legacy)
+    monkeypatch.delattr(module, "TrainArgsGone")
+    rc, _, err = run(["compare", p, p, "--quiet"], capsys)
+    line = assert_one_line(rc, err, "ckpt.pt", f"it asks for {owner}.TrainArgsGone, a class that does not exist here",
+                           "unsafe pickle")
+    assert "corrupted" not in line
+    if not legacy:  # the same name with one byte changed: the zip's CRC no longer matches, so it is damage
+        raw = bytearray(p.read_bytes())
+        i = raw.find(b"TrainArgsGone")
+        raw[i] = ord("X")
+        p.write_bytes(bytes(raw))
+        rc, _, err = run(["compare", p, p, "--quiet"], capsys)
+        assert_one_line(rc, err, "ckpt.pt", "truncated or corrupted")
+
+
+# ------------------------------------------------------------------ issue 20: zero-element tensors on both sides
+
+@pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0, 0), (0, 3, 2), (2, 0, 3)])
+def test_zero_element_tensors_on_both_sides(capsys, tmp_path, shape):
+    """was: RuntimeError from update_rank (reshape of 0 elements); now exit 0, rank 0, strict JSON."""
+    g = torch.Generator().manual_seed(0)
+    sd = {"encoder.layer.0.attention.self.query.weight": torch.randn(4, 4, generator=g),
+          "encoder.layer.0.attention.self.key.weight": torch.zeros(shape),
+          "encoder.layer.1.attention.self.query.weight": torch.zeros(shape)}
+    save_file(sd, str(tmp_path / "a.safetensors"))
+    save_file({k: v + 0.1 for k, v in sd.items()}, str(tmp_path / "b.safetensors"))
+    rc, out, err = run(["compare", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--format", "json",
+                        "--quiet"], capsys)
+    assert rc == 0, err
+    doc = strict_json(out)
+    assert doc["blocks"][1]["n_params"] == 0 and doc["blocks"][0]["weight_drift"] > 0

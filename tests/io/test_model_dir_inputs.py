@@ -133,3 +133,44 @@ def test_broken_config_and_tokenizer_files(f3, capsys, name, content, needle):
     d = model_variant(f3, f"broken_{name}_{len(content)}", files={name: content})
     rc, _, err = run(["compare", f3["good"], d, "--probe", f3["probe"], "--quiet", "--no-ci"], capsys)
     assert_one_line(rc, err, name, needle)
+
+
+# ------------------------------------------------------------------ issue 20: config values checked once, at the boundary
+
+CONFIG_VALUES = {  # was: ZeroDivisionError / IndexError tracebacks while counting parameters, or a UserWarning
+    "heads_zero": (lambda c: c.update(num_attention_heads=0), "num_attention_heads = 0"),
+    "heads_negative": (lambda c: c.update(num_attention_heads=-2), "num_attention_heads = -2"),
+    "heads_float": (lambda c: c.update(num_attention_heads=2.0), "num_attention_heads = 2.0"),
+    "heads_bool": (lambda c: c.update(num_attention_heads=True), "num_attention_heads = True"),
+    "hidden_zero": (lambda c: c.update(hidden_size=0), "hidden_size = 0"),
+    "hidden_string": (lambda c: c.update(hidden_size="32"), "hidden_size = '32'"),
+    "intermediate_zero": (lambda c: c.update(intermediate_size=0), "intermediate_size = 0"),
+    "vocab_zero": (lambda c: c.update(vocab_size=0), "vocab_size = 0"),
+    "positions_zero": (lambda c: c.update(max_position_embeddings=0), "max_position_embeddings = 0"),
+    "hidden_huge": (lambda c: c.update(hidden_size=1 << 30), "hidden_size = 1073741824"),
+    "nested_zero": (lambda c: c.update(text_config={"hidden_size": 0}), "text_config.hidden_size = 0"),
+    "kv_heads_zero": (lambda c: c.update(num_key_value_heads=0), "num_key_value_heads = 0"),
+    "sub_configs": (lambda c: c.update(sub_configs={"text_config": "x"}), "key 'sub_configs' cannot be set"),
+    "sub_configs_list": (lambda c: c.update(sub_configs=[1, 2]), "key 'sub_configs' cannot be set"),
+    "read_only_property": (lambda c: c.update(use_return_dict=False), "key 'use_return_dict' cannot be set"),
+    "method_name": (lambda c: c.update(to_dict=1), "key 'to_dict' cannot be set"),
+    "dunder": (lambda c: c.update(__class__="x"), "key '__class__' cannot be set"),
+}
+
+
+@pytest.mark.parametrize("command", ["snapshot", "compare_probe", "compare_weights", "freeze_list"])
+@pytest.mark.parametrize("case", sorted(CONFIG_VALUES))
+def test_config_values_refused_in_one_line(f2, capsys, monkeypatch, tmp_path, case, command):
+    """Exactly one line (transformers used to print the whole config, 34 lines, for sub_configs)."""
+    edit, needle = CONFIG_VALUES[case]
+    d = variant(f2, f"cfgval_{case}", cfg=edit)
+    rc, _, err = run(commands_for(f2, d, tmp_path)[command], capsys, monkeypatch)
+    assert_one_line(rc, err, f"cfgval_{case}/config.json", needle)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_config_values_at_the_bounds_are_accepted():
+    from layerprobe.io.model_dir import MAX_DIMENSION, MAX_LAYERS, check_config_values
+
+    check_config_values({"hidden_size": 1, "num_attention_heads": MAX_DIMENSION, "num_hidden_layers": 0,
+                         "text_config": {"num_hidden_layers": MAX_LAYERS, "hidden_size": None}}, "config.json")

@@ -350,3 +350,10 @@ def test_cosine_of_a_tiny_update_next_to_huge_weights():
     zero = DriftAccumulator()
     zero.add("w", a, torch.zeros_like(a))
     assert zero.sq_w1 == 0.0 and math.isnan(zero.result()["cosine"])  # one side all-zero: undefined
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0, 0), (0, 3, 2), (2, 0, 3), (0, 0, 0)])
+def test_update_rank_of_an_empty_update(shape):
+    """was: RuntimeError (reshape of 0 elements into (0, -1) is ambiguous) for zero-element tensors on both sides."""
+    assert update_rank(torch.zeros(shape)) == {"stable_rank": 0.0, "rank90": 0}
+    assert matrix_updates({"w": torch.zeros(shape)}, {"w": torch.zeros(shape)})["w"]["rank90"] == 0
