@@ -404,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.showwarning = _show_warning  # layerprobe's own warnings: one line each
             return COMMANDS[args.command](args)
     except LayerProbeError as err:
         _err(f"layerprobe: error: {printable(str(err).strip()) if str(err).strip() else type(err).__name__}")
@@ -469,6 +470,18 @@ def _err(line: str) -> None:
         stream.flush()
     except (OSError, ValueError):
         pass
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    from layerprobe.errors import LayerProbeWarning, one_line
+
+    if issubclass(category, LayerProbeWarning):
+        _err(f"layerprobe: warning: {printable(one_line(message))}")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 class _Terminated(BaseException):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["LayerProbeError", "LayerProbeTypeError", "one_line", "strip_ansi"]
+__all__ = ["LayerProbeError", "LayerProbeTypeError", "LayerProbeWarning", "one_line", "strip_ansi"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -57,4 +57,11 @@ class LayerProbeTypeError(LayerProbeError, TypeError):
 
     >>> isinstance(LayerProbeTypeError("texts must be a list of strings"), (TypeError, ValueError))
     True
+    """
+
+
+class LayerProbeWarning(UserWarning):
+    """Something the user should know about a result that is still given (an adapter applied to
+    another base than the one its config names). The CLI prints it as one line,
+    ``layerprobe: warning: ...``; the same text is kept in the result's notes.
     """

@@ -545,6 +545,11 @@ def _adapter_notes(adapter: dict, entries: list[dict], other: dict | None, notes
     if norm > 0 and all(d == 0.0 for d in drifts if d is not None) and any(d is not None for d in drifts):
         raise LayerProbeError(f"the adapter's update norm is {norm:.6g} but no compared weight changed: "
                               "the adapter was not applied to this base model", label)
+    if adapter.get("base_note"):  # the result stands: a note, and one warning line (CLI: on stderr)
+        from layerprobe.errors import LayerProbeWarning
+
+        notes.append(f"{label}: {adapter['base_note']}")
+        warnings.warn(notes[-1], LayerProbeWarning, stacklevel=3)
     for module, info in (adapter.get("modules_to_save") or {}).items():
         if info.get("in_base"):
             notes.append(f"adapter head {module} ({info['n_params']} parameters, modules_to_save): "

@@ -11,7 +11,10 @@ input, its step and the trajectory rows, so the JSON alone holds the whole resul
 
 ``step`` comes from a ``checkpoint-N`` name, else from ``trainer_state.json`` (``global_step``),
 else the input's position in the series. A run directory given as one argument (no weights of
-its own, ``checkpoint-N`` folders inside) expands to its checkpoints in step order.
+its own, ``checkpoint-N`` folders inside) expands to its checkpoints in step order. The inputs
+after the base are put in step order whatever order they were given in (``300 100 200`` is read
+as ``100 200 300``); the same step twice, a step before the base's, or inputs of which only some
+have a step are refused before any model is read (:func:`order_by_step`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from layerprobe.io.trainer_state import run_progress
 from layerprobe.results.trajectory import REQUIRED, SERIES_FILE
 
 __all__ = ["SERIES_COLUMNS", "TRAJECTORY_FILE", "checkpoint_step", "compare_series", "expand_inputs",
-           "series_csv", "write_series"]
+           "order_by_step", "series_csv", "write_series"]
 
 SERIES_COLUMNS = REQUIRED  # a series has exactly the columns every trajectory file has
 TRAJECTORY_FILE = SERIES_FILE
@@ -42,6 +45,66 @@ def checkpoint_step(path: str | os.PathLike, position: int) -> int:
         return int(m.group(1))
     prog = run_progress(p)
     return prog["step"] if prog else int(position)
+
+
+def _known_step(path: Any) -> int | None:
+    """The step a series input names (``checkpoint-N`` or ``trainer_state.json``), else None."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    p = os.fspath(path).rstrip("/\\")
+    m = _CKPT.match(os.path.basename(p))
+    if m:
+        return int(m.group(1))
+    prog = run_progress(p)
+    return prog["step"] if prog else None
+
+
+def _name(p: Any, i: int) -> str:
+    return os.fspath(p) if isinstance(p, (str, os.PathLike)) else f"input {i}"
+
+
+def order_by_step(paths: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """``(inputs, steps)`` with the base first and the later inputs in step order.
+
+    Steps come from :func:`checkpoint_step`. When no later input names a step they keep the order
+    given (steps are their positions).
+
+    Raises:
+        LayerProbeError: two inputs at the same step (including the base's), a later input at a
+            step before the base's, or later inputs of which only some name a step (no order).
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> ins = [os.path.join(d, "base")] + [os.path.join(d, f"checkpoint-{n}") for n in (300, 100, 200)]
+    >>> [os.path.basename(p) for p in order_by_step(ins)[0]], order_by_step(ins)[1]
+    (['base', 'checkpoint-100', 'checkpoint-200', 'checkpoint-300'], [0, 100, 200, 300])
+    >>> order_by_step(ins + [os.path.join(d, "again", "checkpoint-200")])
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: ...checkpoint-200: step 200 is in the series twice (also ...checkpoint-200); one input per step
+    """
+    paths = list(paths)
+    base_step = _known_step(paths[0]) or 0
+    later = [(_known_step(p), i, p) for i, p in enumerate(paths[1:], start=1)]
+    known = [(s, i, p) for s, i, p in later if s is not None]
+    if not known:
+        return paths, [base_step] + [i for _, i, _ in later]
+    if len(known) < len(later):
+        _, i, p = next(x for x in later if x[0] is None)
+        raise LayerProbeError("no training step for this series input (no checkpoint-N name, no trainer_state.json) "
+                              "while other inputs have one: the series cannot be put in step order", _name(p, i))
+    seen: dict[int, Any] = {base_step: (0, paths[0])}
+    for step, i, p in sorted(known, key=lambda x: (x[0], x[1])):
+        if step in seen:
+            j, q = seen[step]
+            raise LayerProbeError(f"step {step} is in the series twice (also {_name(q, j)}); one input per step",
+                                  _name(p, i))
+        if step < base_step:
+            raise LayerProbeError(f"step {step} is before the base's step {base_step} (the first input is the base "
+                                  "of the series)", _name(p, i))
+        seen[step] = (i, p)
+    ordered = sorted(known, key=lambda x: x[0])
+    return [paths[0]] + [p for _, _, p in ordered], [base_step] + [int(s) for s, _, _ in ordered]
 
 
 def _is_run_dir(path: str) -> bool:
@@ -111,9 +174,9 @@ def compare_series(
     paths = expand_inputs(list(inputs))
     if len(paths) < 2:
         raise LayerProbeError(f"a series needs a base and at least one checkpoint; got {len(paths)} input(s)")
+    paths, steps = order_by_step(paths)  # before anything is read: the same step twice is refused here
     texts = read_probe(probe, text_column, max_examples)
     kw = {**(snapshot_kwargs or {}), "progress": progress}
-    steps = [checkpoint_step(p, i) if isinstance(p, (str, os.PathLike)) else i for i, p in enumerate(paths)]
     base = resolve_side(paths[0], texts, tokenizer, kw, label=None if isinstance(paths[0], (str, os.PathLike)) else "0")
     names = base.names
     rows = [{"step": steps[0], "block": n, "cka_to_start": 1.0 if base.representations else math.nan,

@@ -241,12 +241,14 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
 
     from layerprobe.io.adapters import (
         adapter_tensors,
+        base_mismatch,
         base_model_dir,
         check_adapter_loaded,
         find_key,
         load_base_for_adapter,
         lora_delta,
         lora_update_norm,
+        peft_config_for,
         read_adapter_parts,
         saved_modules_info,
     )
@@ -255,6 +257,13 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
     cfg, modules, saved = read_adapter_parts(path)
     base_dir = base_model_dir(path, cfg, base)
     label = label or path
+    if not (isinstance(base, (str, os.PathLike)) and os.fspath(base) == base_dir):
+        # a base named only in adapter_config.json passes the checks a base given as an input passes
+        from layerprobe.io.model_dir import check_model_dir
+
+        check_inputs(base_dir, probe=probe_texts is not None)
+        if probe_texts is None and os.path.lexists(os.path.join(base_dir, "config.json")):
+            check_model_dir(base_dir)  # (with a probe, load_hf_model runs it)
     table, blocks = WeightTable.from_source(open_checkpoint(base_dir))
     keys = [k for rel in table.index.values() for k in rel.values()]
     info: dict[str, Any] = {
@@ -262,6 +271,9 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
         "task_type": cfg.get("task_type"), "modules": len(modules),
         "update_norm": math.sqrt(sum(lora_update_norm(m["A"], m["B"], m["scale"]) ** 2 for m in modules.values())),
         "modules_to_save": saved_modules_info(saved, keys, table.get)}
+    mismatch = base_mismatch(path, cfg, base, base_dir)
+    if mismatch is not None:  # kept in meta; compare_sides adds it to the notes and warns (once the result stands)
+        info["base_note"] = mismatch
     if probe_texts is not None:
         try:
             from peft import PeftModel
@@ -270,9 +282,14 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
                                   "without --probe the drift needs no peft", path) from None
         model, tok = load_base_for_adapter(base_dir, cfg, modules, saved, path, device, dtype)
         adapter_tensors(path)  # weights checked with the safe loaders before peft reads them
+        config = peft_config_for(path, cfg, model, list(modules))  # no regex from the file reaches peft
         with warnings.catch_warnings():  # peft's "missing adapter keys" warning: check_adapter_loaded raises
             warnings.filterwarnings("ignore", message=".*missing adapter keys.*")
-            peft_model = PeftModel.from_pretrained(model, path, is_trainable=False).eval()
+            try:
+                peft_model = PeftModel.from_pretrained(model, path, is_trainable=False, config=config).eval()
+            except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+                raise LayerProbeError(f"peft cannot apply the adapter to the base model: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", path) from None
         info["applied_update_norm"] = check_adapter_loaded(peft_model, path, info["update_norm"])
         # the adapter's own tokenizer through the one checked loader (a vocabulary past the embedding
         # table is refused in one line), else the base directory's, else the caller's

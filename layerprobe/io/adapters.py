@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,11 +26,22 @@ import torch
 
 from layerprobe.errors import LayerProbeError, one_line
 
-__all__ = ["ADAPTER_CONFIG", "TASK_CLASSES", "adapter_tensors", "base_key_of", "base_model_dir",
-           "check_adapter_loaded", "find_key", "is_adapter_dir", "load_base_for_adapter", "lora_delta",
-           "lora_update_norm", "read_adapter", "read_adapter_parts", "saved_modules_info"]
+__all__ = ["ADAPTER_CONFIG", "MAX_PATTERN_CHARS", "MAX_PATTERN_SECONDS", "TASK_CLASSES", "adapter_tensors",
+           "base_key_of", "base_mismatch", "base_model_dir", "check_adapter_loaded", "find_key", "is_adapter_dir",
+           "load_base_for_adapter", "lora_delta", "lora_update_norm", "pattern_matcher", "pattern_value",
+           "peft_config_for", "read_adapter", "read_adapter_parts", "saved_modules_info"]
 
 ADAPTER_CONFIG = "adapter_config.json"
+#: longest regular expression an adapter config may hold (``target_modules``/``exclude_modules`` as a
+#: string, a key of ``alpha_pattern``/``rank_pattern``); a module path is well under 256 characters
+MAX_PATTERN_CHARS = 256
+#: time for matching every pattern of one adapter config against the module names, all together
+MAX_PATTERN_SECONDS = 2.0
+#: most entries in one of the config's name lists or pattern mappings
+_MAX_PATTERNS = 4096
+#: what peft reads as a regex fragment but layerprobe accepts only as a plain module path
+#: (``modules_to_save``, ``layers_pattern``, list items of ``target_modules``/``exclude_modules``)
+_PLAIN_NAME = re.compile(r"[\w.\-]{1,256}")
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:
@@ -68,11 +80,110 @@ def _read_config(path: str) -> dict:
         if v is not None and not _plausible(v, integer):
             raise LayerProbeError(f"{key} = {one_line(repr(v), 40)} is not a plausible value (expected a positive "
                                   f"{'integer' if integer else 'finite number'})", f)
-    patterns = cfg.get("alpha_pattern")
-    if patterns is not None and not (isinstance(patterns, dict)
-                                     and all(_plausible(v, False) for v in patterns.values())):
-        raise LayerProbeError("alpha_pattern must map module names to positive finite numbers", f)
+    for key, integer in (("alpha_pattern", False), ("rank_pattern", True)):
+        patterns = cfg.get(key)
+        if patterns is not None and not (isinstance(patterns, dict)
+                                         and all(_plausible(v, integer) for v in patterns.values())):
+            raise LayerProbeError(f"{key} must map module names to positive "
+                                  f"{'integers' if integer else 'finite numbers'}", f)
+        for pattern in patterns or {}:
+            _check_regex(pattern, f"{key} key", f)
+        if patterns is not None and len(patterns) > _MAX_PATTERNS:
+            raise LayerProbeError(f"{key} has {len(patterns):,} entries, more than the {_MAX_PATTERNS:,} accepted", f)
+    for key in ("target_modules", "exclude_modules"):
+        v = cfg.get(key)
+        if isinstance(v, str):
+            _check_regex(v, key, f)  # peft: re.fullmatch(v, module name)
+        elif v is not None:
+            _check_names(v, key, f)  # peft: equal to, or ending in ".<item>"
+    for key in ("modules_to_save", "layers_pattern"):
+        v = cfg.get(key)
+        if v is not None:  # peft builds regexes around these (rf"(^|.*\.){m}($|\..*)")
+            _check_names([v] if key == "layers_pattern" and isinstance(v, str) else v, key, f)
     return cfg
+
+
+def _check_regex(pattern: Any, what: str, f: str) -> None:
+    """A regular expression from an adapter config: a string of at most :data:`MAX_PATTERN_CHARS`
+    characters that compiles (compiling is bounded by the length; matching is bounded in time by
+    :func:`pattern_matcher`)."""
+    if not isinstance(pattern, str) or not pattern:
+        raise LayerProbeError(f"{what} {one_line(repr(pattern), 60)} is not a regular expression (expected a "
+                              "non-empty string)", f)
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise LayerProbeError(f"{what} is a regular expression of {len(pattern):,} characters, more than the "
+                              f"{MAX_PATTERN_CHARS} accepted", f)
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise LayerProbeError(f"{what} {one_line(repr(pattern), 60)} is not a valid regular expression "
+                              f"({one_line(exc, 80)})", f) from None
+
+
+def _check_names(names: Any, what: str, f: str) -> None:
+    if not isinstance(names, list) or len(names) > _MAX_PATTERNS or \
+            not all(isinstance(n, str) and _PLAIN_NAME.fullmatch(n) for n in names):
+        bad = next((n for n in names if not (isinstance(n, str) and _PLAIN_NAME.fullmatch(n))), names) \
+            if isinstance(names, list) else names
+        raise LayerProbeError(f"{what} must be a list of at most {_MAX_PATTERNS:,} module names (letters, digits, "
+                              f"'_', '.', '-'; at most 256 characters), got {one_line(repr(bad), 60)}", f)
+
+
+def pattern_matcher(path: str | os.PathLike, seconds: float = MAX_PATTERN_SECONDS) -> Any:
+    r"""``match(pattern, name, full)``: peft's matching rule for one adapter's patterns, bounded in time.
+
+    ``full=True`` is peft's rule for a string ``target_modules`` (``re.fullmatch(pattern, name)``);
+    ``full=False`` its rule for an ``alpha_pattern``/``rank_pattern`` key
+    (``re.match(rf"(.*\.)?({key})$", name)``, ``peft.utils.other.get_pattern_key``). Matching runs on
+    the ``regex`` engine with a timeout: all calls of one matcher together get ``seconds``; a pattern
+    that backtracks catastrophically is a one-line error naming the config, never minutes of CPU.
+
+    >>> match = pattern_matcher("a")
+    >>> match("query", "encoder.layer.0.attention.self.query", False), match("query", "x.query_2", False)
+    (True, False)
+    >>> match(r".*\.(query|value)", "encoder.layer.0.attention.self.query", True)
+    True
+    """
+    import time
+
+    import regex
+
+    f = os.path.join(os.fspath(path), ADAPTER_CONFIG)
+    deadline = time.monotonic() + seconds
+
+    def match(pattern: str, name: str, full: bool) -> bool:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            if full:
+                return regex.fullmatch(pattern, name, timeout=left) is not None
+            return regex.match(rf"(.*\.)?({pattern})$", name, timeout=left) is not None
+        except TimeoutError:
+            raise LayerProbeError(f"matching the regular expression {one_line(repr(pattern), 60)} against the "
+                                  f"module names takes more than {seconds:g} s (catastrophic backtracking?); "
+                                  "use module names or a simpler expression", f) from None
+        except (regex.error, RecursionError, OverflowError) as exc:
+            raise LayerProbeError(f"{one_line(repr(pattern), 60)} is not a usable regular expression "
+                                  f"({one_line(exc, 80)})", f) from None
+
+    return match
+
+
+def pattern_value(patterns: dict, module: str, default: Any, match: Any) -> Any:
+    r"""The value peft gives ``module`` from ``alpha_pattern``/``rank_pattern``: that of the first key
+    (in the config's order) whose regex matches the module path, else the default.
+
+    >>> m = pattern_matcher("a")
+    >>> pattern_value({r"layer\.[01]\..*query": 16, "query": 8}, "encoder.layer.1.attention.self.query", 4, m)
+    16
+    >>> pattern_value({"query": 8}, "encoder.layer.1.attention.self.value", 4, m)
+    4
+    """
+    for key in patterns:
+        if match(key, module, False):
+            return patterns[key]
+    return patterns.get(module, default)
 
 
 def _plausible(v: Any, integer: bool) -> bool:
@@ -130,6 +241,7 @@ def read_adapter_parts(path: str) -> tuple[dict, dict[str, dict[str, Any]], dict
     r0 = int(cfg.get("r") or 8)  # validated by _read_config; null means the default
     alpha = float(cfg["lora_alpha"] if cfg.get("lora_alpha") is not None else r0)
     alpha_pattern, rslora = cfg.get("alpha_pattern") or {}, bool(cfg.get("use_rslora"))
+    match = pattern_matcher(path)
     modules: dict[str, dict[str, Any]] = {}
     saved: dict[str, torch.Tensor] = {}
     for k, t in tensors.items():
@@ -148,7 +260,7 @@ def read_adapter_parts(path: str) -> tuple[dict, dict[str, dict[str, Any]], dict
             raise LayerProbeError(f"adapter module {m!r} lacks lora_A or lora_B", path)
         a, b = ab["A"], ab["B"]  # A (r, in), B (out, r); embeddings: A (r, vocab), B (dim, r)
         r = int(a.shape[0]) or r0
-        al = float(next((v for pat, v in alpha_pattern.items() if m.endswith(pat)), alpha))
+        al = float(pattern_value(alpha_pattern, m, alpha, match))  # peft's rule: the keys are regexes
         scale = al / math.sqrt(r) if rslora else al / r
         out[m] = {"A": a, "B": b, "scale": scale, "embedding": ab["embedding"]}
     if not out:
@@ -180,10 +292,37 @@ def base_model_dir(path: str, cfg: dict, base: Any) -> str:
     if isinstance(base, (str, os.PathLike)) and os.path.isdir(os.fspath(base)):
         return os.fspath(base)
     named = cfg.get("base_model_name_or_path")
-    if isinstance(named, str) and os.path.isdir(named):
+    if isinstance(named, str) and named and os.path.isdir(named):
         return named
     raise LayerProbeError("an adapter needs its base model: give the base model directory as the first input "
                           f"(adapter_config names {named!r}, not a local directory)", path)
+
+
+def base_mismatch(path: str, cfg: dict, base: Any, base_dir: str) -> str | None:
+    """A note when the adapter is applied to another base than the one its config names, else None.
+
+    Said when ``base_model_name_or_path`` is an existing local directory other than ``base_dir``
+    (the given base), or when the given base is not a directory and the config's base is used
+    instead. A hub id (not a local directory) cannot be compared and gives no note.
+
+    >>> import tempfile
+    >>> a, b = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> base_mismatch("ad", {"base_model_name_or_path": a}, b, b).startswith("adapter_config.json names base")
+    True
+    >>> base_mismatch("ad", {"base_model_name_or_path": a}, a, a) is None
+    True
+    """
+    named = cfg.get("base_model_name_or_path")
+    if not (isinstance(named, str) and named and os.path.isdir(named)):
+        return None
+    given = os.fspath(base) if isinstance(base, (str, os.PathLike)) else None
+    if os.path.realpath(named) == os.path.realpath(base_dir):
+        if given is None or os.path.realpath(given) == os.path.realpath(base_dir):
+            return None
+        return (f"the given base {one_line(given, 120)} is not a model directory: the adapter is applied to the base "
+                f"its adapter_config.json names, {one_line(named, 120)}")
+    return (f"adapter_config.json names base {one_line(named, 120)} (an existing directory), but the adapter is "
+            f"applied to the given base {one_line(base_dir, 120)}: check that this is the model it was trained on")
 
 
 #: peft ``task_type`` -> the transformers class the adapter was trained on (its keys carry that
@@ -231,6 +370,46 @@ def load_base_for_adapter(base_dir: str, cfg: dict, modules: dict, saved: dict, 
         raise LayerProbeError(f"{len(missing)} adapter module(s) are not in the base model ({as_what}), e.g. "
                               f"{one_line(missing[0], 80)}: the adapter was trained on another architecture", path)
     return model, tok
+
+
+def peft_config_for(path: str, cfg: dict, model: Any, modules: Sequence[str]) -> Any:
+    """The adapter's ``LoraConfig`` for peft with every regular expression resolved to module names.
+
+    peft matches a string ``target_modules``/``exclude_modules`` and the keys of
+    ``alpha_pattern``/``rank_pattern`` with Python's ``re``, which has no time limit: a pattern
+    that backtracks catastrophically ran for minutes. Here they are matched by
+    :func:`pattern_matcher` (peft's rule, bounded in time) against ``model``'s module names (the
+    patterns against the adapter's ``modules``, the only ones they apply to), and peft receives the
+    result: the matched names as a set and the patterns keyed by escaped module paths, so no regex
+    from the file reaches ``re``. The adapter applied is the same.
+    """
+    from peft import LoraConfig
+
+    match = pattern_matcher(path)
+    names = [n for n, _ in model.named_modules() if n]
+    try:
+        config = LoraConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise LayerProbeError(f"peft cannot read the adapter config ({one_line(exc, 120)})",
+                              os.path.join(path, ADAPTER_CONFIG)) from None
+    for key in ("target_modules", "exclude_modules"):
+        pattern = cfg.get(key)
+        if isinstance(pattern, str):
+            matched = {n for n in names if match(pattern, n, True)}
+            if key == "target_modules":
+                if not matched:
+                    raise LayerProbeError(f"target_modules {one_line(repr(pattern), 60)} matches none of the "
+                                          f"{len(names):,} modules of the base model ({type(model).__name__})",
+                                          os.path.join(path, ADAPTER_CONFIG))
+                config.layers_to_transform, config.layers_pattern = None, None  # ignored with a string
+            setattr(config, key, matched)
+    for key in ("alpha_pattern", "rank_pattern"):
+        patterns = cfg.get(key) or {}
+        if patterns:
+            default = getattr(config, "lora_alpha" if key == "alpha_pattern" else "r")
+            setattr(config, key, {re.escape(n): v for n in modules
+                                  if (v := pattern_value(patterns, n, default, match)) != default})
+    return config
 
 
 def check_adapter_loaded(peft_model: Any, path: str, update_norm: float) -> float:

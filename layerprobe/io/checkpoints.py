@@ -160,6 +160,7 @@ class _SafetensorsFile:
         from safetensors import safe_open
 
         _check_file(path, "safetensors file")
+        _check_header_count(path)  # more than MAX_TENSORS entries: refused before the header is parsed
         try:
             handle = safe_open(path, framework="pt", device="cpu")
             handle.__enter__()
@@ -237,6 +238,32 @@ class _SafetensorsFile:
         if self._handle is not None:
             self._handle.__exit__(None, None, None)
             self._handle = None
+
+
+#: safetensors' own limit on the header (its reader refuses larger ones)
+_MAX_HEADER_BYTES = 100_000_000
+
+
+def _check_header_count(path: str) -> None:
+    """Refuse a ``.safetensors`` whose header lists more than :data:`MAX_TENSORS` tensors.
+
+    Every tensor entry has one ``"data_offsets"`` key, so counting that byte string in the raw
+    header (a C-speed scan of at most 100 MB) bounds the count before any JSON is parsed or any
+    tensor is looked at; a malformed header is left to the reader's own message."""
+    from layerprobe.io.torch_files import MAX_TENSORS
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return
+        n = int.from_bytes(head, "little")
+        if n > _MAX_HEADER_BYTES:
+            return  # the reader refuses it ("header too large")
+        count = f.read(n).count(b'"data_offsets"')
+    if count > MAX_TENSORS:
+        raise LayerProbeError(f"holds {count:,} tensors (counted in its header before reading), more than the "
+                              f"{MAX_TENSORS:,} accepted in one checkpoint file; save the weights in shards "
+                              "(model.safetensors.index.json)", path=path)
 
 
 class SafetensorsSource(TensorSource):

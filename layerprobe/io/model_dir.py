@@ -28,9 +28,12 @@ from layerprobe.io.files import load_json
 
 __all__ = [
     "CONFIG_FILES",
+    "DIMENSION_KEYS",
     "LAYER_KEYS",
+    "MAX_DIMENSION",
     "MAX_LAYERS",
     "build_meta_model",
+    "check_config_values",
     "check_model_dir",
     "drop_non_parameters",
     "model_class",
@@ -43,19 +46,72 @@ __all__ = [
 MAX_LAYERS = 4096
 #: config keys that give a block count
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+#: config sizes that must be positive integers (a 0 divides by zero while transformers builds the
+#: model or counts its parameters; a vocabulary of 0 leaves no token to embed)
+DIMENSION_KEYS = ("hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "n_embd", "n_head", "n_inner", "n_positions", "d_model", "d_ff",
+                  "d_kv", "num_heads", "n_heads", "dim", "hidden_dim", "ffn_dim", "encoder_attention_heads",
+                  "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim")
+#: largest size a config may give for one of :data:`DIMENSION_KEYS`
+MAX_DIMENSION = 1 << 24
+#: how deep sub-configurations (``text_config``, ``encoder``, ...) are checked
+_CONFIG_DEPTH = 4
 #: config files of a model directory that may ask for custom code
 CONFIG_FILES = ("config.json", "tokenizer_config.json", "generation_config.json", "preprocessor_config.json",
                 "processor_config.json", "special_tokens_map.json", "adapter_config.json")
 
 
-def _count(cfg: dict, key: str, path: str, low: int = 0, high: int = 1 << 31) -> int | None:
+def _count(cfg: dict, key: str, path: str, low: int = 0, high: int = 1 << 31, where: str = "") -> int | None:
     v = cfg.get(key)
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise LayerProbeError(f"{key} = {one_line(repr(v), 40)} is not a plausible value "
+        raise LayerProbeError(f"{where}{key} = {one_line(repr(v), 40)} is not a plausible value "
                               f"(expected an integer in [{low}, {high}])", path)
     return v
+
+def check_config_values(cfg: dict, f: str, config_class: Any = None) -> None:
+    """The one check of a config's values before transformers builds anything from it.
+
+    Every size in :data:`DIMENSION_KEYS` is an integer in ``[1, MAX_DIMENSION]`` and every layer
+    count (:data:`LAYER_KEYS`) one in ``[0, MAX_LAYERS]``, at the top and in nested sub-configs
+    (``text_config``, ``encoder``, ...); a bool, a float, a string, 0 or a negative number is
+    refused (``num_attention_heads = 0`` was a ZeroDivisionError while counting parameters). With
+    ``config_class``, a top-level key that names a read-only property or a method of that class
+    (``sub_configs``, ``to_dict``) is refused too: transformers cannot set it and prints the whole
+    config (34 lines) to stderr before failing.
+
+    Raises:
+        LayerProbeError: one line naming ``f``, the key (with its sub-config path) and the value.
+
+    >>> check_config_values({"hidden_size": 32, "text_config": {"num_attention_heads": 0}}, "config.json")
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: config.json: text_config.num_attention_heads = 0 is not a plausible value (expected an integer in [1, 16777216])
+    """
+    import inspect
+
+    def walk(d: dict, where: str, depth: int) -> None:
+        for key in DIMENSION_KEYS:
+            _count(d, key, f, 1, MAX_DIMENSION, where)
+        for key in LAYER_KEYS:
+            _count(d, key, f, 0, MAX_LAYERS, where)
+        if depth < _CONFIG_DEPTH:
+            for key, value in d.items():
+                if isinstance(value, dict):
+                    walk(value, f"{where}{key}.", depth + 1)
+
+    walk(cfg, "", 0)
+    if config_class is None:
+        return
+    for key in cfg:
+        attr = inspect.getattr_static(config_class, key, None) if isinstance(key, str) else None
+        fixed = isinstance(attr, property) and attr.fset is None
+        if fixed or key.startswith("__") or (attr is not None and not isinstance(attr, property) and callable(attr)):
+            raise LayerProbeError(f"key {one_line(repr(key), 60)} cannot be set in a {config_class.__name__} (it is a "
+                                  f"{'read-only property' if fixed else 'method or internal name'} of the class); "
+                                  "remove it from config.json", f)
+
 
 def refuse_auto_map(path: str | os.PathLike) -> None:
     """Refuse a directory whose config files ask for custom Python code (``auto_map``): the one check.
@@ -177,9 +233,9 @@ def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: boo
     refuse_auto_map(path)
     cfg = load_json(f, "config.json")
     cls = model_class(cfg, f)
-    for key in ("hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings", "n_embd",
-                "d_model", "num_attention_heads", "n_head", "n_positions"):
-        _count(cfg, key, f, 0, 1 << 24)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    check_config_values(cfg, f, CONFIG_MAPPING[cfg["model_type"]])  # sizes, layer counts, keys it can set
     claimed = {k: _count(cfg, k, f, 0, MAX_LAYERS) for k in LAYER_KEYS}
     if not weights:
         return cfg
@@ -217,16 +273,25 @@ def build_meta_model(path: str | os.PathLike, cls: Any = None) -> torch.nn.Modul
     Raises:
         LayerProbeError: transformers cannot build the configuration.
     """
+    import warnings
+
     import transformers
+    from transformers.utils import logging as hf_logging
 
     path = os.fspath(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(hf_logging.CRITICAL)  # transformers logs a whole config before some errors
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Initializing zero-element tensors is a no-op"
             return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ArithmeticError,
+            IndexError) as exc:
         raise LayerProbeError(f"cannot build the configured model: {one_line(exc, 200)}",
                               os.path.join(path, "config.json")) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _meta_model(directory: str) -> torch.nn.Module | None:
@@ -236,7 +301,10 @@ def _meta_model(directory: str) -> torch.nn.Module | None:
         return None
     try:
         refuse_auto_map(directory)  # custom code: never built
-        return build_meta_model(directory, model_class(load_json(f, "config.json"), f))
+        cfg = load_json(f, "config.json")
+        cls = model_class(cfg, f)
+        check_config_values(cfg, f)  # no size of 0 reaches transformers
+        return build_meta_model(directory, cls)
     except Exception:  # noqa: BLE001 - an unknown architecture falls back to the dtype rule
         return None
 

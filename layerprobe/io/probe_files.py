@@ -23,7 +23,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ import numpy as np
 from layerprobe.errors import LayerProbeError
 from layerprobe.errors import one_line as _one_line
 
-__all__ = ["MAX_PROBE_EXAMPLES", "MAX_PROBE_BYTES", "MAX_TEXT_CHARS", "PROBE_EXTENSIONS", "check_texts", "fingerprint",
+__all__ = ["MAX_COLUMNS", "MAX_LINE_CHARS", "MAX_PROBE_EXAMPLES", "MAX_PROBE_BYTES", "MAX_TEXT_CHARS", "PROBE_EXTENSIONS", "check_texts", "fingerprint",
            "read_probe_texts"]
 
 PROBE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
@@ -92,6 +92,7 @@ def read_probe_texts(
             raise LayerProbeError(
                 f"unknown probe file type {ext or '(no extension)'!r} ({_EXPECTED})", path=path
             )
+        _check_records(path, ext)  # streamed: a huge line, field or row is refused before the file is read whole
         content = _read_utf8(path)
         raw: Sequence[str | None]
         if ext in (".csv", ".tsv"):
@@ -119,6 +120,74 @@ MAX_PROBE_BYTES = 512 << 20
 #: most probe texts used in one run (a file or a list): the byte cap alone lets a file hold millions of
 #: one-word lines, each tokenized, run and kept; take a sample with max_examples (--max-examples)
 MAX_PROBE_EXAMPLES = 100_000
+
+
+#: longest line of a probe file (one text, JSON object or CSV row with its other fields), in characters
+MAX_LINE_CHARS = 4 * MAX_TEXT_CHARS
+#: most fields in one CSV/TSV row
+MAX_COLUMNS = 10_000
+
+
+def _bounded_lines(f: Any, path: str, limit: int) -> Iterator[str]:
+    """The lines of an open text file, each read with a length limit: a line longer than ``limit``
+    characters is refused after reading that many, not the whole line."""
+    n = 0
+    while True:
+        line = f.readline(limit + 2)  # the text and its line end ("\r\n")
+        if not line:
+            return
+        n += 1
+        if len(line.rstrip("\r\n")) > limit:
+            what = "for one probe text" if limit == MAX_TEXT_CHARS else \
+                f"for one line (a probe text may have {MAX_TEXT_CHARS:,})"
+            raise LayerProbeError(f"line {n:,} has more than {limit:,} characters, more than the {limit:,} accepted "
+                                  f"{what}; split or shorten it", path=path)
+        yield line
+
+
+def _check_records(path: str, ext: str) -> None:
+    """Bound every line, field and row of a text probe file in one streamed pass, before it is
+    read whole (a 500 MB single-field CSV took 4.3 GB before it was refused).
+
+    Lines are read with :func:`_bounded_lines` (a ``.txt`` line is one text: at most
+    :data:`MAX_TEXT_CHARS`; other lines at most :data:`MAX_LINE_CHARS`); a CSV/TSV is parsed by the ``csv`` module with its
+    field limit set to :data:`MAX_TEXT_CHARS` (a quoted field spanning many lines is bounded too)
+    and at most :data:`MAX_COLUMNS` fields a row. Other problems (bad UTF-8, malformed quoting) are
+    left to the full read, which names them.
+    """
+    import csv
+
+    from layerprobe.io.files import regular_file
+
+    if regular_file(path, "probe file") > MAX_PROBE_BYTES:
+        return  # refused unread by _read_utf8
+    if ext == ".json" or regular_file(path, "probe file") > MAX_PROBE_BYTES:
+        return  # a JSON list may be one line (its texts are checked after parsing); too large: refused unread
+    previous = csv.field_size_limit()
+    line = 0
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = _bounded_lines(f, path, MAX_TEXT_CHARS if ext == ".txt" else MAX_LINE_CHARS)
+            if ext not in (".csv", ".tsv"):
+                for _ in lines:
+                    pass
+                return
+            csv.field_size_limit(MAX_TEXT_CHARS)
+            reader = csv.reader(lines, delimiter="\t" if ext == ".tsv" else ",")
+            for row in reader:
+                line = reader.line_num
+                if len(row) > MAX_COLUMNS:
+                    raise LayerProbeError(f"the record ending on line {line:,} has {len(row):,} fields, more than "
+                                          f"the {MAX_COLUMNS:,} accepted", path=path)
+    except csv.Error as exc:
+        if "field limit" in str(exc):
+            raise LayerProbeError(f"a field after line {line:,} has more than {MAX_TEXT_CHARS:,} characters, more "
+                                  f"than the {MAX_TEXT_CHARS:,} accepted for one probe text; split or shorten it",
+                                  path=path) from None
+    except (UnicodeDecodeError, OSError):
+        return  # named by the full read
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _too_many(n: str, path: str | None = None) -> LayerProbeError:

@@ -12,6 +12,7 @@ was expected (an unsafe pickle names the class it asked for).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -23,7 +24,17 @@ import torch
 from layerprobe.errors import LayerProbeError, strip_ansi
 from layerprobe.errors import one_line as _one_line
 
-__all__ = ["SNAPSHOT_FORMAT", "load_pt_or_snapshot", "safe_torch_load"]
+__all__ = ["MAX_PICKLE_BYTES", "MAX_PICKLE_OPS", "MAX_TENSORS", "SNAPSHOT_FORMAT", "count_tensors", "load_pt_or_snapshot",
+           "safe_torch_load"]
+
+#: most tensors one checkpoint file may hold (a .pt/.bin/.pth or a .safetensors), counted before
+#: loading: its index (zip directory, safetensors header) and its pickle are read, no tensor is built.
+#: Checkpoints hold hundreds to a few thousand tensors per file (a 70B model: 723 in all).
+MAX_TENSORS = 100_000
+#: most pickle opcodes read while counting (a torch.save state dict takes about 31 per tensor)
+MAX_PICKLE_OPS = 64 * MAX_TENSORS
+#: largest ``data.pkl`` of a zip-format file (names and shapes only; 100,000 tensors take about 23 MB)
+MAX_PICKLE_BYTES = 256 << 20
 
 SNAPSHOT_FORMAT = "layerprobe-snapshot"
 _UNSAFE = (
@@ -84,6 +95,37 @@ def _global_status(dotted: str) -> str:
     return "unknown"
 
 
+#: a Python dotted name (``module.Class``): what an intact pickle names
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _pickle_intact(path: str) -> bool:
+    """Whether the pickle of a ``torch.save`` file is as written: for the zip format, ``data.pkl``
+    matches the CRC-32 its zip directory records; for both formats, its opcodes parse to the end.
+    Reads at most :data:`MAX_PICKLE_BYTES` (run after :func:`count_tensors`); never unpickles."""
+    import pickletools
+    import zipfile
+
+    try:
+        if _sniff(path) == "torch_zip":
+            with zipfile.ZipFile(path) as z:
+                pkl = next(n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+                if z.getinfo(pkl).file_size > MAX_PICKLE_BYTES:
+                    return False
+                with z.open(pkl) as stream:
+                    data = stream.read()  # reading to the end checks the CRC-32 (BadZipFile if it differs)
+            for _ in pickletools.genops(io.BytesIO(data)):
+                pass
+            return True
+        with open(path, "rb") as f:
+            for _ in range(4):  # magic number, protocol, sys info, the object
+                for _ in pickletools.genops(f):
+                    pass
+        return True
+    except Exception:  # noqa: BLE001 - any failure means the bytes are damaged
+        return False
+
+
 def _translate_unpickling(path: str, exc: Exception) -> LayerProbeError:
     msg = strip_ansi(str(exc))
     match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", msg)
@@ -91,10 +133,15 @@ def _translate_unpickling(path: str, exc: Exception) -> LayerProbeError:
         name = match.group(1)
         status = _global_status(name)
         if status == "missing" or (name.startswith("torch.") and status != "real"):
-            # A garbled torch internal name: damaged bytes, not a foreign class.
-            return LayerProbeError(
-                "not a readable PyTorch file: truncated or corrupted (garbled pickle data)", path=path
-            )
+            if not (_DOTTED.fullmatch(name) and _pickle_intact(path)):
+                # A garbled name in damaged bytes, not a class the file was saved with.
+                return LayerProbeError(
+                    "not a readable PyTorch file: truncated or corrupted (garbled pickle data)", path=path
+                )
+            # Intact bytes: the file was saved with a class this Python does not have (a class of
+            # the training script, ``__main__.TrainArgs``, or of another library version).
+            return LayerProbeError(f"{_UNSAFE} (it asks for {name}, a class that does not exist here: an object "
+                                   "of the script or library that saved it)", path=path)
         return LayerProbeError(f"{_UNSAFE} (it asks for {name})", path=path)
     if re.search(r"Can only (create new object|build)|call reduce for unrecognized", msg):
         return LayerProbeError(_UNSAFE, path=path)
@@ -109,6 +156,94 @@ def _translate_unpickling(path: str, exc: Exception) -> LayerProbeError:
         f"({_one_line(msg.split('WeightsUnpickler error:')[-1].split('Check the documentation')[0], 80)})",
         path=path,
     )
+
+
+def _zip_entries(path: str) -> int | None:
+    """The number of members a zip file's end-of-central-directory record states (O(1): the last
+    64 KiB are read), or None when none is found (then torch's reader says what is wrong)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - (65536 + 22)))
+        tail = f.read()
+    i = tail.rfind(b"PK\x05\x06")
+    if i < 0 or len(tail) < i + 12:
+        return None
+    total = int.from_bytes(tail[i + 10:i + 12], "little")
+    if total == 0xFFFF:  # zip64: the count is in the zip64 end record, before the locator
+        j = tail.rfind(b"PK\x06\x06", 0, i)
+        if j >= 0 and len(tail) >= j + 40:
+            total = int.from_bytes(tail[j + 32:j + 40], "little")
+    return total
+
+
+def _too_many(path: str, what: str) -> LayerProbeError:
+    return LayerProbeError(f"holds more than {MAX_TENSORS:,} tensors ({what}), more than the {MAX_TENSORS:,} accepted "
+                           "in one checkpoint file; save the weights in shards (model.safetensors.index.json)", path=path)
+
+
+def _count_pickle(stream: Any, path: str, pickles: int = 1) -> int:
+    """Tensor references (persistent ids) in the next ``pickles`` pickles of ``stream``, read
+    opcode by opcode without unpickling; stops past :data:`MAX_TENSORS` or :data:`MAX_PICKLE_OPS`."""
+    import pickletools
+
+    ops = refs = 0
+    for _ in range(pickles):
+        for op, _, _ in pickletools.genops(stream):
+            ops += 1
+            if op.name in ("BINPERSID", "PERSID"):
+                refs += 1
+                if refs > MAX_TENSORS:
+                    raise _too_many(path, "counted in its pickle before loading")
+            if ops > MAX_PICKLE_OPS:
+                raise LayerProbeError(f"its pickle has more than {MAX_PICKLE_OPS:,} operations (the most read for "
+                                      f"{MAX_TENSORS:,} tensors); not loaded", path=path)
+    return refs
+
+
+def count_tensors(path: str | os.PathLike) -> int | None:
+    """Tensors a ``torch.save`` file refers to, counted before anything is loaded (bounded time).
+
+    Zip format: the member count of the zip directory (one per storage), then the opcodes of
+    ``data.pkl``; legacy format: the opcodes of its pickles. Returns None when the file cannot be
+    read this way (torch's own reader then says what is wrong).
+
+    Raises:
+        LayerProbeError: more than :data:`MAX_TENSORS` tensors or :data:`MAX_PICKLE_OPS` opcodes.
+
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.pt")
+    >>> torch.save({"a": torch.ones(2), "b": torch.zeros(3)}, p)
+    >>> count_tensors(p)
+    2
+    """
+    import zipfile
+
+    path = os.fspath(path)
+    kind = _sniff(path)
+    try:
+        if kind == "torch_zip":
+            entries = _zip_entries(path)
+            if entries is not None and entries > MAX_TENSORS + 16:  # one member per storage, a few of metadata
+                raise _too_many(path, f"its zip directory lists {entries:,} members")
+            with zipfile.ZipFile(path) as z:
+                pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+                if pkl is None:
+                    return None
+                size = z.getinfo(pkl).file_size
+                if size > MAX_PICKLE_BYTES:
+                    raise LayerProbeError(f"its pickle (data.pkl) has {size:,} bytes, more than the "
+                                          f"{MAX_PICKLE_BYTES:,} read for {MAX_TENSORS:,} tensors; not loaded", path=path)
+                with z.open(pkl) as stream:
+                    data = stream.read(MAX_PICKLE_BYTES + 1)
+                return _count_pickle(io.BytesIO(data), path)
+        if kind == "pickle":
+            with open(path, "rb") as stream:  # magic number, protocol, sys info, then the object
+                return _count_pickle(stream, path, pickles=4)
+    except LayerProbeError:
+        raise
+    except Exception:  # noqa: BLE001 - damaged bytes: torch.load reports them in its own words
+        return None
+    return None
 
 
 def safe_torch_load(path: str | os.PathLike) -> Any:
@@ -148,6 +283,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         )
     import pickle
 
+    count_tensors(path)  # more than MAX_TENSORS: refused before torch builds any
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -205,6 +341,8 @@ def _extract_state_dict(path: str, obj: Any) -> dict[str, torch.Tensor]:
                 path=path,
             )
         out[key] = value
+        if len(out) > MAX_TENSORS:
+            raise _too_many(path, "in its state dict")
     return out
 
 

@@ -41,6 +41,8 @@ def update_rank(delta: Weight, energy: float = 0.9) -> dict | None:
     {'stable_rank': 1.1111111111111112, 'rank90': 1}
     >>> update_rank(torch.zeros(4)) is None
     True
+    >>> update_rank(torch.zeros(0, 4))  # no elements: no update
+    {'stable_rank': 0.0, 'rank90': 0}
     """
     if not 0.0 < energy <= 1.0:
         raise LayerProbeError(f"energy must be in (0, 1], got {energy=}")
@@ -48,6 +50,8 @@ def update_rank(delta: Weight, energy: float = 0.9) -> dict | None:
     key = _rank_key(energy)
     if t.ndim < 2:
         return None
+    if t.numel() == 0:  # (0, n), (n, 0), (0, 3, 2): an empty update has no direction (reshape(0, -1) is ambiguous)
+        return {"stable_rank": 0.0, key: 0}
     m = t.to(device="cpu", dtype=torch.float64).reshape(t.shape[0], -1)
     if m.numel() == 0:
         return {"stable_rank": 0.0, key: 0}

@@ -29,7 +29,8 @@ def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
     """Read and validate a trajectory CSV (a file, or a run directory that holds one).
 
     Raises:
-        LayerProbeError: no such file, unreadable, missing columns or no rows.
+        LayerProbeError: no such file, unreadable, missing columns or no rows, values out of range,
+            or one step twice for an entry. Rows are returned in step order (stable).
     """
     import numpy as np
     import pandas as pd
@@ -63,7 +64,14 @@ def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
             value = df[c].iloc[row]
             value = value.item() if hasattr(value, "item") else value
             raise LayerProbeError(f"trajectory column {c!r} must hold {what}; data row {row + 1} has {value!r}", path)
-    return df
+    twice = df.duplicated(["step", "block"], keep=False)
+    if bool(twice.any()):  # two values for one point: a series given the same checkpoint twice, or two runs mixed
+        rows = [int(r) + 1 for r in twice.to_numpy().nonzero()[0][:2]]
+        step, block = df["step"].iloc[rows[0] - 1], df["block"].iloc[rows[0] - 1]
+        step = step.item() if hasattr(step, "item") else step
+        raise LayerProbeError(f"trajectory has step {step} twice for {block!r} (data rows {rows[0]} and {rows[1]}); "
+                              "one row per step and entry", path)
+    return df.sort_values("step", kind="stable").reset_index(drop=True)  # rows given out of order are drawn in order
 
 
 def plot_trajectory(df: pd.DataFrame, path: str | os.PathLike | None = None, title: str | None = None, *,

@@ -131,3 +131,39 @@ def test_a_series_prints_json_on_stdout(run, tmp_path, capsys):
     pd.testing.assert_frame_equal(rows.astype(csv.dtypes.to_dict()), csv, rtol=1e-9)
     assert main([*args[:-2], "--format", "csv"]) == 2  # the trajectory has to go somewhere
     assert "--format json" in capsys.readouterr().err
+# ------------------------------------------------------------------ issue 20: step order, one input per step
+
+def test_series_given_out_of_order_is_read_in_step_order(run, tmp_path, capsys):
+    """was: kept in the order given (30 10 20), so 'previous' and the trajectory were wrong."""
+    ckpts = {s: str(run / "run" / f"checkpoint-{s}") for s in (10, 20, 30)}
+    assert main(["compare", str(run / "base"), ckpts[30], ckpts[10], ckpts[20], "--out", str(tmp_path / "a"),
+                 "--quiet"]) == 0
+    assert main(["compare", str(run / "base"), ckpts[10], ckpts[20], ckpts[30], "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 0
+    a = pd.read_csv(tmp_path / "a" / "trajectory.csv")
+    b = pd.read_csv(tmp_path / "b" / "trajectory.csv")
+    assert a["step"].tolist() == sorted(a["step"].tolist())
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["same_checkpoint_twice", "same_step_elsewhere", "before_the_base", "mixed"])
+def test_series_steps_refused_before_any_work(run, tmp_path, capsys, case):
+    import shutil
+
+    c10, c20 = str(run / "run" / "checkpoint-10"), str(run / "run" / "checkpoint-20")
+    other = tmp_path / "copy" / "checkpoint-20"
+    if case == "same_step_elsewhere":
+        shutil.copytree(c20, other)
+    inputs = {"same_checkpoint_twice": [str(run / "base"), c10, c20, c10],
+              "same_step_elsewhere": [str(run / "base"), c10, c20, str(other)],
+              "before_the_base": [c20, c10, str(run / "run" / "checkpoint-30")],
+              "mixed": [str(run / "base"), c10, str(run / "base"), c20]}[case]
+    needle = {"same_checkpoint_twice": "step 10 is in the series twice", "same_step_elsewhere": "step 20 is in the "
+              "series twice", "before_the_base": "step 10 is before the base's step 20",
+              "mixed": "no training step for this series input"}[case]
+    out = tmp_path / "out"
+    rc = main(["compare", *inputs, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+    assert not out.exists() or not any(out.iterdir())

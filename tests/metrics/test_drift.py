@@ -333,3 +333,27 @@ def test_add_reports_non_finite_sides():
     assert acc.add("w", torch.tensor([1.0, float("inf")]), torch.tensor([1.0, 2.0])) == (False, True)
     assert acc.add("v", torch.tensor([1.0, 2.0]), torch.tensor([float("nan"), 2.0])) == (True, False)
     assert math.isnan(acc.result()["max_abs_change"])
+
+
+def test_cosine_of_a_tiny_update_next_to_huge_weights():
+    """was: Σb² and Σab derived from a's sums cancelled to garbage (cosine null) when ‖b‖ ≪ ‖a‖."""
+    from layerprobe.metrics.drift import DriftAccumulator
+
+    g = torch.Generator().manual_seed(0)
+    a, b = 1e4 * torch.randn(300, 70, generator=g), 1e-4 * torch.randn(300, 70, generator=g)
+    acc = DriftAccumulator()
+    acc.add("w", a, b)
+    a64, b64 = a.double(), b.double()
+    ref = float((a64 * b64).sum() / (a64.norm() * b64.norm()))
+    assert acc.result()["cosine"] == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert acc.sq_w1 == pytest.approx(float((b64 * b64).sum()), rel=1e-12)
+    zero = DriftAccumulator()
+    zero.add("w", a, torch.zeros_like(a))
+    assert zero.sq_w1 == 0.0 and math.isnan(zero.result()["cosine"])  # one side all-zero: undefined
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0, 0), (0, 3, 2), (2, 0, 3), (0, 0, 0)])
+def test_update_rank_of_an_empty_update(shape):
+    """was: RuntimeError (reshape of 0 elements into (0, -1) is ambiguous) for zero-element tensors on both sides."""
+    assert update_rank(torch.zeros(shape)) == {"stable_rank": 0.0, "rank90": 0}
+    assert matrix_updates({"w": torch.zeros(shape)}, {"w": torch.zeros(shape)})["w"]["rank90"] == 0

@@ -1,0 +1,55 @@
+"""Trajectory files (``results/trajectory.py``): values checked, steps in order, no step twice.
+
+Every case gives exit 0 with correct output, or exit 2 with one line on stderr naming the file and
+the problem; no code from a file ever runs, nothing is half-written. Catalogue: docs/errors.md.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+
+from hostile import assert_one_line, run
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ("1e308,b,1,1,0\n-1e308,b,1,1,0\n", "'step'"),  # was: ValueError traceback from matplotlib
+    ("0,b,nan,nan,-inf\n", "'weight_drift'"),
+    ("0,b,5,1,0\n", "'cka_to_start'"),
+])
+def test_trajectory_values_checked(capsys, tmp_path, rows, needle):
+    p = tmp_path / "t.csv"
+    p.write_text("step,block,cka_to_start,cka_to_previous,weight_drift\n" + rows)
+    rc, _, err = run(["plot-trajectory", p, "-o", tmp_path / "t.png"], capsys)
+    assert_one_line(rc, err, "t.csv", needle)
+    assert not (tmp_path / "t.png").exists()
+
+
+# ------------------------------------------------------------------ issue 20: one row per step and entry, in step order
+
+def _trajectory(tmp_path, steps, name="t.csv"):
+    rows = ["step,block,cka_to_start,cka_to_previous,weight_drift"]
+    for s in steps:
+        for b in ("block.0", "block.1"):
+            rows.append(f"{s},{b},{1 - s / 1000},,{s / 1000}")
+    p = tmp_path / name
+    p.write_text("\n".join(rows) + "\n")
+    return p
+
+
+@pytest.mark.parametrize("steps", [[100, 200, 100], [0, 0], [300, 100, 300, 200]])
+def test_a_step_twice_is_refused(capsys, tmp_path, steps):
+    """was: duplicate rows drawn without comment."""
+    p = _trajectory(tmp_path, steps)
+    rc, _, err = run(["plot-trajectory", p, "-o", tmp_path / "t.png"], capsys)
+    assert_one_line(rc, err, "t.csv", "twice for 'block.0'", "one row per step and entry")
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_rows_out_of_order_are_read_in_step_order(capsys, tmp_path):
+    from layerprobe.results.trajectory import read_trajectory
+
+    df = read_trajectory(_trajectory(tmp_path, [300, 100, 200]))
+    assert df["step"].tolist() == [100, 100, 200, 200, 300, 300]
+    rc, out, err = run(["plot-trajectory", tmp_path / "t.csv", "-o", tmp_path / "t.png"], capsys)
+    assert rc == 0 and (tmp_path / "t.png").exists(), err
