@@ -192,6 +192,7 @@ EXTRA_COMMANDS = {
     "plot-trajectory": [["plot-trajectory", "{dir}"], ["plot-trajectory", "{evil}"]],
     "freeze-list": [["freeze-list", "{evil}", "{good}"], ["freeze-list", "{json}", "{bin_dir}"],
                     ["freeze-list", "{json}", "{evil}"]],
+    "show": [["show", "{evil}"], ["show", "{evil}", "--format", "json"], ["show", "{dir}"]],
 }
 #: Invocations that never read the malicious weights, so they may succeed (marker still checked):
 #: freeze-list builds the architecture from config.json on the meta device and reads no weights.
