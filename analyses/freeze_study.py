@@ -108,6 +108,11 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     name = config or config_name(emb, k)
     model, tok = load_classifier(default_model_path(), b.num_labels, seed)
     blocks = find_blocks(model)
+    from study_measure import reference_step_cpu
+
+    # the unit of this run's CPU time: a full step on its own first batch, timed now in this process
+    ref_step = reference_step_cpu(model, tok, train["text"].tolist(), train["label"].tolist(), b.max_length,
+                                  b.batch_size, b.lr)
     tc = TrainConfig(epochs=b.max_epochs, lr=b.lr, batch_size=b.batch_size, max_length=b.max_length,
                      warmup=b.warmup, weight_decay=b.weight_decay, seed=seed)
     total_steps, warm_steps = schedule_steps(len(train), tc)
@@ -253,7 +258,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         "best_epoch": best["epoch"], "epochs": stats["epochs"], "steps": stats["steps"],
         "best_step": best["step"], "total_steps_scheduled": total_steps,
         "train_cpu_seconds": loop_cpu - (0.0 if tracker_counted else track_cpu[0]),
-        "tracker_cpu_seconds": track_cpu[0], "dev_eval_cpu_seconds": dev_cpu[0],
+        "tracker_cpu_seconds": track_cpu[0], "dev_eval_cpu_seconds": dev_cpu[0], "ref_full_step_cpu": ref_step,
         "train_seconds": stats["seconds"], "trainable_params": stats["trainable_params"],
         "final_trainable_params": final_trainable,
         "total_params": sum(p.numel() for p in model.parameters()),

@@ -9,6 +9,10 @@ Each is a candidate input of the freeze rule (``docs/freeze_study.md``, "Predict
   its output distribution from the tuned one on the probe texts (label-free), and its accuracy on a
   labelled set. It asks how much the tuned model relies on the prefix's change.
 * :func:`relative_drift` — ``‖θ − θ₀‖ / ‖θ₀‖`` per entry.
+* :func:`reference_step_cpu` — the CPU time of one full fine-tuning step (nothing frozen) on the run's
+  own first batch, timed in the run's process just before it trains: the unit its training CPU time is
+  read in, so that savings compare runs made under different load or on different machines (on a shared
+  2-core box a step's CPU time was seen to double under load).
 * :func:`linear_probe` — how well each entry's output of the **base** model already separates the
   classes: a multinomial logistic regression on mean-pooled block outputs (train split), accuracy on
   dev. Needs labels, no training of the model.
@@ -191,3 +195,31 @@ def linear_probe(model: nn.Module, tokenizer, train_texts, train_labels, test_te
         raise ValueError(f"{len(tr)} hidden states for {len(names)} entries")
     return {n: logistic_accuracy(a, np.asarray(train_labels), b, np.asarray(test_labels))
             for n, a, b in zip(names, tr, te)}
+
+
+def reference_step_cpu(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int,
+                       batch_size: int, lr: float, steps: int = 3) -> float:
+    """Median CPU seconds (this process, its torch threads) of one full fine-tuning step — forward,
+    backward, AdamW step — of a deep copy of ``model`` with every parameter trainable, on the first
+    ``batch_size`` texts; one untimed warm-up step first. ``model`` itself is not changed."""
+    import copy
+    import statistics
+    import time
+
+    m = copy.deepcopy(model).train()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    n = min(batch_size, len(texts))
+    batch = collate(encode(tokenizer, list(texts[:n]), max_length), pad_id(tokenizer))
+    y = torch.tensor([int(v) for v in labels[:n]])
+    opt = torch.optim.AdamW(m.parameters(), lr=lr)
+    times = []
+    for i in range(steps + 1):
+        c = time.process_time()
+        m(**batch, labels=y).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.process_time() - c)
+    del m, opt
+    return float(statistics.median(times))

@@ -201,6 +201,37 @@ LABEL_FREE = {"size", "cka_abs", "cka_rel", "drift_rel", "revert_kl", "revert_di
 
 
 # %% the table the fit reads
+def step_units(r) -> float | None:
+    """A run's training CPU per step in units of its own full-step reference (``ref_full_step_cpu``, timed
+    in the run's process just before training), or None for a run without one (before 2026-12-02)."""
+    ref = getattr(r, "ref_full_step_cpu", None)
+    steps = getattr(r, "steps", None)
+    if ref is None or steps is None or not np.isfinite(ref) or ref <= 0 or not steps:
+        return None
+    return float(r.train_cpu_seconds) / float(steps) / float(ref)
+
+
+def cpu_ratio(run, full, per_epoch: bool = True) -> float:
+    """``run``'s training CPU over ``full``'s (the full fine-tuning of the same seed): per epoch (or for the
+    whole run), read in each run's own reference units when both have one — load- and machine-independent
+    — else as raw CPU seconds (two runs of one session)."""
+    ur, uf = step_units(run), step_units(full)
+    if ur is not None and uf is not None:
+        total = 1.0 if per_epoch else (float(run.steps) / float(full.steps))
+        return ur / uf * total
+    if per_epoch:
+        return (float(run.train_cpu_seconds) / float(run.epochs)) / (float(full.train_cpu_seconds) / float(full.epochs))
+    return float(run.train_cpu_seconds) / float(full.train_cpu_seconds)
+
+
+def _saving(fixed: pd.DataFrame, full: pd.DataFrame) -> float:
+    """CPU per epoch saved against full fine-tuning, each fixed run against the full run of its seed
+    (:func:`cpu_ratio`); runs whose seed has no full run are left out (NaN if none is left)."""
+    by_seed = {int(r.seed): r for r in full.itertuples()}
+    vals = [1.0 - cpu_ratio(r, by_seed[int(r.seed)]) for r in fixed.itertuples() if int(r.seed) in by_seed]
+    return float(np.mean(vals)) if vals else math.nan
+
+
 def study_table(runs: pd.DataFrame, chosen_lr: dict[str, float], read: Callable[[str], dict | None] = _read_json,
                 cache: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(outcomes, features)``.
@@ -216,7 +247,6 @@ def study_table(runs: pd.DataFrame, chosen_lr: dict[str, float], read: Callable[
         if not len(full):
             continue
         acc_full = {int(r.seed): float(r.accuracy) for r in full.itertuples()}
-        cpu_ep_full = np.mean([r.train_cpu_seconds / r.epochs for r in full.itertuples()])
         fixed = d[(d.method == "fixed") & (d.lr == lr) & (d.embeddings_frozen.astype(bool))]
         for k, g in fixed.groupby("frozen_blocks"):
             rel = {int(r.seed): float(r.accuracy) / acc_full[int(r.seed)] for r in g.itertuples()
@@ -227,7 +257,7 @@ def study_table(runs: pd.DataFrame, chosen_lr: dict[str, float], read: Callable[
                 "loss": 1.0 - mean_fixed / float(np.mean(list(acc_full.values()))),
                 "rel_acc": mean_fixed / float(np.mean(list(acc_full.values()))),
                 "rel_se": float(np.std(list(rel.values()), ddof=1) / math.sqrt(len(rel))) if len(rel) > 1 else math.nan,
-                "saving": 1.0 - float(np.mean(g.train_cpu_seconds / g.epochs)) / cpu_ep_full,
+                "saving": _saving(g, full),
                 "peak_rss_mb": float(g.peak_rss_mb.mean()) if "peak_rss_mb" in g else math.nan,
                 "rel": rel,
             })

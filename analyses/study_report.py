@@ -40,6 +40,7 @@ for p in (ROOT, HERE):
         sys.path.insert(0, p)
 
 from study_grid import BUDGETS, LR_GRID, N_BLOCKS, SMOKE_BUDGETS, SMOKE_LR_GRID, clean, config_name  # noqa: E402
+from study_predict import cpu_ratio  # noqa: E402
 
 from layerprobe.freezing.rule import Thresholds, recommend  # noqa: E402
 from layerprobe.io.outputs import atomic_write_text  # noqa: E402
@@ -130,7 +131,7 @@ def outcome(cfg: tuple[bool, int], seed: int, full: dict, fixed: dict) -> tuple[
     if r is None:
         return None
     f = full[seed]
-    return r.accuracy / f.accuracy, 1.0 - r.train_cpu_seconds / f.train_cpu_seconds
+    return r.accuracy / f.accuracy, 1.0 - cpu_ratio(r, f, per_epoch=False)
 
 
 def evaluate_rule(t: Thresholds, runs: pd.DataFrame, task: str) -> dict:
@@ -304,7 +305,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
             f = full_rows[full_rows.seed == a.seed]
             if len(f):
                 auto_rel.append(a.accuracy / f.accuracy.iloc[0])
-                auto_cpu.append(a.train_cpu_seconds / f.train_cpu_seconds.iloc[0])
+                auto_cpu.append(cpu_ratio(a, next(f.itertuples()), per_epoch=False))
         info[task] = {"rule": asdict(t), "advice": {str(s): v["config"] for s, v in ev["per_seed"].items()},
                       "advice_rel_acc": ev["rel_acc"], "advice_rel_acc_se": ev["rel_acc_se"],
                       "advice_saving": ev["saving"], "advice_n_seeds": ev["n_seeds"],
@@ -410,8 +411,8 @@ def auto_variants(runs: pd.DataFrame) -> list[dict]:
                 continue
             f = full.loc[r.seed]
             rel.append(r.accuracy / f.accuracy)
-            cpu.append(r.train_cpu_seconds / f.train_cpu_seconds)
-            per_epoch.append((r.train_cpu_seconds / r.epochs) / (f.train_cpu_seconds / f.epochs))
+            cpu.append(cpu_ratio(r, f, per_epoch=False))
+            per_epoch.append(cpu_ratio(r, f))
             auto = r.auto if isinstance(r.auto, dict) else {}
             steps = auto.get("freeze_steps", {})
             total = max(1, int(r.steps))
@@ -437,6 +438,9 @@ def lora_vs_advice(df: pd.DataFrame) -> list[dict]:
     full = df[df.method == "full"].set_index(["task", "seed"])
 
     def rel(g: pd.DataFrame, col: str) -> list[float]:
+        if col == "train_cpu_seconds":
+            return [cpu_ratio(r, full.loc[(r.task, r.seed)], per_epoch=False) for r in g.itertuples()
+                    if (r.task, r.seed) in full.index]
         return [getattr(r, col) / full.loc[(r.task, r.seed)][col] for r in g.itertuples() if (r.task, r.seed) in full.index]
 
     for task, d in df.groupby("task", sort=False):
@@ -451,8 +455,7 @@ def lora_vs_advice(df: pd.DataFrame) -> list[dict]:
         per_epoch = []
         for r in adv.itertuples():
             if (task, r.seed) in full.index and r.config != "full":
-                f = full.loc[(task, r.seed)]
-                per_epoch.append(1 - (r.train_cpu_seconds / r.epochs) / (f.train_cpu_seconds / f.epochs))
+                per_epoch.append(1 - cpu_ratio(r, full.loc[(task, r.seed)]))
         saving = float(np.mean(per_epoch)) if per_epoch else 0.0
         row = {"task": task, "advice": " ".join(cfgs), "advice_rel_acc": float(np.mean(aa)), "advice_cpu": float(np.mean(ac)),
                "lora_rel_acc": float(np.mean(la)), "lora_cpu": float(np.mean(lc)), "n_lora": len(la), "n_advice": len(aa),
@@ -614,11 +617,9 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
     full = df[df.method == "full"].set_index(["task", "seed"])
     for (task, method, config), g in df.groupby(["task", "method", "config"], sort=False):
         rel = [r.accuracy / full.loc[(task, r.seed)].accuracy for r in g.itertuples() if (task, r.seed) in full.index]
-        sav = [1 - r.train_cpu_seconds / full.loc[(task, r.seed)].train_cpu_seconds for r in g.itertuples()
+        sav = [1 - cpu_ratio(r, full.loc[(task, r.seed)], per_epoch=False) for r in g.itertuples()
                if (task, r.seed) in full.index]
-        per_epoch = [1 - (r.train_cpu_seconds / r.epochs) / (full.loc[(task, r.seed)].train_cpu_seconds
-                                                              / full.loc[(task, r.seed)].epochs)
-                     for r in g.itertuples() if (task, r.seed) in full.index]
+        per_epoch = [1 - cpu_ratio(r, full.loc[(task, r.seed)]) for r in g.itertuples() if (task, r.seed) in full.index]
         L.append(f"| {task} | {method} | {config} | {len(g)} | {g.accuracy.mean():.4f} | "
                  f"{_pct_se(*mean_se(rel)) if rel else _pct(None)} | {g.train_cpu_seconds.mean():.0f} | "
                  f"{_pct(np.mean(sav) if sav else None, 0)} | {_pct(np.mean(per_epoch) if per_epoch else None, 0)} | "

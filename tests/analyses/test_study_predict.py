@@ -150,3 +150,22 @@ def test_fold_predictors_never_see_the_held_out_task():
     assert a["a"] != b["a"]
     assert a["d"]["validated"] and a["d"]["predictors"][0]["name"] == "revert_kl"
     assert sp.fold_predictors(outcomes[outcomes.task != "d"], feats[feats.task != "d"]) == {}
+
+
+def test_saving_reads_cpu_in_each_runs_own_reference_units():
+    """Each fixed run against the full run of its seed: in reference units when both have one (a run under
+    twice the load saves what its units say), else raw CPU per epoch (one session's runs)."""
+    full = pd.DataFrame([{"seed": 0, "train_cpu_seconds": 100.0, "epochs": 3.0, "steps": 300, "ref_full_step_cpu": 0.5},
+                         {"seed": 1, "train_cpu_seconds": 90.0, "epochs": 3.0, "steps": 300, "ref_full_step_cpu": None}])
+    fixed = pd.DataFrame([{"seed": 0, "train_cpu_seconds": 120.0, "epochs": 3.0, "steps": 300, "ref_full_step_cpu": 1.0},
+                          {"seed": 1, "train_cpu_seconds": 60.0, "epochs": 4.0, "steps": 400, "ref_full_step_cpu": 0.7},
+                          {"seed": 2, "train_cpu_seconds": 1.0, "epochs": 1.0, "steps": 1, "ref_full_step_cpu": 1.0}])
+    f0, f1 = list(full.itertuples())
+    x0, x1, _ = list(fixed.itertuples())
+    assert sp.step_units(f0) == pytest.approx(100 / 300 / 0.5) and sp.step_units(f1) is None
+    assert sp.cpu_ratio(x0, f0) == pytest.approx((120 / 300 / 1.0) / (100 / 300 / 0.5))  # 0.6 per epoch
+    assert sp.cpu_ratio(x0, f0, per_epoch=False) == pytest.approx(0.6)
+    assert sp.cpu_ratio(x1, f1) == pytest.approx((60 / 4) / (90 / 3))  # raw: seed 1's full has no reference
+    assert sp.cpu_ratio(x1, f1, per_epoch=False) == pytest.approx(60 / 90)
+    # seed 2 has no full run: left out
+    assert sp._saving(fixed, full) == pytest.approx(((1 - 0.6) + (1 - 0.5)) / 2)
