@@ -169,3 +169,16 @@ def test_saving_reads_cpu_in_each_runs_own_reference_units():
     assert sp.cpu_ratio(x1, f1, per_epoch=False) == pytest.approx(60 / 90)
     # seed 2 has no full run: left out
     assert sp._saving(fixed, full) == pytest.approx(((1 - 0.6) + (1 - 0.5)) / 2)
+
+
+def test_the_prediction_decides_by_default_only_after_all_planned_tasks():
+    """Four tasks where revert_kl is perfect: validated leave-one-task-out, ranked first, but the library's
+    default decision stays with the CKA rule until all six planned tasks are in."""
+    outcomes, feats = _synthetic(TASKS)
+    pairs, adv = sp.loto(outcomes, feats, candidates=["revert_kl", "size"])
+    out = sp.export_predictor(outcomes, feats, sp.score(pairs, adv))
+    assert out["validated"] and out["predictors"][0]["name"] == "revert_kl" and out["default_rule"] == "cka"
+    six = dict(TASKS, e=TASKS["a"], f=TASKS["c"])
+    outcomes, feats = _synthetic(six)
+    pairs, adv = sp.loto(outcomes, feats, candidates=["revert_kl", "size"])
+    assert sp.export_predictor(outcomes, feats, sp.score(pairs, adv))["default_rule"] == "predictor"
