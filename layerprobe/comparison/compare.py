@@ -481,7 +481,7 @@ def compare_sides(
     other_params = other["n_params_compared"] if other else 0
     rec = recommend(entries, thresholds, other_params=other_params, tolerance=tolerance, revert=revert)
     if revert_skipped:
-        rec.notes.append(f"revert test not run ({revert_skipped}): the prediction uses CKA and drift")
+        rec.notes.append(f"revert test not run: {revert_skipped}; the predictions use CKA and drift")
     if not reps_ok:
         rec.notes.insert(0, f"CKA not computed: {why_not}")
         if cross_layer:

@@ -55,7 +55,8 @@ def side_revert(base: Side, tuned: Side, texts: Sequence[str] | None, max_length
     finally:
         model.train(was)
     if getattr(out, "logits", None) is None:
-        return None, f"{tuned.label}: {type(model).__name__} gives no logits (a model without its output head)"
+        who = type(model).__name__ if tuned.label == type(model).__name__ else f"{tuned.label} ({type(model).__name__})"
+        return None, f"{who} gives no logits (no output head)"
     state: dict[str, torch.Tensor] = {}
     for n, p in model.named_parameters():
         e = blocks.entry_of(n)

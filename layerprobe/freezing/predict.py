@@ -106,6 +106,13 @@ class Predictor:
     interval: tuple[float, float]
     fit_on: tuple[str, ...]
     label_free: bool = True
+    #: its leave-one-task-out scores in the freeze study (``tasks``, ``tasks_ge_985``, ...; empty: not scored)
+    loto: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def validated(self) -> bool:
+        """Scored leave-one-task-out on at least three held-out tasks."""
+        return int(self.loto.get("tasks") or 0) >= 3
 
     def loss(self, x: float) -> float:
         """The predicted accuracy loss at feature ``x`` (linear between knots, flat outside).
@@ -144,7 +151,10 @@ class Predictor:
         if not ok:
             raise LayerProbeError(f"{source}: predictor {name!r} needs finite knots with xs increasing, ys "
                                   "non-decreasing and an interval lo <= hi")
-        return cls(name=name, xs=xs, ys=ys, interval=(lo, hi), fit_on=fit_on, label_free=bool(d.get("label_free", True)))
+        raw = d.get("loto")
+        loto: dict[str, Any] = dict(raw) if isinstance(raw, Mapping) else {}
+        return cls(name=name, xs=xs, ys=ys, interval=(lo, hi), fit_on=fit_on, label_free=bool(d.get("label_free", True)),
+                   loto=loto)
 
 
 @lru_cache(maxsize=1)

@@ -356,11 +356,19 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
                               for e in entries}, ["no CKA, weight drift or revert test to predict from: nothing frozen"])
         return out, None
     info = {"name": used.name, "fit_on": list(used.fit_on),
-            "validated": bool(meta.get("validated")) and predictor is None, "label_free": used.label_free}
+            "validated": bool(meta.get("validated")) and used.validated and predictor is None,
+            "label_free": used.label_free}
     out = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": info}
     if not decide:
-        out["notes"] = [f"predicted accuracies are preliminary ({used.name}, fit on {', '.join(used.fit_on)}, not "
-                        "validated on held-out tasks): the CKA rule decided; pass a tolerance to follow them"]
+        fit = f"{used.name}, fit on {', '.join(used.fit_on)}"
+        if info["validated"]:
+            lo = used.loto
+            out["notes"] = [f"predicted accuracies from {fit} (held out, its advice kept >= 98.5% of full fine-tuning "
+                            f"on {lo.get('tasks_ge_985')} of {lo.get('tasks')} tasks; not yet the default until the "
+                            "study's six tasks are in): the CKA rule decided; pass a tolerance to follow them"]
+        else:
+            out["notes"] = [f"predicted accuracies are preliminary ({fit}, not validated on held-out tasks): the CKA "
+                            "rule decided; pass a tolerance to follow them"]
         return out, None
     freeze = list(preds[advised].freeze) if advised >= 0 else []
     reasons = {}
