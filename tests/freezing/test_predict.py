@@ -158,3 +158,17 @@ def test_a_given_predictor_decides_and_is_checked():
             pr.Predictor.from_dict(bad)  # type: ignore[arg-type]
     with pytest.raises(LayerProbeError, match="lacks"):
         recommend(_entries(), predictor=pr.Predictor("revert_kl", (0.0,), (0.0,), (0.0, 0.0), ()))
+
+
+def test_a_validated_predictor_states_its_held_out_record(monkeypatch):
+    from layerprobe.freezing.rule import recommend
+
+    rec = {"name": "cka_rel", "xs": [0.0, 1.0], "ys": [0.0, 0.1], "interval": [-0.005, 0.01], "fit_on": ["a", "b", "c"],
+           "loto": {"tasks": 3, "tasks_ge_985": 2}}
+    p = pr.Predictor.from_dict(rec)
+    assert p.validated and not pr.Predictor.from_dict({**rec, "loto": {"tasks": 2}}).validated
+    monkeypatch.setattr(pr, "default_predictor", lambda feats: p)
+    monkeypatch.setattr(pr, "shipped_meta", lambda: {"validated": True, "default_rule": "cka", "tolerance_default": 0.01})
+    r = recommend(_entries())
+    assert r.predictor["validated"] is True and r.tolerance is None
+    assert any("on 2 of 3 tasks" in n and "CKA rule decided" in n for n in r.notes)
