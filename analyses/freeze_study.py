@@ -233,6 +233,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         side["auto"] = tracker.policy.summary()
     if grads is not None:
         grads.close()
+        track_cpu[0] += grads.cpu_seconds  # measurement inside backward, not training
     model.load_state_dict(best["state"])  # a LoRA run keeps its adapter (peft's forward applies it)
     if grads is not None:
         from study_measure import relative_drift, revert_test
@@ -259,6 +260,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         "best_step": best["step"], "total_steps_scheduled": total_steps,
         "train_cpu_seconds": loop_cpu - (0.0 if tracker_counted else track_cpu[0]),
         "tracker_cpu_seconds": track_cpu[0], "dev_eval_cpu_seconds": dev_cpu[0], "ref_full_step_cpu": ref_step,
+        "grad_hook_cpu_seconds": grads.cpu_seconds if grads is not None else 0.0,
         "train_seconds": stats["seconds"], "trainable_params": stats["trainable_params"],
         "final_trainable_params": final_trainable,
         "total_params": sum(p.numel() for p in model.parameters()),
@@ -397,8 +399,8 @@ def main(argv=None) -> int:
         owes = at_chosen and not os.path.exists(run_file(cache, b.task, method, "full", b.lr, seed, "measures.json"))
         # ... and its CPU reference (ref_full_step_cpu): the new tasks' fixed runs are read against it; RT and
         # BBC keep their complete 2026-11 set, whose runs were all made in one session (raw CPU comparable)
-        owes = owes or (at_chosen and row is not None and row.get("ref_full_step_cpu") is None
-                        and b.task not in ("rt", "bbc"))
+        owes = owes or (at_chosen and row is not None and b.task not in ("rt", "bbc")
+                        and (row.get("ref_full_step_cpu") is None or row.get("grad_hook_cpu_seconds") is None))
         if row is not None and not owes and \
                 (method != "auto" or row.get("auto_options") == clean(auto_options or {})):
             return row

@@ -48,7 +48,9 @@ class GradNormRecorder:
 
     A post-accumulate-grad hook on every parameter of every entry adds ``Σ|g|`` and ``Σg²`` of the
     step's gradient; :meth:`check` stores the window (L1 sum, L2 of the summed squares, steps in the
-    window) and starts a new one. :meth:`close` removes the hooks.
+    window) and starts a new one. :meth:`close` removes the hooks. :attr:`cpu_seconds` is the CPU time
+    spent in the hooks (measurement, not training: the study subtracts it from the run's training CPU —
+    at TREC's short sequences it was a third of a step).
     """
 
     def __init__(self, model: nn.Module, blocks: Blocks) -> None:
@@ -59,6 +61,7 @@ class GradNormRecorder:
         self._sq = torch.zeros(n, dtype=torch.float64)
         self._steps = 0
         self._last_step = 0
+        self.cpu_seconds = 0.0
         self.param_norm = [math.sqrt(sum(float(p.detach().double().pow(2).sum()) for _, p in params[name]))
                            for name in self.names]
         self.rows: list[dict] = []
@@ -69,12 +72,16 @@ class GradNormRecorder:
                     self._handles.append(p.register_post_accumulate_grad_hook(self._hook(i)))
 
     def _hook(self, i: int):
+        import time
+
         def add(p: torch.Tensor) -> None:
             g = p.grad
             if g is not None:
+                c = time.process_time()
                 g = g.detach()
                 self._l1[i] += float(g.abs().sum(dtype=torch.float64))
                 self._sq[i] += float(g.pow(2).sum(dtype=torch.float64))
+                self.cpu_seconds += time.process_time() - c
         return add
 
     def check(self, step: int) -> None:
