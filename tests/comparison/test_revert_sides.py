@@ -91,9 +91,30 @@ def test_a_base_head_for_another_number_of_labels_is_listed_not_an_error(tokeniz
     assert [e["weight_drift"] for e in c5.blocks] == [e["weight_drift"] for e in c2.blocks]
 
 
-def test_rows_that_no_predictor_reads_are_said_so(tokenizer, texts):
+def test_rows_that_the_given_predictor_does_not_read_are_said_so(tokenizer, texts):
+    from layerprobe.freezing.predict import Predictor
+    from layerprobe.freezing.rule import recommend
+
     c = compare(tiny_bert(0, head=True), _tuned(), texts[:16], tokenizer, revert=True, **OPTS)
-    assert any("revert test's rows are not used by the cka_rel predictor" in n for n in c.recommendation.notes)
+    cka_rel = Predictor("cka_rel", (0.0, 1.0), (0.0, 0.2), (0.0, 0.0), ("x",))
+    r = recommend(c.blocks, revert=c.meta["revert"]["rows"], predictor=cka_rel)
+    assert any("revert test's rows are not used by the cka_rel predictor (no revert predictor was given)" in n
+               for n in r.notes)
+
+
+def test_a_default_revert_test_that_cannot_finish_is_a_note_not_an_error(tokenizer, texts, monkeypatch):
+    """compare runs the revert test by default where it can: a revert test that cannot finish (here: more
+    reference outputs than the bound) must not stop the comparison (revert=None: a note); asked for
+    (revert=True): one line."""
+    from layerprobe.freezing import revert as rv
+
+    monkeypatch.setattr(rv, "MAX_REVERT_OUTPUTS", 1)
+    c = compare(tiny_bert(0, head=True), _tuned(), texts[:16], tokenizer, **OPTS)
+    assert c.meta.get("revert") is None
+    assert any("revert test not run: the tuned model's outputs on 16 probe texts hold 16 x 2 values" in n
+               for n in c.recommendation.notes)
+    with pytest.raises(LayerProbeError, match="the revert test cannot run: the tuned model's outputs on 16 probe"):
+        compare(tiny_bert(0, head=True), _tuned(), texts[:16], tokenizer, revert=True, **OPTS)
 
 
 @pytest.mark.parametrize("case", ["weights_tuned", "snapshots", "no_probe", "weights_both"])
