@@ -99,6 +99,8 @@ def _match_params(a: Side, b: Side, entry: str) -> list[tuple[str, str, str]]:
         if rel not in ib:
             continue
         sa, sb = a.weights.shapes[ia[rel]], b.weights.shapes[ib[rel]]
+        if sa != sb and entry == OTHER:  # e.g. a head for another number of labels: not compared, listed
+            continue
         if sa != sb:
             raise LayerProbeError(f"parameter shapes differ for {entry}/{rel}: {list(sa)} in {a.label} vs {list(sb)} in {b.label}")
         pairs.append((rel, ia[rel], ib[rel]))
@@ -263,17 +265,24 @@ def compare(
     for side, wpath in ((sa, weights_a), (sb, weights_b)):
         if wpath is not None:
             attach_weights(side, wpath)
-    rows, why = None, None
+    rows: list[dict] | None = None
+    why: str | None = None
+    revert_notes: list[str] = []
     if revert or (revert is None and texts is not None and shipped_prefers_revert()):
         from layerprobe.comparison.revert_sides import side_revert
 
-        rows, why = side_revert(sa, sb, texts, int(sb.meta.get("max_length") or popts.settle().max_length),
-                                int(popts.batch_size))
+        _check_entries(sa, sb)  # two architectures are said so before n_blocks + 2 probe passes
+        if sa.weights is not None and sb.weights is not None:
+            for e in sa.meta["entries"]:
+                _match_params(sa, sb, e["name"])  # keys and shapes only: no tensor is read
+        rows, why, revert_notes = side_revert(sa, sb, texts,
+                                              int(sb.meta.get("max_length") or popts.settle().max_length),
+                                              int(popts.batch_size))
         if revert and rows is None:
             raise LayerProbeError(f"the revert test cannot run: {why}")
     sb.model = sb.tokenizer = None
     return compare_sides(sa, sb, thresholds=thresholds, tolerance=tolerance, anatomy=anatomy, cka_options=copts,
-                         on_undefined=on_undefined, revert=rows, revert_skipped=why)
+                         on_undefined=on_undefined, revert=rows, revert_skipped=why, revert_notes=revert_notes)
 
 
 def _check_run_settings(a: Any, b: Any, texts: Sequence[str] | None, **given: Any) -> None:
@@ -387,10 +396,12 @@ def compare_sides(
     on_undefined: str = "warn",
     revert: list[dict] | None = None,
     revert_skipped: str | None = None,
+    revert_notes: Sequence[str] = (),
 ) -> Comparison:
     """The core of :func:`compare` once both sides are resolved (same keywords; weights are read
     from the sides' tables, one tensor pair at a time). ``revert``: rows of a revert test run on the
-    sides (``meta.revert``; the prediction uses them); ``revert_skipped``: why it could not run."""
+    sides (``meta.revert``; the prediction uses them); ``revert_skipped``: why it could not run;
+    ``revert_notes``: what the reader of the rows must know (a head tied to the reverted embeddings)."""
     opts = checked(cka_options, CKAOptions)
     if on_undefined not in ("warn", "raise"):
         raise LayerProbeError(f"on_undefined must be 'warn' or 'raise', got {on_undefined!r}")
@@ -471,15 +482,27 @@ def compare_sides(
     if cross_layer and reps_ok and not degenerate:
         xmap = _cross_layer(sa, sb, names)
     other: dict[str, Any] | None = None
+    other_notes: list[str] = []
     if not weightless and OTHER in sa.weights.index and OTHER in sb.weights.index:  # type: ignore[union-attr]
         pairs = _match_params(sa, sb, OTHER)
-        only = sorted(set(sa.weights.index[OTHER]) ^ set(sb.weights.index[OTHER]))  # type: ignore[union-attr]
+        ia, ib = sa.weights.index[OTHER], sb.weights.index[OTHER]  # type: ignore[union-attr]
+        reshaped = sorted(r for r in set(ia) & set(ib)
+                          if sa.weights.shapes[ia[r]] != sb.weights.shapes[ib[r]])  # type: ignore[union-attr]
+        only = sorted((set(ia) ^ set(ib)) | set(reshaped))
         other = {"n_params_compared": 0, "unmatched": only}
+        if reshaped:
+            r = reshaped[0]
+            more = f" (+{len(reshaped) - 1} more)" if len(reshaped) > 1 else ""
+            other_notes = [f"{r}{more} outside the entries has another shape in {sa.label} "
+                           f"({list(sa.weights.shapes[ia[r]])}) than in {sb.label} "  # type: ignore[union-attr]
+                           f"({list(sb.weights.shapes[ib[r]])}), e.g. a head for another number of labels: "  # type: ignore[union-attr]
+                           "not compared (listed in other.unmatched)"]
         if pairs:
             other.update(weight_stats(sa, sb, OTHER, anatomy=False, reader=reader))
             other["n_params_compared"] = other.pop("n_params")
     other_params = other["n_params_compared"] if other else 0
     rec = recommend(entries, thresholds, other_params=other_params, tolerance=tolerance, revert=revert)
+    rec.notes.extend([*other_notes, *revert_notes])
     if revert_skipped:
         rec.notes.append(f"revert test not run: {revert_skipped}; the predictions use CKA and drift")
     if not reps_ok:

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from layerprobe.comparison.sides import Side
+from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.prefix_cache import no_store
-from layerprobe.freezing.revert import revert_test
+from layerprobe.freezing.revert import forward_batch, revert_test, tied_outside
 from layerprobe.model.batching import collate, pad_id
 from layerprobe.model.blocks import BlockRef, Blocks
-from layerprobe.model.unwrap import unwrap
+from layerprobe.model.unwrap import input_device, lora_layers, unwrap
 from layerprobe.snapshot.take import tokenize_probe
 
 __all__ = ["side_revert"]
@@ -30,44 +31,82 @@ def _side_blocks(side: Side) -> Blocks:
     return Blocks(entries, side.meta.get("stack", ""), side.meta.get("prefix", ""))
 
 
+def _base_value(n: str, p: torch.Tensor, base: Side, tuned: Side, blocks: Blocks, lora: dict[str, Any]
+                ) -> tuple[torch.Tensor | None, str | None]:
+    """The base's value of the tuned model's prefix parameter ``n`` (or why there is none).
+
+    A peft LoRA layer's ``base_layer.*`` is matched by its plain name; its update is reverted by a zero
+    ``lora_B`` (``B·A = 0``), ``lora_A`` stays as it is; a DoRA magnitude cannot be put back.
+    """
+    assert base.weights is not None
+    plain = n
+    owner = next((path for path in lora if n.startswith(path + ".")), None)
+    if owner is not None:
+        rest = n[len(owner) + 1:]
+        if rest.startswith(("lora_B.", "lora_embedding_B.")):
+            return torch.zeros_like(p), None
+        if rest.startswith(("lora_A.", "lora_embedding_A.")):
+            return p.detach().clone(), None
+        if not rest.startswith("base_layer."):
+            return None, (f"{tuned.label}: {n!r} is an adapter parameter the revert test cannot put back "
+                          "(only LoRA's lora_A/lora_B; DoRA magnitudes are not supported)")
+        plain = f"{owner}.{rest[len('base_layer.'):]}"
+    e = blocks.entry_of(plain)
+    key = base.weights.index.get(e.name, {}).get(e.relative(blocks.canonical(plain))) if e is not None else None
+    if key is None:
+        return None, f"{base.label} has no weight for {plain!r} (entry {e.name if e else '?'})"
+    if tuple(base.weights.shapes[key]) != tuple(p.shape):
+        return None, f"{plain!r} is {tuple(base.weights.shapes[key])} in {base.label}, {tuple(p.shape)} in {tuned.label}"
+    return base.weights.get(key), None
+
+
 def side_revert(base: Side, tuned: Side, texts: Sequence[str] | None, max_length: int,
-                batch_size: int = 64) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """``(rows, None)`` — one row per prefix ``k = 0..n_blocks`` (``k``, ``agreement``, ``kl``, ``tv``) —
-    or ``(None, why)`` when the test cannot run on these sides."""
+                batch_size: int = 64) -> tuple[list[dict[str, Any]] | None, str | None, list[str]]:
+    """``(rows, None, notes)`` — one row per prefix ``k = 0..n_blocks`` (``k``, ``agreement``, ``kl``,
+    ``tv``), and what the reader must know about them (a head tied to the embeddings) — or
+    ``(None, why, [])`` when the test cannot run on these sides. A LoRA adapter as the tuned side is
+    reverted by zeroing the prefix's ``lora_B`` (the base weights under it are the base's already)."""
     model, tok = tuned.model, tuned.tokenizer
     if texts is None:
-        return None, "no probe given"
+        return None, "no probe given", []
     if model is None or tok is None:
-        return None, f"{tuned.label} is not a model that can run (a weights file or a snapshot)"
+        return None, f"{tuned.label} is not a model that can run (a weights file or a snapshot)", []
     if base.weights is None:
-        return None, f"{base.label} holds no weights"
+        return None, f"{base.label} holds no weights", []
     model = unwrap(model)
     blocks = _side_blocks(tuned)
     examples, _ = tokenize_probe(tok, list(texts), max_length)
-    device = next((p.device for p in model.parameters()), None)
+    device = input_device(model)
     pad = pad_id(tok)
     batches = [collate(examples[i:i + batch_size], pad, device) for i in range(0, len(examples), batch_size)]
     was = model.training
     model.eval()
     try:
         with torch.no_grad(), no_store():
-            out = model(**collate(examples[:1], pad, device))
+            out = forward_batch(model, collate(examples[:1], pad, device))
     finally:
         model.train(was)
     if getattr(out, "logits", None) is None:
         who = type(model).__name__ if tuned.label == type(model).__name__ else f"{tuned.label} ({type(model).__name__})"
-        return None, f"{who} gives no logits (no output head)"
+        return None, f"{who} gives no logits (no output head)", []
+    lora = lora_layers(model)
     state: dict[str, torch.Tensor] = {}
     for n, p in model.named_parameters():
-        e = blocks.entry_of(n)
-        if e is None:
+        if blocks.entry_of(n) is None:
             continue
-        key = base.weights.index.get(e.name, {}).get(e.relative(blocks.canonical(n)))
-        if key is None:
-            return None, f"{base.label} has no weight for {n!r} (entry {e.name})"
-        if tuple(base.weights.shapes[key]) != tuple(p.shape):
-            return None, f"{n!r} is {tuple(base.weights.shapes[key])} in {base.label}, {tuple(p.shape)} in {tuned.label}"
-        state[n] = base.weights.get(key)
-    with no_store():
-        rows = revert_test(model, state, batches, blocks=blocks)
-    return [{k: v for k, v in r.items() if k != "freeze"} for r in rows], None
+        value, why = _base_value(n, p, base, tuned, blocks, lora)
+        if value is None:
+            return None, why, []
+        state[n] = value
+    notes = []
+    tied = tied_outside(model, state)
+    if tied:
+        n, others = next(iter(tied.items()))
+        notes.append(f"revert test: {n} is tied to {', '.join(others)} (one tensor): reverting the prefix reverts "
+                     "it too, as freezing the prefix freezes it")
+    try:
+        with no_store():
+            rows = revert_test(model, state, batches, blocks=blocks)
+    except LayerProbeError as exc:  # non-finite outputs, too many reference values: said, not a crash of the default
+        return None, str(exc).removeprefix("revert test: "), []
+    return [{k: v for k, v in r.items() if k != "freeze"} for r in rows], None, notes

@@ -259,6 +259,10 @@ class AutoFreezePolicy:
             from layerprobe.freezing.predict import check_tolerance
 
             self.tolerance = check_tolerance(self.tolerance)
+        if self.predictor is not None:  # a wrong type or a feature no check measures: refused now, not mid-run
+            from layerprobe.freezing.predict import check_predictor
+
+            self.predictor = check_predictor(self.predictor, where="AutoFreezePolicy: predictor")
         if not (0 < self.settle <= 1 and math.isfinite(self.settle)):
             raise LayerProbeError(f"settle must be in (0, 1], got {self.settle=}")
         if int(self.patience) < 1:
@@ -303,8 +307,14 @@ class AutoFreezePolicy:
         entries = [{"name": n, "kind": "embeddings" if n == "embeddings" else "block", "n_params": n_params[n],
                     "weight_drift": by[n].get("weight_drift", math.nan), "cka": by[n].get("cka_to_start")}
                    for n in order]
-        advised = set(recommend(entries, self.thresholds, tolerance=self.tolerance, revert=revert,
-                                predictor=self.predictor).freeze)
+        unavailable = None
+        if self.predictor is not None:  # e.g. cka_rel while no block has changed yet: no advice at this check
+            from layerprobe.freezing.predict import prefix_features
+
+            if self.predictor.name not in prefix_features(entries, revert):
+                unavailable = f"the {self.predictor.name} predictor's measurement is undefined at this check"
+        advised = set() if unavailable else set(recommend(entries, self.thresholds, tolerance=self.tolerance,
+                                                          revert=revert, predictor=self.predictor).freeze)
         reasons: dict[str, tuple[str, str]] = {}
         new: list[str] = []
         blocked_by = None
@@ -325,7 +335,7 @@ class AutoFreezePolicy:
                 reasons[n] = ("train", f"{blocked_by} below still trains (the frozen set stays a bottom prefix)")
                 continue
             if self._advised[n] < self.patience:
-                why = "not in the current advice" if n not in advised else \
+                why = unavailable or "not in the current advice" if n not in advised else \
                     f"advised for {self._advised[n]} < {self.patience} checks"
             elif self._settled[n] < self.patience:
                 why = (f"speed {sp:.3g} > {self.settle:g} x max(own peak, fastest block now) {ref:.3g}" if not settled

@@ -38,11 +38,16 @@ from typing import Any
 
 from layerprobe.errors import LayerProbeError
 
-__all__ = ["PrefixPrediction", "Predictor", "default_predictor", "predict_prefixes", "prefix_features", "shipped_meta",
+__all__ = ["FEATURES", "MAX_KNOTS", "PrefixPrediction", "Predictor", "check_predictor", "default_predictor",
+           "predict_prefixes", "prefix_features", "shipped_meta",
            "check_tolerance", "shipped_prefers_revert"]
 
 PREDICTOR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "predictor.json")
 BYTES_PER_FROZEN_PARAM = 12  # fp32 gradient + AdamW's two moments, not kept for a frozen parameter
+#: the prefix features the library measures (:func:`prefix_features`): a predictor of another one cannot run here
+FEATURES = ("cka_rel", "cka_abs", "drift_rel", "revert_kl", "revert_disagree")
+#: knots accepted in one predictor (the shipped ones have 9-14)
+MAX_KNOTS = 10_000
 
 
 def _pessimistic_change(entry: Mapping[str, Any]) -> float | None:
@@ -121,6 +126,8 @@ class Predictor:
         0.05
         """
         xs, ys = self.xs, self.ys
+        if x != x:  # NaN: no prediction (never the flat end of the map)
+            return math.nan
         if x <= xs[0]:
             return ys[0]
         if x >= xs[-1]:
@@ -133,28 +140,97 @@ class Predictor:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "predictor") -> Predictor:
-        """A predictor from its JSON form (an entry of ``predictor.json``'s ``predictors``), checked: knots
-        finite, ``xs`` increasing, ``ys`` non-decreasing, the interval ``[lo, hi]`` with ``lo <= hi``.
+        """A predictor from its JSON form (an entry of ``predictor.json``'s ``predictors``), checked: a
+        string ``name``, lists ``xs``/``ys`` of at most :data:`MAX_KNOTS` finite numbers with ``xs``
+        increasing and ``ys`` non-decreasing, the interval ``[lo, hi]`` with ``lo <= hi``, ``fit_on`` a list of
+        strings and ``label_free`` a boolean. A bad one is a one-line :class:`LayerProbeError` naming ``source``.
 
         >>> Predictor.from_dict({"name": "cka_rel", "xs": [0, 1], "ys": [0, 0.2], "interval": [-0.01, 0.01],
         ...                      "fit_on": ["a"]}).loss(0.25)
         0.05
         """
-        try:
-            name, xs, ys = str(d["name"]), tuple(float(v) for v in d["xs"]), tuple(float(v) for v in d["ys"])
-            lo, hi = (float(v) for v in d["interval"])
-            fit_on = tuple(str(t) for t in d.get("fit_on") or ())
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LayerProbeError(f"{source}: not a freeze predictor ({type(exc).__name__}: {exc})") from None
-        ok = len(xs) == len(ys) >= 1 and all(math.isfinite(v) for v in (*xs, *ys, lo, hi)) and lo <= hi and \
-            all(a < b for a, b in zip(xs, xs[1:])) and all(a <= b for a, b in zip(ys, ys[1:]))
-        if not ok:
-            raise LayerProbeError(f"{source}: predictor {name!r} needs finite knots with xs increasing, ys "
-                                  "non-decreasing and an interval lo <= hi")
+        def bad(why: str) -> LayerProbeError:
+            return LayerProbeError(f"{source}: not a freeze predictor: {why}")
+
+        if not isinstance(d, Mapping):
+            raise bad(f"expected an object, got {type(d).__name__}")
+        missing = [k for k in ("name", "xs", "ys", "interval") if k not in d]
+        if missing:
+            raise bad(f"missing {missing[0]!r}")
+        name = d["name"]
+        if not isinstance(name, str) or not name:
+            raise bad(f"name must be a non-empty string, got {_shown(name)}")
+
+        def numbers(key: str, at_most: int) -> tuple[float, ...]:
+            v = d[key]
+            if not isinstance(v, (list, tuple)):
+                raise bad(f"{name!r}: {key} must be a list of numbers, got {type(v).__name__}")
+            if len(v) > at_most:
+                raise bad(f"{name!r}: {key} has {len(v):,} values, more than the {at_most:,} accepted")
+            out = []
+            for i, x in enumerate(v):
+                if isinstance(x, bool) or not isinstance(x, (int, float)):
+                    raise bad(f"{name!r}: {key}[{i}] must be a number, got {_shown(x)}")
+                try:
+                    f = float(x)
+                except OverflowError:
+                    f = math.inf
+                if not math.isfinite(f):
+                    raise bad(f"{name!r}: {key}[{i}] is not a finite number")
+                out.append(f)
+            return tuple(out)
+
+        xs, ys = numbers("xs", MAX_KNOTS), numbers("ys", MAX_KNOTS)
+        interval = numbers("interval", 2)
+        if not xs or len(xs) != len(ys):
+            raise bad(f"{name!r}: needs as many xs as ys, at least one (got {len(xs)} and {len(ys)})")
+        if len(interval) != 2 or interval[0] > interval[1]:
+            raise bad(f"{name!r}: interval must be [lo, hi] with lo <= hi, got {list(interval)}")
+        if not all(a < b for a, b in zip(xs, xs[1:])):
+            raise bad(f"{name!r}: xs must be increasing")
+        if not all(a <= b for a, b in zip(ys, ys[1:])):
+            raise bad(f"{name!r}: ys must be non-decreasing")
+        fit_on = d.get("fit_on") or []
+        if not isinstance(fit_on, (list, tuple)) or not all(isinstance(t, str) for t in fit_on):
+            raise bad(f"{name!r}: fit_on must be a list of task names, got {_shown(fit_on)}")
+        label_free = d.get("label_free", True)
+        if not isinstance(label_free, bool):
+            raise bad(f"{name!r}: label_free must be true or false, got {_shown(label_free)}")
         raw = d.get("loto")
         loto: dict[str, Any] = dict(raw) if isinstance(raw, Mapping) else {}
-        return cls(name=name, xs=xs, ys=ys, interval=(lo, hi), fit_on=fit_on, label_free=bool(d.get("label_free", True)),
-                   loto=loto)
+        for key in ("tasks", "tasks_ge_985"):  # counts of held-out tasks: read as numbers by validated and the notes
+            v = loto.get(key)
+            if v is not None and (type(v) is not int or not 0 <= v <= 10_000):
+                raise bad(f"{name!r}: loto.{key} must be a count of tasks, got {_shown(v)}")
+        return cls(name=name, xs=xs, ys=ys, interval=(interval[0], interval[1]), fit_on=tuple(fit_on),
+                   label_free=label_free, loto=loto)
+
+
+def _shown(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_predictor(predictor: Any, revert: bool | None = None, where: str = "predictor") -> Predictor | None:
+    """``predictor`` if the library can feed it: a :class:`Predictor` (or its JSON dict) whose feature is one of
+    :data:`FEATURES`, and, when ``revert`` is False (no revert test will run), not a ``revert_*`` one; else a
+    one-line :class:`LayerProbeError` (before any training or model run)."""
+    if predictor is None:
+        return None
+    if isinstance(predictor, Mapping):
+        predictor = Predictor.from_dict(predictor, where)
+    if not isinstance(predictor, Predictor):
+        from layerprobe.errors import LayerProbeTypeError
+
+        raise LayerProbeTypeError(f"{where} must be a layerprobe Predictor (Predictor.from_dict), got "
+                                  f"{type(predictor).__name__}")
+    if predictor.name not in FEATURES:
+        raise LayerProbeError(f"{where} {predictor.name!r} predicts from a measurement layerprobe does not take; "
+                              f"expected one of {', '.join(FEATURES)}")
+    if revert is False and predictor.name.startswith("revert"):
+        raise LayerProbeError(f"{where} {predictor.name!r} needs the revert test at every check: "
+                              "Tracker(revert=True) / LayerProbeCallback(revert_test=True)")
+    return predictor
 
 
 @lru_cache(maxsize=1)
@@ -164,6 +240,8 @@ def _shipped() -> tuple[tuple[Predictor, ...], dict]:
             raw = json.load(fh)
     except (OSError, ValueError) as exc:
         raise LayerProbeError(f"{PREDICTOR_FILE}: the shipped freeze predictor is unreadable ({exc})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("predictors"), list):
+        raise LayerProbeError(f"{PREDICTOR_FILE}: the shipped freeze predictor has no list of 'predictors'")
     preds = tuple(Predictor.from_dict(p, PREDICTOR_FILE) for p in raw["predictors"])
     return preds, {k: v for k, v in raw.items() if k != "predictors"}
 
@@ -205,7 +283,9 @@ class PrefixPrediction:
 
 def check_tolerance(tolerance: object) -> float:
     """``tolerance`` as a float in [0, 1), or :class:`LayerProbeError` naming what was given."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0.0 <= tolerance < 1.0:
+    import numbers
+
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0.0 <= float(tolerance) < 1.0:
         raise LayerProbeError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
     return float(tolerance)
 
@@ -233,7 +313,7 @@ def predict_prefixes(entries: Sequence[Mapping[str, Any]], tolerance: float = 0.
     check_tolerance(tolerance)
     entries = [e for e in entries if e.get("kind") in ("embeddings", "block")]
     feats = prefix_features(entries, revert)
-    pred = predictor if predictor is not None else default_predictor(feats)
+    pred = check_predictor(predictor) if predictor is not None else default_predictor(feats)
     if pred is not None and pred.name not in feats:
         raise LayerProbeError(f"the {pred.name!r} predictor needs measurements this comparison lacks")
     if not entries or entries[0].get("kind") != "embeddings":

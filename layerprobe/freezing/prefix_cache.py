@@ -89,6 +89,7 @@ from layerprobe.freezing.prefix_rows import (
     frozen_call,
     hidden_of,
     needs_grad,
+    no_cache_depth,
     no_store,
     no_store_depth,
     padded,
@@ -302,7 +303,7 @@ class PrefixCache:
         named = self._call_arguments(args, kwargs)
         wants_layers = any(bool(getattr(config, f, False) if named.get(f) is None else named[f])
                            for f in ("output_hidden_states", "output_attentions"))  # per-layer outputs: computed
-        b = None if wants_layers else self._keys(named, ())
+        b = None if wants_layers or no_cache_depth() else self._keys(named, ())
         if b is None:
             self.uncached_batches += 1
             self._batch = {"hit": False, "store": False, "rows": None}

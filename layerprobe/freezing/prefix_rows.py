@@ -15,8 +15,8 @@ from torch import nn
 from layerprobe.errors import LayerProbeError
 from layerprobe.model.blocks import Blocks, find_stack
 
-__all__ = ["batch_keys", "contiguous_run", "encoder_decoder_refusal", "frozen_call", "hidden_of", "needs_grad", "no_store",
-           "no_store_depth", "padded", "requiring_grad", "rows_of", "run_rows", "tensors_in"]
+__all__ = ["batch_keys", "contiguous_run", "encoder_decoder_refusal", "frozen_call", "hidden_of", "needs_grad", "no_cache",
+           "no_cache_depth", "no_store", "no_store_depth", "padded", "requiring_grad", "rows_of", "run_rows", "tensors_in"]
 
 
 def contiguous_run(mask_row: torch.Tensor) -> tuple[int, int] | None:
@@ -232,3 +232,23 @@ def no_store() -> Iterator[None]:
 def no_store_depth() -> int:
     """How many :func:`no_store` blocks are active (0: caches may store)."""
     return _NO_STORE[0]
+
+
+_NO_CACHE = [0]  # depth of module-wide no_cache() blocks
+
+
+@contextmanager
+def no_cache() -> Iterator[None]:
+    """While active, no :class:`~layerprobe.freezing.prefix_cache.PrefixCache` in this process serves or
+    stores anything: every pass computes its prefix from the weights. The revert test runs inside it (it
+    changes the frozen prefix's weights, which stored outputs would hide)."""
+    _NO_CACHE[0] += 1
+    try:
+        yield
+    finally:
+        _NO_CACHE[0] -= 1
+
+
+def no_cache_depth() -> int:
+    """How many :func:`no_cache` blocks are active (0: caches may serve)."""
+    return _NO_CACHE[0]

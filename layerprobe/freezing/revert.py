@@ -26,7 +26,7 @@ everything runs in eval mode without gradients, in float64 for the statistics.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -34,9 +34,26 @@ from torch import nn
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.apply import bottom_prefix, parameter_names
+from layerprobe.freezing.prefix_rows import no_cache
 from layerprobe.model.blocks import Blocks, find_blocks
 
-__all__ = ["output_divergence", "revert_test"]
+__all__ = ["MAX_REVERT_OUTPUTS", "forward_batch", "last_token_positions", "output_divergence", "revert_test",
+           "tied_outside"]
+
+
+#: the most values of the tuned model's reference outputs (probe texts x classes, or x vocabulary for a
+#: causal LM) the revert test keeps: 2**28, 1 GiB in float32 (e.g. 5,000 texts x a 50,257-token vocabulary)
+MAX_REVERT_OUTPUTS = 1 << 28
+
+
+def _divergence_sums(ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Per-set sums ``[agreeing rows, KL, TV]`` of two ``(n, classes)`` logit sets, in float64."""
+    lp, lq = ref.double().log_softmax(-1), other.double().log_softmax(-1)
+    p = lp.exp()
+    kl = (p * (lp - lq)).sum(-1).clamp_min(0.0)
+    tv = 0.5 * (p - lq.exp()).abs().sum(-1)
+    agree = (ref.argmax(-1) == other.argmax(-1)).double()
+    return torch.stack([agree.sum(), kl.sum(), tv.sum()])
 
 
 def output_divergence(ref: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
@@ -49,25 +66,69 @@ def output_divergence(ref: torch.Tensor, other: torch.Tensor) -> dict[str, float
     if ref.shape != other.shape or ref.dim() != 2 or ref.shape[0] == 0:
         raise LayerProbeError(f"output_divergence needs two (n, classes) logit sets, got {tuple(ref.shape)} and "
                               f"{tuple(other.shape)}")
-    lp, lq = ref.double().log_softmax(-1), other.double().log_softmax(-1)
-    p = lp.exp()
-    kl = (p * (lp - lq)).sum(-1).clamp_min(0.0)
-    tv = 0.5 * (p - lq.exp()).abs().sum(-1)
-    return {"agreement": float((ref.argmax(-1) == other.argmax(-1)).double().mean()),
-            "kl": float(kl.mean()), "tv": float(tv.mean())}
+    agree, kl, tv = (_divergence_sums(ref, other) / ref.shape[0]).tolist()
+    return {"agreement": agree, "kl": kl, "tv": tv}
+
+
+def last_token_positions(mask: torch.Tensor | None, width: int) -> torch.Tensor:
+    """The position of each row's last real token (``attention_mask`` 1), whatever side was padded.
+
+    >>> last_token_positions(torch.tensor([[1, 1, 0], [0, 1, 1], [1, 1, 1]]), 3).tolist()
+    [1, 2, 2]
+    """
+    if mask is None:
+        return torch.full((1,), width - 1, dtype=torch.long)
+    real = mask.bool()
+    if not bool(real.any(-1).all()):
+        raise LayerProbeError("revert test: a row of the inputs has no real token (its attention_mask is all 0)")
+    return (real.long() * torch.arange(real.shape[-1], device=real.device)).argmax(-1)
+
+
+def forward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Any:
+    """``model(**batch)`` with only the inputs its ``forward`` takes (no ``token_type_ids`` for a model
+    without them) and no key/value cache."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    # only what forward takes (e.g. no token_type_ids for a model without them)
+    kwargs: dict[str, Any] = {k: v for k, v in batch.items() if k in params or takes_any}
+    if "use_cache" in params:
+        kwargs["use_cache"] = False  # decoders: no key/value cache for these passes
+    return model(**kwargs)
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-    outs = []
-    for b in batches:
-        out = model(**b)
-        z = out.logits if hasattr(out, "logits") else out[0]
-        if z.dim() == 3:  # a causal LM: the next-token distribution after the last real token
-            last = b["attention_mask"].sum(1) - 1
-            z = z[torch.arange(z.shape[0]), last]
-        outs.append(z.double())
-    return torch.cat(outs)
+def _logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """One batch's output distribution per example, ``(rows, classes)`` in float32 on the CPU; a causal LM's
+    ``(rows, positions, vocab)`` logits give the next-token distribution after each row's last real token."""
+    out = forward_batch(model, batch)
+    z = out.logits if hasattr(out, "logits") else out[0]
+    if z.dim() == 3:
+        last = last_token_positions(batch.get("attention_mask"), z.shape[1]).to(z.device)
+        z = z[torch.arange(z.shape[0], device=z.device), last.expand(z.shape[0])]
+    if z.dim() != 2:
+        raise LayerProbeError(f"revert test: {type(model).__name__} gives logits of shape {tuple(z.shape)}, expected "
+                              "(examples, classes) or a causal LM's (examples, positions, vocabulary)")
+    z = z.detach().cpu()
+    return z if z.dtype == torch.float64 else z.float()
+
+
+def tied_outside(model: nn.Module, names: Iterable[str]) -> dict[str, list[str]]:
+    """Parameters among ``names`` that are the very tensor of a parameter outside them, e.g. GPT-2's
+    ``transformer.wte.weight`` and ``lm_head.weight`` (tied embeddings): ``{name: [other names]}``."""
+    wanted = set(names)
+    by_tensor: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(p), []).append(n)
+    out: dict[str, list[str]] = {}
+    for group in by_tensor.values():
+        inside = [n for n in group if n in wanted]
+        outside = [n for n in group if n not in wanted]
+        for n in inside:
+            if outside:
+                out[n] = outside
+    return out
 
 
 @torch.no_grad()
@@ -89,20 +150,50 @@ def revert_test(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batche
     Returns:
         One dict per ``k``: ``k``, ``freeze`` (entry names), ``agreement``, ``kl``, ``tv`` (and the accuracies).
 
+    A causal LM's logits ``(examples, positions, vocabulary)`` are read at each example's last real token
+    (the last 1 of ``attention_mask``: left- and right-padded batches give the same rows). Tied weights are
+    one tensor: reverting GPT-2's embeddings reverts its ``lm_head`` too (:func:`tied_outside` names them),
+    exactly as freezing the embeddings freezes the head. The tuned model's reference outputs are kept in
+    float32 on the CPU, at most :data:`MAX_REVERT_OUTPUTS` values (examples x classes or vocabulary); the
+    statistics are float64, summed batch by batch.
+
     Raises:
         LayerProbeError: the model has no logits, a prefix parameter is missing from ``base_state`` or has
-            another shape.
+            another shape, an input row has no real token, the outputs are not finite (tuned, or with a
+            prefix reverted), or the reference outputs would exceed :data:`MAX_REVERT_OUTPUTS`.
     """
     blocks = blocks if blocks is not None else find_blocks(tuned)
     batches = list(batches)
     if not batches:
         raise LayerProbeError("revert_test needs at least one batch of inputs")
     ks = list(range(len(blocks.blocks) + 1)) if ks is None else list(ks)
+    y = None if labels is None else torch.as_tensor(labels).reshape(-1).cpu()
     was = tuned.training
     tuned.eval()
     params = dict(tuned.named_parameters())
+    with no_cache():  # a prefix cache would serve the tuned prefix's stored outputs for reverted weights
+        return _revert_rows(tuned, base_state, batches, ks, y, blocks, params, was)
+
+
+def _revert_rows(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batches: list,
+                 ks: list[int], y: torch.Tensor | None, blocks: Blocks, params: dict[str, nn.Parameter],
+                 was: bool) -> list[dict[str, Any]]:
     try:
-        ref = _logits(tuned, batches)
+        ref: list[torch.Tensor] = []
+        n_rows = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+        for b in batches:
+            ref.append(_logits(tuned, b))
+            if len(ref) == 1 and n_rows * ref[0].shape[-1] > MAX_REVERT_OUTPUTS:
+                raise LayerProbeError(
+                    f"revert test: the tuned model's outputs on {n_rows:,} probe texts hold {n_rows:,} x "
+                    f"{ref[0].shape[-1]:,} values ({n_rows * ref[0].shape[-1] * 4 / 2 ** 30:.1f} GiB in float32), "
+                    f"more than the {MAX_REVERT_OUTPUTS:,} accepted; use fewer probe texts (--max-examples)")
+        ref_all = torch.cat(ref)
+        if not bool(torch.isfinite(ref_all).all()):
+            raise LayerProbeError("revert test: the tuned model's outputs are not finite (NaN/Inf) on the probe: "
+                                  "the weights are broken or overflow in their dtype")
+        if y is not None and y.shape[0] != ref_all.shape[0]:
+            raise LayerProbeError(f"revert test: {y.shape[0]} labels for {ref_all.shape[0]} examples")
         rows = []
         for k in ks:
             names = bottom_prefix(blocks, k, embeddings=True)
@@ -114,18 +205,30 @@ def revert_test(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batche
                     raise LayerProbeError(f"revert test: {n!r} is {tuple(base_state[n].shape)} in the base, "
                                           f"{tuple(params[n].shape)} in the tuned model")
             saved = {n: params[n].detach().clone() for n in pnames}
+            sums = torch.zeros(3, dtype=torch.float64)
+            correct = 0.0
             try:
                 for n in pnames:
                     params[n].copy_(base_state[n])
-                z = _logits(tuned, batches)
+                at = 0
+                for b, r in zip(batches, ref):
+                    z = _logits(tuned, b)
+                    if not bool(torch.isfinite(z).all()):
+                        raise LayerProbeError(f"revert test: with {', '.join(names)} reverted to the base weights the "
+                                              "outputs are not finite (NaN/Inf): the base weights are broken or "
+                                              "overflow in the tuned model's dtype")
+                    sums += _divergence_sums(r, z)
+                    if y is not None:
+                        correct += float((z.argmax(-1) == y[at:at + z.shape[0]]).sum())
+                    at += z.shape[0]
             finally:
                 for n in pnames:
                     params[n].copy_(saved[n])
-            row: dict[str, Any] = {"k": int(k), "freeze": names, **output_divergence(ref, z)}
-            if labels is not None:
-                y = torch.as_tensor(labels).reshape(-1)
-                row["accuracy"] = float((z.argmax(-1) == y).double().mean())
-                row["accuracy_tuned"] = float((ref.argmax(-1) == y).double().mean())
+            agree, kl, tv = (sums / ref_all.shape[0]).tolist()
+            row: dict[str, Any] = {"k": int(k), "freeze": names, "agreement": agree, "kl": kl, "tv": tv}
+            if y is not None:
+                row["accuracy"] = correct / ref_all.shape[0]
+                row["accuracy_tuned"] = float((ref_all.argmax(-1) == y).double().mean())
             rows.append(row)
         return rows
     finally:

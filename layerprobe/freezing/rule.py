@@ -359,16 +359,21 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
             "validated": bool(meta.get("validated")) and used.validated and predictor is None,
             "label_free": used.label_free}
     out = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": info}
+    unused = []
+    if revert and not used.name.startswith("revert"):  # the rows are kept, but say that nothing read them
+        unused = [f"the revert test's rows are not used by the {used.name} predictor (no revert predictor "
+                  f"{'was given' if predictor is not None else 'is shipped'}): the prediction rests on "
+                  f"{'CKA' if used.name.startswith('cka') else 'weight drift'}"]
     if not decide:
         fit = f"{used.name}, fit on {', '.join(used.fit_on)}"
         if info["validated"]:
             lo = used.loto
             out["notes"] = [f"predicted accuracies from {fit} (held out, its advice kept >= 98.5% of full fine-tuning "
                             f"on {lo.get('tasks_ge_985')} of {lo.get('tasks')} tasks; not yet the default until the "
-                            "study's six tasks are in): the CKA rule decided; pass a tolerance to follow them"]
+                            "study's six tasks are in): the CKA rule decided; pass a tolerance to follow them", *unused]
         else:
             out["notes"] = [f"predicted accuracies are preliminary ({fit}, not validated on held-out tasks): the CKA "
-                            "rule decided; pass a tolerance to follow them"]
+                            "rule decided; pass a tolerance to follow them", *unused]
         return out, None
     freeze = list(preds[advised].freeze) if advised >= 0 else []
     reasons = {}
@@ -385,7 +390,7 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
     for e in entries:
         reasons.setdefault(e["name"], "train: at least "
                            f"{t.min_train_blocks} block(s) always train" if e["kind"] == "block" else "train")
-    return out, (freeze, reasons, [])
+    return out, (freeze, reasons, unused)
 
 
 def frozen_block_params_of(entries: list[dict], freeze: list[str]) -> float:

@@ -78,8 +78,12 @@ def restore_state(cb: Any, args: Any, state: Any, model: nn.Module, resume: dict
                                   "(written once per run in output_dir)")
         cb.tracker.restore_state(model, doc["tracker"], load_file(os.path.join(ckpt, STATE_TENSORS)), weights)
     else:
+        from layerprobe.tracking.tracker import checked_revert_rows
+
         cb.tracker.every_n_steps = int(doc["tracker"]["every_n_steps"])
         cb.tracker.rows = [dict(r) for r in doc["tracker"]["rows"]]
+        cb.tracker.revert_rows = checked_revert_rows(doc["tracker"].get("revert_rows"),
+                                                     os.path.join(ckpt, STATE_JSON))  # advice() agrees on every rank
     cb.probe_plan = doc.get("probe_plan")
     frozen = set(doc.get("frozen_params") or ())
     for n, p in model.named_parameters():  # before the first resumed step

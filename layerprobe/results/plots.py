@@ -7,6 +7,7 @@ notebook shows the figure inline), and writes a file only when ``path=`` is give
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -96,6 +97,7 @@ def plot_blocks(result: dict, path: str | os.PathLike | None = None, title: str 
     colours = [ADVICE_COLOURS[bool(f)] for f in df["frozen"]]
     x = list(range(len(df)))
     thr = result["recommendation"]["thresholds"].get("min_cka")
+    thr = float(thr) if isinstance(thr, (int, float)) and 0.0 <= thr <= 1.0 else None  # a saved file may hold any number
     has_cka = bool(df["cka"].notna().any())
     panels = axes if len(axes) > 1 else axes[:1]
     handles: list[Any] = [Patch(color=ADVICE_COLOURS[True], label="advice: freeze"),
@@ -106,7 +108,7 @@ def plot_blocks(result: dict, path: str | os.PathLike | None = None, title: str 
             err = [(df["cka"] - df["cka_low"]).clip(lower=0), (df["cka_high"] - df["cka"]).clip(lower=0)]
             a.errorbar(x, df["cka"], yerr=err, fmt="none", ecolor="#555555", capsize=4, lw=1.2, zorder=2)
             handles.append(Line2D([], [], color="#555555", marker="|", ls="none", markersize=10,
-                                  label=f"{round(100 * (result['meta'].get('ci') or {}).get('level', 0.95))}% interval"))
+                                  label=_interval_label(result)))
         a.scatter(x, df["cka"], c=colours, s=60, zorder=3, edgecolors="black", linewidths=0.5)
         if thr is not None:
             a.axhline(thr, color="#CC3311", ls="--", lw=1.2, zorder=1)
@@ -144,6 +146,11 @@ def plot_blocks(result: dict, path: str | os.PathLike | None = None, title: str 
     return fig
 
 
+def _interval_label(result: dict) -> str:
+    level = (result["meta"].get("ci") or {}).get("level", 0.95)
+    return f"{round(100 * level)}% interval" if isinstance(level, (int, float)) and 0 < level < 1 else "interval"
+
+
 def _has_predictions(result: dict) -> bool:
     rows = (result.get("recommendation") or {}).get("candidates") or []
     return any(r.get("predicted_rel_acc") is not None and r["predicted_rel_acc"] == r["predicted_rel_acc"] for r in rows)
@@ -175,10 +182,11 @@ def plot_tradeoff(result: dict, path: str | os.PathLike | None = None, title: st
     fig, axes = _axes(ax, 1, (5.5, 4))
     a = axes[0]
     freeze = list(rec.get("freeze") or [])
-    xs = [100 * float(r["compute_saved"]) for r in rows]
+    xs = [100 * float(r["compute_saved"]) if r.get("compute_saved") is not None else math.nan for r in rows]
     ys = [100 * float(r["predicted_rel_acc"]) for r in rows]
-    lo = [max(0.0, y - 100 * float(r["interval"][0])) for y, r in zip(ys, rows)]
-    hi = [max(0.0, 100 * float(r["interval"][1]) - y) for y, r in zip(ys, rows)]
+    ends = [[y / 100 if v is None else float(v) for v in r["interval"]] for y, r in zip(ys, rows)]  # null: no bar
+    lo = [max(0.0, y - 100 * e[0]) for y, e in zip(ys, ends)]
+    hi = [max(0.0, 100 * e[1] - y) for y, e in zip(ys, ends)]
     advised = [list(r["freeze"]) == freeze for r in rows]
     colours = [ADVICE_COLOURS[bool(r.get("within_tolerance"))] for r in rows]
     a.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor="#555555", capsize=3, lw=1, zorder=2)

@@ -56,7 +56,7 @@ def check(doc: Any, path: Any = None) -> dict[str, Any]:
     version = doc.get("schema_version")
     version = version if type(version) is int else None  # noqa: E721 (true is not version 1)
     if version is not None and version > SCHEMA_VERSION:
-        raise LayerProbeError(f"comparison schema_version {version} is newer than this layerprobe reads "
+        raise LayerProbeError(f"comparison schema_version {one_line(str(version), 20)} is newer than this layerprobe reads "
                               f"({SCHEMA_VERSION}): upgrade layerprobe", path)
     if version == 1 and isinstance(doc.get("recommendation"), dict):  # schema 2 added these three fields
         doc = {**doc, "schema_version": SCHEMA_VERSION,

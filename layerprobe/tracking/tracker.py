@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -90,6 +91,7 @@ __all__ = [
     "FREEZE_LOG_CSV",
     "TRAJECTORY_CSV",
     "Tracker",
+    "checked_revert_rows",
 ]
 
 
@@ -202,6 +204,11 @@ class Tracker:
 
             raise LayerProbeTypeError(f"revert must be True or False, got {revert!r}")
         self.revert = revert
+        predictor = getattr(freeze_policy, "predictor", None)
+        if predictor is not None:  # a revert_* predictor without the revert test: refused now, not at a check
+            from layerprobe.freezing.predict import check_predictor
+
+            check_predictor(predictor, revert=revert, where="the policy's predictor")
         #: revert-test rows per checked step (``revert=True``): ``{step: [{"k", "freeze", "agreement", "kl", "tv"}]}``
         self.revert_rows: dict[int, list[dict[str, Any]]] = {}
 
@@ -365,7 +372,9 @@ class Tracker:
         self.last_step = int(step)
         revert = None
         if self.revert and not first:
-            revert = self.revert_rows[int(step)] = self._revert(model, blocks)
+            revert = self._revert(model, blocks)
+            if revert is not None:
+                self.revert_rows[int(step)] = revert
         if self.policy is not None and not first:
             observe = getattr(self.policy, "observe", None)
             if observe is not None:
@@ -419,7 +428,7 @@ class Tracker:
         return recommend(entries, thresholds, other_params=other, prefix_savings=prefix_savings, tolerance=tolerance,
                          revert=revert)
 
-    def _revert(self, model: nn.Module, blocks: Blocks) -> list[dict[str, Any]]:
+    def _revert(self, model: nn.Module, blocks: Blocks) -> list[dict[str, Any]] | None:
         """The revert test on the probe against the start weights (no prefix cache stores these passes)."""
         from layerprobe.freezing.revert import revert_test
         from layerprobe.model.batching import collate
@@ -430,8 +439,14 @@ class Tracker:
         pad = pad_id(self.tokenizer)
         batches = [collate(self.examples[i:i + self.batch_size], pad, device)
                    for i in range(0, len(self.examples), self.batch_size)]
-        with no_store():
-            rows = revert_test(model, base, batches, blocks=blocks)
+        try:
+            with no_store():
+                rows = revert_test(model, base, batches, blocks=blocks)
+        except LayerProbeError as exc:  # e.g. outputs that overflowed: this check has no rows, training goes on
+            from layerprobe.errors import LayerProbeWarning
+
+            warnings.warn(f"Tracker: no revert test at this check: {exc}", LayerProbeWarning, stacklevel=3)
+            return None
         return [{k: v for k, v in r.items() if k != "freeze"} for r in rows]
 
     # -- resumable state ----------------------------------------------------------------------
@@ -483,7 +498,7 @@ class Tracker:
         self.last_step = None if fields["last_step"] is None else int(fields["last_step"])
         self.every_n_steps = int(fields["every_n_steps"])
         self._lr_acc, self._lr_fed = float(fields["lr_acc"]), bool(fields["lr_fed"])
-        self.revert_rows = {int(k): [dict(r) for r in v] for k, v in (fields.get("revert_rows") or {}).items()}
+        self.revert_rows = checked_revert_rows(fields.get("revert_rows"))
 
     # -- output -------------------------------------------------------------------------------
 
@@ -496,6 +511,27 @@ class Tracker:
     def write_csv(self, path: str | os.PathLike) -> str:
         """Write the trajectory atomically (never a half-written file); returns the path."""
         return atomic_write_text(path, self.to_frame().to_csv(**CSV_OPTIONS))
+
+
+def checked_revert_rows(saved: Any, where: str = "the saved layerprobe state") -> dict[int, list[dict[str, Any]]]:
+    """Revert-test rows read back from a saved state, ``{step: [{"k", "agreement", "kl", "tv"}, ...]}``, held to
+    their form (a step, then rows with an integer ``k`` and finite numbers); else a one-line :class:`LayerProbeError`."""
+    if saved is None:
+        return {}
+    if not isinstance(saved, dict):
+        raise LayerProbeError(f"{where}: revert_rows must be an object of steps, got {type(saved).__name__}")
+    out: dict[int, list[dict[str, Any]]] = {}
+    for step, rows in saved.items():
+        ok = isinstance(step, (str, int)) and str(step).isdigit() and len(str(step)) <= 18 and isinstance(rows, list)
+        for r in rows if ok else ():
+            ok = ok and isinstance(r, dict) and type(r.get("k")) is int and all(
+                isinstance(r.get(f), (int, float)) and not isinstance(r.get(f), bool) and math.isfinite(r[f])
+                for f in ("agreement", "kl", "tv"))
+        if not ok:
+            raise LayerProbeError(f"{where}: revert_rows[{str(step)[:20]!r}] is not a list of revert-test rows "
+                                  "(k, agreement, kl, tv)")
+        out[int(step)] = [dict(r) for r in rows]
+    return out
 
 
 def _check_revertable(model: nn.Module, example: dict, pad: int) -> None:

@@ -243,3 +243,52 @@ def test_trainer_auto_freeze_with_revert_test_budgets_and_predicts(tokenizer, te
     assert sorted(cb.tracker.revert_rows) == steps
     a = cb.advice(tolerance=0.05)
     assert a.tolerance == 0.05 and a.candidates and a.predictor is not None
+
+
+# -- adversarial review: tolerance and predictor checked at construction, not mid-training -----------------
+
+
+@pytest.mark.parametrize("bad", [True, math.nan, "0.01", -0.1, 1.0, [0.01]])
+def test_bad_tolerances_are_refused_at_construction(bad, tokenizer, texts):
+    with pytest.raises(LayerProbeError, match="tolerance must be a number in"):
+        AutoFreezePolicy(tolerance=bad)
+    with pytest.raises(LayerProbeError, match="tolerance must be a number in"):
+        LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts[:16], auto_freeze=True, tolerance=bad)
+
+
+def test_a_numpy_tolerance_is_a_number():
+    np = pytest.importorskip("numpy")
+    assert AutoFreezePolicy(tolerance=np.float32(0.25)).tolerance == 0.25
+
+
+def _predictor(name):
+    from layerprobe.freezing.predict import Predictor
+
+    return Predictor(name, (0.0, 1.0), (0.0, 0.5), (0.0, 0.0), ("x",))
+
+
+def test_a_predictor_the_checks_cannot_feed_is_refused_before_training(tokenizer, texts):
+    """Before: a revert_* predictor without revert=True, or a predictor given as a string, raised at the
+    first check after the warm-up (mid-training)."""
+    with pytest.raises(LayerProbeError, match="must be a layerprobe Predictor"):
+        AutoFreezePolicy(predictor="revert_kl")
+    with pytest.raises(LayerProbeError, match="does not take"):
+        AutoFreezePolicy(predictor=_predictor("grad_rel"))
+    pol = AutoFreezePolicy(predictor=_predictor("revert_kl"), tolerance=0.1)
+    with pytest.raises(LayerProbeError, match="'revert_kl' needs the revert test at every check"):
+        Tracker(tiny_bert(0, head=True), tokenizer, texts[:16], freeze_policy=pol)
+    with pytest.raises(LayerProbeError, match="'revert_kl' needs the revert test"):
+        LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts[:16], freeze_policy=pol)
+    Tracker(tiny_bert(0, head=True), tokenizer, texts[:16], freeze_policy=pol, revert=True)  # fine with it
+
+
+def test_a_check_where_the_predictors_measurement_is_undefined_advises_nothing():
+    """cka_rel needs a top block that changed: at a check where nothing changed it is undefined; before,
+    recommend raised 'needs measurements this comparison lacks' inside the training loop."""
+    m = tiny_bert(0)
+    blocks = find_blocks(m)
+    pol = AutoFreezePolicy(predictor=_predictor("cka_rel"), tolerance=0.5, settle=1.0, patience=1, warmup_checks=0,
+                           wait_for_lr_peak=False, cache=False)
+    assert pol.observe(10, _rows(10, [1.0] * 5, [0.0] * 5, 1.0), m, blocks) == []
+    assert "cka_rel predictor's measurement is undefined" in pol.log_frame().reason.iloc[0]
+    assert pol.observe(20, _rows(20, [0.9999, 0.999, 0.99, 0.9, 0.5], [1e-4] * 5, 1.0), m, blocks) != []

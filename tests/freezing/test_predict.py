@@ -172,3 +172,72 @@ def test_a_validated_predictor_states_its_held_out_record(monkeypatch):
     r = recommend(_entries())
     assert r.predictor["validated"] is True and r.tolerance is None
     assert any("on 2 of 3 tasks" in n and "CKA rule decided" in n for n in r.notes)
+
+
+# -- adversarial review: malformed predictor files ----------------------------------------------------------
+
+GOOD = {"name": "cka_rel", "xs": [0, 1], "ys": [0, 0.1], "interval": [-0.01, 0.01], "fit_on": ["a"]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"xs": [], "ys": []}, "needs as many xs as ys, at least one"),
+    ({"xs": "01", "ys": "01"}, "xs must be a list of numbers, got str"),  # before: read as [0.0, 1.0]
+    ({"xs": [0, 10 ** 400]}, r"xs\[1\] is not a finite number"),  # before: OverflowError traceback
+    ({"xs": [0, True]}, r"xs\[1\] must be a number, got True"),
+    ({"ys": [0, None]}, r"ys\[1\] must be a number, got None"),
+    ({"xs": list(range(10_001)), "ys": [0.0] * 10_001}, "xs has 10,001 values, more than the 10,000 accepted"),
+    ({"interval": [0.0]}, r"interval must be \[lo, hi\]"),
+    ({"interval": [0, 1, 2]}, "interval has 3 values, more than the 2 accepted"),
+    ({"name": 5}, "name must be a non-empty string, got 5"),
+    ({"name": ""}, "name must be a non-empty string"),
+    ({"fit_on": "rt"}, "fit_on must be a list of task names"),  # before: ('r', 't')
+    ({"label_free": "false"}, "label_free must be true or false, got 'false'"),  # before: bool('false') = True
+    ({"loto": {"tasks": "3"}}, "loto.tasks must be a count of tasks, got '3'"),  # before: read as 3 by validated
+    ({"loto": {"tasks": 1e400}}, "loto.tasks must be a count of tasks"),  # before: OverflowError in validated
+])
+def test_malformed_predictors_are_one_line_naming_the_source(change, message):
+    with pytest.raises(LayerProbeError, match=message) as exc:
+        pr.Predictor.from_dict({**GOOD, **change}, "my_predictor.json")
+    assert str(exc.value).startswith("my_predictor.json: not a freeze predictor") and "\n" not in str(exc.value)
+
+
+def test_at_the_knot_bound_a_predictor_loads():
+    n = pr.MAX_KNOTS
+    p = pr.Predictor.from_dict({**GOOD, "xs": list(range(n)), "ys": [0.0] * (n - 1) + [0.5]})
+    assert p.loss(n) == 0.5 and p.loss(-1) == 0.0
+
+
+def test_a_nan_feature_predicts_nothing_instead_of_the_worst_knot():
+    """Before: loss(NaN) fell through to ys[-1]."""
+    p = pr.Predictor.from_dict(GOOD)
+    assert math.isnan(p.loss(math.nan))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("cka_rel", "must be a layerprobe Predictor"),
+    (3, "must be a layerprobe Predictor"),
+    ({"name": "linprobe_gap", "xs": [0], "ys": [0], "interval": [0, 0]}, "does not take; expected one of cka_rel"),
+])
+def test_recommend_refuses_a_predictor_it_cannot_use(bad, message):
+    from layerprobe.freezing.rule import recommend
+
+    with pytest.raises(LayerProbeError, match=message):  # before: AttributeError 'str' object has no 'name'
+        recommend(_entries(), predictor=bad)
+
+
+def test_a_predictor_as_its_json_dict_is_read():
+    from layerprobe.freezing.rule import recommend
+
+    assert recommend(_entries(), predictor=GOOD).predictor["name"] == "cka_rel"
+
+
+def test_a_broken_shipped_file_is_one_line(tmp_path, monkeypatch):
+    for text in ('{"predictors": 5}', "[]", '{"predictors": [{"name": "cka_rel"}]}'):
+        (tmp_path / "p.json").write_text(text)
+        monkeypatch.setattr(pr, "PREDICTOR_FILE", str(tmp_path / "p.json"))
+        pr._shipped.cache_clear()
+        try:
+            with pytest.raises(LayerProbeError, match="p.json: "):
+                pr.shipped_meta()
+        finally:
+            pr._shipped.cache_clear()

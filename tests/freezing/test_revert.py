@@ -105,3 +105,129 @@ def test_output_divergence_against_closed_forms():
     assert d["agreement"] == 0.0
     with pytest.raises(LayerProbeError, match=r"two \(n, classes\) logit sets"):
         output_divergence(z, z[:1])
+
+
+# -- adversarial review: decoders, padding, tied heads, non-finite outputs, bounds, a prefix cache ------------
+
+
+def _gpt2_pair(tie: bool = True):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=tie,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    base, tuned = GPT2LMHeadModel(cfg).eval(), GPT2LMHeadModel(cfg).eval()
+    tuned.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.2 * torch.randn(p.shape) * p.detach().std().clamp_min(1e-3))
+    return base, tuned
+
+
+def _padded(lengths, left: bool):
+    g = torch.Generator().manual_seed(3)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    pos = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        row = torch.randint(1, 50, (n,), generator=g)
+        sl = slice(width - n, width) if left else slice(0, n)
+        ids[i, sl], mask[i, sl], pos[i, sl] = row, 1, torch.arange(n)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+
+
+def test_a_causal_lm_is_read_at_the_last_real_token_with_left_or_right_padding():
+    """Before: the last token was mask.sum - 1, a padding position of every shorter left-padded row."""
+    base, tuned = _gpt2_pair()
+    lengths = [5, 2, 7, 3, 7, 1]
+    right = revert_test(tuned, base.state_dict(), [_padded(lengths, left=False)])
+    left = revert_test(tuned, base.state_dict(), [_padded(lengths, left=True)])
+    for r, s in zip(right, left):
+        assert r["agreement"] == s["agreement"]
+        assert r["kl"] == pytest.approx(s["kl"], rel=1e-5, abs=1e-9)
+    # an independent reference: one example at a time, unpadded, its last position
+    b = _padded(lengths, left=False)
+    hybrid = type(tuned)(tuned.config).eval()
+    hybrid.load_state_dict({**tuned.state_dict(), **{n: t for n, t in base.state_dict().items()
+                                                      if n.startswith(("transformer.wte", "transformer.wpe",
+                                                                       "transformer.h.0.", "lm_head"))}})  # tied
+    with torch.no_grad():
+        z_ref = torch.stack([tuned(input_ids=b["input_ids"][i:i + 1, :n]).logits[0, -1]
+                             for i, n in enumerate(lengths)])
+        z_rev = torch.stack([hybrid(input_ids=b["input_ids"][i:i + 1, :n]).logits[0, -1]
+                             for i, n in enumerate(lengths)])
+    want = output_divergence(z_ref.double(), z_rev.double())
+    assert right[1]["kl"] == pytest.approx(want["kl"], rel=1e-5)
+
+
+def test_tied_embeddings_revert_the_head_too_and_are_named():
+    """GPT-2's lm_head.weight is transformer.wte.weight: reverting the embeddings reverts the head, as
+    freezing them freezes it (one tensor); tied_outside names the pair, and k=0 moves the outputs only
+    through that shared tensor when everything else is the tuned model's."""
+    from layerprobe.freezing.apply import parameter_names
+    from layerprobe.freezing.revert import tied_outside
+
+    base, tuned = _gpt2_pair(tie=True)
+    names = parameter_names(tuned, ["embeddings"])
+    assert tied_outside(tuned, names) == {"transformer.wte.weight": ["lm_head.weight"]}
+    assert tied_outside(_gpt2_pair(tie=False)[1], names) == {}
+    rows = revert_test(tuned, base.state_dict(), [_padded([4, 6, 3, 5], left=False)], ks=[0])
+    assert rows[0]["kl"] > 0
+    assert torch.equal(tuned.lm_head.weight, tuned.transformer.wte.weight)  # restored, still tied
+
+
+def test_non_finite_outputs_and_rows_without_tokens_are_one_line_errors():
+    base, tuned = _pair()
+    before = {n: t.clone() for n, t in tuned.state_dict().items()}
+    broken = dict(base.state_dict())
+    key = "bert.encoder.layer.0.output.dense.weight"
+    broken[key] = torch.full_like(broken[key], float("nan"))
+    with pytest.raises(LayerProbeError, match=r"block\.0 reverted to the base weights the outputs are not finite"):
+        revert_test(tuned, broken, _batches())
+    assert all(torch.equal(before[n], t) for n, t in tuned.state_dict().items())  # restored after the error
+    with torch.no_grad():
+        tuned.classifier.weight[0, 0] = float("inf")
+    with pytest.raises(LayerProbeError, match="tuned model's outputs are not finite"):
+        revert_test(tuned, base.state_dict(), _batches())
+    gbase, gtuned = _gpt2_pair()
+    b = _padded([3, 4, 2], left=False)
+    b["attention_mask"][1] = 0  # before: read at position -1, a padding position, without a word
+    with pytest.raises(LayerProbeError, match="has no real token"):
+        revert_test(gtuned, gbase.state_dict(), [b])
+
+
+def test_the_reference_outputs_are_bounded(monkeypatch):
+    """A causal LM keeps n x vocabulary reference values (float32); past the bound: one line before the
+    other batches run. At the bound it runs."""
+    from layerprobe.freezing import revert as rv
+
+    base, tuned = _gpt2_pair()
+    batches = [_padded([3, 4], left=False), _padded([5, 2], left=False)]
+    monkeypatch.setattr(rv, "MAX_REVERT_OUTPUTS", 4 * 50)
+    assert len(revert_test(tuned, base.state_dict(), batches, ks=[0])) == 1
+    monkeypatch.setattr(rv, "MAX_REVERT_OUTPUTS", 4 * 50 - 1)
+    with pytest.raises(LayerProbeError, match=r"4 x 50 values .* more than the 199 accepted; use fewer probe texts"):
+        revert_test(tuned, base.state_dict(), batches, ks=[0])
+
+
+def test_a_prefix_cache_never_serves_the_reverted_passes():
+    """A frozen, cached prefix: stored outputs are the tuned prefix's; the revert test must compute the
+    reverted prefix from its weights (before: served from the store, kl 0 for a prefix that changed)."""
+    from layerprobe.freezing.apply import freeze
+    from layerprobe.freezing.prefix_cache import PrefixCache
+
+    base, tuned = _pair()
+    batches = _batches()
+    want = revert_test(tuned, base.state_dict(), batches, ks=[2])[0]
+    freeze(tuned, ["embeddings", "block.0", "block.1"])
+    tuned.train()
+    with PrefixCache(tuned, k=2, store_in_eval=True) as cache:
+        tuned.eval()
+        with torch.no_grad():
+            for b in batches:  # fills the store, then a pass is served from it
+                tuned(**b)
+            tuned(**batches[0])
+        assert cache.stats()["hit_batches"] >= 1
+        got = revert_test(tuned, base.state_dict(), batches, ks=[2])[0]
+    assert got["kl"] == pytest.approx(want["kl"], rel=1e-6) and got["kl"] > 0

@@ -274,3 +274,46 @@ def test_revert_needs_an_output_head(tokenizer, texts):
         t.start()
     with pytest.raises(LayerProbeError, match="True or False"):
         Tracker(tiny_bert(0, head=True), tokenizer, texts[:16], revert="yes")
+
+
+# -- adversarial review: revert rows read back from a checkpoint, outputs that overflow mid-run -------------
+
+
+@pytest.mark.parametrize("saved, message", [
+    ([1, 2], "revert_rows must be an object of steps, got list"),
+    ({"x": []}, r"revert_rows\['x'\] is not a list of revert-test rows"),
+    ({"10": [{"k": "0", "agreement": 1, "kl": 0, "tv": 0}]}, r"revert_rows\['10'\]"),
+    ({"10": [{"k": 0, "agreement": 1, "kl": float("nan"), "tv": 0}]}, r"revert_rows\['10'\]"),
+    ({"10": [{"k": 0, "agreement": True, "kl": 0, "tv": 0}]}, r"revert_rows\['10'\]"),
+    ({"1" * 40: []}, r"revert_rows\['11111111111111111111'\]"),
+])
+def test_saved_revert_rows_are_checked_on_restore(saved, message, tokenizer, texts):
+    """Before: taken as they were; advice() then failed (KeyError/TypeError) or predicted from NaN."""
+    from layerprobe.tracking.tracker import checked_revert_rows
+
+    with pytest.raises(LayerProbeError, match=message):
+        checked_revert_rows(saved)
+    m = tiny_bert(0, head=True)
+    t = Tracker(m, tokenizer, texts[:16], every_n_steps=2, revert=True)
+    t.start()
+    fields, reps, weights = t.export_state()
+    t2 = Tracker(m, tokenizer, texts[:16], every_n_steps=2, revert=True)
+    with pytest.raises(LayerProbeError, match=message):
+        t2.restore_state(m, {**fields, "revert_rows": saved}, reps, weights)
+    assert checked_revert_rows({"4": [{"k": 0, "agreement": 1.0, "kl": 0.0, "tv": 0.0}]}) == \
+        {4: [{"k": 0, "agreement": 1.0, "kl": 0.0, "tv": 0.0}]}
+
+
+def test_a_check_whose_revert_outputs_overflow_warns_and_training_goes_on(tokenizer, texts):
+    """The tuned outputs turn non-finite mid-run: that check has no revert rows and one warning line;
+    before, the LayerProbeError from the revert test stopped the training loop."""
+    from layerprobe.errors import LayerProbeWarning
+
+    m = tiny_bert(0, head=True)
+    t = Tracker(m, tokenizer, texts[:16], every_n_steps=1, revert=True)
+    t.start()
+    with torch.no_grad():
+        m.classifier.weight.fill_(float("inf"))
+    with pytest.warns(LayerProbeWarning, match="no revert test at this check: revert test: the tuned model's outputs"):
+        assert t.maybe_record(1)
+    assert t.revert_rows == {} and t.latest()[0]["step"] == 1
