@@ -101,7 +101,10 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
             rule; :meth:`advice` takes its own ``tolerance``.
         revert_test: run the revert test at every check (:class:`~layerprobe.tracking.tracker.Tracker`'s
             ``revert``): the strongest input of the prediction, at ``n_blocks + 2`` extra probe passes per
-            check, which the ``probe_share`` budget counts. Needs the model's output head.
+            check, which the ``probe_share`` budget counts. Needs the model's output head. ``None``
+            (default): on when ``auto_freeze`` follows the prediction (a ``tolerance``, or the shipped
+            predictor is the default rule) and the best shipped predictor reads the revert test, if the
+            model gives logits (else off, said in :attr:`revert_note`); ``False``/``True``: off/required.
         probe_share: with ``auto_freeze`` (default 0.05), the share of this process's training compute
             (the steps left x ``train_batch_size`` x gradient accumulation, at ~3 forward passes per
             training example) the probe passes may cost, the start and a final pass included: at train
@@ -138,7 +141,7 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
                  batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
                  filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
                  settle: float | None = None, patience: int | None = None, cache: bool = True,
-                 probe_share: Any = _DEFAULT, tolerance: float | None = None, revert_test: bool = False,
+                 probe_share: Any = _DEFAULT, tolerance: float | None = None, revert_test: bool | None = None,
                  _layerprobe_resume: bool = False) -> None:
         if _layerprobe_resume:  # the Trainer's rebuild: this object already exists (see __new__)
             return
@@ -168,7 +171,10 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
         self.probe_plan: dict[str, Any] | None = None
         self.tracker = Tracker(None, tokenizer, probe_texts, every_n_steps=every_n_steps, max_length=max_length,
                                pooling=pooling, blocks=blocks, batch_size=batch_size, freeze_policy=freeze_policy,
-                               revert=revert_test)
+                               revert=bool(revert_test))
+        self._revert_auto = revert_test is None
+        #: why the automatic revert test is off for this run (None: on, or not wanted)
+        self.revert_note: str | None = None
         self.filename = filename
         self.output_dir: str | None = None
         self.is_main = True
@@ -235,6 +241,7 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
             warnings.warn(f"LayerProbeCallback: resumed at step {step} without a saved layerprobe state (a "
                           "checkpoint written before this version, or without the callback): the reference is "
                           "the resumed model, not the pretrained one", stacklevel=2)
+        self._choose_revert(model)
         self._plan_checks(args, state)
         if self._measures:
             self.tracker.start(model, step=step)
@@ -242,6 +249,28 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
             self._attach_model(model)
         self._write()
         return control
+
+    def _choose_revert(self, model: nn.Module) -> None:
+        """``revert_test=None``: run the revert test when the policy follows the prediction and the best
+        shipped predictor reads it, and the model can run it (else say why in :attr:`revert_note`)."""
+        from layerprobe.freezing.predict import shipped_meta, shipped_prefers_revert
+
+        policy = self.policy
+        if not self._revert_auto or not isinstance(policy, AutoFreezePolicy) or policy.predictor is not None:
+            return
+        if not (policy.tolerance is not None or shipped_meta().get("default_rule") == "predictor"):
+            return
+        if not shipped_prefers_revert():
+            return
+        from layerprobe.tracking.tracker import revert_unavailable
+
+        why = "sharded (FSDP) parameters" if self._fsdp else \
+            revert_unavailable(model, self.tracker.tokenizer, self.tracker.examples[0])
+        if why is None:
+            self.tracker.revert = True
+        else:
+            self.revert_note = f"revert test off: {why}; the prediction uses CKA and drift"
+            logger.warning("layerprobe: %s", self.revert_note)
 
     @property
     def _measures(self) -> bool:

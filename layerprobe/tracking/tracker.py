@@ -92,6 +92,7 @@ __all__ = [
     "TRAJECTORY_CSV",
     "Tracker",
     "checked_revert_rows",
+    "revert_unavailable",
 ]
 
 
@@ -532,6 +533,15 @@ def checked_revert_rows(saved: Any, where: str = "the saved layerprobe state") -
                                   "(k, agreement, kl, tv)")
         out[int(step)] = [dict(r) for r in rows]
     return out
+
+
+def revert_unavailable(model: nn.Module, tokenizer: Any, example: dict) -> str | None:
+    """Why the revert test cannot run on ``model`` (sharded parameters, no logits), or None when it can."""
+    try:
+        _check_revertable(model, example, pad_id(tokenizer))
+    except LayerProbeError as err:
+        return err.message.split(": ", 1)[-1]
+    return None
 
 
 def _check_revertable(model: nn.Module, example: dict, pad: int) -> None:

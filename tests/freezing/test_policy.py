@@ -292,3 +292,25 @@ def test_a_check_where_the_predictors_measurement_is_undefined_advises_nothing()
     assert pol.observe(10, _rows(10, [1.0] * 5, [0.0] * 5, 1.0), m, blocks) == []
     assert "cka_rel predictor's measurement is undefined" in pol.log_frame().reason.iloc[0]
     assert pol.observe(20, _rows(20, [0.9999, 0.999, 0.99, 0.9, 0.5], [1e-4] * 5, 1.0), m, blocks) != []
+
+
+def test_auto_freeze_with_a_tolerance_runs_the_revert_test_when_the_shipped_predictor_reads_it(
+        tokenizer, texts, tmp_path, monkeypatch):
+    """revert_test=None (default): with a tolerance and a shipped predictor that reads the revert test, the
+    callback turns it on for a model with a head; for one that cannot run it, it stays off and says why;
+    without a tolerance (the CKA rule decides) it stays off."""
+    import layerprobe.tracking.tracker as tr
+    from layerprobe.freezing import predict as pr
+
+    monkeypatch.setattr(pr, "shipped_prefers_revert", lambda: True)
+    cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts, auto_freeze=True, tolerance=0.05)
+    _trainer(tiny_bert(0, head=True), tokenizer, texts, tmp_path / "on", cb, epochs=1).train()
+    assert cb.tracker.revert and cb.revert_note is None and cb.tracker.revert_rows
+    assert cb.probe_plan["passes_per_check"] == 7
+    monkeypatch.setattr(tr, "revert_unavailable", lambda *a: "NoHead gives no logits")
+    cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts, auto_freeze=True, tolerance=0.05)
+    _trainer(tiny_bert(0, head=True), tokenizer, texts, tmp_path / "off", cb, epochs=1).train()
+    assert not cb.tracker.revert and "NoHead gives no logits" in cb.revert_note and not cb.tracker.revert_rows
+    cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts, auto_freeze=True)  # the CKA rule decides
+    _trainer(tiny_bert(0, head=True), tokenizer, texts, tmp_path / "rule", cb, epochs=1).train()
+    assert not cb.tracker.revert and cb.revert_note is None
