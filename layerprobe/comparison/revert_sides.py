@@ -60,6 +60,11 @@ def _base_value(n: str, p: torch.Tensor, base: Side, tuned: Side, blocks: Blocks
     return base.weights.get(key), None
 
 
+#: most probe texts the revert test runs (evenly spaced over the probe): the freeze study fit its predictors
+#: on probes of 192-512 texts, and the test costs ``n_blocks + 2`` forward passes of them
+MAX_REVERT_TEXTS = 512
+
+
 def side_revert(base: Side, tuned: Side, texts: Sequence[str] | None, max_length: int,
                 batch_size: int = 64) -> tuple[list[dict[str, Any]] | None, str | None, list[str]]:
     """``(rows, None, notes)`` — one row per prefix ``k = 0..n_blocks`` (``k``, ``agreement``, ``kl``,
@@ -75,7 +80,10 @@ def side_revert(base: Side, tuned: Side, texts: Sequence[str] | None, max_length
         return None, f"{base.label} holds no weights", []
     model = unwrap(model)
     blocks = _side_blocks(tuned)
-    examples, _ = tokenize_probe(tok, list(texts), max_length)
+    texts = list(texts)
+    if len(texts) > MAX_REVERT_TEXTS:
+        texts = [texts[round(i * (len(texts) - 1) / (MAX_REVERT_TEXTS - 1))] for i in range(MAX_REVERT_TEXTS)]
+    examples, _ = tokenize_probe(tok, texts, max_length)
     device = input_device(model)
     pad = pad_id(tok)
     batches = [collate(examples[i:i + batch_size], pad, device) for i in range(0, len(examples), batch_size)]

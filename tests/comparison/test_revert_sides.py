@@ -139,3 +139,23 @@ def test_cli_revert_with_a_weights_only_base_runs(f3, capsys, tmp_path):
                  "--revert", "--quiet", "--max-length", "16", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)["meta"]["revert"]["rows"]
     assert [r["kl"] for r in rows] == [0.0] * 5  # the same weights
+
+
+def test_a_long_probe_is_thinned_evenly_for_the_revert_test(tokenizer, texts, monkeypatch):
+    import layerprobe.comparison.revert_sides as rs
+    from layerprobe.freezing.revert import revert_test
+    from layerprobe.model.batching import collate
+    from layerprobe.snapshot.take import tokenize_probe
+
+    monkeypatch.setattr(rs, "MAX_REVERT_TEXTS", 8)
+    base, tuned = tiny_bert(0, head=True), tiny_bert(0, head=True)
+    with torch.no_grad():
+        for p in tuned.bert.encoder.layer[1].parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    probe = texts[:24]
+    c = compare(base, tuned, probe, tokenizer, revert=True, probe_options=ProbeOptions(max_length=16),
+                cka_options=CKAOptions(n_boot=20))
+    chosen = [probe[round(i * 23 / 7)] for i in range(8)]
+    examples, _ = tokenize_probe(tokenizer, chosen, 16)
+    ref = revert_test(tuned, {n: p for n, p in base.state_dict().items()}, [collate(examples, tokenizer.pad_token_id)])
+    assert [r["kl"] for r in c.meta["revert"]["rows"]] == pytest.approx([r["kl"] for r in ref], rel=1e-6, abs=1e-12)
