@@ -48,3 +48,32 @@ def test_demo_command_small(tmp_path):
         assert (out / f).stat().st_size > 0, f
     result = json.loads((out / "comparison.json").read_text())
     assert len(result["blocks"]) == 7 and result["meta"]["n_examples"] == 32
+
+
+def test_revert_test_on_the_real_model_from_its_model_directory(rt, tmp_path):
+    """The shipped MiniLM directory (a bare BertModel: no head) as the base, a classifier fine-tuned from it
+    as the tuned side: the revert test runs by default (the shipped predictor reads it), the base's weights
+    are matched to the classifier's by entry, reverting more of the model moves the outputs more, and a
+    tolerance makes the prediction decide (its advice is a bottom prefix within that tolerance)."""
+    from layerprobe import compare
+    from layerprobe.demo.shipped import default_model_path, load_classifier
+    from layerprobe.demo.train import TrainConfig, fine_tune
+    from layerprobe.freezing.predict import shipped_prefers_revert
+    from layerprobe.options import ProbeOptions
+
+    train, _test, probe = rt
+    model, tok = load_classifier(default_model_path(), 2, seed=0)
+    fine_tune(model, tok, train["text"].tolist(), train["label"].tolist(),
+              TrainConfig(epochs=1, lr=1e-4, batch_size=32, max_length=64), progress=False)
+    texts = probe["text"].tolist()
+    c = compare(default_model_path(), model, texts, tok, probe_options=ProbeOptions(max_length=64), tolerance=0.01)
+    rows = c.meta["revert"]["rows"] if shipped_prefers_revert() else []
+    if shipped_prefers_revert():
+        assert [r["k"] for r in rows] == list(range(7))
+        assert rows[-1]["kl"] > rows[0]["kl"] >= 0.0  # everything reverted moves the outputs more than the embeddings
+        assert c.recommendation.predictor["name"].startswith("revert")
+    rec = c.recommendation
+    assert rec.tolerance == 0.01 and rec.candidates
+    k = len(rec.freeze)
+    assert rec.freeze == ["embeddings"] + [f"block.{i}" for i in range(k - 1)] if k else rec.freeze == []
+    assert all(cand["within_tolerance"] for cand in rec.candidates[:k])
