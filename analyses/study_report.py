@@ -52,7 +52,7 @@ FRACTIONS = (0.05, 0.10, 0.20, 0.50)
 CONTRACT = ["task", "method", "config", "frozen_blocks", "embeddings_frozen", "seed", "accuracy",
             "train_cpu_seconds", "train_seconds", "epochs", "trainable_params", "recommended", "peak_rss_mb"]
 EXTRA = ["lr", "dev_accuracy", "best_epoch", "steps", "tracker_cpu_seconds", "final_trainable_params",
-         "freeze_steps"]
+         "freeze_steps", "ref_full_step_cpu"]
 #: the candidate rules (fit on Rotten Tomatoes): the absolute rule over min_cka, and the relative rule
 #: (change <= r x the top block's change) over r; the bootstrap interval is used in both.
 CANDIDATES = [{"min_cka": c} for c in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99,
