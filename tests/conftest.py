@@ -64,24 +64,28 @@ def texts():
 # --------------------------------------------------------------- hostile-input fixtures (tests/hostile.py)
 
 
-@pytest.fixture(scope="session")
-def f2(tmp_path_factory, tokenizer, texts):
-    """A tiny model directory with its tokenizer, a 48-text probe, two snapshots and a comparison."""
+def _hostile_root(root, tokenizer, texts, snapshot_args=(), compare_args=()) -> dict:
+    """A tiny model directory with its tokenizer, a probe of ``texts``, two snapshots and their comparison."""
     from layerprobe.cli import main
 
-    root = tmp_path_factory.mktemp("hostile")
     good = root / "good"
     tiny_bert(0, head=True).save_pretrained(good)
     tokenizer.save_pretrained(good)
     probe = root / "probe.txt"
     probe.write_text("\n".join(texts) + "\n")
     for name in ("a", "b"):
-        assert main(["snapshot", str(good), "--probe", str(probe), "-o", str(root / f"snap_{name}.pt"),
-                     "--quiet"]) == 0
+        assert main(["snapshot", str(good), "--probe", str(probe), "-o", str(root / f"snap_{name}.pt"), "--quiet",
+                     *snapshot_args]) == 0
     assert main(["compare", str(root / "snap_a.pt"), str(root / "snap_b.pt"), "--out", str(root / "cmp"),
-                 "--quiet"]) == 0
+                 "--quiet", *compare_args]) == 0
     return {"root": root, "good": good, "probe": probe, "marker": root / "PWNED",
             "snap": root / "snap_a.pt", "snap_b": root / "snap_b.pt", "cmp": root / "cmp" / "comparison.json"}
+
+
+@pytest.fixture(scope="session")
+def f2(tmp_path_factory, tokenizer, texts):
+    """A tiny model directory with its tokenizer, a 48-text probe, two snapshots and a comparison."""
+    return _hostile_root(tmp_path_factory.mktemp("hostile"), tokenizer, texts)
 
 
 @pytest.fixture(scope="session")
@@ -89,24 +93,12 @@ def f3(tmp_path_factory, tokenizer, texts):
     """As ``f2`` with a 16-text probe (max length 16), plus two safetensors files of a tiny BERT."""
     from safetensors.torch import save_file
 
-    from layerprobe.cli import main
-
-    root = tmp_path_factory.mktemp("hostile3")
-    good = root / "good"
-    tiny_bert(0, head=True).save_pretrained(good)
-    tokenizer.save_pretrained(good)
-    probe = root / "probe.txt"
-    probe.write_text("\n".join(texts[:16]) + "\n")
-    for name in ("a", "b"):
-        assert main(["snapshot", str(good), "--probe", str(probe), "-o", str(root / f"snap_{name}.pt"), "--quiet",
-                     "--max-length", "16"]) == 0
-    assert main(["compare", str(root / "snap_a.pt"), str(root / "snap_b.pt"), "--out", str(root / "cmp"),
-                 "--quiet", "--no-ci"]) == 0
+    out = _hostile_root(tmp_path_factory.mktemp("hostile3"), tokenizer, texts[:16], ("--max-length", "16"),
+                        ("--no-ci",))
+    root = out["root"]
     sd = {k: v.detach().clone().contiguous() for k, v in tiny_bert(0).state_dict().items()}
     save_file(sd, str(root / "a.safetensors"))
     g = torch.Generator().manual_seed(1)
     save_file({k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
                for k, v in sd.items()}, str(root / "b.safetensors"))
-    return {"root": root, "good": good, "probe": probe, "snap": root / "snap_a.pt", "snap_b": root / "snap_b.pt",
-            "cmp": root / "cmp" / "comparison.json", "a": root / "a.safetensors", "b": root / "b.safetensors",
-            "marker": root / "PWNED"}
+    return {**out, "a": root / "a.safetensors", "b": root / "b.safetensors"}
