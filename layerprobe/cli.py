@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy loss you accept (e.g. 0.01 = keep 99%% of full fine-tuning): freeze the largest bottom "
                         "prefix predicted within it (docs/method.md); without it the CKA rule decides and the "
                         "predictions are listed")
-    p.add_argument("--revert", action="store_true", default=None,
+    p.add_argument("--revert", action=argparse.BooleanOptionalAction, default=None,
                    help="run the revert test (the tuned model with each bottom prefix reset to the base weights, on the "
-                        "probe; needs a probe and a tuned model with its output head): the prediction's strongest input")
+                        "probe; needs a probe and a tuned model with its output head): the prediction's strongest input. "
+                        "Default: run it where it can when the shipped predictor reads it; --no-revert skips it")
     p.add_argument("--max-drift", type=float, default=None,
                    help="also require relative weight drift <= this (the only criterion without CKA)")
     p.add_argument("--no-interval", action="store_true",

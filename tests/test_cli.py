@@ -273,3 +273,10 @@ def test_show_reads_a_schema_1_file_and_renders_missing_numbers(tmp_path, capsys
         "candidates": [{**c, "memory_saved_mb": None} for c in doc["recommendation"]["candidates"]]}}))
     assert main(["show", str(holes)]) == 0
     assert "frozen parameters: — of the model; training compute saved: —" in capsys.readouterr().out
+
+
+def test_compare_no_revert_skips_the_revert_test(model_dirs, probe_csv, capsys):
+    assert main(["compare", *map(str, model_dirs), "--probe", str(probe_csv), "--max-length", "32", "--no-revert",
+                 "--format", "json", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "revert" not in doc["meta"] and not any("revert test" in n for n in doc["recommendation"]["notes"])
