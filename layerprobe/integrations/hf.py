@@ -233,6 +233,7 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
             if getattr(self.policy, "cache", False):  # the cache would stand in on rank 0 only
                 cast(AutoFreezePolicy, self.policy).cache = False  # FreezePolicy has no cache
         step = int(state.global_step)
+        self._choose_revert(model)  # before a resume too: the restored run measures as the saved one did
         resume = self.resume_state or stored_state(state, type(self).__name__)
         if step > 0 and resume:
             self._restore(args, state, model, resume)
@@ -241,7 +242,6 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
             warnings.warn(f"LayerProbeCallback: resumed at step {step} without a saved layerprobe state (a "
                           "checkpoint written before this version, or without the callback): the reference is "
                           "the resumed model, not the pretrained one", stacklevel=2)
-        self._choose_revert(model)
         self._plan_checks(args, state)
         if self._measures:
             self.tracker.start(model, step=step)
