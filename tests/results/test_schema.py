@@ -43,7 +43,18 @@ def _same(got, want, path="$"):
         assert got == want, (path, got, want)
 
 
-def test_golden_comparison(tokenizer):
+@pytest.fixture
+def pinned_predictor(monkeypatch):
+    """The golden file pins the contract, not the freeze study's latest fit: predict with a fixed copy."""
+    from layerprobe.freezing import predict as pr
+
+    monkeypatch.setattr(pr, "PREDICTOR_FILE", os.path.join(os.path.dirname(GOLDEN), "predictor.json"))
+    pr._shipped.cache_clear()
+    yield
+    pr._shipped.cache_clear()
+
+
+def test_golden_comparison(tokenizer, pinned_predictor):
     doc = json.loads(_golden_comparison(tokenizer).to_json())
     schema.validate(doc)
     if os.environ.get("LAYERPROBE_REGOLD"):  # regenerate after an intended change of the contract
