@@ -417,8 +417,11 @@ def score(pairs: pd.DataFrame, adv: pd.DataFrame) -> pd.DataFrame:
         })
     s = pd.DataFrame(rows)
     if len(s):
-        s = s.sort_values(["tasks_ge_985", "mean_regret", "calibration_within_1pt"],
-                          ascending=[False, True, False]).reset_index(drop=True)
+        # amendment of 2026-12-02 (docs/freeze_study_plan.md): the worst held-out task breaks ties in the count
+        # before the mean regret (with five tasks the count alone ranked first a candidate that lost 21 points)
+        s["_worst"] = s.min_rel_acc.round(4)  # equal to 0.01 points: float noise must not break the tie
+        s = s.sort_values(["tasks_ge_985", "_worst", "mean_regret", "calibration_within_1pt"],
+                          ascending=[False, False, True, False]).drop(columns="_worst").reset_index(drop=True)
     return s
 
 
