@@ -392,13 +392,7 @@ class PrefixCache:
             b = self._batch
             if b is None or needs_grad(args, kwargs):  # outside a model call, or fed by trainable parameters
                 return orig(*args, **kwargs)
-            with torch.no_grad():
-                was = mod.training
-                mod.train(False)
-                try:
-                    return orig(*args, **kwargs)
-                finally:
-                    mod.train(was)
+            return frozen_call(mod, orig, args, kwargs)
         return forward
 
     def _block_call(self, i: int) -> Callable[[nn.Module, Callable], Callable]:
