@@ -43,14 +43,21 @@ MODEL_DIRS = {
 }
 
 
-@pytest.mark.parametrize("command", ["snapshot", "compare_probe", "compare_weights", "freeze_list"])
-@pytest.mark.parametrize("case", sorted(MODEL_DIRS))
-def test_model_dir_refused_on_every_path(f2, capsys, monkeypatch, tmp_path, case, command):
+#: damage only in the weight files: ``freeze-list`` reads the config alone (names, no weights), so it must work
+WEIGHTS_ONLY = ("more_layers_than_weights", "index_leaving_dir", "corrupt_safetensors")
+COMMANDS = ("snapshot", "compare_probe", "compare_weights", "freeze_list")
+
+
+def _model_dir(f2, case):
     spec = MODEL_DIRS[case]
-    d = variant(f2, case, cfg=spec.get("cfg"), drop=spec.get("drop", ()),
-                files={**spec.get("files", {}), "evil.py": _evil(f2)})
-    if command == "freeze_list" and case in ("more_layers_than_weights", "index_leaving_dir", "corrupt_safetensors"):
-        pytest.skip("freeze-list reads the config only (names, no weights)")
+    return variant(f2, case, cfg=spec.get("cfg"), drop=spec.get("drop", ()),
+                   files={**spec.get("files", {}), "evil.py": _evil(f2)})
+
+
+@pytest.mark.parametrize("case, command", [(case, command) for case in sorted(MODEL_DIRS) for command in COMMANDS
+                                           if not (command == "freeze_list" and case in WEIGHTS_ONLY)])
+def test_model_dir_refused_on_every_path(f2, capsys, monkeypatch, tmp_path, case, command):
+    d = _model_dir(f2, case)
     rc, _, err = run(commands_for(f2, d, tmp_path)[command], capsys, monkeypatch)
     assert_one_line(rc, err, os.path.basename(d))
     assert not f2["marker"].exists(), "code from the model directory ran"
@@ -174,3 +181,14 @@ def test_config_values_at_the_bounds_are_accepted():
 
     check_config_values({"hidden_size": 1, "num_attention_heads": MAX_DIMENSION, "num_hidden_layers": 0,
                          "text_config": {"num_hidden_layers": MAX_LAYERS, "hidden_size": None}}, "config.json")
+
+
+@pytest.mark.parametrize("case", WEIGHTS_ONLY)
+def test_freeze_list_reads_the_config_only(f2, capsys, monkeypatch, tmp_path, case):
+    # damage confined to the weight files does not concern freeze-list, which builds the model on the meta device
+    # from the config: it answers as for the intact directory, and still runs no code from the directory
+    good_rc, good_out, _ = run(commands_for(f2, f2["good"], tmp_path)["freeze_list"], capsys, monkeypatch)
+    rc, out, err = run(commands_for(f2, _model_dir(f2, case), tmp_path)["freeze_list"], capsys, monkeypatch)
+    assert (good_rc, rc, err) == (0, 0, "")
+    assert out == good_out and out.strip()
+    assert not f2["marker"].exists(), "code from the model directory ran"
