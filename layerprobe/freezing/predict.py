@@ -16,7 +16,8 @@ Each prefix gets a predicted relative accuracy with an interval (the fit's 10th�
 the share of a training epoch's compute it saves (with the frozen-prefix cache, from the step cost per
 entry) and the training memory it saves (gradients and AdamW state of its parameters: 12 bytes per fp32
 parameter). The advice is the largest prefix whose predicted loss, and that of every smaller prefix, is
-within the user's tolerance.
+within the user's tolerance — or, for a predictor fit to decide on its interval's pessimistic end
+(``decide="upper"``), whose predicted loss *plus the interval's upper residual* is.
 
 >>> entries = [{"name": "embeddings", "kind": "embeddings", "cka": 1.0, "weight_drift": 0.001, "n_params": 100}] + [
 ...     {"name": f"block.{i}", "kind": "block", "cka": c, "weight_drift": 0.01, "n_params": 50}
@@ -111,6 +112,9 @@ class Predictor:
     interval: tuple[float, float]
     fit_on: tuple[str, ...]
     label_free: bool = True
+    #: how the advice reads the prediction: ``"point"`` — the predicted loss within the tolerance; ``"upper"`` — the
+    #: interval's pessimistic end (predicted loss + ``interval[1]``) within the tolerance
+    decide: str = "point"
     #: its leave-one-task-out scores in the freeze study (``tasks``, ``tasks_ge_985``, ...; empty: not scored)
     loto: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -118,6 +122,19 @@ class Predictor:
     def validated(self) -> bool:
         """Scored leave-one-task-out on at least three held-out tasks."""
         return int(self.loto.get("tasks") or 0) >= 3
+
+    def decision_loss(self, x: float) -> float:
+        """The loss the advice holds to the tolerance: the prediction, or its interval's upper end (``decide``).
+
+        >>> Predictor("t", (0.0, 1.0), (0.0, 0.1), (-0.01, 0.02), ("a",), decide="upper").decision_loss(0.5)
+        0.07
+        """
+        return self.loss(x) + (self.interval[1] if self.decide == "upper" else 0.0)
+
+    @property
+    def label(self) -> str:
+        """Its name as the advice cites it (``revert_disagree``, or ``revert_disagree, upper end`` for ``upper``)."""
+        return self.name if self.decide == "point" else f"{self.name}, {self.decide} end"
 
     def loss(self, x: float) -> float:
         """The predicted accuracy loss at feature ``x`` (linear between knots, flat outside).
@@ -143,7 +160,8 @@ class Predictor:
         """A predictor from its JSON form (an entry of ``predictor.json``'s ``predictors``), checked: a
         string ``name``, lists ``xs``/``ys`` of at most :data:`MAX_KNOTS` finite numbers with ``xs``
         increasing and ``ys`` non-decreasing, the interval ``[lo, hi]`` with ``lo <= hi``, ``fit_on`` a list of
-        strings and ``label_free`` a boolean. A bad one is a one-line :class:`LayerProbeError` naming ``source``.
+        strings, ``label_free`` a boolean and ``decide`` (optional) ``"point"`` or ``"upper"``. A bad one is a
+        one-line :class:`LayerProbeError` naming ``source``.
 
         >>> Predictor.from_dict({"name": "cka_rel", "xs": [0, 1], "ys": [0, 0.2], "interval": [-0.01, 0.01],
         ...                      "fit_on": ["a"]}).loss(0.25)
@@ -196,6 +214,9 @@ class Predictor:
         label_free = d.get("label_free", True)
         if not isinstance(label_free, bool):
             raise bad(f"{name!r}: label_free must be true or false, got {_shown(label_free)}")
+        decide = d.get("decide", "point")
+        if decide not in ("point", "upper"):
+            raise bad(f"{name!r}: decide must be 'point' or 'upper', got {_shown(decide)}")
         raw = d.get("loto")
         loto: dict[str, Any] = dict(raw) if isinstance(raw, Mapping) else {}
         for key in ("tasks", "tasks_ge_985"):  # counts of held-out tasks: read as numbers by validated and the notes
@@ -203,7 +224,7 @@ class Predictor:
             if v is not None and (type(v) is not int or not 0 <= v <= 10_000):
                 raise bad(f"{name!r}: loto.{key} must be a count of tasks, got {_shown(v)}")
         return cls(name=name, xs=xs, ys=ys, interval=(interval[0], interval[1]), fit_on=tuple(fit_on),
-                   label_free=label_free, loto=loto)
+                   label_free=label_free, decide=decide, loto=loto)
 
 
 def _shown(x: Any) -> str:
@@ -333,7 +354,7 @@ def predict_prefixes(entries: Sequence[Mapping[str, Any]], tolerance: float = 0.
             continue
         loss = pred.loss(feats[pred.name][k])
         lo, hi = loss + pred.interval[0], loss + pred.interval[1]
-        ok = loss <= tolerance
+        ok = pred.decision_loss(feats[pred.name][k]) <= tolerance
         if ok and not blocked:
             advised = k
         blocked = blocked or not ok

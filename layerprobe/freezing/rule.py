@@ -357,7 +357,7 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
         return out, None
     info = {"name": used.name, "fit_on": list(used.fit_on),
             "validated": bool(meta.get("validated")) and used.validated and predictor is None,
-            "label_free": used.label_free}
+            "label_free": used.label_free, "decide": used.decide}
     out = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": info}
     unused = []
     if revert and not used.name.startswith("revert"):  # the rows are kept, but say that nothing read them
@@ -381,6 +381,8 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
         name = p.freeze[-1]
         what = (f"predicted {_pct(p.predicted_rel_acc)} [{_pct(p.interval[0])}, {_pct(p.interval[1])}] of full "
                 f"fine-tuning with the prefix up to here frozen ({used.name})")
+        if used.decide == "upper":  # the interval's lower end is what is held to the tolerance
+            what += ", its interval's lower end"
         if k <= advised:
             reasons[name] = f"freeze: {what} >= {_pct(1 - tol)}"
         elif k == advised + 1:  # the first prefix over the tolerance: the advice stops below it

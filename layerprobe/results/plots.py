@@ -206,6 +206,7 @@ def plot_tradeoff(result: dict, path: str | os.PathLike | None = None, title: st
     a.set_ylabel("predicted accuracy (% of full fine-tuning)")
     pred = rec.get("predictor") or {}
     fit = f", fit on {', '.join(pred.get('fit_on') or [])}" if pred.get("fit_on") else ""
+    fit += "; advice on the interval's lower end" if pred.get("decide") == "upper" else ""
     a.set_title(title or f"trade-off per bottom prefix ({pred.get('name', '?')}{fit}; ringed: advised)", fontsize=10)
     a.grid(alpha=0.3)
     if path is not None:

@@ -94,7 +94,8 @@ def candidates_text(r: Any) -> list[str]:
         return []
     p = getattr(r, "predictor", None) or {}
     how = (f"{p.get('name')}, fit on {', '.join(p.get('fit_on') or [])}"
-           + ("" if p.get("validated") else "; preliminary: not yet validated on held-out tasks"))
+           + ("" if p.get("validated") else "; preliminary: not yet validated on held-out tasks")
+           + ("; the advice holds the interval's lower end to the tolerance" if p.get("decide") == "upper" else ""))
     head = ["freeze up to", "predicted acc vs full", "interval", "compute saved/epoch", "memory saved"]
     table = [head] + [[(c.get("freeze") or ["—"])[-1], _pct(c.get("predicted_rel_acc")),
                        f"[{_pct((c.get('interval') or [None, None])[0])}, {_pct((c.get('interval') or [None, None])[1])}]",

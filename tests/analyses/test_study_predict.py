@@ -114,6 +114,10 @@ def test_loto_with_a_perfect_feature_advises_the_oracle_on_every_held_out_task()
     assert s.loc["revert_kl", "tasks_ge_985"] == 4 and s.loc["revert_kl", "mean_regret"] == pytest.approx(0.0)
     assert s.loc["revert_kl", "early_agreement"] == 1.0
     assert s.index[0] == "revert_kl"  # ranked first
+    # ... also before a decision that keeps more accuracy than the target asks by freezing less: above 98.5%
+    # the worst task is no tie-break, the regret decides
+    assert s.loc["size@upper", "tasks_ge_985"] == 4 and s.loc["size@upper", "mean_regret"] > 0.1
+    assert s.loc["size@upper", "min_rel_acc"] > s.loc["revert_kl", "min_rel_acc"]
     # predictions are monotone in x and every pair of the held-out task is listed
     p = pairs[(pairs.candidate == "revert_kl") & (pairs.fold == "a")].sort_values("x")
     assert len(p) == 7 and np.all(np.diff(p.predicted_loss) >= 0)
@@ -182,3 +186,22 @@ def test_the_prediction_decides_by_default_only_after_all_planned_tasks():
     outcomes, feats = _synthetic(six)
     pairs, adv = sp.loto(outcomes, feats, candidates=["revert_kl", "size"])
     assert sp.export_predictor(outcomes, feats, sp.score(pairs, adv))["default_rule"] == "predictor"
+
+
+def test_the_upper_decision_is_scored_beside_the_point_one():
+    """Amendment 2: each candidate's advice also on its interval's pessimistic end (prediction + the fit's 90th
+    residual percentile): never a larger prefix than the point decision, scored and ranked like any candidate."""
+    outcomes, feats = _synthetic(TASKS, noise=0.01)
+    pairs, adv = sp.loto(outcomes, feats, candidates=["revert_kl"])
+    assert set(adv.candidate) == {"revert_kl", "revert_kl@upper"} and set(pairs.candidate) == {"revert_kl"}
+    both = adv.pivot_table(index=["fold", "seed", "when"], columns="candidate", values="advised_k")
+    assert (both["revert_kl@upper"] <= both["revert_kl"]).all() and (both["revert_kl@upper"] < both["revert_kl"]).any()
+    s = sp.score(pairs, adv).set_index("candidate")
+    assert s.loc["revert_kl@upper", "label_free"] and s.loc["revert_kl@upper", "tasks"] == 4
+    # the same prediction, so the same calibration
+    assert s.loc["revert_kl@upper", "calibration_within_1pt"] == s.loc["revert_kl", "calibration_within_1pt"]
+    assert sp.base_of("revert_kl@upper") == "revert_kl"
+    # shipped with its decision: one fit per measurement, two entries
+    exp = sp.export_predictor(outcomes, feats, s.reset_index())
+    kl = [p for p in exp["predictors"] if p["name"] == "revert_kl"]
+    assert sorted(p["decide"] for p in kl) == ["point", "upper"] and kl[0]["xs"] == kl[1]["xs"]

@@ -148,7 +148,8 @@ def test_a_given_predictor_decides_and_is_checked():
     assert recommend(_entries(), predictor=strict).freeze == ["embeddings"]  # cka_rel 0 at k=0 only
     r = recommend(_entries(), predictor=loose)
     assert r.freeze == ["embeddings", "block.0", "block.1", "block.2"] and r.tolerance == 0.01
-    assert r.predictor == {"name": "cka_rel", "fit_on": ["y"], "validated": False, "label_free": True}
+    assert r.predictor == {"name": "cka_rel", "fit_on": ["y"], "validated": False, "label_free": True,
+                           "decide": "point"}
     for bad in ({"name": "a", "xs": [1, 0], "ys": [0, 1], "interval": [0, 0]},
                 {"name": "a", "xs": [0, 1], "ys": [1, 0], "interval": [0, 0]},
                 {"name": "a", "xs": [0, 1], "ys": [0, 1], "interval": [0.1, 0]},
@@ -158,6 +159,34 @@ def test_a_given_predictor_decides_and_is_checked():
             pr.Predictor.from_dict(bad)  # type: ignore[arg-type]
     with pytest.raises(LayerProbeError, match="lacks"):
         recommend(_entries(), predictor=pr.Predictor("revert_kl", (0.0,), (0.0,), (0.0, 0.0), ()))
+
+
+def test_an_upper_predictor_holds_the_interval_lower_end_to_the_tolerance():
+    """decide="upper": the advice stops where predicted loss + the interval's upper residual passes the
+    tolerance (LINEAR's +0.01), the point prediction and its interval are shown unchanged."""
+    from layerprobe.freezing.rule import recommend
+    from layerprobe.results.render import candidates_text
+
+    upper = pr.Predictor.from_dict({"name": "cka_rel", "xs": [0.0, 1.0], "ys": [0.0, 0.1],
+                                    "interval": [-0.005, 0.01], "fit_on": ["rt", "bbc"], "decide": "upper"})
+    assert upper.decision_loss(0.2) == pytest.approx(0.03) and upper.label == "cka_rel, upper end"
+    # per prefix the loss is 0, 0.0002, 0.002, 0.02 (+0.01 held to the tolerance)
+    point_preds, point_k, _ = pr.predict_prefixes(_entries(), tolerance=0.02, predictor=LINEAR)
+    preds, k, used = pr.predict_prefixes(_entries(), tolerance=0.02, predictor=upper)
+    assert (point_k, k, used) == (3, 2, upper)
+    assert [p.within_tolerance for p in preds] == [True, True, True, False]
+    assert [(p.predicted_rel_acc, p.interval) for p in preds] == [(p.predicted_rel_acc, p.interval)
+                                                                   for p in point_preds]
+    assert pr.predict_prefixes(_entries(), tolerance=0.01, predictor=upper)[1] == 0  # 0 + 0.01 <= 0.01
+    assert pr.predict_prefixes(_entries(), tolerance=0.005, predictor=upper)[1] == -1
+    r = recommend(_entries(), tolerance=0.02, predictor=upper)
+    assert r.freeze == ["embeddings", "block.0", "block.1"] and r.predictor["decide"] == "upper"
+    assert r.reasons["block.1"] == ("freeze: predicted 99.8% [98.8%, 100.3%] of full fine-tuning with the prefix up "
+                                    "to here frozen (cka_rel), its interval's lower end >= 98.0%")
+    assert r.reasons["block.2"].startswith("train: predicted 98.0% [97.0%, 98.5%]")
+    assert r.reasons["block.2"].endswith("its interval's lower end < 98.0%")
+    assert "the advice holds the interval's lower end to the tolerance" in candidates_text(r)[0]
+    assert "lower end" not in candidates_text(recommend(_entries(), tolerance=0.02, predictor=LINEAR))[0]
 
 
 def test_a_validated_predictor_states_its_held_out_record(monkeypatch):
@@ -194,6 +223,8 @@ GOOD = {"name": "cka_rel", "xs": [0, 1], "ys": [0, 0.1], "interval": [-0.01, 0.0
     ({"label_free": "false"}, "label_free must be true or false, got 'false'"),  # before: bool('false') = True
     ({"loto": {"tasks": "3"}}, "loto.tasks must be a count of tasks, got '3'"),  # before: read as 3 by validated
     ({"loto": {"tasks": 1e400}}, "loto.tasks must be a count of tasks"),  # before: OverflowError in validated
+    ({"decide": "lower"}, "decide must be 'point' or 'upper', got 'lower'"),
+    ({"decide": None}, "decide must be 'point' or 'upper', got None"),
 ])
 def test_malformed_predictors_are_one_line_naming_the_source(change, message):
     with pytest.raises(LayerProbeError, match=message) as exc:
