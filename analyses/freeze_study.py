@@ -50,6 +50,8 @@ from study_grid import (  # noqa: E402  (the grid both study scripts share)
     SMOKE_BUDGETS,
     SMOKE_LR_GRID,
     TaskBudget,
+    auto_kind,
+    auto_options,
     clean,
     config_name,
     run_file,
@@ -93,7 +95,7 @@ def auto_probe_size(cap: int, n_train: int, checks_per_epoch: int, floor: int = 
 
 
 def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict, cache: str,
-            progress: bool, auto_options: dict | None = None, config: str | None = None) -> dict:
+            progress: bool, auto_opts: dict | None = None, config: str | None = None) -> dict:
     """Train one config with early stopping on dev; returns the run's row (and writes side files).
     ``config`` names an auto-rule variant's runs (default: the config's name)."""
     import torch
@@ -156,7 +158,7 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
             from layerprobe.freezing.policy import DEFAULT_AUTO_RULE, AutoFreezePolicy
             from layerprobe.freezing.rule import Thresholds
 
-            opts = dict(auto_options or {})
+            opts = dict(auto_opts or {})
             revert = False
             if opts.get("predictor") is not None:  # the fit without this task (leave-one-task-out)
                 from layerprobe.freezing.predict import Predictor
@@ -390,7 +392,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # one thread per run: CPU time is clean on a shared machine
     data_cache: dict = {}
 
-    def do(b: TaskBudget, method: str, emb: bool, k: int, seed: int, auto_options=None,
+    def do(b: TaskBudget, method: str, emb: bool, k: int, seed: int, auto_opts=None,
            config: str | None = None) -> dict:
         path = run_file(cache, b.task, method, config or config_name(emb, k), b.lr, seed)
         row = _read_row(path, b)
@@ -401,14 +403,18 @@ def main(argv=None) -> int:
         # BBC keep their complete 2026-11 set, whose runs were all made in one session (raw CPU comparable)
         owes = owes or (at_chosen and row is not None and b.task not in ("rt", "bbc")
                         and (row.get("ref_full_step_cpu") is None or row.get("grad_hook_cpu_seconds") is None))
-        if row is not None and not owes and \
-                (method != "auto" or row.get("auto_options") == clean(auto_options or {})):
+        # an auto run stands while it is of the kind the options now ask for (the same rule, or a predictor fit
+        # without its task: refits after later tasks land do not make a held-out run stale)
+        if row is not None and not owes and (method != "auto" or config is not None and row.get("auto_options") ==
+                                             clean(auto_opts or {}) or config is None and
+                                             auto_kind(row.get("auto_options"), b.task) ==
+                                             auto_kind(auto_opts, b.task) != ("leaked",)):
             return row
         if b.task not in data_cache:
             data_cache[b.task] = task_splits(b)
-        row = run_one(b, method, emb, k, seed, data_cache[b.task], cache, not a.no_progress, auto_options, config)
+        row = run_one(b, method, emb, k, seed, data_cache[b.task], cache, not a.no_progress, auto_opts, config)
         if method == "auto":
-            row["auto_options"] = auto_options or {}
+            row["auto_options"] = auto_opts or {}
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_text(path, json.dumps(clean(row), indent=1) + "\n")
         tqdm.write(f"{b.task} {method} {row['config']:>6} lr {b.lr:g} seed {seed}: acc {row['accuracy']:.4f} "
@@ -475,10 +481,10 @@ def main(argv=None) -> int:
             elif method == "fixed":
                 do(b, "fixed", True, k, seed)
             elif variant is not None:
-                opts = _auto_options(out)
+                opts = auto_options(out)
                 do(b, "auto", False, 0, seed, {**opts, "thresholds": variant[1]}, variant[0])
             else:
-                do(b, "auto", False, 0, seed, _auto_options(out, task))
+                do(b, "auto", False, 0, seed, auto_options(out, task))
     _report(cache, out, a.smoke)
     print(f"results in {out}")
     return 0
@@ -496,26 +502,6 @@ def _fixed_order(out: str, task: str, ks: list[int]) -> list[int]:
             if k is not None and k in ks and k not in first:
                 first.append(k)
     return first + [k for k in ks if k not in first]
-
-
-def _auto_options(out: str, task: str | None = None) -> dict:
-    """The auto policy's knobs. Once the prediction is validated leave-one-task-out (>= 3 tasks), the
-    predictor fit **without** ``task`` (``loto_predictors/<task>.json``, its own inner ranking) at the
-    study's tolerance; before that the static rule as calibrated on Rotten Tomatoes (rule.json), if any."""
-    fold = os.path.join(out, "loto_predictors", f"{task}.json") if task else ""
-    if fold and os.path.exists(fold):
-        with open(fold) as fh:
-            fit = json.load(fh)
-        if fit.get("validated") and fit.get("predictors"):
-            return {"tolerance": fit["tolerance_default"], "predictor": fit["predictors"][0]}
-    path = os.path.join(out, "rule.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as fh:
-        rule = json.load(fh)
-    if not rule.get("fit"):  # no rule fit yet: the policy's own default (the relative rule)
-        return dict(rule.get("auto", {}))
-    return {"thresholds": rule["thresholds"], **rule.get("auto", {})}
 
 
 def _report(cache: str, out: str, smoke: bool) -> None:

@@ -4,6 +4,7 @@ budgets, the lr grid, LoRA's settings, config and run-file names, and the JSON c
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, replace
@@ -98,4 +99,47 @@ def clean(x):
         return bool(x)
     return x
 
+
+def auto_options(out: str, task: str | None = None) -> dict:
+    """The auto policy's knobs for ``task``. Once the prediction is validated leave-one-task-out (>= 3 tasks), the
+    predictor fit **without** ``task`` (``<out>/loto_predictors/<task>.json``, its own inner ranking) at the
+    study's tolerance; before that the static rule as calibrated on Rotten Tomatoes (``rule.json``), if any."""
+    fold = os.path.join(out, "loto_predictors", f"{task}.json") if task else ""
+    if fold and os.path.exists(fold):
+        with open(fold) as fh:
+            fit = json.load(fh)
+        if fit.get("validated") and fit.get("predictors"):
+            return {"tolerance": fit["tolerance_default"], "predictor": fit["predictors"][0]}
+    path = os.path.join(out, "rule.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        rule = json.load(fh)
+    if not rule.get("fit"):  # no rule fit yet: the policy's own default (the relative rule)
+        return dict(rule.get("auto", {}))
+    return {"thresholds": rule["thresholds"], **rule.get("auto", {})}
+
+
+def auto_kind(options: dict | None, task: str) -> tuple:
+    """What an auto run's options make it, for deciding whether a cached run still stands.
+
+    A run driven by a predictor fit without its own task (``("loto", decide)``) stays a valid held-out run when
+    later tasks refit the folds — rerunning every auto run whenever a task lands would cost hours and test
+    nothing new; a run whose predictor saw its task is ``("leaked",)``. Rule-driven runs are their thresholds.
+
+    >>> auto_kind({"tolerance": 0.01, "predictor": {"name": "cka_rel", "fit_on": ["a", "b"]}}, "c")
+    ('loto', 'point')
+    >>> auto_kind({"predictor": {"name": "cka_rel", "fit_on": ["a", "c"]}}, "c")
+    ('leaked',)
+    >>> auto_kind({"thresholds": {"min_cka": 0.99}, "settle": 0.5}, "c")
+    ('rule', '{"min_cka": 0.99}', '{"settle": 0.5}')
+    """
+    opts = clean(dict(options or {}))
+    pred = opts.get("predictor")
+    if isinstance(pred, dict):
+        if task in (pred.get("fit_on") or []):
+            return ("leaked",)
+        return ("loto", pred.get("decide", "point"))
+    rest = {k: v for k, v in opts.items() if k != "thresholds"}
+    return ("rule", json.dumps(opts.get("thresholds"), sort_keys=True), json.dumps(rest, sort_keys=True))
 

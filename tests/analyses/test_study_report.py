@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "analyses"))
 
 import freeze_study as fs  # noqa: E402
+import study_grid as sg  # noqa: E402
 import study_report as sr  # noqa: E402
 
 CKAS = {"rt": [0.9999, 0.99, 0.93, 0.75, 0.4, 0.25, 0.15], "bbc": [0.9999, 0.92, 0.87, 0.72, 0.66, 0.65, 0.54]}
@@ -190,7 +191,24 @@ def test_auto_options_use_the_fold_predictor_once_validated(tmp_path):
     pred = {"name": "revert_kl", "xs": [0.0, 1.0], "ys": [0.0, 0.1], "interval": [-0.01, 0.01], "fit_on": ["a", "b", "c"]}
     fold = {"validated": True, "tolerance_default": 0.01, "predictors": [pred]}
     (out / "loto_predictors" / "trec.json").write_text(json.dumps(fold))
-    assert fs._auto_options(str(out), "trec") == {"tolerance": 0.01, "predictor": pred}
-    assert fs._auto_options(str(out), "sms") == {"thresholds": {"min_cka": 0.99}, "settle": 0.5}
+    assert sg.auto_options(str(out), "trec") == {"tolerance": 0.01, "predictor": pred}
+    assert sg.auto_options(str(out), "sms") == {"thresholds": {"min_cka": 0.99}, "settle": 0.5}
     (out / "loto_predictors" / "trec.json").write_text(json.dumps({**fold, "validated": False}))
-    assert fs._auto_options(str(out), "trec") == {"thresholds": {"min_cka": 0.99}, "settle": 0.5}
+    assert sg.auto_options(str(out), "trec") == {"thresholds": {"min_cka": 0.99}, "settle": 0.5}
+
+
+def test_a_held_out_auto_run_stands_when_the_folds_are_refit():
+    """A cached auto run driven by a predictor fit without its task stays valid when a later task refits the
+    folds (same kind); a run whose predictor saw its task, or a rule-driven one when a predictor now drives,
+    does not."""
+    pred = {"name": "revert_kl", "xs": [0.0, 1.0], "ys": [0.0, 0.1], "interval": [-0.01, 0.01], "fit_on": ["a", "b"]}
+    then = {"tolerance": 0.01, "predictor": pred}
+    now = {"tolerance": 0.01, "predictor": {**pred, "ys": [0.0, 0.2], "fit_on": ["a", "b", "d"]}}
+    assert sg.auto_kind(then, "c") == sg.auto_kind(now, "c") == ("loto", "point")
+    assert sg.auto_kind(then, "a") == ("leaked",)
+    upper = {"tolerance": 0.01, "predictor": {**pred, "decide": "upper"}}
+    assert sg.auto_kind(upper, "c") != sg.auto_kind(then, "c")
+    rule = {"thresholds": {"min_cka": 0.99}, "settle": 0.5}
+    assert sg.auto_kind(rule, "c") != sg.auto_kind(now, "c")
+    assert sg.auto_kind(rule, "c") == sg.auto_kind({"settle": 0.5, "thresholds": {"min_cka": 0.99}}, "c")
+    assert sg.auto_kind(rule, "c") != sg.auto_kind({**rule, "thresholds": {"min_cka": 0.98}}, "c")
