@@ -35,6 +35,20 @@ def test_ddp_tracks_on_rank0_and_freezes_the_same_everywhere(tmp_path):
     assert sorted(df["step"].unique()) == [0, 2, 4, 6, 8, 10, 12] and df["frozen"].any()
 
 
+def test_ddp_revert_rows_reach_every_rank(tmp_path):
+    """The revert test runs on rank 0 at each check; its rows are broadcast with the tracker's, so every rank's
+    advice reads the same rows (before: only the broadcast of the plain rows was tested)."""
+    r = _torchrun(tmp_path, 1, track=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    rows = ranks[0]["revert_rows"]
+    assert sorted(int(s) for s in rows) == [2, 4, 6, 8, 10, 12]  # every check after the start
+    # one row per bottom prefix k = 0..n_blocks of the 4-block tiny model, agreement a share, KL >= 0
+    assert all([row["k"] for row in v] == list(range(5)) for v in rows.values())
+    assert all(0.0 <= row["agreement"] <= 1.0 and row["kl"] >= 0.0 for v in rows.values() for row in v)
+    assert ranks[1]["revert_rows"] == rows and ranks[1]["advice"] == ranks[0]["advice"]
+
+
 def test_ddp_freezing_refused_without_find_unused_parameters(tmp_path):
     r = _torchrun(tmp_path, 0)
     assert r.returncode != 0

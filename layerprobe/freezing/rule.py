@@ -365,7 +365,7 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
                   f"{'was given' if predictor is not None else 'is shipped'}): the prediction rests on "
                   f"{'CKA' if used.name.startswith('cka') else 'weight drift'}"]
     if not decide:
-        fit = f"{used.name}, fit on {', '.join(used.fit_on)}"
+        fit = f"{used.label}, fit on {', '.join(used.fit_on)}"
         if info["validated"]:
             lo = used.loto
             out["notes"] = [f"predicted accuracies from {fit} (held out, its advice kept >= 98.5% of full fine-tuning "
