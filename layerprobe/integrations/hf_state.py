@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.io.files import load_json
 
 __all__ = ["REFERENCE_FILE", "STATE_JSON", "STATE_TENSORS", "restore_state", "save_state", "stored_state"]
 
@@ -54,21 +55,49 @@ def save_state(cb: Any, ckpt: str) -> dict[str, Any] | None:
 
 
 def restore_state(cb: Any, args: Any, state: Any, model: nn.Module, resume: dict[str, Any]) -> None:
-    """Continue the run saved in the checkpoint being resumed (see :meth:`state`)."""
-    from safetensors.torch import load_file
-
-    from layerprobe.freezing.policy import restore_policy_state
-
+    """Continue the run saved in the checkpoint being resumed (see :meth:`state`). The state file is read through
+    the safety boundary (regular file, bounded, strict JSON) and a field of the wrong shape is one line naming it."""
     step = int(state.global_step)
     dirs = [os.path.join(args.output_dir, f"checkpoint-{step}"), str(resume.get("dir") or "")]
     ckpt = next((d for d in dirs if d and os.path.isfile(os.path.join(d, STATE_JSON))), None)
     if ckpt is None:
         raise LayerProbeError(f"LayerProbeCallback: resuming at step {step}, but {STATE_JSON} is in neither "
                               f"{dirs[0]} nor {dirs[1] or '(no recorded directory)'}")
-    with open(os.path.join(ckpt, STATE_JSON), encoding="utf-8") as f:
-        doc = json.load(f)
-    if int(doc.get("step", -1)) != step:
-        raise LayerProbeError(f"LayerProbeCallback: {os.path.join(ckpt, STATE_JSON)} is of step {doc.get('step')}, "
+    where = os.path.join(ckpt, STATE_JSON)
+    doc = load_json(where, "layerprobe state", allow_nan=True)  # bounded, regular file (NaN: an undefined CKA)
+    if not isinstance(doc, dict) or not isinstance(doc.get("tracker"), dict) or \
+            not isinstance(doc.get("step"), int) or isinstance(doc.get("step"), bool):
+        raise LayerProbeError("not a layerprobe state: expected an object with an integer 'step' and a "
+                              "'tracker' object (written by LayerProbeCallback with the checkpoint)", where)
+    try:
+        _restore(cb, model, doc, step, ckpt, where)
+    except LayerProbeError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:  # a field of the wrong shape
+        raise LayerProbeError(f"malformed layerprobe state ({type(exc).__name__}: {str(exc)[:200]})", where) from None
+    cb.resumed_from = step
+    cb._write()
+
+
+def stored_state(state: Any, name: str) -> dict[str, Any] | None:
+    """The pointer :meth:`LayerProbeCallback.state` left in the resumed ``trainer_state.json``."""
+    stored = (getattr(state, "stateful_callbacks", None) or {}).get(name)
+    if isinstance(stored, list):
+        stored = stored[0] if stored else None
+    if not isinstance(stored, dict):
+        return None
+    value = (stored.get("attributes") or {}).get("resume_state")
+    return value if isinstance(value, dict) else None
+
+
+def _restore(cb: Any, model: nn.Module, doc: dict[str, Any], step: int, ckpt: str, where: str) -> None:
+    """Put the callback, the model's frozen parameters and the policy back as ``doc`` (the saved state) says."""
+    from safetensors.torch import load_file
+
+    from layerprobe.freezing.policy import restore_policy_state
+
+    if doc["step"] != step:
+        raise LayerProbeError(f"LayerProbeCallback: {where} is of step {doc.get('step')}, "
                               f"the Trainer resumes at step {step}")
     cb._attach_model(model)
     if cb._measures:
@@ -83,7 +112,7 @@ def restore_state(cb: Any, args: Any, state: Any, model: nn.Module, resume: dict
         cb.tracker.every_n_steps = int(doc["tracker"]["every_n_steps"])
         cb.tracker.rows = [dict(r) for r in doc["tracker"]["rows"]]
         cb.tracker.revert_rows = checked_revert_rows(doc["tracker"].get("revert_rows"),
-                                                     os.path.join(ckpt, STATE_JSON))  # advice() agrees on every rank
+                                                     where)  # advice() agrees on every rank
     cb.probe_plan = doc.get("probe_plan")
     frozen = set(doc.get("frozen_params") or ())
     for n, p in model.named_parameters():  # before the first resumed step
@@ -95,16 +124,3 @@ def restore_state(cb: Any, args: Any, state: Any, model: nn.Module, resume: dict
         if attach is not None and getattr(cb.policy, "cache", False) and cb.policy.frozen:
             attach(model, cb.tracker.blocks)
     cb._logged_freezes = len(cb.policy.frozen) if cb.policy is not None else 0
-    cb.resumed_from = step
-    cb._write()
-
-
-def stored_state(state: Any, name: str) -> dict[str, Any] | None:
-    """The pointer :meth:`LayerProbeCallback.state` left in the resumed ``trainer_state.json``."""
-    stored = (getattr(state, "stateful_callbacks", None) or {}).get(name)
-    if isinstance(stored, list):
-        stored = stored[0] if stored else None
-    if not isinstance(stored, dict):
-        return None
-    value = (stored.get("attributes") or {}).get("resume_state")
-    return value if isinstance(value, dict) else None

@@ -172,7 +172,8 @@ def _has_lone_surrogate(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def json_loads(text: str | bytes, path: str | os.PathLike | None = None, what: str = "JSON") -> Any:
+def json_loads(text: str | bytes, path: str | os.PathLike | None = None, what: str = "JSON",
+               allow_nan: bool = False) -> Any:
     """``json.loads`` that turns every way JSON can go wrong into one line naming the file.
 
     Refused: invalid UTF-8, malformed JSON, nesting too deep (RecursionError), numbers too long to
@@ -195,7 +196,7 @@ def json_loads(text: str | bytes, path: str | os.PathLike | None = None, what: s
         raise ValueError(f"{name} is not a JSON number")
 
     try:
-        obj = json.loads(text, parse_constant=_no_constant)
+        obj = json.loads(text, parse_constant=float if allow_nan else _no_constant)
     except RecursionError:
         raise LayerProbeError(f"malformed {what}: nested too deeply", path) from None
     except ValueError as exc:  # JSONDecodeError, and int() past the digit limit
@@ -208,6 +209,8 @@ def json_loads(text: str | bytes, path: str | os.PathLike | None = None, what: s
     return obj
 
 
-def load_json(path: str | os.PathLike, what: str = "JSON file", limit: int = MAX_JSON_BYTES) -> Any:
-    """Read and parse a JSON file through :func:`read_bounded` and :func:`json_loads`."""
-    return json_loads(read_bounded(path, limit, what), path, "JSON")
+def load_json(path: str | os.PathLike, what: str = "JSON file", limit: int = MAX_JSON_BYTES,
+              allow_nan: bool = False) -> Any:
+    """Read and parse a JSON file through :func:`read_bounded` and :func:`json_loads` (``allow_nan``: read
+    ``NaN``/``Infinity`` as floats, for files layerprobe itself writes with them, e.g. a Trainer state)."""
+    return json_loads(read_bounded(path, limit, what), path, "JSON", allow_nan=allow_nan)

@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from layerprobe.errors import LayerProbeError
+from layerprobe.io.files import read_bounded
 
 if TYPE_CHECKING:  # pandas and numpy are imported when a file is read or drawn
     import pandas as pd
@@ -25,13 +26,20 @@ COLUMNS = (
 )
 
 
+#: the largest trajectory file read (a run of 10,000 checks over 100 entries writes about 100 MB)
+MAX_TRAJECTORY_BYTES = 256 << 20
+
+
 def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
     """Read and validate a trajectory CSV (a file, or a run directory that holds one).
 
     Raises:
-        LayerProbeError: no such file, unreadable, missing columns or no rows, values out of range,
-            or one step twice for an entry. Rows are returned in step order (stable).
+        LayerProbeError: no such file, not a regular file, larger than :data:`MAX_TRAJECTORY_BYTES`,
+            unreadable, missing columns or no rows, values out of range, or one step twice for an entry.
+            Rows are returned in step order (stable).
     """
+    import io
+
     import numpy as np
     import pandas as pd
 
@@ -41,8 +49,9 @@ def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
     if not os.path.isfile(path):
         raise LayerProbeError(f"no trajectory file (expected {TRAJECTORY_CSV} from LayerProbeCallback/Tracker)",
                               path)
+    data = read_bounded(path, MAX_TRAJECTORY_BYTES, "trajectory CSV")  # a FIFO or a huge file: one line, no hang
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(io.BytesIO(data))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise LayerProbeError(f"cannot read the trajectory CSV: {exc}", path) from None
     missing = [c for c in REQUIRED if c not in df.columns]

@@ -53,3 +53,17 @@ def test_rows_out_of_order_are_read_in_step_order(capsys, tmp_path):
     assert df["step"].tolist() == [100, 100, 200, 200, 300, 300]
     rc, out, err = run(["plot-trajectory", tmp_path / "t.csv", "-o", tmp_path / "t.png"], capsys)
     assert rc == 0 and (tmp_path / "t.png").exists(), err
+
+
+def test_a_trajectory_is_read_within_a_bound(capsys, tmp_path, monkeypatch):
+    """issue 20 leftover: the CSV was handed to pandas unbounded; now it goes through io.files.read_bounded."""
+    from layerprobe.results import trajectory
+
+    p = _trajectory(tmp_path, [0, 100])
+    with open(p, "r+b") as f:  # sparse: refused from its size, never read
+        f.truncate(trajectory.MAX_TRAJECTORY_BYTES + 1)
+    rc, _, err = run(["plot-trajectory", p, "-o", tmp_path / "t.png"], capsys)
+    assert_one_line(rc, err, "t.csv", "too large")
+    assert not (tmp_path / "t.png").exists()
+    monkeypatch.setattr(trajectory, "MAX_TRAJECTORY_BYTES", 10_000)  # the bound is the one the reader holds
+    assert len(trajectory.read_trajectory(_trajectory(tmp_path, range(0, 1000, 20), "u.csv"))) == 100
