@@ -21,7 +21,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from layerprobe.errors import LayerProbeError
+from layerprobe.errors import LayerProbeError, LayerProbeWarning
 from layerprobe.freezing.policy import AutoFreezePolicy, FreezePolicy
 from layerprobe.integrations.hf_state import (
     REFERENCE_FILE,
@@ -233,6 +233,8 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
             if getattr(self.policy, "cache", False):  # the cache would stand in on rank 0 only
                 cast(AutoFreezePolicy, self.policy).cache = False  # FreezePolicy has no cache
         step = int(state.global_step)
+        if self.is_main and step == 0:
+            self._warn_short_probe(kwargs.get("train_dataloader"))
         self._choose_revert(model)  # before a resume too: the restored run measures as the saved one did
         resume = self.resume_state or stored_state(state, type(self).__name__)
         if step > 0 and resume:
@@ -440,6 +442,19 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
                            "passes_per_check": mult,
                            "probe_share_planned": mult * passes * self.tracker.n_probe / (3 * examples)}
 
+    def _warn_short_probe(self, loader: Any) -> None:
+        """Warn once when probe texts are cut at ``max_length`` while the training examples are longer: the
+        probe then compares only the first ``max_length`` tokens of what the model is trained on."""
+        limit = self.tracker.max_length
+        cut = sum(1 for e in self.tracker.examples if len(e["input_ids"]) >= limit)
+        longest = _longest_training_example(loader)
+        if not cut or longest is None or longest <= limit:
+            return
+        warnings.warn(f"LayerProbeCallback: {cut} of {len(self.tracker.examples)} probe texts are cut at "
+                      f"max_length={limit} tokens while training examples reach {longest}: the probe compares only "
+                      f"their first {limit} tokens (pass max_length={longest} to see all; the probe's cost grows with "
+                      "it)", LayerProbeWarning, stacklevel=3)
+
     def _trained_model(self) -> nn.Module:
         """The model the Trainer passed to :meth:`on_train_begin`."""
         if self._model is None:
@@ -514,3 +529,16 @@ def _check_ddp_freezing(args, model) -> None:
             "LayerProbeCallback: freezing during a DDP run needs ddp_find_unused_parameters=True in "
             "TrainingArguments (frozen parameters get no gradient; with False DDP stops with 'Expected to have "
             "finished reduction in the prior iteration'); or track without a freeze policy")
+
+
+def _longest_training_example(loader: Any, sample: int = 256) -> int | None:
+    """The most tokens among the first ``sample`` examples of the Trainer's training set (``input_ids``), or None
+    when it cannot be looked at without iterating the loader (an iterable dataset, examples without ids)."""
+    dataset = getattr(loader, "dataset", None)
+    try:
+        n = min(len(dataset), sample)  # type: ignore[arg-type]
+        lengths = [len(dataset[i]["input_ids"]) for i in range(n)]  # type: ignore[index]
+    except Exception:  # noqa: BLE001 - any dataset layout: no warning rather than a failed run
+        return None
+    return max(lengths) if lengths else None
+

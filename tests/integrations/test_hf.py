@@ -137,3 +137,25 @@ def test_on_log_reaches_history_trackers_and_console(tokenizer, texts, tmp_path,
         sum(p.numel() for p in trainer.model.parameters())
     assert logged[-1]["layerprobe/frozen_fraction"] == pytest.approx(frac)
     assert torch.is_tensor(next(trainer.model.parameters()))
+
+
+def test_a_probe_shorter_than_the_training_examples_is_warned(tokenizer, texts, tmp_path):
+    """issue 19 leftover: probe texts cut at max_length while training examples are longer: one warning naming
+    both lengths; none when the probe sees whole texts."""
+    import warnings
+
+    from layerprobe.errors import LayerProbeWarning
+
+    def run(max_length):
+        cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts[:16], every_n_steps=2, max_length=max_length)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _trainer(tiny_bert(0, head=True), tokenizer, texts, tmp_path / str(max_length), [cb], steps=2).train()
+        return [str(w.message) for w in caught if issubclass(w.category, LayerProbeWarning)]
+
+    longest = max(len(ids) for ids in tokenizer(texts, truncation=True, max_length=32)["input_ids"])
+    assert longest > 6
+    short = [m for m in run(6) if "probe texts are cut" in m]
+    assert len(short) == 1 and "max_length=6 tokens" in short[0] and f"reach {longest}:" in short[0]
+    assert f"pass max_length={longest}" in short[0]
+    assert not [m for m in run(64) if "probe texts are cut" in m]
