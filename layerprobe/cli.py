@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="table", help=FORMAT_HELP)
     p.add_argument("--plot", metavar="PNG", default=None,
                    help="also draw the per-entry figure (compare --out's blocks.png) into this file")
+    p.add_argument("--plot-cross-layer", metavar="PNG", default=None,
+                   help="also draw the cross-layer CKA map (compare --cross-layer's cross_layer.png) into this file")
     p.add_argument("--title", default=None, help="figure title (default: none)")
 
     p = sub.add_parser("demo", help="the main job: MiniLM-L6 fine-tuned on Rotten Tomatoes, end to end")
@@ -308,19 +310,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     from layerprobe.results.comparison import Comparison
     from layerprobe.results.render import render
 
-    if args.plot is not None:
+    figures = [f for f in (args.plot, args.plot_cross_layer) if f is not None]
+    if len(figures) == 2 and os.path.abspath(figures[0]) == os.path.abspath(figures[1]):
+        raise LayerProbeError("--plot and --plot-cross-layer name the same file; give each its own", figures[0])
+    for png in figures:
         from layerprobe.io.outputs import check_not_an_input, check_output_file, ensure_writable_dir
 
-        check_output_file(args.plot)
-        check_not_an_input(args.plot, [args.comparison])
-        ensure_writable_dir(os.path.dirname(os.path.abspath(args.plot)))  # created (as snapshot -o), or refused now
+        check_output_file(png)
+        check_not_an_input(png, [args.comparison])
+        ensure_writable_dir(os.path.dirname(os.path.abspath(png)))  # created (as snapshot -o), or refused now
     result = Comparison.load(args.comparison)
+    if args.plot_cross_layer is not None and not result.cross_layer:  # before anything is drawn or written
+        raise LayerProbeError("holds no cross-layer map for --plot-cross-layer (compare with --cross-layer)",
+                              args.comparison)
     text = render(result, args.format)
-    if args.plot is not None:
-        from layerprobe.results.plots import plot_blocks, save_figure
+    if figures:
+        from layerprobe.results.plots import plot_blocks, plot_cross_layer, save_figure
 
-        save_figure(plot_blocks(result.to_dict(), title=args.title), args.plot, close=True)
-        _err(f"wrote {args.plot}: {len(result.blocks)} entries")
+        doc = result.to_dict()
+        if args.plot is not None:
+            save_figure(plot_blocks(doc, title=args.title), args.plot, close=True)
+            _err(f"wrote {args.plot}: {len(result.blocks)} entries")
+        if args.plot_cross_layer is not None:
+            save_figure(plot_cross_layer(doc, title=args.title), args.plot_cross_layer, close=True)
+            _err(f"wrote {args.plot_cross_layer}: the cross-layer CKA map")
     _out(text)
     return 0
 

@@ -214,6 +214,25 @@ def test_show_plots_a_saved_comparison(saved, capsys, tmp_path):
     assert saved.read_text().startswith("{")
 
 
+def test_show_plots_the_cross_layer_map(saved, capsys, tmp_path):
+    """issue 19 leftover: show --plot drew only the per-entry figure; the cross-layer map had no way back."""
+    with_map = tmp_path / "golden.json"
+    with_map.write_text(json.dumps(_golden_doc()))  # compared with cross_layer=True
+    png, blocks = tmp_path / "maps" / "cross.png", tmp_path / "maps" / "blocks.png"
+    assert main(["show", str(with_map), "--plot-cross-layer", str(png), "--plot", str(blocks)]) == 0
+    out, err = capsys.readouterr()
+    assert png.read_bytes()[:8] == blocks.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}: the cross-layer CKA map" in err and out.startswith("entry")
+    # no map in the file: one line before anything is drawn; one file for both figures: refused
+    other = tmp_path / "none.png"
+    assert main(["show", str(saved), "--plot-cross-layer", str(other), "--plot", str(tmp_path / "b.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no cross-layer map" in err and "--cross-layer" in err
+    assert not other.exists() and not (tmp_path / "b.png").exists()
+    assert main(["show", str(with_map), "--plot-cross-layer", str(png), "--plot", str(png)]) == 2
+    assert "name the same file" in capsys.readouterr().err
+
+
 def _golden_doc():
     with open(os.path.join(os.path.dirname(__file__), "golden", "comparison.json"), encoding="utf-8") as f:
         return json.load(f)
