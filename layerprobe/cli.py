@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the revert test (the tuned model with each bottom prefix reset to the base weights, on the "
                         "probe; needs a probe and a tuned model with its output head): the prediction's strongest input. "
                         "Default: run it where it can when the shipped predictor reads it; --no-revert skips it")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure what freezing each bottom prefix saves per training step on the tuned model (one "
+                        "thread, a batch of the probe; about (blocks + 2) x 5 training steps) instead of estimating "
+                        "it from parameter counts")
     p.add_argument("--max-drift", type=float, default=None,
                    help="also require relative weight drift <= this (the only criterion without CKA)")
     p.add_argument("--no-interval", action="store_true",
@@ -260,6 +264,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             [n for n in COMPARISON_FILES if args.cross_layer or not n.startswith("cross_layer")]
         check_output_names(args.out, names)
     if len(inputs) > 2:
+        if args.calibrate:  # refused, not ignored
+            raise LayerProbeError("--calibrate applies to one comparison (two inputs), not a checkpoint series")
         return _compare_series(args, inputs)
     thresholds = Thresholds(min_cka=args.min_cka, max_drift=args.max_drift, use_interval=not args.no_interval,
                             min_train_blocks=args.min_train_blocks, max_relative_change=args.max_relative_change)
@@ -267,7 +273,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      seed=args.seed, cross_layer=args.cross_layer)
     result = compare(inputs[0], inputs[1], probe=args.probe, text_column=args.text_column,
                      max_examples=args.max_examples, probe_options=_probe_options(args), cka_options=cka,
-                     thresholds=thresholds, tolerance=args.tolerance, revert=args.revert, anatomy=not args.no_anatomy,
+                     thresholds=thresholds, tolerance=args.tolerance, revert=args.revert, calibrate=args.calibrate,
+                     anatomy=not args.no_anatomy,
                      progress=not args.quiet,
                      on_undefined="raise", device=args.device, dtype=args.dtype, blocks=args.blocks,
                      embeddings=args.embeddings, weights_a=args.weights_a, weights_b=args.weights_b)

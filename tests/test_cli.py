@@ -158,6 +158,20 @@ def test_compare_revert_flag_on_model_directories(model_dirs, probe_csv, snapsho
     assert err.count("\n") == 1 and "revert test" in err and "Traceback" not in err
 
 
+def test_compare_calibrate_flag(model_dirs, probe_csv, snapshots, capsys):
+    """--calibrate on two model directories: the step cost is measured (meta.step_cost, the advice's saving says
+    so); on snapshots or a series: exit 2, one line."""
+    assert main(["compare", *map(str, model_dirs), "--probe", str(probe_csv), "--max-length", "32", "--calibrate",
+                 "--no-revert", "--format", "json", "--quiet"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert set(d["meta"]["step_cost"]["served"]) == {"embeddings", "block.0", "block.1", "block.2", "block.3"}
+    assert main(["compare", *map(str, snapshots), "--calibrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "calibrating the step cost needs" in err
+    assert main(["compare", *map(str, snapshots), str(snapshots[1]), "--calibrate"]) == 2
+    assert "--calibrate applies to one comparison" in capsys.readouterr().err
+
+
 def _subparsers():
     import argparse
 

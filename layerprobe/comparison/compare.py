@@ -174,6 +174,7 @@ def compare(
     thresholds: Thresholds | None = None,
     tolerance: float | None = None,
     revert: bool | None = None,
+    calibrate: bool = False,
     anatomy: bool = True,
     progress: bool = False,
     on_undefined: str = "warn",
@@ -205,6 +206,11 @@ def compare(
             a probe, the tuned side as a model with its output head and the base's weights; else
             :class:`LayerProbeError`), ``False`` skips it, ``None`` (default) runs it where it can when the
             shipped predictor prefers it. Costs ``n_blocks + 2`` forward passes of the probe.
+        calibrate: measure what freezing each bottom prefix saves per training step on the tuned model
+            (:func:`~layerprobe.freezing.step_cost.calibrate_prefix_savings`, one thread, at a batch of
+            ``batch_size`` probe texts) instead of estimating it from parameter counts; the savings in the
+            advice and the candidates are then measured (``meta.step_cost``). Needs a probe and the tuned side
+            as a model; costs about ``(n_blocks + 2) x 5`` training steps of a copy of the model.
         anatomy: also compute per-parameter-group drift and update ranks.
         progress: show progress bars.
         on_undefined: an entry whose representation is constant or non-finite gets
@@ -257,6 +263,10 @@ def compare(
         raise LayerProbeTypeError(f"compare: revert must be True, False or None, got {revert!r}")
     if revert and texts is None:
         raise LayerProbeError("the revert test needs a probe (it runs the tuned model with each prefix reverted)")
+    if not isinstance(calibrate, bool):
+        raise LayerProbeTypeError(f"compare: calibrate must be True or False, got {calibrate!r}")
+    if calibrate and texts is None:
+        raise LayerProbeError("calibrating the step cost needs a probe (it times training steps on a batch of it)")
     sa = resolve_side(a, texts, tokenizer, kw, label=None if not isinstance(a, Snapshot) else "A")
     sa.model = sa.tokenizer = None  # the base's weights are in its table: its model can go before the tuned one loads
     if sa.representations and sa.meta.get("pooling"):  # e.g. a snapshot file: the other side follows it
@@ -280,9 +290,30 @@ def compare(
                                               int(popts.batch_size))
         if revert and rows is None:
             raise LayerProbeError(f"the revert test cannot run: {why}")
+    savings = _calibrate(sb, texts or [], int(sb.meta.get("max_length") or popts.settle().max_length),
+                         int(popts.batch_size), blocks, embeddings) if calibrate else None
     sb.model = sb.tokenizer = None
     return compare_sides(sa, sb, thresholds=thresholds, tolerance=tolerance, anatomy=anatomy, cka_options=copts,
-                         on_undefined=on_undefined, revert=rows, revert_skipped=why, revert_notes=revert_notes)
+                         on_undefined=on_undefined, revert=rows, revert_skipped=why, revert_notes=revert_notes,
+                         prefix_savings=savings)
+
+
+def _calibrate(sb: Side, texts: Sequence[str], max_length: int, batch_size: int, blocks: str | None,
+               embeddings: str | Sequence[str] | None) -> Any:
+    """The measured step cost per frozen prefix of the tuned model, at a batch of the probe's first texts."""
+    from layerprobe.freezing.step_cost import calibrate_prefix_savings
+    from layerprobe.model.batching import collate, encode, pad_id
+    from layerprobe.model.blocks import find_blocks
+
+    if sb.model is None or sb.tokenizer is None:
+        raise LayerProbeError(f"calibrating the step cost needs the tuned side as a model run here (a model directory "
+                              f"or a model object with its tokenizer); {sb.label} is not")
+    if sb.meta.get("adapter"):
+        raise LayerProbeError(f"calibrating the step cost times full fine-tuning steps; {sb.label} is a LoRA adapter")
+    model = sb.model
+    device = next(model.parameters()).device
+    batch = collate(encode(sb.tokenizer, list(texts)[:batch_size], max_length), pad_id(sb.tokenizer), device)
+    return calibrate_prefix_savings(model, batch, find_blocks(model, blocks, embeddings))
 
 
 def _check_run_settings(a: Any, b: Any, texts: Sequence[str] | None, **given: Any) -> None:
@@ -397,6 +428,7 @@ def compare_sides(
     revert: list[dict] | None = None,
     revert_skipped: str | None = None,
     revert_notes: Sequence[str] = (),
+    prefix_savings: Any = None,
 ) -> Comparison:
     """The core of :func:`compare` once both sides are resolved (same keywords; weights are read
     from the sides' tables, one tensor pair at a time). ``revert``: rows of a revert test run on the
@@ -501,7 +533,8 @@ def compare_sides(
             other.update(weight_stats(sa, sb, OTHER, anatomy=False, reader=reader))
             other["n_params_compared"] = other.pop("n_params")
     other_params = other["n_params_compared"] if other else 0
-    rec = recommend(entries, thresholds, other_params=other_params, tolerance=tolerance, revert=revert)
+    rec = recommend(entries, thresholds, other_params=other_params, tolerance=tolerance, revert=revert,
+                    prefix_savings=prefix_savings)
     rec.notes.extend([*other_notes, *revert_notes])
     if revert_skipped:
         rec.notes.append(f"revert test not run: {revert_skipped}; the predictions use CKA and drift")
@@ -547,6 +580,10 @@ def compare_sides(
     }
     if revert:
         meta["revert"] = {"rows": [{k: r[k] for k in ("k", "agreement", "kl", "tv")} for r in revert]}
+    if prefix_savings is not None:
+        d = prefix_savings.to_dict()
+        meta["step_cost"] = {k: d[k] for k in ("full", "served", "fill", "saving", "fill_saving", "steps", "threads")}
+        meta["step_cost"]["batch_shape"] = list(prefix_savings.batch_shape)
     for key in ("progress", "adapter"):
         got = {k: s.meta[key] for k, s in (("a", sa), ("b", sb)) if s.meta.get(key) is not None}
         if got:

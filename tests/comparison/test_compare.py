@@ -224,3 +224,39 @@ def test_revert_rows_validate_against_the_schema(tokenizer, texts):
     doc = json.loads(c.to_json())
     schema.validate(doc)
     assert [r["kl"] for r in doc["meta"]["revert"]["rows"]] == [0.0] * 5  # identical weights: nothing moves
+
+
+def test_calibrate_measures_the_step_cost_on_the_tuned_model(tokenizer, texts):
+    """issue 17 §4: the savings printed were a parameter-count guess unless the user calibrated in Python;
+    compare(calibrate=True) / --calibrate times training steps per frozen prefix on the tuned model."""
+    from layerprobe.results import schema
+
+    base, tuned = tiny_bert(0, head=True), tiny_bert(1, head=True)
+    c = compare(base, tuned, texts, tokenizer, calibrate=True, revert=False, tolerance=0.5)
+    sc = c.meta["step_cost"]
+    assert list(sc["served"]) == NAMES and list(sc["fill"]) == NAMES and sc["threads"] == 1 and sc["steps"] == 3
+    assert sc["batch_shape"][0] == min(32, len(texts)) and sc["full"] > 0
+    for name in NAMES:
+        assert sc["saving"][name] == pytest.approx(1 - sc["served"][name] / sc["full"])
+    # the candidates' compute saved per prefix is the measured saving of that prefix (cumulative shares)
+    got = [cand["compute_saved"] for cand in c.recommendation.candidates]
+    assert got == pytest.approx([sc["saving"][n] for n in NAMES[: len(got)]])
+    assert any(n.startswith("compute saving measured on the model") for n in c.recommendation.notes)
+    schema.validate(json.loads(c.to_json()))
+    # the tuned model itself is left as it was (a copy is timed)
+    assert all(p.requires_grad for p in tuned.parameters())
+    without = compare(base, tuned, texts, tokenizer, revert=False, tolerance=0.5)
+    assert "step_cost" not in without.meta
+
+
+def test_calibrate_needs_a_probe_and_a_model_side(tokenizer, texts):
+    from layerprobe.errors import LayerProbeTypeError
+
+    base, tuned = tiny_bert(0, head=True), tiny_bert(1, head=True)
+    with pytest.raises(LayerProbeError, match="calibrating the step cost needs a probe"):
+        compare(base, tuned, calibrate=True)
+    snap = take_snapshot(tuned, tokenizer, texts)
+    with pytest.raises(LayerProbeError, match="needs the tuned side as a model run here"):
+        compare(take_snapshot(base, tokenizer, texts), snap, texts, calibrate=True)
+    with pytest.raises(LayerProbeTypeError, match="calibrate must be True or False"):
+        compare(base, tuned, texts, tokenizer, calibrate="yes")
