@@ -49,6 +49,8 @@ BYTES_PER_FROZEN_PARAM = 12  # fp32 gradient + AdamW's two moments, not kept for
 FEATURES = ("cka_rel", "cka_abs", "drift_rel", "revert_kl", "revert_disagree")
 #: knots accepted in one predictor (the shipped ones have 9-14)
 MAX_KNOTS = 10_000
+#: the largest magnitude of a knot or interval value: sums and differences of two stay finite (no inf, no NaN)
+MAX_VALUE = 1e300
 
 
 def _pessimistic_change(entry: Mapping[str, Any]) -> float | None:
@@ -156,12 +158,14 @@ class Predictor:
         return ys[-1]  # pragma: no cover - the loop always returns
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "predictor") -> Predictor:
+    def from_dict(cls, d: Mapping[str, Any], source: str = "predictor", *, monotone: bool = True) -> Predictor:
         """A predictor from its JSON form (an entry of ``predictor.json``'s ``predictors``), checked: a
         string ``name``, lists ``xs``/``ys`` of at most :data:`MAX_KNOTS` finite numbers with ``xs``
         increasing and ``ys`` non-decreasing, the interval ``[lo, hi]`` with ``lo <= hi``, ``fit_on`` a list of
-        strings, ``label_free`` a boolean and ``decide`` (optional) ``"point"`` or ``"upper"``. A bad one is a
-        one-line :class:`LayerProbeError` naming ``source``.
+        strings, ``label_free`` a boolean and ``decide`` (optional) ``"point"`` or ``"upper"`` (``"upper"``: with
+        ``hi >= 0``, a pessimistic end). A bad one is a one-line :class:`LayerProbeError` naming ``source``.
+        Numbers are at most :data:`MAX_VALUE` in size. ``monotone=False`` skips the order of ``ys`` (a
+        :class:`Predictor` built directly, see :func:`check_predictor`).
 
         >>> Predictor.from_dict({"name": "cka_rel", "xs": [0, 1], "ys": [0, 0.2], "interval": [-0.01, 0.01],
         ...                      "fit_on": ["a"]}).loss(0.25)
@@ -195,6 +199,8 @@ class Predictor:
                     f = math.inf
                 if not math.isfinite(f):
                     raise bad(f"{name!r}: {key}[{i}] is not a finite number")
+                if abs(f) > MAX_VALUE:  # before: xs [-1e308, 1e308] interpolated as flat, ys to -inf
+                    raise bad(f"{name!r}: {key}[{i}] is beyond ±{MAX_VALUE:g}")
                 out.append(f)
             return tuple(out)
 
@@ -206,7 +212,7 @@ class Predictor:
             raise bad(f"{name!r}: interval must be [lo, hi] with lo <= hi, got {list(interval)}")
         if not all(a < b for a, b in zip(xs, xs[1:])):
             raise bad(f"{name!r}: xs must be increasing")
-        if not all(a <= b for a, b in zip(ys, ys[1:])):
+        if monotone and not all(a <= b for a, b in zip(ys, ys[1:])):
             raise bad(f"{name!r}: ys must be non-decreasing")
         fit_on = d.get("fit_on") or []
         if not isinstance(fit_on, (list, tuple)) or not all(isinstance(t, str) for t in fit_on):
@@ -217,6 +223,8 @@ class Predictor:
         decide = d.get("decide", "point")
         if decide not in ("point", "upper"):
             raise bad(f"{name!r}: decide must be 'point' or 'upper', got {_shown(decide)}")
+        if decide == "upper" and interval[1] < 0:  # else 'upper' would advise more than the point prediction
+            raise bad(f"{name!r}: decide 'upper' needs an interval whose upper end is >= 0, got {list(interval)}")
         raw = d.get("loto")
         loto: dict[str, Any] = dict(raw) if isinstance(raw, Mapping) else {}
         for key in ("tasks", "tasks_ge_985"):  # counts of held-out tasks: read as numbers by validated and the notes
@@ -245,6 +253,10 @@ def check_predictor(predictor: Any, revert: bool | None = None, where: str = "pr
 
         raise LayerProbeTypeError(f"{where} must be a layerprobe Predictor (Predictor.from_dict), got "
                                   f"{type(predictor).__name__}")
+    # one built directly gets the same checks (before: decide='lower' read as 'point', empty xs an IndexError)
+    Predictor.from_dict({"name": predictor.name, "xs": predictor.xs, "ys": predictor.ys, "interval": predictor.interval,
+                         "fit_on": predictor.fit_on, "label_free": predictor.label_free, "decide": predictor.decide,
+                         "loto": predictor.loto}, where, monotone=False)
     if predictor.name not in FEATURES:
         raise LayerProbeError(f"{where} {predictor.name!r} predicts from a measurement layerprobe does not take; "
                               f"expected one of {', '.join(FEATURES)}")

@@ -225,6 +225,13 @@ GOOD = {"name": "cka_rel", "xs": [0, 1], "ys": [0, 0.1], "interval": [-0.01, 0.0
     ({"loto": {"tasks": 1e400}}, "loto.tasks must be a count of tasks"),  # before: OverflowError in validated
     ({"decide": "lower"}, "decide must be 'point' or 'upper', got 'lower'"),
     ({"decide": None}, "decide must be 'point' or 'upper', got None"),
+    # review-b: before, xs [-1e308, 1e308] interpolated as flat (every prefix 100%) and ys [0, 1e308] gave -inf
+    ({"xs": [-1e308, 1e308]}, r"'cka_rel': xs\[0\] is beyond ±1e\+300$"),
+    ({"ys": [0, 1e308]}, r"'cka_rel': ys\[1\] is beyond ±1e\+300$"),
+    ({"interval": [-1e301, 0]}, r"'cka_rel': interval\[0\] is beyond ±1e\+300$"),
+    # before: 'upper' with a negative upper end advised more than the point prediction
+    ({"decide": "upper", "interval": [-0.05, -0.02]},
+     r"'cka_rel': decide 'upper' needs an interval whose upper end is >= 0, got \[-0.05, -0.02\]$"),
 ])
 def test_malformed_predictors_are_one_line_naming_the_source(change, message):
     with pytest.raises(LayerProbeError, match=message) as exc:
@@ -272,3 +279,29 @@ def test_a_broken_shipped_file_is_one_line(tmp_path, monkeypatch):
                 pr.shipped_meta()
         finally:
             pr._shipped.cache_clear()
+
+
+@pytest.mark.parametrize("built, message", [
+    # before: advised as 'point' while recommendation.predictor said decide 'lower' (outside the schema's enum)
+    (pr.Predictor("cka_rel", (0.0, 1.0), (0.0, 0.1), (0.0, 0.5), ("a",), decide="lower"),
+     "predictor: not a freeze predictor: 'cka_rel': decide must be 'point' or 'upper', got 'lower'"),
+    (pr.Predictor("cka_rel", (), (), (0.0, 0.0), ("a",)),  # before: IndexError from inside loss()
+     "predictor: not a freeze predictor: 'cka_rel': needs as many xs as ys, at least one (got 0 and 0)"),
+    (pr.Predictor("cka_rel", (0.0, 1.0), (0.0, 0.1), (math.nan, math.nan), ("a",)),  # before: a NaN interval shown
+     "predictor: not a freeze predictor: 'cka_rel': interval[0] is not a finite number"),
+    (pr.Predictor("cka_rel", (0.0, 1.0), (0.0, 0.1), (-0.05, -0.01), ("a",), decide="upper"),
+     "predictor: not a freeze predictor: 'cka_rel': decide 'upper' needs an interval whose upper end is >= 0, "
+     "got [-0.05, -0.01]"),
+])
+def test_a_predictor_built_directly_gets_the_same_checks(built, message):
+    from layerprobe.freezing.policy import AutoFreezePolicy
+    from layerprobe.freezing.rule import recommend
+
+    for call in (lambda: recommend(_entries(), tolerance=0.02, predictor=built),
+                 lambda: pr.predict_prefixes(_entries(), predictor=built)):
+        with pytest.raises(LayerProbeError) as exc:
+            call()
+        assert str(exc.value) == message
+    with pytest.raises(LayerProbeError) as exc:
+        AutoFreezePolicy(predictor=built)
+    assert str(exc.value) == message.replace("predictor:", "AutoFreezePolicy: predictor:", 1)
