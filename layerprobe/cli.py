@@ -311,6 +311,16 @@ def _compare_series(args: argparse.Namespace, inputs: list[str]) -> int:
     return 0
 
 
+def _same_output(a: str, b: str) -> bool:
+    """Whether two output paths end in one file (spelled differently, through a symlink, or hard-linked)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet: then only the same path is the same file
+        return False
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """Re-render (and re-plot) a saved comparison without the models; the file is read through the
     file guards and held to the JSON contract (``Comparison.load``): a bad file is one line, exit 2."""
@@ -318,7 +328,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from layerprobe.results.render import render
 
     figures = [f for f in (args.plot, args.plot_cross_layer) if f is not None]
-    if len(figures) == 2 and os.path.abspath(figures[0]) == os.path.abspath(figures[1]):
+    if len(figures) == 2 and _same_output(figures[0], figures[1]):  # also via a symlink or a hard link
         raise LayerProbeError("--plot and --plot-cross-layer name the same file; give each its own", figures[0])
     for png in figures:
         from layerprobe.io.outputs import check_not_an_input, check_output_file, ensure_writable_dir
@@ -330,6 +340,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.plot_cross_layer is not None and not result.cross_layer:  # before anything is drawn or written
         raise LayerProbeError("holds no cross-layer map for --plot-cross-layer (compare with --cross-layer)",
                               args.comparison)
+    if args.plot_cross_layer is not None:
+        from layerprobe.results.plots import MAX_CROSS_LAYER_NAMES, cross_layer_problem
+
+        problem = cross_layer_problem(result.cross_layer, MAX_CROSS_LAYER_NAMES)
+        if problem is not None:  # before: a traceback, a map drawn wrong, or memory exhausted
+            raise LayerProbeError(f"{problem}: cannot draw --plot-cross-layer", args.comparison)
     text = render(result, args.format)
     if figures:
         from layerprobe.results.plots import plot_blocks, plot_cross_layer, save_figure

@@ -247,6 +247,59 @@ def test_show_plots_the_cross_layer_map(saved, capsys, tmp_path):
     assert "name the same file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("spelling", ["symlink", "linked_dir", "hardlink"])
+def test_show_refuses_one_file_for_both_figures_however_spelled(tmp_path, capsys, monkeypatch, spelling):
+    """review-b: only abspath was compared, so a symlink or a hard link let the second figure replace the first."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "golden.json").write_text(json.dumps(_golden_doc()))
+    (tmp_path / "figs").mkdir()
+    if spelling == "symlink":  # the link's target does not exist yet
+        os.symlink("a.png", "figs/l.png")
+        first, second = "figs/a.png", "figs/l.png"
+    elif spelling == "linked_dir":
+        os.symlink("figs", "also")
+        first, second = "figs/a.png", "also/a.png"
+    else:
+        (tmp_path / "figs" / "a.png").write_bytes(b"old")
+        os.link("figs/a.png", "figs/h.png")
+        first, second = "figs/a.png", "figs/h.png"
+    assert main(["show", "golden.json", "--plot", first, "--plot-cross-layer", second]) == 2
+    err = capsys.readouterr().err
+    assert err == f"layerprobe: error: {first}: --plot and --plot-cross-layer name the same file; give each its own\n"
+    assert sorted(os.listdir("figs")) == (["a.png", "h.png"] if spelling == "hardlink" else
+                                          ["l.png"] if spelling == "symlink" else [])
+    if spelling == "hardlink":
+        assert (tmp_path / "figs" / "a.png").read_bytes() == b"old"
+
+
+def _cross(doc, **change):
+    return {**doc, "cross_layer": {**doc["cross_layer"], **change}}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_names", "its cross-layer map names no entries"),  # before: IndexError traceback
+    ("ragged", "its cross-layer map 'base' is not 5 x 5 (a row and a column per name)"),  # before: a ValueError
+    ("narrow", "its cross-layer map 'tuned' is not 5 x 5 (a row and a column per name)"),  # before: drawn, wrong
+    ("fewer_names", "its cross-layer map 'base_vs_tuned' is not 4 x 4 (a row and a column per name)"),
+    ("too_many", "its cross-layer map has 3,000 entries, more than the 256 drawn"),  # before: std::bad_alloc
+])
+def test_show_refuses_a_malformed_cross_layer_map_before_drawing(tmp_path, capsys, case, message):
+    doc = _golden_doc()
+    x = doc["cross_layer"]
+    doc = {"no_names": lambda: _cross(doc, names=[], base_vs_tuned=[], base=[], tuned=[]),
+           "ragged": lambda: _cross(doc, base=[x["base"][0], x["base"][1][:3], *x["base"][2:]]),
+           "narrow": lambda: _cross(doc, tuned=[r[:2] for r in x["tuned"]]),
+           "fewer_names": lambda: _cross(doc, names=x["names"][:4]),
+           "too_many": lambda: _cross(doc, names=[f"e{i}" for i in range(3000)])}[case]()
+    src = tmp_path / "c.json"
+    src.write_text(json.dumps(doc))
+    cross, blocks = tmp_path / "out" / "cross.png", tmp_path / "out" / "blocks.png"
+    assert main(["show", str(src), "--plot-cross-layer", str(cross), "--plot", str(blocks)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"layerprobe: error: {src}: {message}: cannot draw --plot-cross-layer\n" and out == ""
+    assert not cross.exists() and not blocks.exists()
+
+
 def _golden_doc():
     with open(os.path.join(os.path.dirname(__file__), "golden", "comparison.json"), encoding="utf-8") as f:
         return json.load(f)

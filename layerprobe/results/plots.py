@@ -17,8 +17,8 @@ import pandas as pd
 from layerprobe.io.outputs import atomic_write
 from layerprobe.results.rows import entry_rows
 
-__all__ = ["ADVICE_COLOURS", "blocks_frame", "cka_limits", "plot_blocks", "plot_cross_layer", "plot_tradeoff",
-           "save_figure"]
+__all__ = ["ADVICE_COLOURS", "MAX_CROSS_LAYER_NAMES", "blocks_frame", "cka_limits", "cross_layer_problem",
+           "plot_blocks", "plot_cross_layer", "plot_tradeoff", "save_figure"]
 
 #: advice colours (colour-blind safe): freeze blue, train orange
 ADVICE_COLOURS = {True: "#0072B2", False: "#E69F00"}
@@ -214,6 +214,33 @@ def plot_tradeoff(result: dict, path: str | os.PathLike | None = None, title: st
     return fig
 
 
+#: most entries ``layerprobe show --plot-cross-layer`` draws a map of (0.35 inch each, three panels: at 256
+#: about 33,000 x 11,000 pixels; a file naming thousands asked for more memory than the machine had)
+MAX_CROSS_LAYER_NAMES = 256
+
+
+def cross_layer_problem(x: Any, max_names: int | None = None) -> str | None:
+    """Why a comparison's ``cross_layer`` cannot be drawn, or None: it needs at least one name (at most
+    ``max_names``) and three maps of one row and one column per name, of numbers or nulls.
+
+    >>> cross_layer_problem({"names": ["a", "b"], "base_vs_tuned": [[1, 0.5], [0.5]], "base": [], "tuned": []})
+    "its cross-layer map 'base_vs_tuned' is not 2 x 2 (a row and a column per name)"
+    """
+    names = x.get("names") if isinstance(x, dict) else None
+    if not isinstance(names, list) or not names:
+        return "its cross-layer map names no entries"
+    n = len(names)
+    if max_names is not None and n > max_names:
+        return f"its cross-layer map has {n:,} entries, more than the {max_names:,} drawn"
+    for key in ("base_vs_tuned", "base", "tuned"):
+        m = x.get(key)
+        if not isinstance(m, list) or len(m) != n or any(not isinstance(r, list) or len(r) != n for r in m):
+            return f"its cross-layer map {key!r} is not {n} x {n} (a row and a column per name)"
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for r in m for v in r):
+            return f"its cross-layer map {key!r} holds a value that is neither a number nor null"
+    return None
+
+
 def plot_cross_layer(result: dict, path: str | os.PathLike | None = None, title: str | None = None, *,
                      ax: Any = None) -> Any:
     """Three heatmaps from a comparison dict's ``"cross_layer"``: A vs B, within A, within B.
@@ -226,6 +253,11 @@ def plot_cross_layer(result: dict, path: str | os.PathLike | None = None, title:
     import seaborn as sns
 
     x = result["cross_layer"]
+    problem = cross_layer_problem(x)
+    if problem is not None:  # before: a ragged map drawn silently wrong, or a ValueError from numpy
+        from layerprobe.errors import LayerProbeError
+
+        raise LayerProbeError(f"cannot draw the cross-layer map: {problem}")
     names = x["names"]
     panels = [("base_vs_tuned", "base (rows) vs tuned (columns)"), ("base", "within base"),
               ("tuned", "within tuned")]
