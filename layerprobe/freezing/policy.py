@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from layerprobe.errors import LayerProbeError
+from layerprobe.errors import LayerProbeError, one_line
 from layerprobe.freezing.apply import freeze, trainable_parameters
 from layerprobe.io.outputs import atomic_write_text
 from layerprobe.model.blocks import Blocks
@@ -430,8 +430,42 @@ def policy_state(policy: FreezePolicy | AutoFreezePolicy) -> dict[str, Any]:
     return {k: copy.deepcopy(getattr(policy, k)) for k in _RUN_STATE.get(type(policy).__name__, ())}
 
 
+def _run_state_ok(key: str, v: Any) -> bool:
+    """Whether ``v`` (read back from JSON) has the shape of the run-state field ``key``."""
+    def num(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    def count(x: Any) -> bool:
+        return type(x) is int  # noqa: E721 (true is not a count)
+
+    if key == "log":
+        return isinstance(v, list) and all(isinstance(r, dict) for r in v)
+    if key == "frozen":
+        return isinstance(v, list) and all(isinstance(n, str) for n in v)
+    if key in ("cache", "_lr_peaked"):
+        return isinstance(v, bool)
+    if key == "cache_refused":
+        return v is None or isinstance(v, str)
+    if key == "_last_rate":
+        return num(v)
+    if key in ("_checks", "_last_step"):
+        return count(v) or (key == "_last_step" and v is None)
+    ok = num if key == "_peak" else count  # _streak, freeze_steps, _advised, _settled: counts or steps per entry
+    return isinstance(v, dict) and all(isinstance(n, str) and ok(x) for n, x in v.items())
+
+
 def restore_policy_state(policy: FreezePolicy | AutoFreezePolicy, state: dict[str, Any]) -> None:
-    """Put back :func:`policy_state`'s values (the frozen prefix itself is re-applied by the caller)."""
-    for k in _RUN_STATE.get(type(policy).__name__, ()):
-        if k in state:
-            setattr(policy, k, state[k])
+    """Put back :func:`policy_state`'s values (the frozen prefix itself is re-applied by the caller).
+
+    Raises:
+        ValueError: ``state`` is not an object or a field has the wrong shape (e.g. ``frozen`` not a list of entry
+            names), before any field is set (else the run would fail at a later check, from inside the Trainer).
+    """
+    if not isinstance(state, dict):
+        raise ValueError(f"the policy state must be an object, got {type(state).__name__}")
+    keys = [k for k in _RUN_STATE.get(type(policy).__name__, ()) if k in state]
+    bad = next((k for k in keys if not _run_state_ok(k, state[k])), None)
+    if bad is not None:
+        raise ValueError(f"policy.{bad} has the wrong shape: {one_line(repr(state[bad]), 60)}")
+    for k in keys:
+        setattr(policy, k, state[k])

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from layerprobe.errors import LayerProbeError
+from layerprobe.errors import LayerProbeError, one_line
 from layerprobe.io.files import load_json
 
 __all__ = ["REFERENCE_FILE", "STATE_JSON", "STATE_TENSORS", "restore_state", "save_state", "stored_state"]
@@ -73,8 +73,9 @@ def restore_state(cb: Any, args: Any, state: Any, model: nn.Module, resume: dict
         _restore(cb, model, doc, step, ckpt, where)
     except LayerProbeError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:  # a field of the wrong shape
-        raise LayerProbeError(f"malformed layerprobe state ({type(exc).__name__}: {str(exc)[:200]})", where) from None
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # a field of the wrong shape (or Infinity)
+        raise LayerProbeError(f"malformed layerprobe state ({type(exc).__name__}: {one_line(exc, 200)})",
+                              where) from None
     cb.resumed_from = step
     cb._write()
 
@@ -99,13 +100,15 @@ def _restore(cb: Any, model: nn.Module, doc: dict[str, Any], step: int, ckpt: st
     if doc["step"] != step:
         raise LayerProbeError(f"LayerProbeCallback: {where} is of step {doc.get('step')}, "
                               f"the Trainer resumes at step {step}")
+    _check_fields(doc)
     cb._attach_model(model)
     if cb._measures:
-        weights = load_file(str(doc["reference"])) if os.path.isfile(str(doc["reference"])) else None
-        if weights is None:
-            raise LayerProbeError(f"LayerProbeCallback: the drift reference {doc['reference']} is gone "
+        if not os.path.isfile(str(doc["reference"])):
+            raise LayerProbeError(f"LayerProbeCallback: the drift reference {one_line(doc['reference'], 300)} is gone "
                                   "(written once per run in output_dir)")
-        cb.tracker.restore_state(model, doc["tracker"], load_file(os.path.join(ckpt, STATE_TENSORS)), weights)
+        weights = _tensors(load_file, str(doc["reference"]), "the drift reference")
+        reps = _tensors(load_file, os.path.join(ckpt, STATE_TENSORS), "the saved probe representations")
+        cb.tracker.restore_state(model, doc["tracker"], reps, weights)
     else:
         from layerprobe.tracking.tracker import checked_revert_rows
 
@@ -114,7 +117,7 @@ def _restore(cb: Any, model: nn.Module, doc: dict[str, Any], step: int, ckpt: st
         cb.tracker.revert_rows = checked_revert_rows(doc["tracker"].get("revert_rows"),
                                                      where)  # advice() agrees on every rank
     cb.probe_plan = doc.get("probe_plan")
-    frozen = set(doc.get("frozen_params") or ())
+    frozen = set(doc.get("frozen_params") or ())  # a list of names (_check_fields): a string is not its characters
     for n, p in model.named_parameters():  # before the first resumed step
         if n in frozen:
             p.requires_grad_(False)
@@ -124,3 +127,33 @@ def _restore(cb: Any, model: nn.Module, doc: dict[str, Any], step: int, ckpt: st
         if attach is not None and getattr(cb.policy, "cache", False) and cb.policy.frozen:
             attach(model, cb.tracker.blocks)
     cb._logged_freezes = len(cb.policy.frozen) if cb.policy is not None else 0
+
+
+def _check_fields(doc: dict[str, Any]) -> None:
+    """The fields read later in the run, held to their shape now (a ValueError names the field): before, rows
+    without a step, ``every_n_steps`` 0 or a policy of the wrong shape failed at a later check, from inside
+    ``Trainer.train``, and ``frozen_params`` as a string or an object froze nothing."""
+    tracker = doc["tracker"]
+    rows = tracker.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and type(r.get("step")) is int for r in rows):
+        raise ValueError("tracker.rows must be a list of rows, each with an integer 'step'")
+    for key in ("every_n_steps", "n_probe"):
+        v = tracker.get(key)
+        if type(v) is not int or v < 1:  # noqa: E721 (true is not a count)
+            raise ValueError(f"tracker.{key} must be an integer >= 1, got {one_line(repr(v), 40)}")
+    names = doc.get("frozen_params")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"frozen_params must be a list of parameter names, got {one_line(repr(names), 40)}")
+    if doc.get("policy") is not None and not isinstance(doc["policy"], dict):
+        raise ValueError(f"policy must be an object or null, got {type(doc['policy']).__name__}")
+
+
+def _tensors(load_file: Any, path: str, what: str) -> dict[str, Any]:
+    """``load_file(path)``, or one line naming ``path``: missing, unreadable or not a safetensors file."""
+    from safetensors import SafetensorError
+
+    try:
+        tensors: dict[str, Any] = load_file(path)
+    except (OSError, SafetensorError) as exc:
+        raise LayerProbeError(f"LayerProbeCallback: cannot read {what} ({one_line(exc, 200)})", path) from None
+    return tensors
