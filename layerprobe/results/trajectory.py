@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from layerprobe.errors import LayerProbeError
+from layerprobe.errors import LayerProbeError, one_line
 from layerprobe.io.files import read_bounded
 
 if TYPE_CHECKING:  # pandas and numpy are imported when a file is read or drawn
@@ -53,14 +53,14 @@ def read_trajectory(path: str | os.PathLike) -> pd.DataFrame:
     try:
         df = pd.read_csv(io.BytesIO(data))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise LayerProbeError(f"cannot read the trajectory CSV: {exc}", path) from None
+        raise LayerProbeError(f"cannot read the trajectory CSV: {one_line(exc, 200)}", path) from None  # pandas ends some with a newline
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise LayerProbeError(f"trajectory CSV lacks columns {missing}; found {list(df.columns)}", path)
+        raise LayerProbeError(f"trajectory CSV lacks columns {missing}; found {one_line(list(df.columns), 300)}", path)
     if df.empty:
         raise LayerProbeError("trajectory CSV has no rows", path)
     for c in ("step", "cka_to_start", "weight_drift"):
-        if not pd.api.types.is_numeric_dtype(df[c]):
+        if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):  # True is not step 1
             raise LayerProbeError(f"trajectory column {c!r} is not numeric", path)
     # values a trajectory can hold (the plot's axis arithmetic overflows on 1e308 and the like)
     checks = (("step", lambda v: v.notna() & np.isfinite(v) & (v >= 0) & (v < 2.0 ** 63), "finite steps >= 0"),

@@ -67,3 +67,40 @@ def test_a_trajectory_is_read_within_a_bound(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "t.png").exists()
     monkeypatch.setattr(trajectory, "MAX_TRAJECTORY_BYTES", 10_000)  # the bound is the one the reader holds
     assert len(trajectory.read_trajectory(_trajectory(tmp_path, range(0, 1000, 20), "u.csv"))) == 100
+
+
+HEADER = "step,block,cka_to_start,cka_to_previous,weight_drift\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    # review-b: pandas' tokenizer message ends with a newline (the error was two lines)
+    (HEADER + "0,embeddings,1.0,,0.0\n2,embeddings,0.9,0.9,0.1,extra\n",
+     "cannot read the trajectory CSV: Error tokenizing data. C error: Expected 5 fields in line 3, saw 6"),
+    # a step column of booleans was read as steps 1 and 0
+    (HEADER + "True,embeddings,1.0,,0.0\nFalse,block.0,1.0,,0.0\n", "trajectory column 'step' is not numeric"),
+])
+def test_a_damaged_trajectory_is_exactly_one_line(capsys, tmp_path, text, message):
+    from layerprobe.errors import LayerProbeError
+    from layerprobe.results.trajectory import read_trajectory
+
+    p = tmp_path / "t.csv"
+    p.write_text(text)
+    with pytest.raises(LayerProbeError) as exc:
+        read_trajectory(p)
+    assert str(exc.value) == f"{p}: {message}"
+    rc, _, err = run(["plot-trajectory", p, "-o", tmp_path / "t.png"], capsys)
+    assert rc == 2 and err == f"layerprobe: error: {p}: {message}\n" and not (tmp_path / "t.png").exists()
+
+
+def test_a_header_of_many_columns_is_named_in_a_bounded_line(tmp_path):
+    """review-b: 200,000 unknown columns made a 2 MB error message."""
+    from layerprobe.errors import LayerProbeError
+    from layerprobe.results.trajectory import read_trajectory
+
+    p = tmp_path / "t.csv"
+    p.write_text(",".join(f"c{i}" for i in range(200_000)) + "\n" + ",".join("1" * 200_000) + "\n")
+    with pytest.raises(LayerProbeError) as exc:
+        read_trajectory(p)
+    msg = str(exc.value)
+    assert msg.startswith(f"{p}: trajectory CSV lacks columns ['step', 'block', 'cka_to_start', 'cka_to_previous', "
+                          "'weight_drift']; found ['c0', 'c1', ") and msg.endswith("...") and len(msg) < 600
