@@ -122,7 +122,12 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
     # the auto policy checks half as often as the full run's tracker (fewer probe passes: it pays for them)
     checks = b.checks_per_epoch if method == "full" else max(1, b.checks_per_epoch // 2)
     check_every = max(1, per_epoch // checks)
-    n_track = b.track_probe_size if method == "full" else auto_probe_size(b.track_probe_size, len(train), checks)
+    # the auto run's probe is sized as LayerProbeCallback sizes it: with a revert_* predictor every check also runs
+    # the revert test (n_blocks + 2 more probe passes), so the same share of training buys fewer texts
+    pred = (auto_opts or {}).get("predictor") if method == "auto" else None
+    passes = N_BLOCKS + 3 if isinstance(pred, dict) and str(pred.get("name", "")).startswith("revert") else 1
+    n_track = b.track_probe_size if method == "full" else \
+        auto_probe_size(b.track_probe_size, len(train) // passes, checks)
     probe_texts = probe["text"].tolist()
     side: dict = {}
     on_step = []
