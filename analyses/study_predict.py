@@ -302,6 +302,24 @@ def study_table(runs: pd.DataFrame, chosen_lr: dict[str, float], read: Callable[
     return pd.DataFrame(out_rows), pd.DataFrame(feat_rows)
 
 
+def complete(outcomes: pd.DataFrame, feats: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Only the tasks whose every prefix ``k`` in :data:`KS` is measured enter the leave-one-task-out: a task
+    part-way through its fixed-prefix scan has no oracle yet and would fit on a few prefixes. Returns the
+    outcomes and features of the complete tasks and the names of those left out.
+
+    >>> o = pd.DataFrame({"task": ["a"] * len(KS) + ["b"], "k": list(KS) + [0]})
+    >>> f = pd.DataFrame({"task": ["a", "b"], "k": [0, 0]})
+    >>> [len(x) for x in complete(o, f)[:2]], complete(o, f)[2]
+    ([7, 1], ['b'])
+    """
+    if not len(outcomes):
+        return outcomes, feats, []
+    done = {t for t, g in outcomes.groupby("task") if set(KS) <= set(int(k) for k in g.k)}
+    left = sorted(set(outcomes.task) - done)
+    keep_f = feats[feats.task.isin(done)] if len(feats) else feats
+    return outcomes[outcomes.task.isin(done)], keep_f, left
+
+
 # %% fit and predict
 class Fit:
     """A fitted candidate: isotonic map(s) from feature to loss, and the residual interval."""

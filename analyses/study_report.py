@@ -309,7 +309,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     runs = runs[runs.apply(current, axis=1)] if len(runs) else runs
     info: dict = {"_auto_variants": variants, "_superseded_auto": len(superseded),
                   "_predictors": {"scores": pred["scores"].to_dict("records") if len(pred["scores"]) else [],
-                                  "winner": pred["winner"]},
+                                  "winner": pred["winner"], "incomplete": pred["incomplete"]},
                   "_loto_targets": loto_targets(pred, runs)}
     summary = []
     for task in budgets:
@@ -389,7 +389,9 @@ def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str) -> dict:
     import study_predict as sp
 
     outcomes, feats = sp.study_table(runs, chosen, cache=cache)
-    res: dict = {"scores": pd.DataFrame(), "advice": {}, "outcomes": outcomes, "winner": None}
+    outcomes, feats, incomplete = sp.complete(outcomes, feats)  # a task part-way through its scan waits
+    res: dict = {"scores": pd.DataFrame(), "advice": {}, "outcomes": outcomes, "winner": None,
+                 "incomplete": incomplete}
     n_tasks = len(set(outcomes.task) & set(feats.task)) if len(outcomes) and len(feats) else 0
     if n_tasks < 2:
         return res
@@ -605,7 +607,9 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
               f"The best candidate layerprobe can compute and ship: **{lt['candidate']}**, fit on the other tasks and "
               "advising each held-out task at tolerance 1% (end-of-run measurements). Auto: the study's same-run "
               "auto freeze, driven by the predictor fit without the task (`loto_predictors/<task>.json`). CPU saved "
-              "is per epoch, against the same seed's full run.", "",
+              "is per epoch, against the same seed's full run."
+              + (f" Not yet in (fixed-prefix scan incomplete): {', '.join(pr_inc)}." if (pr_inc := (
+                  info.get('_predictors') or {}).get('incomplete')) else ""), "",
               "| task | advised (per seed) | advice rel. acc | CPU/epoch saved | oracle | oracle saved | regret | "
               "auto rel. acc | auto CPU / full | auto CPU/epoch / full |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
         for task, v in lt["tasks"].items():
