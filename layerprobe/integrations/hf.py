@@ -535,9 +535,16 @@ def _longest_training_example(loader: Any, sample: int = 256) -> int | None:
     """The most tokens among the first ``sample`` examples of the Trainer's training set (``input_ids``), or None
     when it cannot be looked at without iterating the loader (an iterable dataset, examples without ids)."""
     dataset = getattr(loader, "dataset", None)
+
+    def tokens(ids: Any) -> int:
+        if isinstance(ids, (str, bytes)):
+            raise TypeError("text, not token ids")
+        shape = getattr(ids, "shape", None)
+        return int(shape[-1]) if shape is not None and len(shape) else len(ids)  # [L] or [1, L]: the last axis
+
     try:
         n = min(len(dataset), sample)  # type: ignore[arg-type]
-        lengths = [len(dataset[i]["input_ids"]) for i in range(n)]  # type: ignore[index]
+        lengths = [tokens(dataset[i]["input_ids"]) for i in range(n)]  # type: ignore[index]
     except Exception:  # noqa: BLE001 - any dataset layout: no warning rather than a failed run
         return None
     return max(lengths) if lengths else None

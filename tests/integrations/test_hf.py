@@ -159,3 +159,19 @@ def test_a_probe_shorter_than_the_training_examples_is_warned(tokenizer, texts, 
     assert len(short) == 1 and "max_length=6 tokens" in short[0] and f"reach {longest}:" in short[0]
     assert f"pass max_length={longest}" in short[0]
     assert not [m for m in run(64) if "probe texts are cut" in m]
+
+
+def test_the_longest_training_example_reads_token_ids_of_any_layout():
+    import torch
+
+    from layerprobe.integrations.hf import _longest_training_example
+
+    class Loader:
+        def __init__(self, items):
+            self.dataset = items
+
+    assert _longest_training_example(Loader([{"input_ids": [1, 2, 3]}, {"input_ids": [1] * 7}])) == 7
+    assert _longest_training_example(Loader([{"input_ids": torch.ones(1, 9, dtype=torch.long)}])) == 9  # was 1
+    assert _longest_training_example(Loader([{"input_ids": torch.ones(5, dtype=torch.long)}])) == 5
+    assert _longest_training_example(Loader([{"input_ids": "a text, not ids"}])) is None  # was its characters
+    assert _longest_training_example(Loader([])) is None and _longest_training_example(None) is None
