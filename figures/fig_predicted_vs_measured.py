@@ -22,7 +22,9 @@ def main() -> None:
     pairs = pd.read_csv(path) if os.path.exists(path) and os.path.getsize(path) > 1 else pd.DataFrame()
     spath = os.path.join(a.results, "predictor_scores.csv")
     scores = pd.read_csv(spath) if os.path.exists(spath) and os.path.getsize(spath) > 1 else pd.DataFrame()
-    cands = [c for c in (scores.candidate.tolist() if len(scores) else []) if len(pairs) and c in set(pairs.candidate)]
+    # a decision variant (``cand@upper``) shares its candidate's predictions: one panel per measurement, in rank order
+    ranked = [c.split("@")[0] for c in (scores.candidate.tolist() if len(scores) else [])]
+    cands = [c for i, c in enumerate(ranked) if c not in ranked[:i] and len(pairs) and c in set(pairs.candidate)]
     cands = cands[:PANELS]
     fig, axes = plt.subplots(1, max(1, len(cands)), figsize=(4.6 * max(1, len(cands)), 4.6), squeeze=False)
     if not cands:
@@ -58,10 +60,13 @@ def main() -> None:
             for x, y, k in zip(meas[m], pred[m], p.k.to_numpy()[m]):
                 ax.annotate(str(k), (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points",
                             color=colors[task])
-        s = scores.set_index("candidate").loc[cand]
+        by = scores.set_index("candidate")
+        s = by.loc[cand]
+        advice = [f"{name}: {int(r.tasks_ge_985)}/{int(r.tasks)} tasks >= 98.5%, regret {100 * r.mean_regret:.0f} pts"
+                  for name, r in ((d, by.loc[c]) for d, c in (("point", cand), ("upper end", cand + "@upper"))
+                                  if c in by.index)]
         ax.set_title(f"{cand}: {C.pct(s.calibration_within_1pt)} of pairs >= 95% within 1 pt\n"
-                     f"{int(s.tasks_ge_985)}/{int(s.tasks)} tasks >= 98.5%, mean regret "
-                     f"{100 * s.mean_regret:.1f} pts", fontsize=9)
+                     + "\n".join(advice), fontsize=8.5)
         ax.set_xlim(*lim)
         ax.set_ylim(*lim)
         ax.set_aspect("equal")
