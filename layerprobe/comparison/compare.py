@@ -312,6 +312,9 @@ def _calibrate(sb: Side, texts: Sequence[str], max_length: int, batch_size: int,
         raise LayerProbeError(f"calibrating the step cost times full fine-tuning steps; {sb.label} is a LoRA adapter")
     model = sb.model
     device = next(model.parameters()).device
+    if device.type != "cpu":  # process CPU time says nothing of a GPU's step
+        raise LayerProbeError(f"calibrating the step cost times training steps in CPU time; the tuned model runs on "
+                              f"{device}: calibrate with --device cpu (device='cpu')")
     batch = collate(encode(sb.tokenizer, list(texts)[:batch_size], max_length), pad_id(sb.tokenizer), device)
     return calibrate_prefix_savings(model, batch, find_blocks(model, blocks, embeddings))
 
