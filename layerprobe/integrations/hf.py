@@ -522,8 +522,11 @@ def _world_size() -> int:
 def _check_ddp_freezing(args, model) -> None:
     """Online freezing under DDP needs the reducer to accept parameters without gradients."""
     find_unused = getattr(args, "ddp_find_unused_parameters", None)
-    if find_unused is None:  # what the Trainer then uses
-        find_unused = not bool(getattr(model, "is_gradient_checkpointing", False))
+    if find_unused is None:  # what the Trainer then uses (transformers 5: activation checkpointing, model or args)
+        on = getattr(model, "is_activation_checkpointing", None)
+        if on is None:  # older transformers
+            on = getattr(model, "is_gradient_checkpointing", False)
+        find_unused = not (bool(on) or bool(getattr(args, "activation_checkpointing", False)))
     if not find_unused:
         raise LayerProbeError(
             "LayerProbeCallback: freezing during a DDP run needs ddp_find_unused_parameters=True in "

@@ -175,3 +175,27 @@ def test_the_longest_training_example_reads_token_ids_of_any_layout():
     assert _longest_training_example(Loader([{"input_ids": torch.ones(5, dtype=torch.long)}])) == 5
     assert _longest_training_example(Loader([{"input_ids": "a text, not ids"}])) is None  # was its characters
     assert _longest_training_example(Loader([])) is None and _longest_training_example(None) is None
+
+
+def test_ddp_freezing_check_follows_the_trainers_find_unused_default():
+    """The Trainer (transformers 5) leaves find_unused_parameters off when activation checkpointing is on (the
+    model's or TrainingArguments'); freezing then needs it set explicitly. Read without the deprecated
+    is_gradient_checkpointing (a FutureWarning, removed in v6)."""
+    import types
+    import warnings
+
+    from layerprobe.errors import LayerProbeError
+    from layerprobe.integrations.hf import _check_ddp_freezing
+
+    model = tiny_bert(0, head=True)
+    args = types.SimpleNamespace(ddp_find_unused_parameters=None, activation_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation warning
+        _check_ddp_freezing(args, model)  # the Trainer would pass find_unused=True
+        with pytest.raises(LayerProbeError, match="ddp_find_unused_parameters=True"):
+            _check_ddp_freezing(types.SimpleNamespace(ddp_find_unused_parameters=None, activation_checkpointing=True),
+                                model)
+        model.activation_checkpointing_enable()
+        with pytest.raises(LayerProbeError, match="ddp_find_unused_parameters=True"):
+            _check_ddp_freezing(args, model)
+        _check_ddp_freezing(types.SimpleNamespace(ddp_find_unused_parameters=True), model)
