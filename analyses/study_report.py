@@ -424,6 +424,12 @@ def _shippable(cand: str) -> bool:
     return sp.base_of(cand) in sp.LIBRARY
 
 
+def sp_step_units(run) -> float | None:
+    import study_predict as sp
+
+    return sp.step_units(run)
+
+
 def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
     """Issue 17's targets, leave-one-task-out, for the best candidate the library can ship: per held-out task its
     advice per seed (end of run), the advice's relative accuracy and CPU per epoch saved, the oracle and the
@@ -440,17 +446,20 @@ def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
     for task, g in end.groupby("fold"):
         auto = runs[(runs.task == task) & (runs.method == "auto")]
         full = runs[(runs.task == task) & (runs.method == "full")].set_index("seed")
-        rel, cpu, per_epoch = [], [], []
+        rel, cpu, per_epoch, raw = [], [], [], ""
         for r in auto.itertuples():
             if r.seed in full.index:
                 f = full.loc[r.seed]
+                if sp_step_units(f) is None and sp_step_units(r) is not None:  # raw CPU against another session's run
+                    raw = f"{task}'s full run cost {f.train_cpu_seconds / f.steps:.2f} s per step, the auto run's " \
+                          f"reference step {r.ref_full_step_cpu:.2f} s"
                 rel.append(r.accuracy / f.accuracy)
                 cpu.append(cpu_ratio(r, f, per_epoch=False))
                 per_epoch.append(cpu_ratio(r, f))
         tasks[task] = {"advised": {int(r.seed): int(r.advised_k) for r in g.itertuples()},
                        "rel_acc": float(g.rel_acc.mean()), "saving": float(g.saving.mean()),
                        "oracle_k": int(g.oracle_k.iloc[0]), "oracle_saving": float(g.oracle_saving.iloc[0]),
-                       "regret": float(g.regret.mean()), "auto_n": len(rel),
+                       "regret": float(g.regret.mean()), "auto_n": len(rel), "auto_raw": raw,
                        "auto_rel_acc": mean_se(rel) if rel else (None, None),
                        "auto_cpu": float(np.mean(cpu)) if cpu else None,
                        "auto_cpu_per_epoch": float(np.mean(per_epoch)) if per_epoch else None}
@@ -459,8 +468,9 @@ def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
     return {"candidate": ship, "tasks": tasks, "score": row,
             "auto_min": min((v["auto_rel_acc"][0] for v in autos), default=None),
             "auto_mean": float(np.mean([v["auto_rel_acc"][0] for v in autos])) if autos else None,
-            "auto_cpu_mean": float(np.mean([v["auto_cpu"] for v in autos])) if autos else None,
-            "auto_tasks": len(autos)}
+            # the CPU target over the runs read in reference units only (a † ratio compares two sessions)
+            "auto_cpu_mean": float(np.mean(same)) if (same := [v["auto_cpu"] for v in autos if not v["auto_raw"]])
+            else None, "auto_cpu_n": len(same), "auto_tasks": len(autos)}
 
 
 def auto_variants(runs: pd.DataFrame) -> list[dict]:
@@ -615,11 +625,17 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
         for task, v in lt["tasks"].items():
             adv = " ".join(f"s{s_}:{'nothing' if k < 0 else config_name(True, k)}" for s_, k in v["advised"].items())
             m, se = v["auto_rel_acc"]
+            mark = " †" if v.get("auto_raw") else ""
             L.append(f"| {task} | {adv} | {_pct(v['rel_acc'])} | {_pct(v['saving'])} | "
                      f"{'nothing' if v['oracle_k'] < 0 else config_name(True, v['oracle_k'])} | "
                      f"{_pct(v['oracle_saving'])} | {_pct(v['regret'])} | "
-                     f"{_pct_se(m, se) if m is not None else '—'} (n={v['auto_n']}) | {_ratio(v['auto_cpu'])} | "
-                     f"{_ratio(v['auto_cpu_per_epoch'])} |")
+                     f"{_pct_se(m, se) if m is not None else '—'} (n={v['auto_n']}) | {_ratio(v['auto_cpu'])}{mark} | "
+                     f"{_ratio(v['auto_cpu_per_epoch'])}{mark} |")
+        if any(v.get("auto_raw") and v["auto_n"] for v in lt["tasks"].values()):
+            why = "; ".join(v["auto_raw"] for v in lt["tasks"].values() if v.get("auto_raw") and v["auto_n"])
+            L += ["", "† against a full run of the first sessions (2026-11), which has no CPU reference: raw CPU seconds "
+                  f"across sessions on a machine whose speed varies ({why}) — not comparable; re-make the full run "
+                  "with a reference to read it in the same units."]
         L += ["", "| target | goal | measured |", "|---|---|---|",
               f"| static advice | >= 98.5% every task, >= 99% mean | {sc['tasks_ge_985']}/{sc['tasks']} tasks, worst "
               f"{_pct(sc['min_rel_acc'])}, mean {_pct(sc['mean_rel_acc'])} |",
@@ -629,8 +645,8 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
               f"{sc['calibration_pairs']} |",
               f"| advice at 20% = end | >= 80% of task-seeds | {_pct(sc['early_agreement'], 0)} (n={sc['early_n']}) |",
               f"| same-run auto | >= 98.5% every task, >= 99% mean, <= 0.75 CPU | {lt['auto_tasks']} tasks run"
-              + (f": worst {_pct(lt['auto_min'])}, mean {_pct(lt['auto_mean'])}, CPU {_ratio(lt['auto_cpu_mean'])}"
-                 if lt["auto_tasks"] else "") + " |"]
+              + (f": worst {_pct(lt['auto_min'])}, mean {_pct(lt['auto_mean'])}, CPU {_ratio(lt['auto_cpu_mean'])} "
+                 f"(mean of the {lt['auto_cpu_n']} read in reference units)" if lt["auto_tasks"] else "") + " |"]
     if info.get("_superseded_auto"):
         L += ["", f"{info['_superseded_auto']} earlier auto run(s) used options of another kind (the RT-fit rule "
               "before the prediction was validated, or another decision) and are left out here; git history keeps "
