@@ -1,7 +1,8 @@
 """Predict what freezing each bottom prefix costs: accuracy relative to full fine-tuning, compute and memory saved.
 
-The freeze study (``docs/freeze_study.md``, ``docs/freeze_study_plan.md``) measured, on its tasks (``predictor.json`` names them), what
-freezing the embeddings + ``k`` bottom blocks from the first step costs against full fine-tuning, and fit
+The freeze study (``docs/freeze_study.md``, ``docs/freeze_study_plan.md``) measured, on its tasks
+(``predictor.json`` names them), what freezing the embeddings + ``k`` bottom blocks from the first step costs
+against full fine-tuning, and fit
 for each candidate measurement a monotone map from a *prefix feature* ``x(k)`` (larger = the tuned model
 relies more on the prefix's change) to the accuracy loss ``1 − acc_frozen / acc_full``. The fitted maps
 ship as ``predictor.json`` beside this module (isotonic knots, the residual interval, and which tasks
