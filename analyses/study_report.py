@@ -28,6 +28,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -283,7 +284,11 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
                                                                             lineterminator="\n"))
     runs = runs[runs.apply(lambda r: chosen.get(r.task) is not None and (r.lr == chosen[r.task] or r.method == "lora"),
                            axis=1)].copy()
-    pred = predictors(runs, {t: lr for t, lr in chosen.items() if lr is not None}, cache, out)
+    # a task enters the leave-one-task-out once its lr is chosen from the whole grid (its fixed runs may be
+    # re-made at another lr) and its prefix scan is complete
+    provisional = sorted(t for t, v in settings["tasks"].items() if chosen.get(t) is not None and not v["lr_final"])
+    pred = predictors(runs, {t: lr for t, lr in chosen.items() if lr is not None and t not in provisional}, cache, out,
+                      provisional=provisional)
     _copy_side_files(runs, out)
     rule, cand_table = fit_rule(runs, "rt")
     atomic_write_text(os.path.join(out, "rule_candidates.csv"),
@@ -382,7 +387,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     return info
 
 
-def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str) -> dict:
+def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str, provisional: Sequence[str] = ()) -> dict:
     """The pre-registered predictors (docs/freeze_study_plan.md), leave-one-task-out: writes ``loto.csv``
     (fold, candidate, k, predicted and measured loss), ``loto_advice.csv`` and ``predictor_scores.csv``;
     returns the scores and the winner's advice per task and seed (end-of-run measurements)."""
@@ -390,6 +395,7 @@ def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str) -> dict:
 
     outcomes, feats = sp.study_table(runs, chosen, cache=cache)
     outcomes, feats, incomplete = sp.complete(outcomes, feats)  # a task part-way through its scan waits
+    incomplete = sorted(set(incomplete) | {f"{t} (lr not yet chosen from the whole grid)" for t in provisional})
     res: dict = {"scores": pd.DataFrame(), "advice": {}, "outcomes": outcomes, "winner": None,
                  "incomplete": incomplete}
     n_tasks = len(set(outcomes.task) & set(feats.task)) if len(outcomes) and len(feats) else 0
