@@ -630,7 +630,7 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
               "advising each held-out task at tolerance 1% (end-of-run measurements). Auto: the study's same-run "
               "auto freeze, driven by the predictor fit without the task (`loto_predictors/<task>.json`). CPU saved "
               "is per epoch, against the same seed's full run."
-              + (f" Not yet in (fixed-prefix scan incomplete): {', '.join(pr_inc)}." if (pr_inc := (
+              + (f" Not yet in (fixed-prefix scan or lr grid incomplete): {', '.join(pr_inc)}." if (pr_inc := (
                   info.get('_predictors') or {}).get('incomplete')) else ""), "",
               "| task | advised (per seed) | advice rel. acc | CPU/epoch saved | oracle | oracle saved | regret | "
               "auto rel. acc | auto CPU / full | auto CPU/epoch / full |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
