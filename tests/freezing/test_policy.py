@@ -192,11 +192,13 @@ def test_tracker_takes_the_shared_probe_options(tokenizer, texts):
 
 
 def test_policy_with_a_tolerance_follows_the_prediction():
-    """Same checks, two policies: the CKA rule (min CKA 0.9999) advises nothing; with a tolerance the
-    predicted cost of each prefix decides (the shipped map from the relative CKA change): a loose
-    tolerance freezes a prefix, a zero tolerance none."""
-    from layerprobe.freezing.predict import predict_prefixes
+    """Same checks, two policies: the CKA rule (min CKA 0.99999) advises nothing; with a tolerance the
+    predicted cost of each prefix decides (a pinned map from the relative CKA change, so that a refit of
+    the shipped predictor does not move the test): a loose tolerance freezes a prefix, a zero tolerance
+    fewer, and the policy freezes exactly what predict_prefixes advises."""
+    from layerprobe.freezing.predict import Predictor, predict_prefixes
 
+    pinned = Predictor("cka_rel", (0.0, 0.5, 1.0), (0.0, 0.1, 0.6), (-0.01, 0.01), ("x",))
     cka = [0.9999, 0.999, 0.99, 0.9, 0.5]
     strict = Thresholds(min_cka=0.99999)
     frozen = {}
@@ -204,13 +206,14 @@ def test_policy_with_a_tolerance_follows_the_prediction():
         m = tiny_bert(0)
         blocks = find_blocks(m)
         pol = AutoFreezePolicy(thresholds=strict, tolerance=tol, settle=1.0, patience=1, warmup_checks=0,
-                               wait_for_lr_peak=False, cache=False)
+                               wait_for_lr_peak=False, cache=False, predictor=None if tol is None else pinned)
         pol.observe(10, _rows(10, cka, [1e-4] * 5, 1.0), m, blocks)
         frozen[tol] = list(pol.frozen)
     entries = [{"name": n, "kind": "embeddings" if n == "embeddings" else "block", "cka": c, "weight_drift": 0.01,
                 "n_params": 1} for n, c in zip(NAMES, cka)]
-    preds, advised, _ = predict_prefixes(entries, 0.2)
-    assert advised >= 0 and frozen[0.2] == preds[advised].freeze
+    for tol in (0.0, 0.2):
+        preds, advised, _ = predict_prefixes(entries, tol, predictor=pinned)
+        assert frozen[tol] == ([] if advised < 0 else preds[advised].freeze)
     assert frozen[None] == [] and frozen[0.2] != []
     assert len(frozen[0.0]) < len(frozen[0.2])
     with pytest.raises(LayerProbeError, match="tolerance"):
