@@ -374,17 +374,20 @@ def oracle_k(outcome: pd.DataFrame, tau: float = TAU) -> int:
 
 
 def loto(outcomes: pd.DataFrame, feats: pd.DataFrame, tau: float = TAU,
-         candidates: Sequence[str] = tuple(BASE_CANDIDATES)) -> tuple[pd.DataFrame, pd.DataFrame]:
+         candidates: Sequence[str] = tuple(BASE_CANDIDATES), in_sample: bool = False
+         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Leave-one-task-out: ``(pairs, advice)``.
 
     ``pairs``: fold, candidate, k, x (mean), predicted loss and interval, measured loss (for ``loto.csv``).
     ``advice``: one row per (fold, candidate, seed, when) for each candidate and its ``@upper`` decision: advised
     k, its measured relative accuracy and saving, the oracle k and saving, regret.
+    ``in_sample=True`` fits every fold on *all* tasks, the "held-out" one included: not a validation but a
+    bound — what the candidate's form (a monotone map of its measurement) could reach on these tasks at best.
     """
     tasks = sorted(set(outcomes.task) & set(feats.task)) if len(outcomes) and len(feats) else []
     pairs, adv = [], []
     for held in tasks:
-        train = [t for t in tasks if t != held]
+        train = list(tasks) if in_sample else [t for t in tasks if t != held]
         o_held = outcomes[outcomes.task == held].set_index("k")
         ok = oracle_k(outcomes[outcomes.task == held], tau)
         sav = {int(k): float(v) for k, v in o_held.saving.items()}
@@ -423,6 +426,43 @@ def loto(outcomes: pd.DataFrame, feats: pd.DataFrame, tau: float = TAU,
                                     "oracle_saving": sav.get(ok, 0.0),
                                     "regret": sav.get(ok, 0.0) - sav.get(k_adv, math.nan)})
     return pd.DataFrame(pairs), pd.DataFrame(adv)
+
+
+def noise_ceiling(outcomes: pd.DataFrame, max_loss: float = 0.05, within: float = 0.01) -> dict:
+    """The calibration target's reach: the share of pairs (task, k) measured at a loss <= ``max_loss`` on which a
+    predictor that knew each pair's *expected* loss exactly would land within ``within`` of the measured mean,
+    given the seeds' spread: ``P(|N(0, se)| <= within) = erf(within / (se·√2))`` per pair, averaged.
+
+    ``se`` is the pair's standard error over its seeds, its relative accuracy's per-seed standard deviation (the
+    fixed run against the full run of its seed) pooled over the task's pairs and divided by √n — one pooled
+    deviation per task, over all tasks for a task with a single seed everywhere. Returns ``ceiling``, ``pairs``
+    and ``sd`` (per task, pooled; ``None`` where borrowed).
+
+    >>> o = pd.DataFrame({"task": ["a", "a", "b"], "k": [0, 1, 0], "loss": [0.0, 0.01, 0.0], "n_seeds": [3, 3, 1],
+    ...                   "rel": [{0: 1.0, 1: 1.01, 2: 0.99}, {0: 0.98, 1: 0.99, 2: 1.0}, {0: 1.0}]})
+    >>> r = noise_ceiling(o)
+    >>> r["pairs"], round(r["sd"]["a"], 4), r["sd"]["b"], round(r["ceiling"], 3)
+    (3, 0.01, None, 0.839)
+    """
+    o = outcomes[outcomes.loss <= max_loss] if len(outcomes) else outcomes
+    if not len(o):
+        return {"ceiling": math.nan, "pairs": 0, "sd": {}}
+    dev: dict[str, list[float]] = {}  # squared deviations from each pair's mean, and their degrees of freedom
+    dof: dict[str, int] = {}
+    for r in o.itertuples():
+        vals = list(r.rel.values()) if isinstance(r.rel, dict) else []
+        if len(vals) > 1:
+            dev.setdefault(r.task, []).extend((np.asarray(vals) - np.mean(vals)) ** 2)
+            dof[r.task] = dof.get(r.task, 0) + len(vals) - 1
+    sd = {t: math.sqrt(sum(dev[t]) / dof[t]) if dof.get(t) else None for t in sorted(set(o.task))}
+    all_dof = sum(dof.values())
+    overall = math.sqrt(sum(sum(v) for v in dev.values()) / all_dof) if all_dof else math.nan
+    probs = []
+    for r in o.itertuples():
+        s_ = sd[r.task] if sd[r.task] is not None else overall
+        se = s_ / math.sqrt(max(int(r.n_seeds), 1))
+        probs.append(1.0 if se == 0 else math.erf(within / (se * math.sqrt(2))) if math.isfinite(se) else math.nan)
+    return {"ceiling": float(np.mean(probs)), "pairs": len(probs), "sd": sd}
 
 
 def score(pairs: pd.DataFrame, adv: pd.DataFrame) -> pd.DataFrame:

@@ -205,3 +205,40 @@ def test_the_upper_decision_is_scored_beside_the_point_one():
     exp = sp.export_predictor(outcomes, feats, s.reset_index())
     kl = [p for p in exp["predictors"] if p["name"] == "revert_kl"]
     assert sorted(p["decide"] for p in kl) == ["point", "upper"] and kl[0]["xs"] == kl[1]["xs"]
+
+
+def test_in_sample_fits_on_the_held_task_too_and_bounds_the_held_out_score():
+    """in_sample=True sees the scored task (poisoning it moves its prediction), leave-one-task-out does not;
+    a blind feature (size) fit in-sample can still not advise every task its oracle."""
+    outcomes, feats = _synthetic(TASKS, noise=0.002)
+    poisoned = outcomes.copy()
+    poisoned.loc[poisoned.task == "d", "loss"] = 0.0
+    a, _ = sp.loto(outcomes, feats, candidates=["revert_kl"], in_sample=True)
+    b, _ = sp.loto(poisoned, feats, candidates=["revert_kl"], in_sample=True)
+    assert not np.array_equal(a[a.fold == "d"].predicted_loss.to_numpy(), b[b.fold == "d"].predicted_loss.to_numpy())
+    _, adv_in = sp.loto(outcomes, feats, candidates=["size"], in_sample=True)
+    end = adv_in[(adv_in.candidate == "size") & (adv_in.when == "end")]
+    assert (end.advised_k != end.oracle_k).any()  # one k for all tasks: some task misses its oracle
+    # fit on the tasks it is scored on, the perfect feature is perfect, and no worse than held out
+    s_in = sp.score(*sp.loto(outcomes, feats, candidates=["revert_kl"], in_sample=True)).set_index("candidate")
+    s_out = sp.score(*sp.loto(outcomes, feats, candidates=["revert_kl"])).set_index("candidate")
+    assert s_in.loc["revert_kl", "max_regret"] == pytest.approx(0.0, abs=1e-12)
+    assert s_in.loc["revert_kl", "max_regret"] <= s_out.loc["revert_kl", "max_regret"] + 1e-12
+
+
+def test_noise_ceiling_is_the_normal_mass_within_the_tolerance():
+    # task a: three seeds, per-seed sd exactly 2 points (deviations -2, 0, +2): se = 2/sqrt(3) points
+    rel = {0: 0.98, 1: 1.0, 2: 1.02}
+    o = pd.DataFrame({"task": ["a", "a", "b", "a"], "k": [0, 1, 0, 6], "n_seeds": [3, 3, 1, 3],
+                      "loss": [0.0, 0.01, 0.0, 0.3], "rel": [rel, rel, {0: 0.99}, {0: 0.5, 1: 0.9, 2: 0.7}]})
+    r = sp.noise_ceiling(o)
+    assert r["pairs"] == 3  # the k=6 pair lost 30%: outside the calibration set, and outside the pooled sd
+    assert r["sd"] == {"a": pytest.approx(0.02), "b": None}
+    p_a = math.erf(0.01 / (0.02 / math.sqrt(3) * math.sqrt(2)))
+    p_b = math.erf(0.01 / (0.02 * math.sqrt(2)))  # b borrows the pooled sd with its one seed
+    assert r["ceiling"] == pytest.approx((2 * p_a + p_b) / 3)
+    assert 0.61 < p_a < 0.62 and 0.38 < p_b < 0.39
+    # no spread at all: a perfect predictor always lands within the tolerance
+    flat = pd.DataFrame({"task": ["a"], "k": [0], "n_seeds": [2], "loss": [0.0], "rel": [{0: 1.0, 1: 1.0}]})
+    assert sp.noise_ceiling(flat)["ceiling"] == 1.0
+    assert sp.noise_ceiling(o[o.loss > 0.05])["pairs"] == 0

@@ -212,3 +212,17 @@ def test_a_held_out_auto_run_stands_when_the_folds_are_refit():
     assert sg.auto_kind(rule, "c") != sg.auto_kind(now, "c")
     assert sg.auto_kind(rule, "c") == sg.auto_kind({"settle": 0.5, "thresholds": {"min_cka": 0.99}}, "c")
     assert sg.auto_kind(rule, "c") != sg.auto_kind({**rule, "thresholds": {"min_cka": 0.98}}, "c")
+
+
+def test_reach_lines_state_the_in_sample_bound_and_the_noise_ceiling():
+    row = {"candidate": "revert_dev", "label_free": False, "min_rel_acc": 0.987, "max_regret": 0.181,
+           "mean_regret": 0.067, "calibration_within_1pt": 0.733}
+    free = {**row, "candidate": "revert_disagree", "label_free": True, "max_regret": 0.416}
+    text = "\n".join(sr._reach_lines({"n": 24, "n_both": 0, "best": row, "best_free": free, "ship": free,
+                                      "calib_max": 0.733,
+                                      "ceiling": {"ceiling": 0.813, "pairs": 30, "sd": {"bbc": 0.0139, "sms": None}}}))
+    assert "0 of 24 candidate decisions" in text
+    assert "**revert_dev** (worst task 98.7%, regret max 18.1% / mean 6.7%, calibration 73%)" in text
+    assert "label-free: **revert_disagree**" in text and "regret max 41.6%" in text
+    assert "on 81% of the 30 pairs" in text and "bbc 1.4 points" in text and "sms" not in text
+    assert sr._reach_lines({}) == []
