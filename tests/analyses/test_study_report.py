@@ -226,3 +226,36 @@ def test_reach_lines_state_the_in_sample_bound_and_the_noise_ceiling():
     assert "label-free: **revert_disagree**" in text and "regret max 41.6%" in text
     assert "on 81% of the 30 pairs" in text and "bbc 1.4 points" in text and "sms" not in text
     assert sr._reach_lines({}) == []
+
+
+def test_a_re_made_full_run_lends_its_cpu_units_and_leaves_the_runs():
+    """--stage ref: the re-made full run (config 'ref') is no run of its own in the results; the full run of
+    the same task, lr and seed without a reference step reads in its units, so an auto run of a later session
+    compares in reference units (not raw seconds across sessions)."""
+    import pandas as pd
+    import study_predict as sp
+
+    nan = math.nan
+    runs = pd.DataFrame([
+        # the old full run: 1,000 CPU s over 500 steps in a slow session, no reference step
+        {"task": "rt", "method": "full", "config": "full", "lr": 5e-5, "seed": 0, "accuracy": 0.81, "steps": 500,
+         "epochs": 4.0, "train_cpu_seconds": 1000.0, "ref_full_step_cpu": nan},
+        {"task": "rt", "method": "full", "config": "full", "lr": 5e-5, "seed": 1, "accuracy": 0.80, "steps": 500,
+         "epochs": 4.0, "train_cpu_seconds": 990.0, "ref_full_step_cpu": nan},
+        # re-made in a fast session: 1.2 reference steps per step
+        {"task": "rt", "method": "full", "config": "ref", "lr": 5e-5, "seed": 0, "accuracy": 0.81, "steps": 500,
+         "epochs": 4.0, "train_cpu_seconds": 600.0, "ref_full_step_cpu": 1.0},
+        # an auto run of that fast session: 0.6 reference steps per step, 400 steps
+        {"task": "rt", "method": "auto", "config": "full", "lr": 5e-5, "seed": 0, "accuracy": 0.80, "steps": 400,
+         "epochs": 3.2, "train_cpu_seconds": 240.0, "ref_full_step_cpu": 1.0},
+    ])
+    left, lent = sr.lend_units(runs)
+    assert len(left) == 3 and not (left.config == "ref").any()
+    assert lent == {"rt": [{"seed": 0, "accuracy": 0.81, "ref_accuracy": 0.81, "steps": 500, "ref_steps": 500,
+                            "units": pytest.approx(1.2)}]}
+    full0, full1, auto = (left.iloc[i] for i in range(3))
+    assert sp.step_units(full0) == pytest.approx(1.2) and sp.step_units(full1) is None  # seed 1 has no re-made run
+    # per epoch: 0.6 / 1.2 of a full step; over the run, times 400 / 500 steps (raw seconds would say 0.24)
+    assert sp.cpu_ratio(auto, full0) == pytest.approx(0.5)
+    assert sp.cpu_ratio(auto, full0, per_epoch=False) == pytest.approx(0.4)
+    assert sr.lend_units(runs[runs.config != "ref"])[1] == {}
