@@ -102,3 +102,27 @@ def f3(tmp_path_factory, tokenizer, texts):
     save_file({k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
                for k, v in sd.items()}, str(root / "b.safetensors"))
     return {**out, "a": root / "a.safetensors", "b": root / "b.safetensors"}
+
+
+@pytest.fixture(autouse=True)
+def shipped_default_rule(request, monkeypatch):
+    """Pin what decides the advice without a tolerance, which the freeze study's refits of the shipped
+    ``predictor.json`` flip (``default_rule``): the CKA rule unless a test is marked
+    ``@pytest.mark.shipped_default("predictor")``; ``@pytest.mark.shipped_default(None)`` reads the file as
+    shipped. In-process only: a subprocess (CLI run, torchrun) reads the file."""
+    marker = request.node.get_closest_marker("shipped_default")
+    rule = marker.args[0] if marker else "cka"
+    if rule is None:
+        yield
+        return
+    pin_default_rule(monkeypatch, rule)
+    yield
+
+
+def pin_default_rule(monkeypatch, rule: str) -> None:
+    """``shipped_meta()`` as shipped but with ``default_rule`` = ``rule`` (for fixtures wider than a test:
+    ``with pytest.MonkeyPatch.context() as mp: pin_default_rule(mp, "cka")``)."""
+    from layerprobe.freezing import predict as pr
+
+    real = pr.shipped_meta
+    monkeypatch.setattr(pr, "shipped_meta", lambda: {**real(), "default_rule": rule})

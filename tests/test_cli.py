@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_bert
+from conftest import pin_default_rule, tiny_bert
 from layerprobe.cli import main
 
 NAMES = ["embeddings", "block.0", "block.1", "block.2", "block.3"]
@@ -206,7 +206,9 @@ def test_demo_flag_defaults_are_the_demo_config():
 @pytest.fixture(scope="module")
 def saved(snapshots, tmp_path_factory):
     out = tmp_path_factory.mktemp("saved") / "res"
-    assert main(["compare", *map(str, snapshots), "--out", str(out), "--quiet"]) == 0
+    with pytest.MonkeyPatch.context() as mp:  # the tests' default rule (conftest), not the file as shipped
+        pin_default_rule(mp, "cka")
+        assert main(["compare", *map(str, snapshots), "--out", str(out), "--quiet"]) == 0
     return out / "comparison.json"
 
 

@@ -292,6 +292,19 @@ def shipped_prefers_revert() -> bool:
     return bool(preds) and preds[0].name.startswith("revert")
 
 
+def shipped_lead() -> Predictor | None:
+    """The best shipped predictor (first in the study's leave-one-task-out ranking), or None."""
+    preds, _ = _shipped()
+    return preds[0] if preds else None
+
+
+def decides_by_default(predictor: Predictor) -> bool:
+    """Whether ``predictor`` decides the advice without a tolerance: the shipped file names the prediction its
+    default rule (``default_rule``) and this is the predictor that earned it — the first, the best in the study's
+    leave-one-task-out — not a fallback read where its measurement is missing."""
+    return shipped_meta().get("default_rule") == "predictor" and predictor == shipped_lead()
+
+
 def default_predictor(features: Mapping[str, Sequence[float]]) -> Predictor | None:
     """The best shipped predictor (in the study's leave-one-task-out ranking) whose feature is available."""
     preds, _ = _shipped()

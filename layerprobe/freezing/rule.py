@@ -346,9 +346,9 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
     from layerprobe.freezing import predict as pr
 
     meta = pr.shipped_meta()
-    decide = tolerance is not None or predictor is not None or bool(meta.get("default_rule") == "predictor")
     tol = float(tolerance) if tolerance is not None else float(meta.get("tolerance_default", 0.01))
     preds, advised, used = pr.predict_prefixes(entries, tol, revert, step_cost, t.min_train_blocks, predictor)
+    decide = tolerance is not None or predictor is not None or (used is not None and pr.decides_by_default(used))
     if used is None:
         out: dict = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": None}
         if tolerance is not None:
@@ -366,7 +366,16 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
                   f"{'CKA' if used.name.startswith('cka') else 'weight drift'}"]
     if not decide:
         fit = f"{used.label}, fit on {', '.join(used.fit_on)}"
-        if info["validated"]:
+        lead = pr.shipped_lead()
+        if meta.get("default_rule") == "predictor" and lead is not None and predictor is None:
+            lo = used.loto
+            need = "the revert test (the tuned model with its head, the base weights and a probe)" \
+                if lead.name.startswith("revert") else f"the {lead.name} measurement"
+            out["notes"] = [f"predicted accuracies from {fit} (held out, its advice kept >= 98.5% of full fine-tuning "
+                            f"on {lo.get('tasks_ge_985')} of {lo.get('tasks')} tasks): the default prediction "
+                            f"({lead.label}) needs {need}, missing here, so the CKA rule decided; pass a tolerance to "
+                            "follow these predictions", *unused]
+        elif info["validated"]:
             lo = used.loto
             out["notes"] = [f"predicted accuracies from {fit} (held out, its advice kept >= 98.5% of full fine-tuning "
                             f"on {lo.get('tasks_ge_985')} of {lo.get('tasks')} tasks; not yet the default until the "

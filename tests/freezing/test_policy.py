@@ -317,3 +317,25 @@ def test_auto_freeze_with_a_tolerance_runs_the_revert_test_when_the_shipped_pred
     cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts, auto_freeze=True)  # the CKA rule decides
     _trainer(tiny_bert(0, head=True), tokenizer, texts, tmp_path / "rule", cb, epochs=1).train()
     assert not cb.tracker.revert and cb.revert_note is None
+
+
+@pytest.mark.shipped_default("predictor")
+def test_auto_freeze_without_a_tolerance_follows_the_default_prediction(tokenizer, texts, tmp_path, monkeypatch):
+    """Once the shipped file makes the prediction the default rule, auto_freeze=True alone (the contract)
+    runs the revert test the lead predictor reads and the policy freezes what that prediction advises."""
+    from layerprobe.freezing import predict as pr
+
+    lead = pr.Predictor("revert_disagree", (0.0, 0.5, 1.0), (0.0, 0.0, 0.5), (-0.01, 0.0), ("x",), decide="upper",
+                        loto={"tasks": 6, "tasks_ge_985": 6})
+    monkeypatch.setattr(pr, "_shipped", lambda: ((lead,), {"default_rule": "predictor", "tolerance_default": 0.01,
+                                                            "validated": True, "fit_on": ["x"]}))
+    monkeypatch.setattr(pr, "shipped_meta", lambda: dict(pr._shipped()[1]))
+    cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts, auto_freeze=True)
+    assert cb.policy.tolerance is None and cb.policy.predictor is None
+    _trainer(tiny_bert(0, head=True), tokenizer, texts, tmp_path / "run", cb, epochs=1).train()
+    assert cb.tracker.revert and cb.revert_note is None and cb.tracker.revert_rows
+    # the advice now is the lead prediction's at the shipped 1% (not the CKA rule's), with its reasons
+    adv = cb.advice()
+    assert adv.predictor["name"] == "revert_disagree" and adv.predictor["decide"] == "upper" and adv.tolerance == 0.01
+    assert all(r.startswith(("freeze: predicted", "train: predicted", "train: above", "train: at least"))
+               for r in adv.reasons.values())

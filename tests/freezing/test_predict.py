@@ -305,3 +305,56 @@ def test_a_predictor_built_directly_gets_the_same_checks(built, message):
     with pytest.raises(LayerProbeError) as exc:
         AutoFreezePolicy(predictor=built)
     assert str(exc.value) == message.replace("predictor:", "AutoFreezePolicy: predictor:", 1)
+
+
+@pytest.fixture
+def shipped_with_prediction_default(tmp_path, monkeypatch):
+    """A shipped file whose default rule is the prediction, led by a revert predictor, with a CKA fallback."""
+    path = tmp_path / "predictor.json"
+    loto = {"tasks": 6, "tasks_ge_985": 6, "min_rel_acc": 0.987, "mean_rel_acc": 1.0}
+    path.write_text(json.dumps({"schema": 1, "fit_on": list("abcdef"), "validated": True, "tolerance_default": 0.01,
+                                "default_rule": "predictor", "predictors": [
+        {"name": "revert_disagree", "decide": "upper", "xs": [0.0, 0.05, 1.0], "ys": [0.0, 0.005, 0.5],
+         "interval": [-0.01, 0.004], "fit_on": list("abcdef"), "loto": loto},
+        {"name": "cka_rel", "xs": [0.0, 1.0], "ys": [0.0, 0.1], "interval": [-0.005, 0.01], "fit_on": list("abcdef"),
+         "loto": {**loto, "tasks_ge_985": 5}}]}))
+    monkeypatch.setattr(pr, "PREDICTOR_FILE", str(path))
+    pr._shipped.cache_clear()
+    yield
+    pr._shipped.cache_clear()
+
+
+@pytest.mark.shipped_default(None)
+def test_the_default_prediction_decides_only_with_its_own_measurement(shipped_with_prediction_default):
+    """default_rule "predictor": without a tolerance the lead predictor decides where its measurement is (here
+    the revert test); a fallback read where it is missing (CKA) informs but the CKA rule decides, and says why."""
+    from layerprobe.freezing.rule import Thresholds, recommend
+
+    # disagreement 0, 2%, 4%, 30% per prefix: decision loss (upper end, +0.4%) 0.4%, 0.6%, 0.8%, 15.4% -> emb+2
+    rev = [{"k": k, "kl": 0.0, "agreement": 1 - a} for k, a in enumerate([0.0, 0.02, 0.04, 0.3, 0.6])]
+    r = recommend(_entries(), revert=rev)
+    assert r.freeze == ["embeddings", "block.0", "block.1"] and r.tolerance == 0.01
+    assert r.predictor["name"] == "revert_disagree" and r.predictor["decide"] == "upper" and r.predictor["validated"]
+    assert r.reasons["block.2"].startswith("train: predicted") and "lower end" in r.reasons["block.2"]
+    assert pr.decides_by_default(pr.shipped_lead()) and pr.shipped_lead().name == "revert_disagree"
+    # no revert test: the CKA fallback predicts, the rule decides (min_cka 0.95: embeddings, block.0, block.1)
+    r = recommend(_entries(), Thresholds(min_cka=0.95))
+    assert r.freeze == ["embeddings", "block.0", "block.1"] and r.tolerance is None
+    assert r.predictor["name"] == "cka_rel" and len(r.candidates) == 4
+    assert any("needs the revert test" in n and "the CKA rule decided" in n for n in r.notes)
+    assert not pr.decides_by_default(pr.default_predictor(pr.prefix_features(_entries())))
+    # ... and a tolerance follows the fallback's prediction (cka_rel 0.2 at emb+3: 98% < 99%)
+    assert recommend(_entries(), tolerance=0.01).freeze == ["embeddings", "block.0", "block.1"]
+    assert recommend(_entries(), Thresholds(min_cka=0.95), tolerance=0.05).freeze[-1] == "block.2"
+
+
+def test_the_tests_pin_the_cka_rule_by_default():
+    """conftest pins default_rule to "cka" for every test not marked otherwise: a refit flipping the shipped
+    file moves no test that is not about the flip."""
+    assert pr.shipped_meta()["default_rule"] == "cka"
+
+
+@pytest.mark.shipped_default("predictor")
+def test_a_marked_test_sees_the_prediction_as_the_default():
+    assert pr.shipped_meta()["default_rule"] == "predictor"
+    assert pr.decides_by_default(pr.shipped_lead())
