@@ -550,10 +550,17 @@ def export_predictor(outcomes: pd.DataFrame, feats: pd.DataFrame, scores: pd.Dat
             "validation": best["loto"] if best else None, "predictors": preds}
 
 
-def fold_predictors(outcomes: pd.DataFrame, feats: pd.DataFrame) -> dict[str, dict]:
+def fold_predictors(outcomes: pd.DataFrame, feats: pd.DataFrame, also: Sequence[str] = ()) -> dict[str, dict]:
     """Per held-out task, the predictor file as it would ship **without** that task: every candidate fit on
     the other tasks and ranked by a leave-one-task-out among them only (so nothing of the held-out task
-    leaks into what its auto runs use). Needs >= 4 tasks (the inner ranking needs 3)."""
+    leaks into what its auto runs use). Needs >= 4 tasks (the inner ranking needs 3). Tasks in ``also``
+    (not in the leave-one-task-out yet: lr grid or prefix scan unfinished) get the fit on every task that is:
+    none of theirs is in it.
+
+    >>> o = pd.DataFrame({"task": ["a"], "k": [0], "loss": [0.0]})
+    >>> fold_predictors(o, o.assign(candidate="size", x=0.0, when="end", seed=0), also=["z"])
+    {}
+    """
     tasks = sorted(set(outcomes.task) & set(feats.task)) if len(outcomes) and len(feats) else []
     out: dict[str, dict] = {}
     if len(tasks) < 4:
@@ -561,4 +568,8 @@ def fold_predictors(outcomes: pd.DataFrame, feats: pd.DataFrame) -> dict[str, di
     for held in tasks:
         o, f = outcomes[outcomes.task != held], feats[feats.task != held]
         out[held] = export_predictor(o, f, score(*loto(o, f)))
+    outside = [t for t in also if t not in tasks]
+    if outside:
+        every = export_predictor(outcomes, feats, score(*loto(outcomes, feats)))
+        out.update({t: every for t in outside})
     return out

@@ -441,7 +441,8 @@ def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str, provision
         index=False, float_format="%.6g", lineterminator="\n"))
     atomic_write_text(os.path.join(out, "predictor.json"),
                       json.dumps(clean(sp.export_predictor(outcomes, feats, scores)), indent=1) + "\n")
-    for held, fit in sp.fold_predictors(outcomes, feats).items():  # what the auto runs on ``held`` use
+    waiting = sorted((set(chosen) | set(provisional)) - set(outcomes.task))  # not in the leave-one-task-out yet
+    for held, fit in sp.fold_predictors(outcomes, feats, also=waiting).items():  # what auto runs on ``held`` use
         os.makedirs(os.path.join(out, "loto_predictors"), exist_ok=True)
         atomic_write_text(os.path.join(out, "loto_predictors", f"{held}.json"), json.dumps(clean(fit), indent=1) + "\n")
     # the bounds the targets meet on these tasks: each candidate fit on every task and scored on the same tasks,

@@ -154,6 +154,11 @@ def test_fold_predictors_never_see_the_held_out_task():
     assert a["a"] != b["a"]
     assert a["d"]["validated"] and a["d"]["predictors"][0]["name"] == "revert_kl"
     assert sp.fold_predictors(outcomes[outcomes.task != "d"], feats[feats.task != "d"]) == {}
+    # a task not in the leave-one-task-out yet ("e": its scan unfinished) gets the fit on all four, none of it
+    # its own; a task already in keeps its fold
+    c = sp.fold_predictors(outcomes, feats, also=["e", "d"])
+    assert sorted(c) == ["a", "b", "c", "d", "e"] and c["d"] == a["d"]
+    assert c["e"]["fit_on"] == ["a", "b", "c", "d"] and c["e"]["validated"]
 
 
 def test_saving_reads_cpu_in_each_runs_own_reference_units():
