@@ -70,7 +70,7 @@ def run_demo(out_dir: str, cfg: DemoConfig = DemoConfig(), progress: bool = True
 def _run_demo(out_dir: str, cfg: DemoConfig, progress: bool, log: Callable[[str], Any]) -> dict[str, Any]:
     from layerprobe.comparison.compare import compare
     from layerprobe.demo.train import TrainConfig, evaluate, fine_tune
-    from layerprobe.options import CSV_OPTIONS
+    from layerprobe.options import CSV_OPTIONS, ProbeOptions
     from layerprobe.results.plots import plot_blocks
     from layerprobe.results.render import render, to_csv
     from layerprobe.results.schema import SCHEMA_VERSION
@@ -90,7 +90,9 @@ def _run_demo(out_dir: str, cfg: DemoConfig, progress: bool, log: Callable[[str]
     log(f"fine-tuned {stats['steps']} steps in {stats['seconds']:.0f}s: test accuracy {acc0:.3f} -> {acc1:.3f}")
     tuned = take_snapshot(model, tok, probe_texts, max_length=cfg.max_length, progress=progress)
     tuned.save(os.path.join(out_dir, "tuned.pt"))
-    result = compare(base, tuned)
+    # the tuned side as the model itself (its snapshot is tuned.pt): the revert test can run on it, the input the
+    # shipped prediction reads (the tuned model with each bottom prefix put back to the base weights)
+    result = compare(base, model, probe_texts, tok, probe_options=ProbeOptions(max_length=cfg.max_length))
     log("")
     log(render(result, "table"))
     atomic_write_text(os.path.join(out_dir, "comparison.json"), result.to_json())

@@ -63,11 +63,17 @@ def advice_text(c: Comparison) -> str:
     else:
         out.append("advice: freeze nothing — train every block")
     t = r.thresholds
-    rule = f"  rule: freeze the longest bottom prefix with CKA >= {t['min_cka']}"
-    if t.get("use_interval"):
-        rule += " (lower bound of the interval when computed)"
-    if t.get("max_drift") is not None:
-        rule += f" and drift <= {t['max_drift']}"
+    p = getattr(r, "predictor", None) or {}
+    if getattr(r, "tolerance", None) is not None and p.get("name"):  # the prediction decided, not the CKA rule
+        end = ", its interval's lower end" if p.get("decide") == "upper" else ""
+        rule = (f"  rule: freeze the largest bottom prefix predicted ({p['name']}{end}) to keep >= "
+                f"{_pct(1 - r.tolerance)} of full fine-tuning, with every smaller prefix")
+    else:
+        rule = f"  rule: freeze the longest bottom prefix with CKA >= {t['min_cka']}"
+        if t.get("use_interval"):
+            rule += " (lower bound of the interval when computed)"
+        if t.get("max_drift") is not None:
+            rule += f" and drift <= {t['max_drift']}"
     out.append(rule + f"; at least {t['min_train_blocks']} block(s) train")
     for name, why in r.reasons.items():
         out.append(f"  {name}: {why}")

@@ -1,0 +1,42 @@
+"""The advice as text: the rule line says what decided (the CKA rule, or the prediction at a tolerance)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from layerprobe.freezing.predict import Predictor
+from layerprobe.freezing.rule import Thresholds, recommend
+from layerprobe.results.render import advice_text
+
+ENTRIES = [{"name": "embeddings", "kind": "embeddings", "cka": 1.0, "weight_drift": 0.002, "n_params": 1000}] + [
+    {"name": f"block.{i}", "kind": "block", "cka": c, "weight_drift": 0.01, "n_params": 100}
+    for i, c in enumerate([0.999, 0.99, 0.9, 0.5])]
+UPPER = Predictor("cka_rel", (0.0, 1.0), (0.0, 0.1), (-0.005, 0.004), ("a", "b"), decide="upper")
+
+
+def _text(rec) -> list[str]:
+    """The advice's lines, its notes left out."""
+    lines = advice_text(SimpleNamespace(recommendation=rec, other=None)).splitlines()
+    return [ln for ln in lines if not ln.startswith("note: ")]
+
+
+def test_the_rule_line_names_the_cka_rule_when_it_decided():
+    lines = _text(recommend(ENTRIES, Thresholds(min_cka=0.95)))
+    assert lines[0] == "advice: freeze embeddings, block.0, block.1; train block.2, block.3"
+    rule = next(ln for ln in lines if ln.startswith("  rule:"))
+    assert rule == ("  rule: freeze the longest bottom prefix with CKA >= 0.95 (lower bound of the interval when "
+                    "computed); at least 1 block(s) train")
+
+
+def test_the_rule_line_names_the_prediction_when_it_decided():
+    """Before: "rule: freeze the longest bottom prefix with CKA >= 0.99" under an advice the prediction made."""
+    rec = recommend(ENTRIES, tolerance=0.02, predictor=UPPER)
+    lines = _text(rec)
+    # cka_rel 0, 0.002, 0.02, 0.2: decision loss (+0.4%) 0.4%, 0.42%, 0.6%, 2.4% -> emb+2 at 2%
+    assert lines[0] == "advice: freeze embeddings, block.0, block.1; train block.2, block.3"
+    rule = next(ln for ln in lines if ln.startswith("  rule:"))
+    assert rule == ("  rule: freeze the largest bottom prefix predicted (cka_rel, its interval's lower end) to keep "
+                    ">= 98.0% of full fine-tuning, with every smaller prefix; at least 1 block(s) train")
+    point = Predictor("cka_rel", (0.0, 1.0), (0.0, 0.1), (-0.005, 0.004), ("a",))
+    rule = next(ln for ln in _text(recommend(ENTRIES, tolerance=0.02, predictor=point)) if ln.startswith("  rule:"))
+    assert "predicted (cka_rel) to keep >= 98.0%" in rule and "CKA >=" not in rule
