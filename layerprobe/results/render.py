@@ -64,10 +64,11 @@ def advice_text(c: Comparison) -> str:
         out.append("advice: freeze nothing — train every block")
     t = r.thresholds
     p = getattr(r, "predictor", None) or {}
-    if getattr(r, "tolerance", None) is not None and p.get("name"):  # the prediction decided, not the CKA rule
+    tol = getattr(r, "tolerance", None)
+    if tol is not None and p.get("name"):  # the prediction decided, not the CKA rule
         end = ", its interval's lower end" if p.get("decide") == "upper" else ""
         rule = (f"  rule: freeze the largest bottom prefix predicted ({p['name']}{end}) to keep >= "
-                f"{_pct(1 - r.tolerance)} of full fine-tuning, with every smaller prefix")
+                f"{_pct(1 - tol)} of full fine-tuning, with every smaller prefix")
     else:
         rule = f"  rule: freeze the longest bottom prefix with CKA >= {t['min_cka']}"
         if t.get("use_interval"):
