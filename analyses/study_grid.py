@@ -123,12 +123,15 @@ def auto_options(out: str, task: str | None = None) -> dict:
 def auto_kind(options: dict | None, task: str) -> tuple:
     """What an auto run's options make it, for deciding whether a cached run still stands.
 
-    A run driven by a predictor fit without its own task (``("loto", decide)``) stays a valid held-out run when
-    later tasks refit the folds — rerunning every auto run whenever a task lands would cost hours and test
-    nothing new; a run whose predictor saw its task is ``("leaked",)``. Rule-driven runs are their thresholds.
+    A run driven by a predictor fit without its own task (``("loto",)``) stays a valid held-out run when later
+    tasks refit the folds — whichever predictor and decision (point or the interval's upper end) led the fold's
+    inner ranking when it ran: the procedure is "the fold's best at the time", and the fold's lead flips between
+    decisions as tasks land (rerunning every auto run then would cost hours and test nothing new); each run
+    keeps its options, so the report can say which one drove it. A run whose predictor saw its task is
+    ``("leaked",)``. Rule-driven runs are their thresholds.
 
     >>> auto_kind({"tolerance": 0.01, "predictor": {"name": "cka_rel", "fit_on": ["a", "b"]}}, "c")
-    ('loto', 'point')
+    ('loto',)
     >>> auto_kind({"predictor": {"name": "cka_rel", "fit_on": ["a", "c"]}}, "c")
     ('leaked',)
     >>> auto_kind({"thresholds": {"min_cka": 0.99}, "settle": 0.5}, "c")
@@ -139,7 +142,7 @@ def auto_kind(options: dict | None, task: str) -> tuple:
     if isinstance(pred, dict):
         if task in (pred.get("fit_on") or []):
             return ("leaked",)
-        return ("loto", pred.get("decide", "point"))
+        return ("loto",)
     rest = {k: v for k, v in opts.items() if k != "thresholds"}
     return ("rule", json.dumps(opts.get("thresholds"), sort_keys=True), json.dumps(rest, sort_keys=True))
 

@@ -491,6 +491,7 @@ def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
         auto = runs[(runs.task == task) & (runs.method == "auto")]
         full = runs[(runs.task == task) & (runs.method == "full")].set_index("seed")
         rel, cpu, per_epoch, raw, lent = [], [], [], "", False
+        by = sorted({_driver(getattr(r, "auto_options", None)) for r in auto.itertuples()} - {""})
         for r in auto.itertuples():
             if r.seed in full.index:
                 f = full.loc[r.seed]
@@ -505,6 +506,7 @@ def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
                        "rel_acc": float(g.rel_acc.mean()), "saving": float(g.saving.mean()),
                        "oracle_k": int(g.oracle_k.iloc[0]), "oracle_saving": float(g.oracle_saving.iloc[0]),
                        "regret": float(g.regret.mean()), "auto_n": len(rel), "auto_raw": raw, "auto_lent": lent,
+                       "auto_by": by,
                        "auto_rel_acc": mean_se(rel) if rel else (None, None),
                        "auto_cpu": float(np.mean(cpu)) if cpu else None,
                        "auto_cpu_per_epoch": float(np.mean(per_epoch)) if per_epoch else None}
@@ -526,6 +528,18 @@ def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
             # the CPU target over the runs read in reference units only (a † ratio compares two sessions)
             "auto_cpu_mean": float(np.mean(same)) if (same := [v["auto_cpu"] for v in autos if not v["auto_raw"]])
             else None, "auto_cpu_n": len(same), "auto_tasks": len(autos)}
+
+
+def _driver(options: object) -> str:
+    """The predictor that drove an auto run, as ``name`` or ``name@upper`` ("" for a rule-driven run).
+
+    >>> _driver({"predictor": {"name": "revert_kl", "decide": "upper"}}), _driver({"thresholds": {}}), _driver(None)
+    ('revert_kl@upper', '', '')
+    """
+    pred = options.get("predictor") if isinstance(options, dict) else None
+    if not isinstance(pred, dict):
+        return ""
+    return str(pred.get("name")) + ("@upper" if pred.get("decide") == "upper" else "")
 
 
 def auto_variants(runs: pd.DataFrame) -> list[dict]:
@@ -715,7 +729,8 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
               + (f" Not yet in (fixed-prefix scan or lr grid incomplete): {', '.join(pr_inc)}." if (pr_inc := (
                   info.get('_predictors') or {}).get('incomplete')) else ""), "",
               "| task | advised (per seed) | advice rel. acc | CPU/epoch saved | oracle | oracle saved | regret | "
-              "auto rel. acc | auto CPU / full | auto CPU/epoch / full |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+              "auto rel. acc | auto CPU / full | auto CPU/epoch / full | auto driven by (fit without the task) |",
+              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
         for task, v in lt["tasks"].items():
             adv = " ".join(f"s{s_}:{'nothing' if k < 0 else config_name(True, k)}" for s_, k in v["advised"].items())
             m, se = v["auto_rel_acc"]
@@ -724,7 +739,7 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
                      f"{'nothing' if v['oracle_k'] < 0 else config_name(True, v['oracle_k'])} | "
                      f"{_pct(v['oracle_saving'])} | {_pct(v['regret'])} | "
                      f"{_pct_se(m, se) if m is not None else '—'} (n={v['auto_n']}) | {_ratio(v['auto_cpu'])}{mark} | "
-                     f"{_ratio(v['auto_cpu_per_epoch'])}{mark} |")
+                     f"{_ratio(v['auto_cpu_per_epoch'])}{mark} | {', '.join(v.get('auto_by') or []) or '—'} |")
         if any(v.get("auto_raw") and v["auto_n"] for v in lt["tasks"].values()):
             why = "; ".join(v["auto_raw"] for v in lt["tasks"].values() if v.get("auto_raw") and v["auto_n"])
             L += ["", "† against a full run of the first sessions (2026-11), which has no CPU reference: raw CPU seconds "
