@@ -489,6 +489,8 @@ def score(pairs: pd.DataFrame, adv: pd.DataFrame) -> pd.DataFrame:
             "mean_regret": float(per_task.regret.mean()), "all_advice_measured": bool(per_task.measured.all()),
             "calibration_within_1pt": calib, "calibration_pairs": len(p),
             "early_agreement": float((early[both] == e_end[both]).mean()) if len(both) else math.nan,
+            # where the advice at 20% differs from the end's, is it the cautious side (a smaller prefix)?
+            "early_shallower": int((early[both] < e_end[both]).sum()), "early_deeper": int((early[both] > e_end[both]).sum()),
             "early_n": len(both),
         })
     s = pd.DataFrame(rows)

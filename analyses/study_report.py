@@ -759,7 +759,9 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
               f"{_pct(sc['mean_regret'])} |",
               f"| calibration | >= 80% of pairs within 1 point | {_pct(sc['calibration_within_1pt'], 0)} of "
               f"{sc['calibration_pairs']} |",
-              f"| advice at 20% = end | >= 80% of task-seeds | {_pct(sc['early_agreement'], 0)} (n={sc['early_n']}) |",
+              f"| advice at 20% = end | >= 80% of task-seeds | {_pct(sc['early_agreement'], 0)} (n={sc['early_n']})"
+              + (f"; where they differ the early advice freezes less on {sc['early_shallower']}, more on "
+                 f"{sc['early_deeper']}" if sc.get("early_shallower", 0) + sc.get("early_deeper", 0) else "") + " |",
               f"| same-run auto | >= 98.5% every task, >= 99% mean, <= 0.75 CPU | {lt['auto_tasks']} tasks run"
               + (f": worst {_pct(lt['auto_min'])}, mean {_pct(lt['auto_mean'])}, CPU {_ratio(lt['auto_cpu_mean'])} "
                  f"(mean of the {lt['auto_cpu_n']} read in reference units)" if lt["auto_tasks"] else "") + " |"]

@@ -247,3 +247,19 @@ def test_noise_ceiling_is_the_normal_mass_within_the_tolerance():
     flat = pd.DataFrame({"task": ["a"], "k": [0], "n_seeds": [2], "loss": [0.0], "rel": [{0: 1.0, 1: 1.0}]})
     assert sp.noise_ceiling(flat)["ceiling"] == 1.0
     assert sp.noise_ceiling(o[o.loss > 0.05])["pairs"] == 0
+
+
+def test_early_advice_that_differs_is_counted_by_its_side():
+    """At 20% of the run the measurement reads larger (a prefix looks costlier): the early advice freezes less,
+    counted as shallower, never deeper; identical measurements agree."""
+    outcomes, feats = _synthetic(TASKS)
+    s = sp.score(*sp.loto(outcomes, feats, candidates=["revert_kl"])).set_index("candidate")
+    assert s.loc["revert_kl", "early_agreement"] == 1.0
+    assert s.loc["revert_kl", "early_shallower"] == 0 == s.loc["revert_kl", "early_deeper"]
+    early = feats.when == "early"
+    feats.loc[early, "x"] = feats.loc[early, "x"] * 3 + 0.004
+    s = sp.score(*sp.loto(outcomes, feats, candidates=["revert_kl"])).set_index("candidate")
+    assert s.loc["revert_kl", "early_agreement"] < 1.0
+    assert s.loc["revert_kl", "early_shallower"] > 0 and s.loc["revert_kl", "early_deeper"] == 0
+    assert s.loc["revert_kl", "early_shallower"] == round((1 - s.loc["revert_kl", "early_agreement"]) *
+                                                          s.loc["revert_kl", "early_n"])
