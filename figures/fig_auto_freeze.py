@@ -44,7 +44,7 @@ def main() -> None:
         events = _events(steps)
         xs = [s / r.steps for s, _ in events]
         ax.plot([0] + xs + [1], [i] * (len(xs) + 2), color="0.8", lw=1, zorder=1)
-        for j, ((s, name), x) in enumerate(zip(events, xs)):
+        for j, ((_s, name), x) in enumerate(zip(events, xs)):
             k = name.count("+") and int(name.split("+")[1])
             ax.scatter(x, i, color=colors[min(k, len(colors) - 1)], s=55, zorder=3)
             # consecutive labels alternate above and below the row, so close events stay readable
