@@ -271,7 +271,10 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
         if why is None:
             self.tracker.revert = True
         else:
-            self.revert_note = f"revert test off: {why}; the prediction uses CKA and drift"
+            # without a tolerance the default prediction needed it: a fallback read of CKA and drift only informs
+            then = "the prediction uses CKA and drift" if policy.tolerance is not None else \
+                "the default prediction needs it, so the CKA rule decides (the predictions from CKA and drift are listed)"
+            self.revert_note = f"revert test off: {why}; {then}"
             logger.warning("layerprobe: %s", self.revert_note)
 
     @property

@@ -199,3 +199,22 @@ def test_ddp_freezing_check_follows_the_trainers_find_unused_default():
         with pytest.raises(LayerProbeError, match="ddp_find_unused_parameters=True"):
             _check_ddp_freezing(args, model)
         _check_ddp_freezing(types.SimpleNamespace(ddp_find_unused_parameters=True), model)
+
+
+@pytest.mark.shipped_default("predictor")
+def test_without_a_tolerance_the_revert_note_says_the_cka_rule_decides(tokenizer, texts, monkeypatch):
+    """Once the shipped file makes the prediction the default rule, auto_freeze=True alone asks for the revert
+    test the lead predictor reads; on a model without a head it stays off, and the note says what then decides:
+    the CKA rule (a fallback prediction only informs), not "the prediction uses CKA and drift"."""
+    from layerprobe.freezing import predict as pr
+
+    monkeypatch.setattr(pr, "shipped_prefers_revert", lambda: True)  # a revert predictor leads (a refit may move it)
+    cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts[:16], auto_freeze=True)
+    cb._choose_revert(tiny_bert(0))  # a BertModel: no logits
+    assert not cb.tracker.revert
+    assert cb.revert_note is not None and cb.revert_note.startswith("revert test off: ")
+    assert cb.revert_note.endswith("; the default prediction needs it, so the CKA rule decides (the predictions "
+                                   "from CKA and drift are listed)")
+    cb = LayerProbeCallback(tokenizer=tokenizer, probe_texts=texts[:16], auto_freeze=True, tolerance=0.05)
+    cb._choose_revert(tiny_bert(0))  # a tolerance: the prediction decides, from CKA and drift
+    assert cb.revert_note is not None and cb.revert_note.endswith("; the prediction uses CKA and drift")
