@@ -366,6 +366,9 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
                   f"{'CKA' if used.name.startswith('cka') else 'weight drift'}"]
     if not decide:
         fit = f"{used.label}, fit on {', '.join(used.fit_on)}"
+        # what decided instead: without CKA (weights only) the drift rule, or nothing (before: "the CKA rule")
+        ruled = {"cka": "the CKA rule decided", "drift": f"the drift rule (max_drift {t.max_drift}) decided"}.get(
+            basis, "nothing is advised (no CKA, no max_drift)")
         lead = pr.shipped_lead()
         if meta.get("default_rule") == "predictor" and lead is not None and predictor is None:
             lo = used.loto
@@ -373,16 +376,16 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
                 if lead.name.startswith("revert") else f"the {lead.name} measurement"
             out["notes"] = [f"predicted accuracies from {fit} (held out, its advice kept >= 98.5% of full fine-tuning "
                             f"on {lo.get('tasks_ge_985')} of {lo.get('tasks')} tasks): the default prediction "
-                            f"({lead.label}) needs {need}, missing here, so the CKA rule decided; pass a tolerance to "
+                            f"({lead.label}) needs {need}, missing here, so {ruled}; pass a tolerance to "
                             "follow these predictions", *unused]
         elif info["validated"]:
             lo = used.loto
             out["notes"] = [f"predicted accuracies from {fit} (held out, its advice kept >= 98.5% of full fine-tuning "
                             f"on {lo.get('tasks_ge_985')} of {lo.get('tasks')} tasks; not yet the default until the "
-                            "study's six tasks are in): the CKA rule decided; pass a tolerance to follow them", *unused]
+                            f"study's six tasks are in): {ruled}; pass a tolerance to follow them", *unused]
         else:
-            out["notes"] = [f"predicted accuracies are preliminary ({fit}, not validated on held-out tasks): the CKA "
-                            "rule decided; pass a tolerance to follow them", *unused]
+            out["notes"] = [f"predicted accuracies are preliminary ({fit}, not validated on held-out tasks): "
+                            f"{ruled}; pass a tolerance to follow them", *unused]
         return out, None
     freeze = list(preds[advised].freeze) if advised >= 0 else []
     reasons = {}

@@ -158,3 +158,31 @@ def test_every_reason_compares_numbers_that_differ_visibly():
             assert (float(a) <= float(b)) == (op == "<=") and a != b
     e = entries([0.5, 0.4, 0.3, 0.2, 0.1], drifts=[None, 0.1, 0.1, 0.1, 0.1])
     assert "drift undefined" in recommend(e, Thresholds(min_cka=None, max_drift=0.5)).reasons["embeddings"]
+
+
+@pytest.mark.shipped_default(None)
+def test_without_cka_the_note_names_the_rule_that_decided(monkeypatch):
+    """Once the prediction is the default rule and its measurement (the revert test) is missing, a weights-only
+    comparison is not decided by "the CKA rule": the drift rule (max_drift) decides, or, without it, nothing is
+    advised; the note says which."""
+    from layerprobe.freezing import predict as pr
+
+    loto = {"tasks": 5, "tasks_ge_985": 5}
+    lead = pr.Predictor("revert_disagree", (0.0, 1.0), (0.0, 0.5), (-0.01, 0.004), ("a",), decide="upper", loto=loto)
+    fallback = pr.Predictor("drift_rel", (0.0, 1.0), (0.0, 0.1), (-0.01, 0.01), ("a",), loto={**loto, "tasks_ge_985": 4})
+    meta = {"default_rule": "predictor", "tolerance_default": 0.01, "validated": True, "fit_on": ["a"]}
+    monkeypatch.setattr(pr, "_shipped", lambda: ((lead, fallback), meta))
+    monkeypatch.setattr(pr, "shipped_meta", lambda: dict(meta))
+    e = entries([0.999, 0.99, 0.6, 0.4, 0.3], drifts=[0.001, 0.05, 0.1, 0.1, 0.1])
+    for x in e:
+        x["cka"] = None
+    r = recommend(e, Thresholds(max_drift=0.06))
+    assert r.basis == "drift" and r.freeze == ["embeddings", "block.0"] and r.tolerance is None
+    note = next(n for n in r.notes if n.startswith("predicted accuracies from drift_rel"))
+    assert "missing here, so the drift rule (max_drift 0.06) decided;" in note and "CKA rule" not in note
+    r = recommend(e)
+    assert r.basis == "none" and r.freeze == [] and r.tolerance is None
+    note = next(n for n in r.notes if n.startswith("predicted accuracies from drift_rel"))
+    assert "missing here, so nothing is advised (no CKA, no max_drift);" in note and "CKA rule" not in note
+    r = recommend(entries([0.999, 0.99, 0.6, 0.4, 0.3]))  # with CKA: the CKA rule decided, as before
+    assert any("missing here, so the CKA rule decided;" in n for n in r.notes)
