@@ -40,3 +40,16 @@ def test_the_rule_line_names_the_prediction_when_it_decided():
     point = Predictor("cka_rel", (0.0, 1.0), (0.0, 0.1), (-0.005, 0.004), ("a",))
     rule = next(ln for ln in _text(recommend(ENTRIES, tolerance=0.02, predictor=point)) if ln.startswith("  rule:"))
     assert "predicted (cka_rel) to keep >= 98.0%" in rule and "CKA >=" not in rule
+
+
+def test_the_candidates_header_names_the_rule_that_decided():
+    """A weights-only comparison without a tolerance: the drift rule (or nothing) decided, not the CKA rule."""
+    weights_only = [{k: v for k, v in e.items() if k != "cka"} for e in ENTRIES]
+    drift = recommend(weights_only, Thresholds(max_drift=0.05))
+    assert drift.basis == "drift" and drift.tolerance is None and drift.candidates
+    head = next(ln for ln in _text(drift) if ln.startswith("  predicted cost"))
+    assert head.endswith("; the drift rule (max_drift 0.05) decided):") and "CKA rule" not in head
+    head = next(ln for ln in _text(recommend(weights_only)) if ln.startswith("  predicted cost"))
+    assert head.endswith("; nothing is advised (no CKA, no max_drift)):")
+    head = next(ln for ln in _text(recommend(ENTRIES)) if ln.startswith("  predicted cost"))
+    assert head.endswith("; the CKA rule decided):")
