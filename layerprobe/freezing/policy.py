@@ -209,7 +209,8 @@ class AutoFreezePolicy:
     Every decision for every entry is appended to :attr:`log` (:data:`LOG_COLUMNS`).
 
     The current advice is :func:`~layerprobe.freezing.rule.recommend`'s on the check's measurements:
-    with a ``tolerance`` (or when the shipped predictor is validated) the largest prefix whose
+    with a ``tolerance`` (or, without one, once the shipped ``predictor.json`` makes the prediction the default
+    rule and the check has the best shipped predictor's measurement) the largest prefix whose
     *predicted* accuracy loss is within it (from the relative CKA and drift, or the revert test when the
     tracker runs it: ``Tracker(revert=True)``), else the CKA rule with ``thresholds``.
 

@@ -242,8 +242,9 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
             count in the denominator of ``frozen_param_fraction``.
         tolerance: the accuracy loss accepted (0.01: keep 99% of full fine-tuning). Given, the advice is the
             largest bottom prefix whose predicted loss, and every smaller prefix's, is within it
-            (:mod:`layerprobe.freezing.predict`); None: the shipped predictor decides at its default
-            tolerance when it was validated on held-out tasks, else the CKA rule (``thresholds``) does.
+            (:mod:`layerprobe.freezing.predict`); None: the best shipped predictor decides at its default
+            tolerance once ``predictor.json`` makes the prediction the default rule (``default_rule``) and its
+            measurement is here (e.g. the revert test), else the rule on ``thresholds`` does.
             Either way ``candidates`` lists every prefix's prediction.
         revert: rows of a revert test (:func:`layerprobe.freezing.revert.revert_test`), the strongest input.
         step_cost: share of a training step's compute per entry, for the compute saved per prefix
