@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="freeze only entries with CKA >= this (default 0.99, fit by the freeze study)")
     p.add_argument("--tolerance", type=float, default=None, metavar="LOSS",
                    help="accuracy loss you accept (e.g. 0.01 = keep 99%% of full fine-tuning): freeze the largest bottom "
-                        "prefix predicted within it (docs/method.md); without it the CKA rule decides and the "
-                        "predictions are listed")
+                        "prefix predicted within it (docs/method.md); without it the shipped default rule decides "
+                        "(predictor.json's default_rule: the CKA rule, or the prediction where its measurement is) "
+                        "and the predictions are listed")
     p.add_argument("--revert", action=argparse.BooleanOptionalAction, default=None,
                    help="run the revert test (the tuned model with each bottom prefix reset to the base weights, on the "
                         "probe; needs a probe and a tuned model with its output head): the prediction's strongest input. "

@@ -65,10 +65,17 @@ def advice_text(c: Comparison) -> str:
     t = r.thresholds
     p = getattr(r, "predictor", None) or {}
     tol = getattr(r, "tolerance", None)
+    basis = getattr(r, "basis", "cka")
     if tol is not None and p.get("name"):  # the prediction decided, not the CKA rule
         end = ", its interval's lower end" if p.get("decide") == "upper" else ""
         rule = (f"  rule: freeze the largest bottom prefix predicted ({p['name']}{end}) to keep >= "
                 f"{_pct(1 - tol)} of full fine-tuning, with every smaller prefix")
+    elif tol is not None:  # a tolerance, but nothing to predict from: nothing was frozen by any rule
+        rule = "  rule: the prefix predicted within the tolerance — no measurement to predict from"
+    elif basis == "drift":
+        rule = f"  rule: freeze the longest bottom prefix with weight drift <= {t.get('max_drift')} (no CKA)"
+    elif basis == "none":
+        rule = "  rule: none applies (no CKA and no max_drift)"
     else:
         rule = f"  rule: freeze the longest bottom prefix with CKA >= {t['min_cka']}"
         if t.get("use_interval"):

@@ -53,3 +53,12 @@ def test_the_candidates_header_names_the_rule_that_decided():
     assert head.endswith("; nothing is advised (no CKA, no max_drift)):")
     head = next(ln for ln in _text(recommend(ENTRIES)) if ln.startswith("  predicted cost"))
     assert head.endswith("; the CKA rule decided):")
+
+
+def test_the_rule_line_for_weights_only_names_the_drift_rule_or_none():
+    weights_only = [{k: v for k, v in e.items() if k != "cka"} for e in ENTRIES]
+    rule = next(ln for ln in _text(recommend(weights_only, Thresholds(max_drift=0.05))) if ln.startswith("  rule:"))
+    assert rule == ("  rule: freeze the longest bottom prefix with weight drift <= 0.05 (no CKA); "
+                    "at least 1 block(s) train")
+    rule = next(ln for ln in _text(recommend(weights_only)) if ln.startswith("  rule:"))
+    assert rule == "  rule: none applies (no CKA and no max_drift); at least 1 block(s) train"
