@@ -362,9 +362,13 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
     out = {"rows": [p.to_dict() for p in preds], "tolerance": tol if decide else None, "predictor": info}
     unused = []
     if revert and not used.name.startswith("revert"):  # the rows are kept, but say that nothing read them
-        unused = [f"the revert test's rows are not used by the {used.name} predictor (no revert predictor "
-                  f"{'was given' if predictor is not None else 'is shipped'}): the prediction rests on "
-                  f"{'CKA' if used.name.startswith('cka') else 'weight drift'}"]
+        rests = f"the prediction rests on {'CKA' if used.name.startswith('cka') else 'weight drift'}"
+        if not any(f.startswith("revert") for f in pr.prefix_features(entries, revert)):
+            # rows that miss a prefix are not read at all (before: "no revert predictor is shipped", untrue)
+            unused = [f"the revert test's rows do not cover every bottom prefix, so no prediction reads them: {rests}"]
+        else:
+            unused = [f"the revert test's rows are not used by the {used.name} predictor (no revert predictor "
+                      f"{'was given' if predictor is not None else 'is shipped'}): {rests}"]
     if not decide:
         fit = f"{used.label}, fit on {', '.join(used.fit_on)}"
         # what decided instead: without CKA (weights only) the drift rule, or nothing (before: "the CKA rule")

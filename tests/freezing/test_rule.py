@@ -186,3 +186,19 @@ def test_without_cka_the_note_names_the_rule_that_decided(monkeypatch):
     assert "missing here, so nothing is advised (no CKA, no max_drift);" in note and "CKA rule" not in note
     r = recommend(entries([0.999, 0.99, 0.6, 0.4, 0.3]))  # with CKA: the CKA rule decided, as before
     assert any("missing here, so the CKA rule decided;" in n for n in r.notes)
+
+
+def test_revert_rows_missing_a_prefix_are_said_to_be_unread():
+    """Rows that do not cover every bottom prefix feed no prediction: the note says so (before: "no revert
+    predictor is shipped", untrue with a revert predictor shipped first)."""
+    from layerprobe.freezing.predict import shipped_lead
+
+    entries = [{"name": "embeddings", "kind": "embeddings", "cka": 1.0, "weight_drift": 0.002, "n_params": 1000}] + [
+        {"name": f"block.{i}", "kind": "block", "cka": c, "weight_drift": 0.01, "n_params": 100}
+        for i, c in enumerate([0.999, 0.99, 0.9, 0.5])]
+    partial = [{"k": k, "kl": 0.0, "agreement": 1.0} for k in range(2)]  # prefixes 0-1 of 0-4
+    r = recommend(entries, revert=partial)
+    assert r.predictor["name"] != "revert_disagree" or shipped_lead() is None
+    notes = [n for n in r.notes if "revert test's rows" in n]
+    assert len(notes) == 1 and "do not cover every bottom prefix, so no prediction reads them" in notes[0]
+    assert "is shipped" not in notes[0]
