@@ -404,7 +404,8 @@ def main(argv=None) -> int:
         path = run_file(cache, b.task, method, config or config_name(emb, k), b.lr, seed)
         row = _read_row(path, b)
         # a full run at the task's chosen lr also owes its predictor measurements (measures.json)
-        at_chosen = method == "full" and b.lr == chosen_lr(cache, replace(b, lr=None), grid)
+        # (a re-made run, config "ref", owes nothing: it only lends its CPU units)
+        at_chosen = method == "full" and config is None and b.lr == chosen_lr(cache, replace(b, lr=None), grid)
         owes = at_chosen and not os.path.exists(run_file(cache, b.task, method, "full", b.lr, seed, "measures.json"))
         # ... and its CPU reference (ref_full_step_cpu): the new tasks' fixed runs are read against it; RT and
         # BBC keep their complete 2026-11 set, whose runs were all made in one session (raw CPU comparable)
