@@ -318,13 +318,18 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     # a task enters the leave-one-task-out once its lr is chosen from the whole grid (its fixed runs may be
     # re-made at another lr) and its prefix scan is complete
     provisional = sorted(t for t, v in settings["tasks"].items() if chosen.get(t) is not None and not v["lr_final"])
-    pred = predictors(runs, {t: lr for t, lr in chosen.items() if lr is not None and t not in provisional}, cache, out,
-                      provisional=provisional)
-    _copy_side_files(runs, out)
     rule, cand_table = fit_rule(runs, "rt")
     atomic_write_text(os.path.join(out, "rule_candidates.csv"),
                       cand_table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     t = Thresholds(**rule) if rule else Thresholds()
+    # today's default advice (the CKA rule) per task and seed: the bar the prediction must clear to become the default
+    rule_advice = {}
+    for task in budgets:
+        per = evaluate_rule(t, runs, task)["per_seed"]
+        rule_advice[task] = {seed: (v["cfg"][1] if v["cfg"][0] else -1) for seed, v in per.items()}
+    pred = predictors(runs, {t_: lr for t_, lr in chosen.items() if lr is not None and t_ not in provisional}, cache,
+                      out, provisional=provisional, rule_advice=rule_advice)
+    _copy_side_files(runs, out)
     rule_info = {"thresholds": asdict(t), "fit": rule is not None,
                  "fit_on": "rt: candidates in rule_candidates.csv; the one saving the most CPU time among those "
                            "keeping >= 99% of full fine-tuning accuracy (mean over seeds) on Rotten Tomatoes",
@@ -418,7 +423,8 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
     return info
 
 
-def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str, provisional: Sequence[str] = ()) -> dict:
+def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str, provisional: Sequence[str] = (),
+               rule_advice: dict | None = None) -> dict:
     """The pre-registered predictors (docs/freeze_study_plan.md), leave-one-task-out: writes ``loto.csv``
     (fold, candidate, k, predicted and measured loss), ``loto_advice.csv`` and ``predictor_scores.csv``;
     returns the scores and the winner's advice per task and seed (end-of-run measurements)."""
@@ -439,8 +445,13 @@ def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str, provision
         atomic_write_text(os.path.join(out, name), frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     atomic_write_text(os.path.join(out, "outcomes.csv"), outcomes.drop(columns=["rel"]).to_csv(
         index=False, float_format="%.6g", lineterminator="\n"))
-    atomic_write_text(os.path.join(out, "predictor.json"),
-                      json.dumps(clean(sp.export_predictor(outcomes, feats, scores)), indent=1) + "\n")
+    # the CKA rule's advice scored like the candidates, on the same tasks (its fit saw RT: in-sample there)
+    rows = [r for held in sorted(set(outcomes.task) & set(feats.task))
+            for r in sp.advice_rows(outcomes, held, (rule_advice or {}).get(held, {}), "cka_rule")]
+    baseline = sp.advice_summary(pd.DataFrame(rows)) if rows else None
+    res["baseline"] = baseline
+    res["exported"] = sp.export_predictor(outcomes, feats, scores, baseline)
+    atomic_write_text(os.path.join(out, "predictor.json"), json.dumps(clean(res["exported"]), indent=1) + "\n")
     waiting = sorted((set(chosen) | set(provisional)) - set(outcomes.task))  # not in the leave-one-task-out yet
     for held, fit in sp.fold_predictors(outcomes, feats, also=waiting).items():  # what auto runs on ``held`` use
         os.makedirs(os.path.join(out, "loto_predictors"), exist_ok=True)
@@ -522,7 +533,9 @@ def loto_targets(pred: dict, runs: pd.DataFrame) -> dict:
                          safe[safe.label_free.astype(bool)].sort_values(["max_regret", "mean_regret"])),
                      ship=ins[ins.candidate == ship].iloc[0].to_dict() if (ins.candidate == ship).any() else None,
                      calib_max=float(ins.calibration_within_1pt.max()))
-    return {"candidate": ship, "tasks": tasks, "score": row, "reach": reach,
+    meta = pred.get("exported") or {}
+    return {"candidate": ship, "tasks": tasks, "score": row, "reach": reach, "baseline": pred.get("baseline"),
+            "default_rule": meta.get("default_rule"),
             "auto_min": min((v["auto_rel_acc"][0] for v in autos), default=None),
             "auto_mean": float(np.mean([v["auto_rel_acc"][0] for v in autos])) if autos else None,
             # the CPU target over the runs read in reference units only (a † ratio compares two sessions)
@@ -665,6 +678,20 @@ def _pct_se(x, se, digits=1) -> str:
     return f"{_pct(x, digits)} ± {100 * se:.{digits}f}"
 
 
+def _baseline_lines(base: dict | None, default_rule: str | None, best: dict) -> list[str]:
+    """Today's default (the CKA rule) scored like the candidates, and whether the prediction replaced it."""
+    if not base:
+        return []
+    verdict = ("so the shipped `predictor.json` makes the prediction the default rule" if default_rule == "predictor"
+               else "so the CKA rule stays the default (`predictor.json`: `\"default_rule\": \"cka\"`)")
+    return ["", f"**Against today's default.** The CKA rule (fit on RT, so in-sample there) scored the same way on these "
+            f"{base['tasks']} tasks: {base['tasks_ge_985']}/{base['tasks']} >= 98.5%, worst {_pct(base['min_rel_acc'])}, "
+            f"mean {_pct(base['mean_rel_acc'])}; regret max {_pct(base['max_regret'])}, mean "
+            f"{_pct(base['mean_regret'])} (the prediction: mean {_pct(best['mean_regret'])}). The prediction becomes the "
+            "default only with every planned task in, >= 98.5% on each, >= 99% on average and a lower mean regret "
+            f"than the rule's — {verdict}."]
+
+
 def _reach_lines(reach: dict) -> list[str]:
     """What the regret and calibration targets can reach on these tasks: the in-sample bound and the noise."""
     L: list[str] = []
@@ -765,6 +792,7 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
               f"| same-run auto | >= 98.5% every task, >= 99% mean, <= 0.75 CPU | {lt['auto_tasks']} tasks run"
               + (f": worst {_pct(lt['auto_min'])}, mean {_pct(lt['auto_mean'])}, CPU {_ratio(lt['auto_cpu_mean'])} "
                  f"(mean of the {lt['auto_cpu_n']} read in reference units)" if lt["auto_tasks"] else "") + " |"]
+        L += _baseline_lines(lt.get("baseline"), lt.get("default_rule"), lt["score"])
         L += _reach_lines(lt.get("reach") or {})
     if info.get("_superseded_auto"):
         L += ["", f"{info['_superseded_auto']} earlier auto run(s) used options of another kind (the RT-fit rule "

@@ -190,7 +190,17 @@ def test_the_prediction_decides_by_default_only_after_all_planned_tasks():
     six = dict(TASKS, e=TASKS["a"], f=TASKS["c"])
     outcomes, feats = _synthetic(six)
     pairs, adv = sp.loto(outcomes, feats, candidates=["revert_kl", "size"])
-    assert sp.export_predictor(outcomes, feats, sp.score(pairs, adv))["default_rule"] == "predictor"
+    scores = sp.score(pairs, adv)
+    assert sp.export_predictor(outcomes, feats, scores)["default_rule"] == "predictor"
+    # ... and only if it also beats today's default on the same tasks: a rule that always freezes the
+    # embeddings alone is safe here but regrets more; one that always hits the oracle cannot be beaten
+    oracle = {t: sp.oracle_k(outcomes[outcomes.task == t]) for t in six}
+    timid = sp.advice_summary(pd.DataFrame([r for t in six for r in sp.advice_rows(outcomes, t, {0: 0}, "rule")]))
+    ideal = sp.advice_summary(pd.DataFrame([r for t in six for r in sp.advice_rows(outcomes, t, {0: oracle[t]}, "r")]))
+    assert timid["tasks_ge_985"] == 6 and timid["mean_regret"] > 0.1 and ideal["mean_regret"] == pytest.approx(0.0)
+    out = sp.export_predictor(outcomes, feats, scores, timid)
+    assert out["default_rule"] == "predictor" and out["cka_rule_on_these_tasks"] == timid
+    assert sp.export_predictor(outcomes, feats, scores, ideal)["default_rule"] == "cka"
 
 
 def test_the_upper_decision_is_scored_beside_the_point_one():

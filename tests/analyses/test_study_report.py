@@ -260,3 +260,13 @@ def test_a_re_made_full_run_lends_its_cpu_units_and_leaves_the_runs():
     assert sp.cpu_ratio(auto, full0) == pytest.approx(0.5)
     assert sp.cpu_ratio(auto, full0, per_epoch=False) == pytest.approx(0.4)
     assert sr.lend_units(runs[runs.config != "ref"])[1] == {}
+
+
+def test_baseline_lines_compare_the_cka_rule_and_say_which_default_ships():
+    base = {"tasks": 6, "tasks_ge_985": 6, "min_rel_acc": 0.992, "mean_rel_acc": 0.999, "max_regret": 0.69,
+            "mean_regret": 0.43}
+    text = "\n".join(sr._baseline_lines(base, "cka", {"mean_regret": 0.5}))
+    assert "6/6 >= 98.5%, worst 99.2%" in text and "mean 43.0% (the prediction: mean 50.0%)" in text
+    assert "the CKA rule stays the default" in text
+    assert "makes the prediction the default rule" in "\n".join(sr._baseline_lines(base, "predictor", {"mean_regret": 0.3}))
+    assert sr._baseline_lines(None, "cka", {}) == []
