@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -347,6 +348,49 @@ def chosen_lr(cache: str, b: TaskBudget, grid) -> float | None:
     return best[0]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claimed(path: str):
+    """Hold ``<path>.lock`` (this process's pid) while the run ``path`` is made, so that two study processes
+    (lanes) never make the same run at once: yields True when this process holds it, False when another live
+    process does. A lock left by a dead process is taken over; the lock is removed when the run is done."""
+    lock = path + ".lock"
+    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as fh:
+                    pid = int(fh.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                yield False
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+        return
+    yield False
+
+
 def _read_row(path: str, b: TaskBudget) -> dict | None:
     if not os.path.exists(path):
         return None
@@ -418,13 +462,20 @@ def main(argv=None) -> int:
                                              auto_kind(row.get("auto_options"), b.task) ==
                                              auto_kind(auto_opts, b.task) != ("leaked",)):
             return row
-        if b.task not in data_cache:
-            data_cache[b.task] = task_splits(b)
-        row = run_one(b, method, emb, k, seed, data_cache[b.task], cache, not a.no_progress, auto_opts, config)
-        if method == "auto":
-            row["auto_options"] = auto_opts or {}
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write_text(path, json.dumps(clean(row), indent=1) + "\n")
+        with claimed(path) as mine:
+            if not mine:  # another lane is making this run now
+                tqdm.write(f"{path}: being made by another study process; skipped here")
+                return row or {}
+            again = _read_row(path, b)
+            if again is not None and again != row:  # the other lane finished it before this one claimed it
+                return again
+            if b.task not in data_cache:
+                data_cache[b.task] = task_splits(b)
+            row = run_one(b, method, emb, k, seed, data_cache[b.task], cache, not a.no_progress, auto_opts, config)
+            if method == "auto":
+                row["auto_options"] = auto_opts or {}
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write_text(path, json.dumps(clean(row), indent=1) + "\n")
         tqdm.write(f"{b.task} {method} {row['config']:>6} lr {b.lr:g} seed {seed}: acc {row['accuracy']:.4f} "
                    f"dev {row['dev_accuracy']:.4f} epochs {row['epochs']:.2f} (best {row['best_epoch']}) "
                    f"cpu {row['train_cpu_seconds']:.0f}s wall {row['train_seconds']:.0f}s")

@@ -270,3 +270,22 @@ def test_baseline_lines_compare_the_cka_rule_and_say_which_default_ships():
     assert "the CKA rule stays the default" in text
     assert "makes the prediction the default rule" in "\n".join(sr._baseline_lines(base, "predictor", {"mean_regret": 0.3}))
     assert sr._baseline_lines(None, "cka", {}) == []
+
+
+def test_a_run_claimed_by_a_live_lane_is_skipped_and_a_dead_lanes_claim_is_taken_over(tmp_path):
+    import os
+    import subprocess
+
+    path = str(tmp_path / "rt" / "fixed_emb_lr5e-05_seed0.json")
+    with fs.claimed(path) as mine:
+        assert mine and open(path + ".lock").read() == str(os.getpid())
+        with fs.claimed(path) as other:  # a second claim while this live process holds it
+            assert not other
+    assert not os.path.exists(path + ".lock")  # released when the run is done
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with open(path + ".lock", "w") as fh:  # left by a lane that died
+        fh.write(str(dead.pid))
+    with fs.claimed(path) as mine:
+        assert mine and open(path + ".lock").read() == str(os.getpid())
+    assert not os.path.exists(path + ".lock")
