@@ -562,8 +562,12 @@ def export_predictor(outcomes: pd.DataFrame, feats: pd.DataFrame, scores: pd.Dat
     validated = best is not None and best["loto"].get("tasks", 0) >= 3
     meets = validated and best["loto"]["tasks_ge_985"] == best["loto"]["tasks"] and \
         best["loto"]["mean_rel_acc"] >= 0.99 and len(tasks) >= DECIDE_TASKS
+    # amendment 4: lower by more than noise — the paired per-task gain over the rule above its standard error
+    se = float(baseline.get("regret_gain_se", 0.0)) if baseline is not None else 0.0
+    clear = baseline is None or "regret_gain_mean" not in baseline or (
+        math.isfinite(se) and float(baseline["regret_gain_mean"]) > se)
     beats = baseline is None or (meets and best["loto"]["tasks_ge_985"] >= int(baseline["tasks_ge_985"])
-                                 and best["loto"]["mean_regret"] < float(baseline["mean_regret"]))
+                                 and best["loto"]["mean_regret"] < float(baseline["mean_regret"]) and clear)
     return {"schema": 1, "target": "accuracy loss 1 - acc(prefix frozen from step 0) / acc(full fine-tuning)",
             "tolerance_default": TAU, "fit_on": tasks, "validated": bool(validated),
             # the prediction decides by default only once its best library candidate met the static-advice

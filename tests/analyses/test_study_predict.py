@@ -201,6 +201,11 @@ def test_the_prediction_decides_by_default_only_after_all_planned_tasks():
     out = sp.export_predictor(outcomes, feats, scores, timid)
     assert out["default_rule"] == "predictor" and out["cka_rule_on_these_tasks"] == timid
     assert sp.export_predictor(outcomes, feats, scores, ideal)["default_rule"] == "cka"
+    # amendment 4: a lower mean regret by less than the paired gain's standard error is no win
+    assert sp.export_predictor(outcomes, feats, scores, {**timid, "regret_gain_mean": 0.01,
+                                                         "regret_gain_se": 0.03})["default_rule"] == "cka"
+    assert sp.export_predictor(outcomes, feats, scores, {**timid, "regret_gain_mean": 0.2,
+                                                         "regret_gain_se": 0.03})["default_rule"] == "predictor"
 
 
 def test_the_upper_decision_is_scored_beside_the_point_one():

@@ -267,7 +267,10 @@ def test_baseline_lines_compare_the_cka_rule_and_say_which_default_ships():
             "mean_regret": 0.43}
     text = "\n".join(sr._baseline_lines(base, "cka", {"mean_regret": 0.5}))
     assert "6/6 >= 98.5%, worst 99.2%" in text and "mean 43.0% (the prediction: mean 50.0%)" in text
-    assert "the CKA rule stays the default" in text
+    assert "the CKA rule stays the default" in text and "paired by task" not in text
+    paired = "\n".join(sr._baseline_lines({**base, "regret_gain_mean": 0.011, "regret_gain_se": 0.031}, "cka",
+                                          {"mean_regret": 0.45}))
+    assert "its gain over the rule, paired by task, 1.1 ± 3.1 points" in paired
     assert "makes the prediction the default rule" in "\n".join(sr._baseline_lines(base, "predictor", {"mean_regret": 0.3}))
     assert sr._baseline_lines(None, "cka", {}) == []
 
