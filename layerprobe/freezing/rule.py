@@ -35,7 +35,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Recommendation", "Thresholds", "recommend", "top_change"]
+__all__ = ["Recommendation", "Thresholds", "decided_by", "recommend", "top_change"]
 
 
 @dataclass(frozen=True)
@@ -340,6 +340,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def decided_by(basis: str, max_drift: object) -> str:
+    """What decided the advice when the prediction did not, in words (the notes and the candidates header).
+
+    >>> decided_by("cka", None), decided_by("drift", 0.05)
+    ('the CKA rule decided', 'the drift rule (max_drift 0.05) decided')
+    """
+    return {"cka": "the CKA rule decided", "drift": f"the drift rule (max_drift {max_drift}) decided"}.get(
+        basis, "nothing is advised (no CKA, no max_drift)")
+
+
 def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] | None,
                step_cost: list[float] | None, t: Thresholds, basis: str,
                predictor: Any = None) -> tuple[dict, tuple | None]:
@@ -372,8 +382,7 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
     if not decide:
         fit = f"{used.label}, fit on {', '.join(used.fit_on)}"
         # what decided instead: without CKA (weights only) the drift rule, or nothing (before: "the CKA rule")
-        ruled = {"cka": "the CKA rule decided", "drift": f"the drift rule (max_drift {t.max_drift}) decided"}.get(
-            basis, "nothing is advised (no CKA, no max_drift)")
+        ruled = decided_by(basis, t.max_drift)
         lead = pr.shipped_lead()
         if meta.get("default_rule") == "predictor" and lead is not None and predictor is None:
             lo = used.loto

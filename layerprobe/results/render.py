@@ -118,9 +118,9 @@ def candidates_text(r: Any) -> list[str]:
                       for c in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     basis, max_drift = getattr(r, "basis", "cka"), (getattr(r, "thresholds", None) or {}).get("max_drift")
-    ruled = {"cka": "the CKA rule decided", "drift": f"the drift rule (max_drift {max_drift}) decided"}.get(
-        basis, "nothing is advised (no CKA, no max_drift)")  # weights only: not the CKA rule
-    tol = f"tolerance {_pct(r.tolerance)}" if r.tolerance is not None else ruled
+    from layerprobe.freezing.rule import decided_by
+
+    tol = f"tolerance {_pct(r.tolerance)}" if r.tolerance is not None else decided_by(basis, max_drift)
     return [f"  predicted cost of freezing each bottom prefix ({how}; {tol}):"] + [
         "    " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
 
