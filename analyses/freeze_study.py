@@ -18,6 +18,9 @@
 #   followed from step 0: the ``fixed`` run of the advised prefix, same seed (identical procedure);
 # * ``auto`` — one run that starts as full fine-tuning and freezes the bottom prefix progressively
 #   in the same run (``AutoFreeze`` policy + feature cache), tracker cost counted.
+# * ``midrun`` (plan amendment 5; not in ``summary.csv``, whose methods are a contract) — the same seed's full
+#   run with the embeddings + k blocks frozen (and the feature cache attached) at the end of epoch
+#   ``MIDRUN_EPOCH``: what freezing in the same run costs, the target of a mid-run predictor.
 #
 # Every run is cached as a small JSON in ``<cache>/<task>/`` (a rerun resumes; runs are skipped when
 # their cached budget matches); everything under ``analyses/results`` is rebuilt from the cache by
@@ -47,6 +50,8 @@ from study_grid import (  # noqa: E402  (the grid both study scripts share)
     LORA,
     LR_GRID,
     MEASURE_EPOCHS,
+    MIDRUN_EPOCH,
+    MIDRUN_KS,
     N_BLOCKS,
     SMOKE_BUDGETS,
     SMOKE_LR_GRID,
@@ -55,6 +60,7 @@ from study_grid import (  # noqa: E402  (the grid both study scripts share)
     auto_options,
     clean,
     config_name,
+    midrun_config,
     run_file,
 )
 
@@ -147,6 +153,19 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         measures = {"names": list(blocks.names), "mid_run": []}
     if method == "lora":
         model = _lora_model(model, b.num_labels)
+    if method == "midrun":  # the full run until the end of epoch MIDRUN_EPOCH, then the prefix frozen + cached
+        freeze_step = MIDRUN_EPOCH * per_epoch
+        held: list = []
+
+        def midrun_step(step: int, m) -> None:
+            if step == freeze_step:  # counted as training: freezing and the cache are the method
+                from layerprobe.freezing.prefix_cache import PrefixCache
+
+                freeze(m, bottom_prefix(blocks, k, embeddings=True), blocks)
+                held.append(PrefixCache(m, k, blocks=blocks, store_in_eval=False))
+                side["frozen_at_step"] = step
+
+        on_step.append(midrun_step)
     if method == "fixed" and (emb or k):
         from layerprobe.freezing.prefix_cache import PrefixCache
 
@@ -234,6 +253,8 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         tracker.finish(stats["steps"])
         track_cpu[0] += time.process_time() - c0
     final_trainable = trainable_parameters(model)
+    if method == "midrun" and held:
+        pcache = held[0]
     if pcache is not None:
         side["cache"] = pcache.stats()
         pcache.detach()
@@ -406,7 +427,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=None, help="default 0,1,2 (smoke: 0)")
     p.add_argument("--stage", default="full,linear,fixed,auto,lora",
                    help="which methods to run, in this order; 'ref' (not by default) makes a full run again as "
-                        "config 'ref' to read a full run without a CPU reference in reference units")
+                        "config 'ref' to read a full run without a CPU reference in reference units; 'midrun' (not "
+                        "by default) the mid-run scan of plan amendment 5")
     p.add_argument("--fixed", default="0,1,2,3,4,5,6", help="frozen block counts k (embeddings frozen too)")
     p.add_argument("--cache", default=None, help="run cache (default analyses/cache; smoke: a temp dir)")
     p.add_argument("--out", default=None, help="results dir (default analyses/results)")
@@ -522,6 +544,8 @@ def main(argv=None) -> int:
                     steps.append(("auto", None, seed, None))
                 elif stage == "ref":  # a full run made again for its CPU reference (see study_report.lend_units)
                     steps.append(("ref", None, seed, None))
+                elif stage == "midrun":  # plan amendment 5
+                    steps += [("midrun", None, seed, k) for k in MIDRUN_KS]
         for method, lr, seed, k in steps:
             if os.path.exists(stop_file):
                 print(f"{stop_file} exists: stopping before the next run")
@@ -543,6 +567,8 @@ def main(argv=None) -> int:
                 do(b, "full", False, 0, seed, config="ref")
             elif method == "fixed":
                 do(b, "fixed", True, k, seed)
+            elif method == "midrun":
+                do(b, "midrun", True, k, seed, config=midrun_config(k))
             elif variant is not None:
                 opts = auto_options(out)
                 do(b, "auto", False, 0, seed, {**opts, "thresholds": variant[1]}, variant[0])

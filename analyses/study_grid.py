@@ -62,12 +62,21 @@ LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lr": 5e-4,
         "target_modules": r".*\.attention\.(self\.(query|key|value)|output\.dense)$"}
 #: when the full run's mid-run measurements (revert test, drift) are taken, in epochs
 MEASURE_EPOCHS = (0.5, 1.0, 2.0)
+#: the mid-run scan (docs/freeze_study_plan.md, amendment 5): the embeddings + k blocks frozen at the end of this
+#: epoch of a run otherwise identical to the same seed's full run; the prefixes, in the order they are run
+MIDRUN_EPOCH = 1
+MIDRUN_KS = (6, 4, 5, 3)
 SMOKE_BUDGETS = {
     k: replace(b, train_size=64, dev_size=24, test_size=32, probe_size=24, track_probe_size=16, batch_size=16,
                max_length=32, min_epochs=1, max_epochs=2, checks_per_epoch=2)
     for k, b in BUDGETS.items()
 }
 SMOKE_LR_GRID = (1e-4,)
+
+
+def midrun_config(frozen_blocks: int) -> str:
+    """The config name of a mid-run scan run: ``mid1-emb+4`` freezes the embeddings + 4 blocks after epoch 1."""
+    return f"mid{MIDRUN_EPOCH}-{config_name(True, frozen_blocks)}"
 
 
 def config_name(embeddings_frozen: bool, frozen_blocks: int) -> str:
