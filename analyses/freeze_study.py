@@ -430,6 +430,8 @@ def main(argv=None) -> int:
                         "config 'ref' to read a full run without a CPU reference in reference units; 'midrun' (not "
                         "by default) the mid-run scan of plan amendment 5")
     p.add_argument("--fixed", default="0,1,2,3,4,5,6", help="frozen block counts k (embeddings frozen too)")
+    p.add_argument("--midrun", default=",".join(map(str, MIDRUN_KS)),
+                   help="frozen block counts k of the mid-run scan, in the order they are run")
     p.add_argument("--cache", default=None, help="run cache (default analyses/cache; smoke: a temp dir)")
     p.add_argument("--out", default=None, help="results dir (default analyses/results)")
     p.add_argument("--no-progress", action="store_true")
@@ -451,6 +453,7 @@ def main(argv=None) -> int:
     budgets = {t: (SMOKE_BUDGETS if a.smoke else BUDGETS)[t] for t in tasks}
     grid = SMOKE_LR_GRID if a.smoke else LR_GRID
     fixed_ks = [int(k) for k in a.fixed.split(",") if k.strip()]
+    midrun_ks = [int(k) for k in a.midrun.split(",") if k.strip()]
     if a.smoke:
         import tempfile
 
@@ -545,7 +548,7 @@ def main(argv=None) -> int:
                 elif stage == "ref":  # a full run made again for its CPU reference (see study_report.lend_units)
                     steps.append(("ref", None, seed, None))
                 elif stage == "midrun":  # plan amendment 5
-                    steps += [("midrun", None, seed, k) for k in MIDRUN_KS]
+                    steps += [("midrun", None, seed, k) for k in midrun_ks]
         for method, lr, seed, k in steps:
             if os.path.exists(stop_file):
                 print(f"{stop_file} exists: stopping before the next run")
