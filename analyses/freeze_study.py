@@ -425,10 +425,10 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 lr, few configs, 1 seed (CI)")
     p.add_argument("--tasks", default=None, help=f"default {','.join(BUDGETS)} (smoke: rt,bbc, the installed data)")
     p.add_argument("--seeds", default=None, help="default 0,1,2 (smoke: 0)")
-    p.add_argument("--stage", default="full,linear,fixed,auto,lora",
+    p.add_argument("--stage", default="full,linear,fixed,auto,lora,midrun",
                    help="which methods to run, in this order; 'ref' (not by default) makes a full run again as "
-                        "config 'ref' to read a full run without a CPU reference in reference units; 'midrun' (not "
-                        "by default) the mid-run scan of plan amendment 5")
+                        "config 'ref' to read a full run without a CPU reference in reference units; 'midrun' is the "
+                        "mid-run scan of plan amendment 5 (the last stage by default)")
     p.add_argument("--fixed", default="0,1,2,3,4,5,6", help="frozen block counts k (embeddings frozen too)")
     p.add_argument("--midrun", default=",".join(map(str, MIDRUN_KS)),
                    help="frozen block counts k of the mid-run scan, in the order they are run")
@@ -459,6 +459,7 @@ def main(argv=None) -> int:
 
         out = a.out or tempfile.mkdtemp(prefix="freeze_smoke_")
         fixed_ks = [k for k in fixed_ks if k in (2, N_BLOCKS)] or [N_BLOCKS]
+        midrun_ks = [k for k in midrun_ks if k == N_BLOCKS] or [N_BLOCKS]
     else:
         out = a.out or os.path.join(ROOT, "analyses", "results")
     cache = a.cache or (os.path.join(out, "cache") if a.smoke else os.path.join(ROOT, "analyses", "cache"))

@@ -348,6 +348,7 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
         runs = runs[~((runs.method == "auto") & runs.config.astype(str).str.startswith("rule-"))]
     superseded = runs[~runs.apply(current, axis=1)] if len(runs) else runs
     runs = runs[runs.apply(current, axis=1)] if len(runs) else runs
+    mid = midrun(cache, budgets, runs, chosen, pred.get("outcomes"), out)
     info: dict = {"_auto_variants": variants, "_superseded_auto": len(superseded),
                   "_predictors": {"scores": pred["scores"].to_dict("records") if len(pred["scores"]) else [],
                                   "winner": pred["winner"], "incomplete": pred["incomplete"]},
@@ -419,8 +420,73 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
                                    "of": int(len(agree20))}
     atomic_write_text(os.path.join(out, "oracle.json"), json.dumps(clean(info), indent=2) + "\n")
     atomic_write_text(os.path.join(out, "report.md"),
-                      render(settings, info, rule_info, cand_table, timing, df, budgets))
+                      render(settings, info, rule_info, cand_table, timing, df, budgets, mid))
     return info
+
+
+def midrun(cache: str, budgets: dict, runs: pd.DataFrame, chosen: dict, static: pd.DataFrame | None,
+           out: str) -> dict:
+    """Plan amendment 5 (``study_midrun``): writes ``midrun.csv`` (one row per mid-run run), ``midrun_outcomes.csv``,
+    ``midrun_loto.csv``, ``midrun_advice.csv`` and ``midrun_scores.csv``; returns them for the report."""
+    import study_midrun as sm
+
+    mid = sm.midrun_runs(cache, budgets, runs, chosen)
+    if not len(mid):
+        return {}
+    outcomes, feats = sm.midrun_table(mid, runs, chosen, static if static is not None else pd.DataFrame())
+    tracker = sm.tracker_share(runs)
+    res = sm.midrun_loto(outcomes, feats, tracker)
+    frames = {"midrun.csv": mid, "midrun_outcomes.csv": outcomes.drop(columns=["rel"]) if len(outcomes) else outcomes,
+              "midrun_loto.csv": res["pairs"], "midrun_advice.csv": res["advice"], "midrun_scores.csv": res["scores"]}
+    for name, frame in frames.items():
+        atomic_write_text(os.path.join(out, name), frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    return {"runs": mid, "outcomes": outcomes, "tracker": tracker, **res}
+
+
+def _midrun_lines(mid: dict) -> list[str]:
+    """The report's section on plan amendment 5: the scan, and the leave-one-task-out of its predictors."""
+    if not mid:
+        return []
+    runs = mid["runs"]
+    L = ["", "## Mid-run freezing (plan amendment 5)", "",
+         "Each run is the same seed's full run with the embeddings + k blocks frozen (prefix cache attached) at the "
+         "end of epoch 1; relative to that full run: test accuracy, and training CPU of the whole run in reference "
+         "units. \"Same until the freeze\": its dev accuracy after epoch 1 equals the full run's (training is "
+         "deterministic). Tracker: the auto runs' tracker CPU over full training, what the same-run policy adds.", "",
+         "| task | k | seeds | rel. acc | CPU / full | cache hit rows | same until the freeze | tracker / full |",
+         "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for (task, k), g in runs.groupby(["task", "k"]):
+        tr = mid["tracker"].get(task)
+        L.append(f"| {task} | emb+{k} | {len(g)} | {_pct_se(*mean_se(g.rel_acc.tolist()))} | "
+                 f"{_ratio(g.cpu_ratio.mean())} | {_pct(g.cache_hit_share.mean(), 0)} | "
+                 f"{'yes' if g.same_until_freeze.all() else 'NO'} | {_ratio(tr) if tr is not None else 'n/a'} |")
+    sc = mid.get("scores")
+    if sc is None or not len(sc):
+        L += ["", f"Leave-one-task-out: needs three tasks with the whole scan (k = 3..6) on a seed; "
+              f"{len(set(mid['outcomes'].task)) if len(mid['outcomes']) else 0} so far."]
+        return L
+    L += ["", f"Leave-one-task-out on {len(mid['tasks'])} tasks ({', '.join(mid['tasks'])}): each label-free "
+          "candidate, measured at the freeze (the full run's revert test and weight drift at epoch 1, CKA at the "
+          "check before), fit on the other tasks' mid-run losses, advising the held-out task at tolerance 1%. "
+          "A prefix below the scan (k < 3) is scored with its static run (frozen from step 0: a lower bound on its "
+          "accuracy; CPU saved counted after epoch 1 only). Same-run CPU = the advised run's CPU + the task's "
+          "tracker share.", "",
+          "| candidate | tasks >= 98.5% | worst | mean rel. acc | max regret | mean regret | calibration (pairs) | "
+          "mean same-run CPU | max |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sc.itertuples():
+        L.append(f"| {r.candidate} | {r.tasks_ge_985}/{r.tasks} | {_pct(r.min_rel_acc)} | {_pct(r.mean_rel_acc)} | "
+                 f"{_pct(r.max_regret)} | {_pct(r.mean_regret)} | {_pct(r.calibration_within_1pt, 0)} "
+                 f"({r.calibration_pairs}) | {_ratio(r.mean_same_run_cpu)} | {_ratio(r.max_same_run_cpu)} |")
+    best = sc.candidate.iloc[0]
+    a = mid["advice"]
+    a = a[(a.candidate == best) & (a.when == "end")]
+    L += ["", f"The first, **{best}**, per held-out task (per seed):", "",
+          "| task | advised | from | rel. acc | CPU / full | + tracker | oracle | regret |", "|---|---|---|---:|---:|---:|---|---:|"]
+    for r in a.itertuples():
+        L.append(f"| {r.fold} (s{r.seed}) | {'nothing' if r.advised_k < 0 else f'emb+{r.advised_k}'} | {r.source} | "
+                 f"{_pct(r.rel_acc)} | {_ratio(r.cpu_ratio)} | {_ratio(r.same_run_cpu)} | emb+{r.oracle_k} | "
+                 f"{_pct(r.regret)} |")
+    return L
 
 
 def predictors(runs: pd.DataFrame, chosen: dict, cache: str, out: str, provisional: Sequence[str] = (),
@@ -735,7 +801,7 @@ def _reach_lines(reach: dict) -> list[str]:
     return L
 
 
-def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
+def render(settings, info, rule_info, cand, timing, df, budgets, mid: dict | None = None) -> str:
     L = ["# Freeze study at real budgets: results", "",
          "Generated by `analyses/study_report.py` from the run cache (`analyses/freeze_study.py`). "
          "Accuracy is test accuracy of the best dev epoch; relative accuracy and CPU-time saving are per seed "
@@ -907,6 +973,7 @@ def render(settings, info, rule_info, cand, timing, df, budgets) -> str:
     L += ["", "CPU saved is what a user pays (the whole run, early stopping included); CPU/epoch saved removes "
           "the stopping rule's noise (one epoch more or less moves a run's CPU time by 20-33%) and shows what "
           "freezing itself saves per epoch (the cache fill in the first epoch included)."]
+    L += _midrun_lines(mid or {})
     return "\n".join(L) + "\n"
 
 

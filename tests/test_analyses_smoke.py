@@ -58,6 +58,11 @@ def test_study_smoke_writes_results(smoke_results):
     assert {float(r["fraction"]) for r in timing} == {0.05, 0.1, 0.2, 0.5}
     assert (out / "report.md").read_text().startswith("# Freeze study at real budgets")
     assert list((out / "runs").glob("rt_full_full_*comparison.json"))
+    mid = list(csv.DictReader(open(out / "midrun.csv")))  # plan amendment 5's scan, kept out of summary.csv
+    assert {(r["task"], r["k"]) for r in mid} == {("rt", "6"), ("bbc", "6")}
+    assert all(r["same_until_freeze"] == "True" and 0 < float(r["rel_acc"]) for r in mid)
+    assert "midrun" not in {r["method"] for r in rows}
+    assert "## Mid-run freezing (plan amendment 5)" in (out / "report.md").read_text()
     assert (out / "cache" / "rt").is_dir()  # the committed results dir was not used as the cache
 
 
