@@ -63,6 +63,7 @@ from study_grid import (  # noqa: E402  (the grid both study scripts share)
     midrun_config,
     run_file,
 )
+from study_midrun import MIDFIT  # noqa: E402
 
 from layerprobe.io.outputs import atomic_write_text  # noqa: E402
 
@@ -436,6 +437,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="results dir (default analyses/results)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="do not rebuild results after each run")
+    p.add_argument("--auto-fit", default="static", choices=("static", "midrun"),
+                   help="what drives the auto stage: the fold predictors fit on prefixes frozen from step 0 (the "
+                        "plan's auto runs), or those fit on the mid-run scan (plan amendment 5; cached as config "
+                        f"{MIDFIT!r}, reported in its section)")
     p.add_argument("--auto-variant", default=None, metavar="NAME=JSON",
                    help="exploratory: run the auto stage with this rule (Thresholds keywords as JSON) instead of "
                         "rule.json's, cached as config NAME; study_report lists it apart from the targets")
@@ -483,8 +488,9 @@ def main(argv=None) -> int:
                         and (row.get("ref_full_step_cpu") is None or row.get("grad_hook_cpu_seconds") is None))
         # an auto run stands while it is of the kind the options now ask for (the same rule, or a predictor fit
         # without its task: refits after later tasks land do not make a held-out run stale)
-        if row is not None and not owes and (method != "auto" or config is not None and row.get("auto_options") ==
-                                             clean(auto_opts or {}) or config is None and
+        held_out = config in (None, MIDFIT)  # a held-out run stands whichever fold fit led when it ran
+        if row is not None and not owes and (method != "auto" or not held_out and row.get("auto_options") ==
+                                             clean(auto_opts or {}) or held_out and
                                              auto_kind(row.get("auto_options"), b.task) ==
                                              auto_kind(auto_opts, b.task) != ("leaked",)):
             return row
@@ -576,6 +582,12 @@ def main(argv=None) -> int:
             elif variant is not None:
                 opts = auto_options(out)
                 do(b, "auto", False, 0, seed, {**opts, "thresholds": variant[1]}, variant[0])
+            elif a.auto_fit == "midrun":
+                opts = auto_options(out, task, "loto_predictors_midrun")
+                if "predictor" not in opts:
+                    print(f"{task}: no mid-run fold predictor yet (the mid-run scan of four tasks); skipping auto")
+                    continue
+                do(b, "auto", False, 0, seed, opts, MIDFIT)
             else:
                 do(b, "auto", False, 0, seed, auto_options(out, task))
     _report(cache, out, a.smoke)

@@ -109,11 +109,13 @@ def clean(x):
     return x
 
 
-def auto_options(out: str, task: str | None = None) -> dict:
+def auto_options(out: str, task: str | None = None, folds: str = "loto_predictors") -> dict:
     """The auto policy's knobs for ``task``. Once the prediction is validated leave-one-task-out (>= 3 tasks), the
-    predictor fit **without** ``task`` (``<out>/loto_predictors/<task>.json``, its own inner ranking) at the
-    study's tolerance; before that the static rule as calibrated on Rotten Tomatoes (``rule.json``), if any."""
-    fold = os.path.join(out, "loto_predictors", f"{task}.json") if task else ""
+    predictor fit **without** ``task`` (``<out>/<folds>/<task>.json``, its own inner ranking) at the study's
+    tolerance; before that the static rule as calibrated on Rotten Tomatoes (``rule.json``), if any. ``folds``:
+    ``loto_predictors`` (fit on prefixes frozen from step 0) or ``loto_predictors_midrun`` (plan amendment 5: fit
+    on prefixes frozen after epoch 1)."""
+    fold = os.path.join(out, folds, f"{task}.json") if task else ""
     if fold and os.path.exists(fold):
         with open(fold) as fh:
             fit = json.load(fh)

@@ -31,6 +31,9 @@ import pandas as pd
 import study_predict as sp
 from study_grid import MIDRUN_EPOCH
 
+MID_TARGET = "accuracy loss 1 - acc(prefix frozen at the end of epoch 1) / acc(full fine-tuning)"
+#: the auto runs driven by a fold's mid-run fit (freeze_study.py --auto-fit midrun): their config name
+MIDFIT = "midfit"
 #: what the tracker can measure at a check, without labels (the static study's label-free candidates)
 MID_CANDIDATES = ("size", "cka_abs", "cka_rel", "drift_rel", "revert_kl", "revert_disagree", "combo_revert_cka")
 _NAME = re.compile(r"^midrun_mid(\d+)-emb\+(\d+)_lr([0-9.e+-]+)_seed(\d+)\.json$")
@@ -176,3 +179,41 @@ def midrun_loto(outcomes: pd.DataFrame, feats: pd.DataFrame, tracker: dict[str, 
         scores["max_same_run_cpu"] = scores.candidate.map(per.max())
         scores = scores.drop(columns=[c for c in scores if c.startswith("early")])
     return {"tasks": sorted(set(o.task)), "pairs": pairs, "advice": adv, "scores": scores}
+
+
+def fold_predictors(outcomes: pd.DataFrame, feats: pd.DataFrame) -> dict[str, dict]:
+    """Per held-out task, the mid-run predictor file as it would ship **without** that task (every candidate of
+    :data:`MID_CANDIDATES` fit on the other tasks, ranked by a leave-one-task-out among them only): what the auto
+    runs driven by the mid-run fit use. Needs four tasks (the inner ranking needs three)."""
+    o, f, _ = sp.complete(outcomes, feats) if len(outcomes) and len(feats) else (outcomes, feats, [])
+    tasks = sorted(set(o.task) & set(f.task)) if len(o) and len(f) else []
+    if len(tasks) < 4:
+        return {}
+    out = {}
+    for held in tasks:
+        oo, ff = o[o.task != held], f[f.task != held]
+        out[held] = sp.export_predictor(oo, ff, sp.score(*sp.loto(oo, ff, candidates=MID_CANDIDATES)),
+                                        target=MID_TARGET)
+    return out
+
+
+def midfit_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The auto runs driven by a fold's mid-run fit (config :data:`MIDFIT`), against the same seed's full run:
+    relative accuracy, CPU of the whole run (tracker included) and per epoch in reference units, what froze when."""
+    rows = []
+    if not len(runs) or "config" not in runs:
+        return pd.DataFrame()
+    for r in runs[(runs.method == "auto") & (runs.config.astype(str) == MIDFIT)].itertuples():
+        f = runs[(runs.task == r.task) & (runs.method == "full") & (runs.seed == r.seed)]
+        if not len(f):
+            continue
+        fr = next(f.itertuples())
+        auto = r.auto if isinstance(r.auto, dict) else {}
+        total = max(1, int(r.steps))
+        pred = ((r.auto_options if isinstance(r.auto_options, dict) else {}).get("predictor") or {})
+        rows.append({"task": r.task, "seed": int(r.seed), "rel_acc": float(r.accuracy) / float(fr.accuracy),
+                     "cpu_ratio": sp.cpu_ratio(r, fr, per_epoch=False), "cpu_per_epoch_ratio": sp.cpu_ratio(r, fr),
+                     "frozen": ", ".join(f"{n}@{100 * st / total:.0f}%" for n, st in
+                                         (auto.get("freeze_steps") or {}).items()) or "nothing",
+                     "driven_by": str(pred.get("name")) + ("@upper" if pred.get("decide") == "upper" else "")})
+    return pd.DataFrame(rows)

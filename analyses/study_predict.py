@@ -527,8 +527,11 @@ DECIDE_TASKS = 6
 LIBRARY = ("revert_kl", "revert_disagree", "cka_rel", "cka_abs", "drift_rel")
 
 
+STATIC_TARGET = "accuracy loss 1 - acc(prefix frozen from step 0) / acc(full fine-tuning)"
+
+
 def export_predictor(outcomes: pd.DataFrame, feats: pd.DataFrame, scores: pd.DataFrame,
-                     baseline: Mapping[str, Any] | None = None) -> dict:
+                     baseline: Mapping[str, Any] | None = None, target: str = STATIC_TARGET) -> dict:
     """The fits layerprobe ships (``layerprobe/freezing/predictor.json``): every library-computable candidate
     refit on **all** tasks with data, each with its two decisions (``decide``: ``point``, or ``upper`` — the
     interval's pessimistic end), in the leave-one-task-out ranking (``scores``; the order of :data:`LIBRARY`
@@ -568,7 +571,7 @@ def export_predictor(outcomes: pd.DataFrame, feats: pd.DataFrame, scores: pd.Dat
         math.isfinite(se) and float(baseline["regret_gain_mean"]) > se)
     beats = baseline is None or (meets and best["loto"]["tasks_ge_985"] >= int(baseline["tasks_ge_985"])
                                  and best["loto"]["mean_regret"] < float(baseline["mean_regret"]) and clear)
-    return {"schema": 1, "target": "accuracy loss 1 - acc(prefix frozen from step 0) / acc(full fine-tuning)",
+    return {"schema": 1, "target": target,
             "tolerance_default": TAU, "fit_on": tasks, "validated": bool(validated),
             # the prediction decides by default only once its best library candidate met the static-advice
             # target (>= 98.5% of full on every held-out task, >= 99% on average) leave-one-task-out on all

@@ -344,11 +344,14 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
         return auto_kind(opts, r["task"]) == auto_kind(auto_options(out, r["task"]), r["task"]) != ("leaked",)
 
     variants = auto_variants(runs)  # exploratory rules (config rule-*): reported apart, never in the targets
-    if len(runs):
-        runs = runs[~((runs.method == "auto") & runs.config.astype(str).str.startswith("rule-"))]
+    import study_midrun as sm
+
+    midfit = sm.midfit_runs(runs)  # plan amendment 5: driven by the mid-run fit, reported in its section
+    if len(runs):  # the targets read the auto runs of the plan only (config "full")
+        runs = runs[~((runs.method == "auto") & (runs.config.astype(str) != "full"))]
     superseded = runs[~runs.apply(current, axis=1)] if len(runs) else runs
     runs = runs[runs.apply(current, axis=1)] if len(runs) else runs
-    mid = midrun(cache, budgets, runs, chosen, pred.get("outcomes"), out)
+    mid = midrun(cache, budgets, runs, chosen, pred.get("outcomes"), out, midfit)
     info: dict = {"_auto_variants": variants, "_superseded_auto": len(superseded),
                   "_predictors": {"scores": pred["scores"].to_dict("records") if len(pred["scores"]) else [],
                                   "winner": pred["winner"], "incomplete": pred["incomplete"]},
@@ -425,9 +428,10 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
 
 
 def midrun(cache: str, budgets: dict, runs: pd.DataFrame, chosen: dict, static: pd.DataFrame | None,
-           out: str) -> dict:
+           out: str, midfit: pd.DataFrame | None = None) -> dict:
     """Plan amendment 5 (``study_midrun``): writes ``midrun.csv`` (one row per mid-run run), ``midrun_outcomes.csv``,
-    ``midrun_loto.csv``, ``midrun_advice.csv`` and ``midrun_scores.csv``; returns them for the report."""
+    ``midrun_loto.csv``, ``midrun_advice.csv``, ``midrun_scores.csv``, the fold predictors the auto runs driven by
+    the mid-run fit use (``loto_predictors_midrun/<task>.json``) and ``midfit.csv`` (those runs); returns them."""
     import study_midrun as sm
 
     mid = sm.midrun_runs(cache, budgets, runs, chosen)
@@ -436,11 +440,17 @@ def midrun(cache: str, budgets: dict, runs: pd.DataFrame, chosen: dict, static: 
     outcomes, feats = sm.midrun_table(mid, runs, chosen, static if static is not None else pd.DataFrame())
     tracker = sm.tracker_share(runs)
     res = sm.midrun_loto(outcomes, feats, tracker)
+    midfit = midfit if midfit is not None else pd.DataFrame()
     frames = {"midrun.csv": mid, "midrun_outcomes.csv": outcomes.drop(columns=["rel"]) if len(outcomes) else outcomes,
-              "midrun_loto.csv": res["pairs"], "midrun_advice.csv": res["advice"], "midrun_scores.csv": res["scores"]}
+              "midrun_loto.csv": res["pairs"], "midrun_advice.csv": res["advice"], "midrun_scores.csv": res["scores"],
+              "midfit.csv": midfit}
     for name, frame in frames.items():
         atomic_write_text(os.path.join(out, name), frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-    return {"runs": mid, "outcomes": outcomes, "tracker": tracker, **res}
+    for held, fit in sm.fold_predictors(outcomes, feats).items():
+        os.makedirs(os.path.join(out, "loto_predictors_midrun"), exist_ok=True)
+        atomic_write_text(os.path.join(out, "loto_predictors_midrun", f"{held}.json"),
+                          json.dumps(clean(fit), indent=1) + "\n")
+    return {"runs": mid, "outcomes": outcomes, "tracker": tracker, "midfit": midfit, **res}
 
 
 def _midrun_lines(mid: dict) -> list[str]:
@@ -486,6 +496,19 @@ def _midrun_lines(mid: dict) -> list[str]:
         L.append(f"| {r.fold} (s{r.seed}) | {'nothing' if r.advised_k < 0 else f'emb+{r.advised_k}'} | {r.source} | "
                  f"{_pct(r.rel_acc)} | {_ratio(r.cpu_ratio)} | {_ratio(r.same_run_cpu)} | emb+{r.oracle_k} | "
                  f"{_pct(r.regret)} |")
+    mf = mid.get("midfit")
+    if mf is not None and len(mf):
+        L += ["", "Same-run auto freeze driven by the fold's mid-run fit (`freeze_study.py --auto-fit midrun`: "
+              "`AutoFreezePolicy` with the predictor fit without the task, tracker and cache counted), against the "
+              "same seed's full run:", "",
+              "| task | seed | rel. acc | CPU / full | CPU/epoch / full | froze (share of the run) | driven by |",
+              "|---|---:|---:|---:|---:|---|---|"]
+        for r in mf.itertuples():
+            L.append(f"| {r.task} | {r.seed} | {_pct(r.rel_acc)} | {_ratio(r.cpu_ratio)} | "
+                     f"{_ratio(r.cpu_per_epoch_ratio)} | {r.frozen} | {r.driven_by} |")
+        per = mf.groupby("task").agg(rel=("rel_acc", "mean"), cpu=("cpu_ratio", "mean"))
+        L += ["", f"Over {len(per)} task(s): worst {_pct(per.rel.min())}, mean {_pct(per.rel.mean())} of full; "
+              f"CPU {_ratio(per.cpu.mean())} of full (mean over tasks; target <= 0.75)."]
     return L
 
 

@@ -184,3 +184,32 @@ def test_tracker_share_in_reference_units():
     assert sm.tracker_share(pd.DataFrame()) == {}
     assert math.isnan(sm._hit_share(None))
     assert sp.KS == tuple(range(7))
+
+
+def test_fold_predictors_leave_each_task_out_of_its_mid_run_fit(tmp_path):
+    cache, runs, budgets = _cache(tmp_path)
+    chosen = {t: LR for t in TASKS}
+    o, f = sm.midrun_table(sm.midrun_runs(cache, budgets, runs, chosen), runs, chosen, _static())
+    folds = sm.fold_predictors(o, f)
+    assert sorted(folds) == TASKS
+    for held, fit in folds.items():
+        assert fit["target"] == sm.MID_TARGET and fit["fit_on"] == [t for t in TASKS if t != held]
+        assert all(p["fit_on"] == fit["fit_on"] for p in fit["predictors"])
+        assert {p["name"] for p in fit["predictors"]} <= set(sm.MID_CANDIDATES)
+        assert fit["predictors"][0]["loto"]["tasks"] == 3  # ranked by a leave-one-task-out among the other three
+    assert sm.fold_predictors(o[o.task.isin(TASKS[:3])], f) == {}  # three tasks: no inner ranking
+
+
+def test_midfit_runs_read_the_auto_runs_driven_by_the_mid_run_fit():
+    full = {"task": "a", "method": "full", "config": "full", "seed": 0, "accuracy": 0.8, "steps": 400, "epochs": 4.0,
+            "train_cpu_seconds": 400.0, "ref_full_step_cpu": 1.0}
+    auto = {**full, "method": "auto", "config": sm.MIDFIT, "accuracy": 0.79, "train_cpu_seconds": 500.0,
+            "ref_full_step_cpu": 2.0, "auto": {"freeze_steps": {"embeddings": 100, "block.3": 100}},
+            "auto_options": {"predictor": {"name": "revert_kl", "decide": "upper"}}}
+    plan = {**auto, "config": "full"}  # the plan's auto run: not this table's
+    got = sm.midfit_runs(pd.DataFrame([full, auto, plan]))
+    assert len(got) == 1
+    r = got.iloc[0]
+    assert r.rel_acc == pytest.approx(0.79 / 0.8) and r.cpu_ratio == pytest.approx(0.625)
+    assert r.frozen == "embeddings@25%, block.3@25%" and r.driven_by == "revert_kl@upper"
+    assert sm.midfit_runs(pd.DataFrame()).empty
