@@ -494,7 +494,7 @@ def _midrun_lines(mid: dict) -> list[str]:
           "| task | advised | from | rel. acc | CPU / full | + tracker | oracle | regret |", "|---|---|---|---:|---:|---:|---|---:|"]
     for r in a.itertuples():
         L.append(f"| {r.fold} (s{r.seed}) | {'nothing' if r.advised_k < 0 else f'emb+{r.advised_k}'} | {r.source} | "
-                 f"{_pct(r.rel_acc)} | {_ratio(r.cpu_ratio)} | {_ratio(r.same_run_cpu)} | emb+{r.oracle_k} | "
+                 f"{_pct(r.rel_acc)} | {_ratio(r.cpu_ratio)} | {_ratio(r.same_run_cpu)} | {'nothing' if r.oracle_k < 0 else f'emb+{r.oracle_k}'} | "
                  f"{_pct(r.regret)} |")
     mf = mid.get("midfit")
     if mf is not None and len(mf):
