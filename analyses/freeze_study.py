@@ -156,14 +156,14 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         model = _lora_model(model, b.num_labels)
     if method == "midrun":  # the full run until the end of epoch MIDRUN_EPOCH, then the prefix frozen + cached
         freeze_step = MIDRUN_EPOCH * per_epoch
-        held: list = []
 
         def midrun_step(step: int, m) -> None:
+            nonlocal pcache
             if step == freeze_step:  # counted as training: freezing and the cache are the method
                 from layerprobe.freezing.prefix_cache import PrefixCache
 
                 freeze(m, bottom_prefix(blocks, k, embeddings=True), blocks)
-                held.append(PrefixCache(m, k, blocks=blocks, store_in_eval=False))
+                pcache = PrefixCache(m, k, blocks=blocks, store_in_eval=False)
                 side["frozen_at_step"] = step
 
         on_step.append(midrun_step)
@@ -254,8 +254,6 @@ def run_one(b: TaskBudget, method: str, emb: bool, k: int, seed: int, data: dict
         tracker.finish(stats["steps"])
         track_cpu[0] += time.process_time() - c0
     final_trainable = trainable_parameters(model)
-    if method == "midrun" and held:
-        pcache = held[0]
     if pcache is not None:
         side["cache"] = pcache.stats()
         pcache.detach()

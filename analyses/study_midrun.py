@@ -197,6 +197,13 @@ def fold_predictors(outcomes: pd.DataFrame, feats: pd.DataFrame) -> dict[str, di
     return out
 
 
+def frozen_when(run) -> str:
+    """What an auto run froze and when, as a share of its steps: ``embeddings@25%, block.0@25%`` (or ``nothing``)."""
+    auto = run.auto if isinstance(run.auto, dict) else {}
+    total = max(1, int(run.steps))
+    return ", ".join(f"{n}@{100 * st / total:.0f}%" for n, st in (auto.get("freeze_steps") or {}).items()) or "nothing"
+
+
 def midfit_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The auto runs driven by a fold's mid-run fit (config :data:`MIDFIT`), against the same seed's full run:
     relative accuracy, CPU of the whole run (tracker included) and per epoch in reference units, what froze when."""
@@ -208,12 +215,9 @@ def midfit_runs(runs: pd.DataFrame) -> pd.DataFrame:
         if not len(f):
             continue
         fr = next(f.itertuples())
-        auto = r.auto if isinstance(r.auto, dict) else {}
-        total = max(1, int(r.steps))
         pred = ((r.auto_options if isinstance(r.auto_options, dict) else {}).get("predictor") or {})
         rows.append({"task": r.task, "seed": int(r.seed), "rel_acc": float(r.accuracy) / float(fr.accuracy),
                      "cpu_ratio": sp.cpu_ratio(r, fr, per_epoch=False), "cpu_per_epoch_ratio": sp.cpu_ratio(r, fr),
-                     "frozen": ", ".join(f"{n}@{100 * st / total:.0f}%" for n, st in
-                                         (auto.get("freeze_steps") or {}).items()) or "nothing",
+                     "frozen": frozen_when(r),
                      "driven_by": str(pred.get("name")) + ("@upper" if pred.get("decide") == "upper" else "")})
     return pd.DataFrame(rows)

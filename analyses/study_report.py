@@ -40,6 +40,7 @@ for p in (ROOT, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+import study_midrun as sm  # noqa: E402
 from study_grid import (  # noqa: E402
     BUDGETS,
     LR_GRID,
@@ -344,8 +345,6 @@ def build_outputs(cache: str, out: str, smoke: bool = False) -> dict:
         return auto_kind(opts, r["task"]) == auto_kind(auto_options(out, r["task"]), r["task"]) != ("leaked",)
 
     variants = auto_variants(runs)  # exploratory rules (config rule-*): reported apart, never in the targets
-    import study_midrun as sm
-
     midfit = sm.midfit_runs(runs)  # plan amendment 5: driven by the mid-run fit, reported in its section
     if len(runs):  # the targets read the auto runs of the plan only (config "full")
         runs = runs[~((runs.method == "auto") & (runs.config.astype(str) != "full"))]
@@ -432,8 +431,6 @@ def midrun(cache: str, budgets: dict, runs: pd.DataFrame, chosen: dict, static: 
     """Plan amendment 5 (``study_midrun``): writes ``midrun.csv`` (one row per mid-run run), ``midrun_outcomes.csv``,
     ``midrun_loto.csv``, ``midrun_advice.csv``, ``midrun_scores.csv``, the fold predictors the auto runs driven by
     the mid-run fit use (``loto_predictors_midrun/<task>.json``) and ``midfit.csv`` (those runs); returns them."""
-    import study_midrun as sm
-
     mid = sm.midrun_runs(cache, budgets, runs, chosen)
     if not len(mid):
         return {}
@@ -668,11 +665,7 @@ def auto_variants(runs: pd.DataFrame) -> list[dict]:
             rel.append(r.accuracy / f.accuracy)
             cpu.append(cpu_ratio(r, f, per_epoch=False))
             per_epoch.append(cpu_ratio(r, f))
-            auto = r.auto if isinstance(r.auto, dict) else {}
-            steps = auto.get("freeze_steps", {})
-            total = max(1, int(r.steps))
-            frozen.append(f"s{int(r.seed)}: " + (", ".join(f"{n}@{100 * st / total:.0f}%" for n, st in steps.items())
-                                                  or "nothing"))
+            frozen.append(f"s{int(r.seed)}: {sm.frozen_when(r)}")
         thresholds = (g.iloc[0].get("auto_options") or {}).get("thresholds", {})
         rel_m, rel_se = mean_se(rel)
         out.append({"task": task, "variant": config, "thresholds": thresholds, "n": len(rel), "rel_acc": rel_m,
