@@ -26,7 +26,7 @@ everything runs in eval mode without gradients, in float64 for the statistics.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -35,7 +35,8 @@ from torch import nn
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.apply import bottom_prefix, parameter_names
 from layerprobe.freezing.prefix_rows import no_cache
-from layerprobe.model.blocks import Blocks, find_blocks
+from layerprobe.freezing.revert_shortcut import RevertShortcut, StackOutputs
+from layerprobe.model.blocks import Blocks, block_modules, find_blocks
 
 __all__ = ["MAX_REVERT_OUTPUTS", "forward_batch", "last_token_positions", "output_divergence", "revert_test",
            "tied_outside"]
@@ -134,7 +135,7 @@ def tied_outside(model: nn.Module, names: Iterable[str]) -> dict[str, list[str]]
 @torch.no_grad()
 def revert_test(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batches: Iterable[Mapping[str, torch.Tensor]],
                 ks: Iterable[int] | None = None, labels: torch.Tensor | None = None,
-                blocks: Blocks | None = None) -> list[dict[str, Any]]:
+                blocks: Blocks | None = None, shortcut: RevertShortcut | None = None) -> list[dict[str, Any]]:
     """For each ``k``: the tuned model with the embeddings + ``k`` bottom blocks set to ``base_state``.
 
     Args:
@@ -146,6 +147,9 @@ def revert_test(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batche
         ks: the prefixes to test (default every one, ``0..n_blocks``).
         labels: optional labels of the examples, in batch order: adds ``accuracy`` and ``accuracy_tuned``.
         blocks: the tuned model's entries (found if None).
+        shortcut: whether the reverted prefixes may be served from the whole-stack pass
+            (:mod:`layerprobe.freezing.revert_shortcut`); pass the same one to every test of a model so
+            that the check against the long way runs once (a new one per call if None).
 
     Returns:
         One dict per ``k``: ``k``, ``freeze`` (entry names), ``agreement``, ``kl``, ``tv`` (and the accuracies).
@@ -171,13 +175,84 @@ def revert_test(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batche
     was = tuned.training
     tuned.eval()
     params = dict(tuned.named_parameters())
+    shortcut = shortcut if shortcut is not None else RevertShortcut()
     with no_cache():  # a prefix cache would serve the tuned prefix's stored outputs for reverted weights
-        return _revert_rows(tuned, base_state, batches, ks, y, blocks, params, was)
+        return _revert_rows(tuned, base_state, batches, ks, y, blocks, params, was, shortcut)
+
+
+def _reverted_logits(tuned: nn.Module, batches: list, k: int, n: int, stack: StackOutputs | None,
+                     names: list[str]) -> Iterator[torch.Tensor]:
+    """The reverted model's outputs batch by batch: blocks ``0..k-1`` served from ``stack`` where it may
+    (``1 <= k < n``), the whole-stack pass (``k = n``) captured into it."""
+    serve = stack is not None and stack.usable and 1 <= k < n
+    keep = stack is not None and k == n and stack.shortcut.off is None
+    for i, b in enumerate(batches):
+        if serve and stack.usable:
+            with stack.serving(k, i):
+                z = _logits(tuned, b)
+            if not stack.shortcut.checked:  # its first use: the long way too, on this batch
+                long = _logits(tuned, b)
+                if z.shape == long.shape and torch.allclose(z, long, rtol=1e-4, atol=1e-5):
+                    stack.shortcut.checked = True
+                else:
+                    stack.shortcut.turn_off(f"with {', '.join(names)} reverted the served pass differs from "
+                                            "the computed one")
+                    z = long
+        elif keep:
+            with stack.capture():
+                z = _logits(tuned, b)
+                stack.end_batch()
+        else:
+            z = _logits(tuned, b)
+        yield z
+
+
+class _NotFinite(LayerProbeError):
+    """The reverted model's outputs are not finite."""
+
+
+def _prefix_row(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batches: list, ref: list[torch.Tensor],
+                k: int, y: torch.Tensor | None, blocks: Blocks, params: dict[str, nn.Parameter],
+                stack: StackOutputs | None) -> dict[str, Any]:
+    """The revert test's row of one prefix (its weights put back, the outputs compared, the weights restored)."""
+    names = bottom_prefix(blocks, k, embeddings=True)
+    pnames = parameter_names(tuned, names, blocks)
+    for p in pnames:
+        if p not in base_state:
+            raise LayerProbeError(f"revert test: the base weights have no {p!r}")
+        if tuple(base_state[p].shape) != tuple(params[p].shape):
+            raise LayerProbeError(f"revert test: {p!r} is {tuple(base_state[p].shape)} in the base, "
+                                  f"{tuple(params[p].shape)} in the tuned model")
+    saved = {p: params[p].detach().clone() for p in pnames}
+    sums = torch.zeros(3, dtype=torch.float64)
+    correct = 0.0
+    at = 0
+    try:
+        for p in pnames:
+            params[p].copy_(base_state[p])
+        for r, z in zip(ref, _reverted_logits(tuned, batches, k, len(blocks.blocks), stack, names)):
+            if not bool(torch.isfinite(z).all()):
+                raise _NotFinite(f"revert test: with {', '.join(names)} reverted to the base weights the outputs "
+                                 "are not finite (NaN/Inf): the base weights are broken or overflow in the tuned "
+                                 "model's dtype")
+            sums += _divergence_sums(r, z)
+            if y is not None:
+                correct += float((z.argmax(-1) == y[at:at + z.shape[0]]).sum())
+            at += z.shape[0]
+    finally:
+        for p in pnames:
+            params[p].copy_(saved[p])
+    agree, kl, tv = (sums / at).tolist()
+    row: dict[str, Any] = {"k": int(k), "freeze": names, "agreement": agree, "kl": kl, "tv": tv}
+    if y is not None:
+        row["accuracy"] = correct / at
+        row["accuracy_tuned"] = float((torch.cat(ref).argmax(-1) == y).double().mean())
+    return row
 
 
 def _revert_rows(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batches: list,
                  ks: list[int], y: torch.Tensor | None, blocks: Blocks, params: dict[str, nn.Parameter],
-                 was: bool) -> list[dict[str, Any]]:
+                 was: bool, shortcut: RevertShortcut) -> list[dict[str, Any]]:
     try:
         ref: list[torch.Tensor] = []
         n_rows = sum(int(next(iter(b.values())).shape[0]) for b in batches)
@@ -194,42 +269,22 @@ def _revert_rows(tuned: nn.Module, base_state: Mapping[str, torch.Tensor], batch
                                   "the weights are broken or overflow in their dtype")
         if y is not None and y.shape[0] != ref_all.shape[0]:
             raise LayerProbeError(f"revert test: {y.shape[0]} labels for {ref_all.shape[0]} examples")
-        rows = []
+        n = len(blocks.blocks)
+        stack = None
+        if shortcut.off is None and n in ks and any(1 <= k < n for k in ks):
+            mods = block_modules(tuned, blocks)
+            if all(len(mods[e.name]) == 1 for e in blocks.blocks):
+                stack = StackOutputs([mods[e.name][0] for e in blocks.blocks], shortcut)
+        by_k: dict[int, dict[str, Any]] = {}
+        if stack is not None:
+            try:  # the whole stack reverted first: its block outputs stand in for every smaller prefix's
+                for k in sorted(set(ks), key=lambda k: (k != n, k)):
+                    by_k[k] = _prefix_row(tuned, base_state, batches, ref, k, y, blocks, params, stack)
+            except _NotFinite:  # said below, of the smallest prefix that breaks, as without the shortcut
+                by_k.clear()
         for k in ks:
-            names = bottom_prefix(blocks, k, embeddings=True)
-            pnames = parameter_names(tuned, names, blocks)
-            for n in pnames:
-                if n not in base_state:
-                    raise LayerProbeError(f"revert test: the base weights have no {n!r}")
-                if tuple(base_state[n].shape) != tuple(params[n].shape):
-                    raise LayerProbeError(f"revert test: {n!r} is {tuple(base_state[n].shape)} in the base, "
-                                          f"{tuple(params[n].shape)} in the tuned model")
-            saved = {n: params[n].detach().clone() for n in pnames}
-            sums = torch.zeros(3, dtype=torch.float64)
-            correct = 0.0
-            try:
-                for n in pnames:
-                    params[n].copy_(base_state[n])
-                at = 0
-                for b, r in zip(batches, ref):
-                    z = _logits(tuned, b)
-                    if not bool(torch.isfinite(z).all()):
-                        raise LayerProbeError(f"revert test: with {', '.join(names)} reverted to the base weights the "
-                                              "outputs are not finite (NaN/Inf): the base weights are broken or "
-                                              "overflow in the tuned model's dtype")
-                    sums += _divergence_sums(r, z)
-                    if y is not None:
-                        correct += float((z.argmax(-1) == y[at:at + z.shape[0]]).sum())
-                    at += z.shape[0]
-            finally:
-                for n in pnames:
-                    params[n].copy_(saved[n])
-            agree, kl, tv = (sums / ref_all.shape[0]).tolist()
-            row: dict[str, Any] = {"k": int(k), "freeze": names, "agreement": agree, "kl": kl, "tv": tv}
-            if y is not None:
-                row["accuracy"] = correct / ref_all.shape[0]
-                row["accuracy_tuned"] = float((ref_all.argmax(-1) == y).double().mean())
-            rows.append(row)
-        return rows
+            if k not in by_k:
+                by_k[k] = _prefix_row(tuned, base_state, batches, ref, k, y, blocks, params, None)
+        return [dict(by_k[k], freeze=list(by_k[k]["freeze"])) for k in ks]
     finally:
         tuned.train(was)

@@ -69,6 +69,7 @@ from torch import nn
 
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.prefix_cache import no_store
+from layerprobe.freezing.revert_shortcut import RevertShortcut
 from layerprobe.io.outputs import atomic_write_text
 from layerprobe.metrics.cka import linear_cka
 from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS
@@ -212,6 +213,7 @@ class Tracker:
             check_predictor(predictor, revert=revert, where="the policy's predictor")
         #: revert-test rows per checked step (``revert=True``): ``{step: [{"k", "freeze", "agreement", "kl", "tv"}]}``
         self.revert_rows: dict[int, list[dict[str, Any]]] = {}
+        self._shortcut = RevertShortcut()  # the revert test's shortcut, checked once per model
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -253,6 +255,7 @@ class Tracker:
         if self.revert:
             _check_revertable(self.model, self.examples[0], pad_id(self.tokenizer))
         self._start_weights = self._copy_weights()
+        self._shortcut = RevertShortcut()
         self._start_reps = None
         self.rows.clear()
         self.revert_rows.clear()
@@ -442,7 +445,7 @@ class Tracker:
                    for i in range(0, len(self.examples), self.batch_size)]
         try:
             with no_store():
-                rows = revert_test(model, base, batches, blocks=blocks)
+                rows = revert_test(model, base, batches, blocks=blocks, shortcut=self._shortcut)
         except LayerProbeError as exc:  # e.g. outputs that overflowed: this check has no rows, training goes on
             from layerprobe.errors import LayerProbeWarning
 
@@ -475,6 +478,7 @@ class Tracker:
         """Continue from :meth:`export_state`'s output: the reference stays the run's start (not the
         model being resumed), the rows recorded so far are kept and later checks are appended."""
         self.model = model
+        self._shortcut = RevertShortcut()
         self.blocks = self.blocks if self.blocks is not None else find_blocks(model)
         if int(fields["n_probe"]) < self.n_probe:
             self.limit_probe(int(fields["n_probe"]))

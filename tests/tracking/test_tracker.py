@@ -236,6 +236,7 @@ def test_revert_test_at_each_check_matches_an_independent_run(tokenizer, texts):
     """Tracker(revert=True): the rows kept per check equal revert_test run by hand against a copy of the
     start weights; a check that reverts nothing (k has no change) agrees fully."""
     from layerprobe.freezing.revert import revert_test
+    from layerprobe.freezing.revert_shortcut import RevertShortcut
     from layerprobe.model.batching import collate
 
     m = tiny_bert(0, head=True).train()
@@ -251,8 +252,11 @@ def test_revert_test_at_each_check_matches_an_independent_run(tokenizer, texts):
     assert [r["k"] for r in last] == list(range(5))  # embeddings + 0..4 blocks
     was = m.training
     batches = [collate(t.examples, tokenizer.pad_token_id)]
-    ref = revert_test(m, start, batches)
+    long_way = RevertShortcut()
+    long_way.turn_off("every prefix computed, for reference")
+    ref = revert_test(m, start, batches, shortcut=long_way)
     assert m.training == was
+    assert t._shortcut.checked and t._shortcut.off is None  # the tracker's checks were served from the stack
     for got, want in zip(last, ref):
         assert got["agreement"] == want["agreement"]
         assert got["kl"] == pytest.approx(want["kl"], rel=1e-6, abs=1e-12)
