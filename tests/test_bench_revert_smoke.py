@@ -23,4 +23,4 @@ def test_bench_revert_quick(tmp_path):
     assert r["checked"] and r["off"] is None  # the real BertModel is served from the whole-stack pass
     assert r["max_row_difference"] < 1e-6  # the same rows as the long way
     assert r["passes_long"] == 8 and r["passes_shortcut"] == 5.5
-    assert r["revert_long_s"] > 0 and r["check_shortcut_s"] > 0
+    assert r["revert_s"]["before"] > 0 and r["check_s"]["shortcut+batches"] > 0

@@ -18,7 +18,7 @@ from layerprobe.comparison.sides import Side
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.prefix_cache import no_store
 from layerprobe.freezing.revert import forward_batch, revert_test, tied_outside
-from layerprobe.model.batching import collate, pad_id
+from layerprobe.model.batching import PROBE_BATCH_SIZE, collate, length_batches, pad_id
 from layerprobe.model.blocks import BlockRef, Blocks
 from layerprobe.model.unwrap import input_device, lora_layers, unwrap
 from layerprobe.snapshot.take import tokenize_probe
@@ -66,7 +66,7 @@ MAX_REVERT_TEXTS = 512
 
 
 def side_revert(base: Side, tuned: Side, texts: Sequence[str] | None, max_length: int,
-                batch_size: int = 64) -> tuple[list[dict[str, Any]] | None, str | None, list[str]]:
+                batch_size: int = PROBE_BATCH_SIZE) -> tuple[list[dict[str, Any]] | None, str | None, list[str]]:
     """``(rows, None, notes)`` — one row per prefix ``k = 0..n_blocks`` (``k``, ``agreement``, ``kl``,
     ``tv``), and what the reader must know about them (a head tied to the embeddings) — or
     ``(None, why, [])`` when the test cannot run on these sides. A LoRA adapter as the tuned side is
@@ -86,7 +86,7 @@ def side_revert(base: Side, tuned: Side, texts: Sequence[str] | None, max_length
     examples, _ = tokenize_probe(tok, texts, max_length)
     device = input_device(model)
     pad = pad_id(tok)
-    batches = [collate(examples[i:i + batch_size], pad, device) for i in range(0, len(examples), batch_size)]
+    batches = length_batches(examples, batch_size, pad, device)
     was = model.training
     model.eval()
     try:

@@ -31,6 +31,7 @@ from layerprobe.integrations.hf_state import (
     save_state,
     stored_state,
 )
+from layerprobe.model.batching import PROBE_BATCH_SIZE
 from layerprobe.model.blocks import Blocks
 from layerprobe.options import DEFAULT_POOLING
 from layerprobe.tracking.budget import DEFAULT_PROBE_SHARE, probe_passes, probe_plan, probe_texts_within
@@ -138,7 +139,7 @@ class LayerProbeCallback(TrainerCallback, ExportableState):
 
     def __init__(self, tokenizer=None, probe_texts: Sequence[str] = (), every_n_steps: int | None = None,
                  max_length: int = DEFAULT_MAX_LENGTH, pooling: str = DEFAULT_POOLING, blocks: Blocks | None = None,
-                 batch_size: int = 64, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
+                 batch_size: int = PROBE_BATCH_SIZE, freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
                  filename: str = TRAJECTORY_CSV, *, auto_freeze: bool = False, thresholds=None,
                  settle: float | None = None, patience: int | None = None, cache: bool = True,
                  probe_share: Any = _DEFAULT, tolerance: float | None = None, revert_test: bool | None = None,

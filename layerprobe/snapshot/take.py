@@ -29,7 +29,7 @@ from layerprobe._version import __version__
 from layerprobe.errors import LayerProbeError
 from layerprobe.io.outputs import atomic_save_torch
 from layerprobe.io.probe_files import fingerprint
-from layerprobe.model.batching import collate, encode, pad_id
+from layerprobe.model.batching import collate, encode, longest_first, pad_id
 from layerprobe.model.blocks import OTHER, Blocks, find_blocks
 from layerprobe.model.capture import capture
 from layerprobe.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_POOLING
@@ -240,7 +240,7 @@ def run_probe(
     from layerprobe.model.unwrap import input_device
 
     device = input_device(model)  # offloaded (meta) parameters: inputs start on the CPU
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    order = longest_first(examples)
     with capture(model, blocks, pooling=pooling, max_tokens=max_tokens) as cap:
         # the bar stays and ends its line (a cleared bar left "\r" and glued the next stderr line on), also
         # when a forward pass raises: closed by ``with`` before the error is printed, not when the traceback

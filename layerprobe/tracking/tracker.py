@@ -74,7 +74,7 @@ from layerprobe.io.outputs import atomic_write_text
 from layerprobe.metrics.cka import linear_cka
 from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS
 from layerprobe.metrics.drift import DriftAccumulator
-from layerprobe.model.batching import pad_id
+from layerprobe.model.batching import PROBE_BATCH_SIZE, length_batches, pad_id
 from layerprobe.model.blocks import Blocks, find_blocks
 from layerprobe.options import CSV_OPTIONS, DEFAULT_MAX_LENGTH, DEFAULT_POOLING, ProbeOptions
 from layerprobe.results.trajectory import COLUMNS, TRAJECTORY_CSV
@@ -150,7 +150,7 @@ class Tracker:
         max_length: int = DEFAULT_MAX_LENGTH,
         pooling: str = DEFAULT_POOLING,
         blocks: Blocks | None = None,
-        batch_size: int = 64,
+        batch_size: int = PROBE_BATCH_SIZE,
         freeze_policy: FreezePolicy | AutoFreezePolicy | None = None,
         progress: bool = False,
         lr_schedule: Callable[[int], float] | None = None,
@@ -435,14 +435,12 @@ class Tracker:
     def _revert(self, model: nn.Module, blocks: Blocks) -> list[dict[str, Any]] | None:
         """The revert test on the probe against the start weights (no prefix cache stores these passes)."""
         from layerprobe.freezing.revert import revert_test
-        from layerprobe.model.batching import collate
 
         assert self._start_weights is not None
         base = {n: w for ps in self._start_weights.values() for n, w in ps}
         device = next((p.device for p in model.parameters()), None)
         pad = pad_id(self.tokenizer)
-        batches = [collate(self.examples[i:i + self.batch_size], pad, device)
-                   for i in range(0, len(self.examples), self.batch_size)]
+        batches = length_batches(self.examples, self.batch_size, pad, device)
         try:
             with no_store():
                 rows = revert_test(model, base, batches, blocks=blocks, shortcut=self._shortcut)
