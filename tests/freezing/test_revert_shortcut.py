@@ -200,3 +200,44 @@ def test_a_broken_base_is_said_of_the_smallest_prefix_that_breaks():
     broken[key] = torch.full_like(broken[key], float("nan"))
     with pytest.raises(LayerProbeError, match=r"with embeddings, block\.0, block\.1 reverted"):
         revert_test(tuned, broken, _batches(), shortcut=RevertShortcut())
+
+
+def _deberta():
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    cfg = DebertaV2Config(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                          intermediate_size=24, num_labels=3, relative_attention=True, position_buckets=8,
+                          pos_att_type=["p2c", "c2p"], max_relative_positions=16, initializer_range=0.5)
+    return DebertaV2ForSequenceClassification(cfg)
+
+
+def _t5():
+    from transformers import T5Config, T5ForSequenceClassification
+
+    cfg = T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_heads=2, num_labels=3,
+                   decoder_start_token_id=0, eos_token_id=2, initializer_factor=5.0)
+    return T5ForSequenceClassification(cfg)
+
+
+def _bart():
+    from transformers import BartConfig, BartForSequenceClassification
+
+    cfg = BartConfig(vocab_size=50, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, num_labels=3,
+                     max_position_embeddings=40, eos_token_id=2, init_std=0.5)
+    return BartForSequenceClassification(cfg)
+
+
+@pytest.mark.parametrize("make", [_deberta, _t5, _bart], ids=["deberta-v2", "t5", "bart"])
+def test_families_whose_blocks_read_more_than_the_hidden_states(make):
+    """DeBERTa's blocks read relative position embeddings held outside them, T5's hand a position bias up the
+    stack, BART's encoder feeds a decoder: served, the rows are the long way's."""
+    base, tuned = _perturbed(make, scale=0.5)
+    batches = _batches(n=8, right_pad=False)
+    for b in batches:
+        b["input_ids"][:, -1] = 2  # an end-of-sequence token closes each row (T5 and BART classify at it)
+    long = _long_way(tuned, base, batches)
+    assert max(r["kl"] for r in long) > 1e-3  # the prefixes move the outputs: a wrong row would show
+    shortcut = RevertShortcut()
+    _same_rows(revert_test(tuned, base.state_dict(), batches, shortcut=shortcut), long)
+    assert shortcut.checked and shortcut.off is None
