@@ -91,8 +91,10 @@ def _run_demo(out_dir: str, cfg: DemoConfig, progress: bool, log: Callable[[str]
     tuned = take_snapshot(model, tok, probe_texts, max_length=cfg.max_length, progress=progress)
     tuned.save(os.path.join(out_dir, "tuned.pt"))
     # the tuned side as the model itself (its snapshot is tuned.pt): the revert test can run on it, the input the
-    # shipped prediction reads (the tuned model with each bottom prefix put back to the base weights)
-    result = compare(base, model, probe_texts, tok, probe_options=ProbeOptions(max_length=cfg.max_length))
+    # shipped prediction reads (the tuned model with each bottom prefix put back to the base weights); the saving
+    # of each prefix is measured on it at the training batch's shape (calibrate), not estimated
+    result = compare(base, model, probe_texts, tok, calibrate=True,
+                     probe_options=ProbeOptions(max_length=cfg.max_length, batch_size=cfg.batch_size))
     log("")
     log(render(result, "table"))
     atomic_write_text(os.path.join(out_dir, "comparison.json"), result.to_json())

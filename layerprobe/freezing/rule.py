@@ -23,10 +23,10 @@ Savings are reported as the share of parameters frozen and the training compute 
 **measured** calibration (``prefix_savings=``, from
 :func:`layerprobe.freezing.step_cost.calibrate_prefix_savings`: timed training steps per frozen and
 cached prefix on the model, at the run's batch shape, one thread) ``est_compute_saving`` is the
-measured share of a step's CPU time saved. Without it, a parameter-count estimate:
-``est_compute_saving = 2/3 * frozen_block_fraction`` (the frozen blocks' backward pass), which
-ignores the embeddings' backward and optimizer update and the forward a prefix cache saves — it
-under-estimates (11% for the embeddings + 1 block of MiniLM-L6, where 27-31% per step was measured).
+measured share of a step's CPU time saved. Without it, an estimate — the same as the candidates'
+``compute_saved``: the frozen blocks' share of the block parameters (their forward and backward,
+skipped with the prefix cached), which ignores the embeddings' gradient and optimizer update and
+under-estimates (17% for the embeddings + 1 block of MiniLM-L6, where 27-42% per step was measured).
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
     elif cands.get("notes"):
         notes += cands["notes"]
     train = [e["name"] for e in entries if e["name"] not in freeze]
-    saving = (2 / 3) * frozen_block_params_of(entries, freeze)
+    saving = estimated_saving(entries, freeze)  # the candidates' estimate: one number for the same prefix
     if prefix_savings is not None and freeze:
         top_entry = freeze[-1]
         if top_entry in prefix_savings.served:
@@ -421,11 +421,17 @@ def _predicted(entries: list[dict], tolerance: float | None, revert: list[dict] 
     return out, (freeze, reasons, unused)
 
 
-def frozen_block_params_of(entries: list[dict], freeze: list[str]) -> float:
-    """The parameter-count estimate: the frozen blocks' share of the block parameters (the caller takes
-    2/3 of it: their backward pass). Ignores the embeddings' backward and optimizer update, and the
-    forward a prefix cache saves — it under-estimates (11% for emb+1 of MiniLM-L6 where 27-31% was
-    measured); use ``prefix_savings``."""
+def estimated_saving(entries: list[dict], freeze: list[str]) -> float:
+    """The estimate without a calibration, the same as the candidates' ``compute_saved``: the frozen blocks'
+    share of the block parameters — their forward and backward, skipped with the prefix cached; the
+    embeddings' lookup counted as free. It ignores the embeddings' gradient and optimizer update, the head
+    and the cache fill (MiniLM-L6 at RT's shape: 17% for the embeddings + 1 block, measured 42% per served
+    step); ``prefix_savings`` replaces it with a measurement.
+
+    >>> e = [{"name": f"block.{i}", "kind": "block", "n_params": 10} for i in range(4)]
+    >>> estimated_saving([{"name": "embeddings", "kind": "embeddings", "n_params": 90}] + e, ["embeddings", "block.0"])
+    0.25
+    """
     block_params = sum(int(e["n_params"]) for e in entries if e["kind"] == "block")
     frozen = sum(int(e["n_params"]) for e in entries if e["kind"] == "block" and e["name"] in freeze)
     return frozen / block_params if block_params else 0.0

@@ -59,7 +59,7 @@ def advice_text(c: Comparison) -> str:
         out.append(f"  frozen parameters: {_pct(r.frozen_param_fraction)} of the model; "
                    f"training compute saved: {_pct(r.est_compute_saving, 0)} "
                    + ("(measured, prefix cached)" if any(n.startswith("compute saving measured") for n in r.notes)
-                      else "(parameter-count estimate: backward skipped below the prefix; calibrate to measure)"))
+                      else "(estimate: the frozen blocks' share of the block parameters, prefix cached; --calibrate measures it)"))
     else:
         out.append("advice: freeze nothing — train every block")
     t = r.thresholds
