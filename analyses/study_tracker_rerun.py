@@ -98,8 +98,9 @@ def make(task: str, seed: int, cache: str = CACHE, rerun: str = RERUN) -> int:
     root = os.path.join(rerun, f"{task}_s{seed}")
     os.makedirs(os.path.join(root, "cache", task), exist_ok=True)
     os.makedirs(os.path.join(root, "out", "loto_predictors"), exist_ok=True)
-    for f in glob.glob(os.path.join(cache, task, "full_full_*.json")):
-        shutil.copy(f, os.path.join(root, "cache", task))
+    for f in glob.glob(os.path.join(cache, task, "full_full_*.json")):  # the runs (lr, CPU reference), not their
+        if not f.endswith((".comparison.json", ".measures.json")):     # comparisons: copies kept out of git
+            shutil.copy(f, os.path.join(root, "cache", task))
     with open(os.path.join(root, "out", "loto_predictors", f"{task}.json"), "w") as fh:
         json.dump({"validated": True, "tolerance_default": opts["tolerance"], "predictors": [opts["predictor"]]}, fh)
     return subprocess.call([sys.executable, os.path.join(HERE, "freeze_study.py"), "--no-progress", "--no-report",
