@@ -22,6 +22,7 @@ Writes benchmarks/results/revert.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -97,7 +98,7 @@ def measure(shape: dict, repeats: int) -> dict:
     for _ in range(repeats):
         for name, (_, rows, longest) in VARIANTS.items():
             b = batches(rows, longest)
-            s, rows_of[name] = _cpu(lambda: revert_test(tuned, state, b, shortcut=shortcuts[name]))
+            s, rows_of[name] = _cpu(functools.partial(revert_test, tuned, state, b, shortcut=shortcuts[name]))
             revert_s[name].append(s)
     worst = max(abs(a[key] - b[key]) for name in VARIANTS for a, b in zip(rows_of["before"], rows_of[name])
                 for key in ("agreement", "kl", "tv"))
@@ -126,7 +127,7 @@ def measure(shape: dict, repeats: int) -> dict:
                 with torch.no_grad():
                     for p in model.parameters():
                         p.mul_(1.001)
-                s, _ = _cpu(lambda: tr.on_step(2))
+                s, _ = _cpu(functools.partial(tr.on_step, 2))
                 check_s[name].append(s)
     finally:
         tracker_mod.length_batches = length_batches

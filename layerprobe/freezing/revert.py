@@ -184,8 +184,12 @@ def _reverted_logits(tuned: nn.Module, batches: list, k: int, n: int, stack: Sta
                      names: list[str]) -> Iterator[torch.Tensor]:
     """The reverted model's outputs batch by batch: blocks ``0..k-1`` served from ``stack`` where it may
     (``1 <= k < n``), the whole-stack pass (``k = n``) captured into it."""
-    serve = stack is not None and stack.usable and 1 <= k < n
-    keep = stack is not None and k == n and stack.shortcut.off is None
+    if stack is None:
+        for b in batches:
+            yield _logits(tuned, b)
+        return
+    serve = stack.usable and 1 <= k < n
+    keep = k == n and stack.shortcut.off is None
     for i, b in enumerate(batches):
         if serve and stack.usable:
             with stack.serving(k, i):

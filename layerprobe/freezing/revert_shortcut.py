@@ -24,7 +24,7 @@ has the same value in the capture and in the served passes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -77,6 +77,7 @@ class StackOutputs:
         self.shortcut = shortcut
         self.batches: list[list[Any]] = []
         self._bytes = 0
+        self._end_batch: Callable[[], None] | None = None
 
     @property
     def usable(self) -> bool:
