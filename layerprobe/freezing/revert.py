@@ -205,7 +205,6 @@ def _reverted_logits(tuned: nn.Module, batches: list, k: int, n: int, stack: Sta
         elif keep:
             with stack.capture():
                 z = _logits(tuned, b)
-                stack.end_batch()
         else:
             z = _logits(tuned, b)
         yield z

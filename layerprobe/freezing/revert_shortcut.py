@@ -24,7 +24,7 @@ has the same value in the capture and in the served passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -77,7 +77,6 @@ class StackOutputs:
         self.shortcut = shortcut
         self.batches: list[list[Any]] = []
         self._bytes = 0
-        self._end_batch: Callable[[], None] | None = None
 
     @property
     def usable(self) -> bool:
@@ -85,7 +84,7 @@ class StackOutputs:
 
     @contextmanager
     def capture(self) -> Iterator[None]:
-        """Around the whole-stack pass over the batches, in order: keep each block's output of each batch."""
+        """Around one batch of the whole-stack pass (batches in order): keep each block's output of it."""
         calls: list[int] = [0] * len(self.modules)
         current: list[Any] = [None] * len(self.modules)
 
@@ -101,40 +100,28 @@ class StackOutputs:
             return keep
 
         handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(self.modules)]
-        self._end_batch = lambda: self._keep_batch(calls, current)
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
-            self._end_batch = None
-        if self.shortcut.off is not None:
-            self.batches = []
-
-    def end_batch(self) -> None:
-        """Call after each batch of the captured pass."""
-        assert self._end_batch is not None, "end_batch() belongs inside capture()"
-        self._end_batch()
+        self._keep_batch(calls, current)  # not reached when the pass raised
 
     def _keep_batch(self, calls: list[int], current: list[Any]) -> None:
-        if self.shortcut.off is not None:
-            return
         odd = [(i, c) for i, c in enumerate(calls) if c != 1]
-        if odd:
+        if odd and self.shortcut.off is None:
             i, c = odd[0]
             self.shortcut.turn_off(f"block {i} is applied {c} times in one forward pass")
-            return
-        size = sum(_nbytes(o) for o in current)
-        if self._bytes + size > self.shortcut.max_bytes:
-            self.batches = []
-            self._bytes = 0
-            self.shortcut.turn_off(f"the block outputs of the probe would take more than "
-                                   f"{self.shortcut.max_bytes / 2**20:.0f} MiB")
-            return
-        self._bytes += size
-        self.batches.append(list(current))
-        calls[:] = [0] * len(calls)
-        current[:] = [None] * len(current)
+        if self.shortcut.off is None:
+            size = sum(_nbytes(o) for o in current)
+            if self._bytes + size > self.shortcut.max_bytes:
+                self.shortcut.turn_off(f"the block outputs of the probe would take more than "
+                                       f"{self.shortcut.max_bytes / 2**20:.0f} MiB")
+            else:
+                self._bytes += size
+                self.batches.append(current)
+                return
+        self.batches, self._bytes = [], 0
 
     @contextmanager
     def serving(self, k: int, batch: int) -> Iterator[None]:
