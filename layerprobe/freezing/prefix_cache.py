@@ -97,6 +97,7 @@ from layerprobe.freezing.prefix_rows import (
     run_rows,
 )
 from layerprobe.model.blocks import Blocks, block_modules, find_blocks
+from layerprobe.model.forwards import original_forward, restore_forward, set_forward
 
 __all__ = ["PrefixCache", "PrefixCacheOffWarning", "no_store"]
 
@@ -212,11 +213,8 @@ class PrefixCache:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for mod, previous in reversed(self._patched):
-            if previous is None:
-                mod.__dict__.pop("forward", None)
-            else:  # e.g. accelerate's device hook, there before ours
-                mod.forward = previous
+        for mod, previous in reversed(self._patched):  # e.g. accelerate's device hook, there before ours
+            restore_forward(mod, previous)
         self._patched.clear()
         self._batch = None
 
@@ -263,10 +261,8 @@ class PrefixCache:
     # -- internals ------------------------------------------------------------------------------
 
     def _patch(self, mod: nn.Module, make: Callable[[nn.Module, Callable], Callable]) -> None:
-        previous = mod.__dict__.get("forward")  # an instance forward set by someone else (accelerate) is kept
-        orig = previous if previous is not None else type(mod).forward.__get__(mod)
-        mod.forward = make(mod, orig)  # instance attribute: shadows the class's forward, state_dict unchanged
-        self._patched.append((mod, previous))
+        # an instance forward set by someone else (accelerate) is called by ours and comes back on detach
+        self._patched.append((mod, set_forward(mod, make(mod, original_forward(mod)))))
 
     def _disable(self, reason: str) -> None:
         """Stop standing in for the prefix: forget the store; every later pass is computed as usual."""

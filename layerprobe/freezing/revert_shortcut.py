@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from layerprobe.model.forwards import restore_forward, set_forward
+
 __all__ = ["DEFAULT_SHORTCUT_BYTES", "RevertShortcut", "StackOutputs"]
 
 #: the most bytes of block outputs one revert test keeps for the shortcut (beyond it: the long way)
@@ -129,14 +131,10 @@ class StackOutputs:
         outs = self.batches[batch]
         patched: list[tuple[nn.Module, Any]] = []
         try:
-            for i in range(k):
+            for i in range(k):  # a prefix cache's or accelerate's forward, there before ours, comes back after
                 mod = self.modules[i]
-                patched.append((mod, mod.__dict__.get("forward")))
-                mod.forward = (lambda o: lambda *a, **kw: _copied(o))(outs[i])
+                patched.append((mod, set_forward(mod, (lambda o: lambda *a, **kw: _copied(o))(outs[i]))))
             yield
         finally:
             for mod, previous in reversed(patched):
-                if previous is None:
-                    mod.__dict__.pop("forward", None)
-                else:  # e.g. a prefix cache's or accelerate's forward, there before ours
-                    mod.forward = previous
+                restore_forward(mod, previous)
