@@ -39,7 +39,7 @@ from layerprobe.metrics.cka import (
     rbf_cka,
 )
 from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS, count_distinct_rows
-from layerprobe.metrics.drift import DriftAccumulator, param_group, update_rank
+from layerprobe.metrics.drift import DriftAccumulator, param_group, param_update_rank
 from layerprobe.model.blocks import OTHER
 from layerprobe.options import CKAOptions, ProbeOptions, checked
 from layerprobe.results.comparison import Comparison
@@ -142,7 +142,7 @@ def weight_stats(a: Side, b: Side, entry: str, anatomy: bool = True, reader: Pai
                     check_finite(f"{entry}/{rel}", t, name)
             if (anatomy and t0.dim() >= 2 and t0.numel() <= RANK_MAX_NUMEL
                     and g not in ("embed.word", "embed.position", "embed.type")):
-                r = update_rank(t1.double() - t0.double())
+                r = param_update_rank(rel, t1.double() - t0.double())
                 if r is not None and (g not in ranks or t0.numel() > ranks[g]["numel"]):
                     ranks[g] = {**r, "numel": t0.numel(), "param": rel}
             del t0, t1  # the reader reuses this pair's bytes for the next ones

@@ -18,7 +18,7 @@ from layerprobe.comparison.sides import Side
 from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.prefix_cache import no_store
 from layerprobe.freezing.revert import forward_batch, revert_test, tied_outside
-from layerprobe.model.batching import PROBE_BATCH_SIZE, collate, length_batches, pad_id
+from layerprobe.model.batching import PROBE_BATCH_SIZE, collate, length_batches, pad_id, pad_known
 from layerprobe.model.blocks import BlockRef, Blocks
 from layerprobe.model.unwrap import input_device, lora_layers, unwrap
 from layerprobe.snapshot.take import tokenize_probe
@@ -113,7 +113,7 @@ def side_revert(base: Side, tuned: Side, texts: Sequence[str] | None, max_length
         notes.append(f"revert test: {n} is tied to {', '.join(others)} (one tensor): reverting the prefix reverts "
                      "it too, as freezing the prefix freezes it")
     try:
-        with no_store():
+        with no_store(), pad_known(model, pad):
             rows = revert_test(model, state, batches, blocks=blocks)
     except LayerProbeError as exc:  # non-finite outputs, too many reference values: said, not a crash of the default
         return None, str(exc).removeprefix("revert test: "), []

@@ -185,7 +185,10 @@ def resolve_side(
         tok = tok or tokenizer
         if tok is None:
             raise LayerProbeError("no tokenizer in the model directory to run the probe", path)
-        side = resolve_side(model, probe_texts, tok, {**kw, **overrides}, label)
+        try:
+            side = resolve_side(model, probe_texts, tok, {**kw, **overrides}, label)
+        except LayerProbeError as err:  # what went wrong in the probe pass: say of which model
+            raise LayerProbeError(err.message, err.path or path) from None
         side.meta["source"] = {"path": path, "kind": "hf_dir"}
         _add_progress(side, path)
         return side
@@ -296,7 +299,10 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
         tok = load_tokenizer(path, peft_model) or tok or tokenizer
         if tok is None:
             raise LayerProbeError("no tokenizer in the adapter or base directory to run the probe", path)
-        side = resolve_side(peft_model, probe_texts, tok, kw, label)
+        try:
+            side = resolve_side(peft_model, probe_texts, tok, kw, label)
+        except LayerProbeError as err:
+            raise LayerProbeError(err.message, err.path or path) from None
     else:
         fan = bool(cfg.get("fan_in_fan_out"))
         deltas: dict[str, dict[str, Any]] = {}

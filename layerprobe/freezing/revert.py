@@ -36,6 +36,7 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.freezing.apply import bottom_prefix, parameter_names
 from layerprobe.freezing.prefix_rows import no_cache
 from layerprobe.freezing.revert_shortcut import RevertShortcut, StackOutputs
+from layerprobe.model.batching import forward_inputs
 from layerprobe.model.blocks import Blocks, block_modules, find_blocks
 
 __all__ = ["MAX_REVERT_OUTPUTS", "forward_batch", "last_token_positions", "output_divergence", "revert_test",
@@ -86,17 +87,8 @@ def last_token_positions(mask: torch.Tensor | None, width: int) -> torch.Tensor:
 
 
 def forward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Any:
-    """``model(**batch)`` with only the inputs its ``forward`` takes (no ``token_type_ids`` for a model
-    without them) and no key/value cache."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    # only what forward takes (e.g. no token_type_ids for a model without them)
-    kwargs: dict[str, Any] = {k: v for k, v in batch.items() if k in params or takes_any}
-    if "use_cache" in params:
-        kwargs["use_cache"] = False  # decoders: no key/value cache for these passes
-    return model(**kwargs)
+    """``model(**batch)`` as a probe pass runs it (:func:`~layerprobe.model.batching.forward_inputs`)."""
+    return model(**forward_inputs(model, batch))
 
 
 @torch.no_grad()
@@ -105,7 +97,9 @@ def _logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor
     ``(rows, positions, vocab)`` logits give the next-token distribution after each row's last real token."""
     out = forward_batch(model, batch)
     z = out.logits if hasattr(out, "logits") else out[0]
-    if z.dim() == 3:
+    if z.dim() == 3 and z.shape[1] == 1:  # one position (an encoder-decoder's first decoded token)
+        z = z[:, 0]
+    elif z.dim() == 3:
         last = last_token_positions(batch.get("attention_mask"), z.shape[1]).to(z.device)
         z = z[torch.arange(z.shape[0], device=z.device), last.expand(z.shape[0])]
     if z.dim() != 2:

@@ -315,10 +315,12 @@ def recommend(entries: list[dict], thresholds: Thresholds | None = None, other_p
         top_entry = freeze[-1]
         if top_entry in prefix_savings.served:
             saving = prefix_savings.saving(top_entry)
+            off = prefix_savings.uncached.get(top_entry)
+            how = "frozen and cached" if off is None else f"frozen, not cached (the prefix cache is off: {off})"
             notes.append(f"compute saving measured on the model: {saving:.0%} of a training step's CPU time with "
-                         f"the prefix frozen and cached (batch {prefix_savings.batch_shape}, "
+                         f"the prefix {how} (batch {prefix_savings.batch_shape}, "
                          f"{prefix_savings.threads} thread(s)); {prefix_savings.epoch_saving(top_entry, 3):.0%} over "
-                         "3 epochs, the first filling the cache")
+                         "3 epochs" + (", the first filling the cache" if off is None else ""))
     total = sum(int(e["n_params"]) for e in entries) + int(other_params)
     frozen = sum(int(e["n_params"]) for e in entries if e["name"] in freeze)
     return Recommendation(

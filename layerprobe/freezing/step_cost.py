@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,7 +48,8 @@ class PrefixSavings:
 
     ``prefixes`` are named by their top entry (``"embeddings"``, ``"block.0"``, ...); ``served[p]`` is a
     step with the prefix served from the cache, ``fill[p]`` a step that fills it; ``full`` a step with
-    nothing frozen.
+    nothing frozen. ``uncached[p]``: why the prefix cache could not serve prefix ``p`` on this model (its
+    steps were timed with the prefix frozen, run without grad every step); absent where it served.
     """
 
     full: float
@@ -57,6 +59,7 @@ class PrefixSavings:
     steps: int
     threads: int
     samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    uncached: dict[str, str] = field(default_factory=dict)
 
     @property
     def prefixes(self) -> list[str]:
@@ -140,7 +143,7 @@ def calibrate_prefix_savings(model: nn.Module, batch: Mapping[str, torch.Tensor]
     """
     if steps < 1:
         raise LayerProbeError(f"calibrate_prefix_savings needs steps >= 1, got {steps}")
-    from layerprobe.freezing.prefix_cache import PrefixCache
+    from layerprobe.freezing.prefix_cache import PrefixCache, PrefixCacheOffWarning
 
     blocks = blocks if blocks is not None else find_blocks(model)
     n = len(blocks.blocks) if max_blocks is None else min(int(max_blocks), len(blocks.blocks))
@@ -149,26 +152,30 @@ def calibrate_prefix_savings(model: nn.Module, batch: Mapping[str, torch.Tensor]
         torch.set_num_threads(int(threads))
     samples: dict[str, list[float]] = {}
     try:
-        def run(k_emb: bool, k: int) -> tuple[list[float], list[float]]:
+        uncached: dict[str, str] = {}
+
+        def run(k_emb: bool, k: int) -> tuple[list[float], list[float], str | None]:
             m = copy.deepcopy(model).train()
             mb = blocks  # entries resolve by module path: the copy has the same ones
             for p in m.parameters():
                 p.requires_grad_(True)
             if k_emb:
                 freeze(m, bottom_prefix(mb, k, embeddings="embeddings" in mb.names), mb)
-            cache = PrefixCache(m, k, blocks=mb) if k >= 1 else None
-            try:
-                _time_steps(m, batch, 1, cache, fill=True)  # warm-up (allocator, lazy init)
-                fill = _time_steps(m, batch, steps, cache, fill=True) if cache is not None else []
-                if cache is not None:
-                    _time_steps(m, batch, 1, cache, fill=False)  # fills the store for the served steps
-                served = _time_steps(m, batch, steps, cache, fill=False)
-            finally:
-                if cache is not None:
-                    cache.detach()
-            return fill, served
+            with warnings.catch_warnings():  # a cache that turns itself off is said once, in the result
+                warnings.simplefilter("ignore", PrefixCacheOffWarning)
+                cache = PrefixCache(m, k, blocks=mb) if k >= 1 else None
+                try:
+                    _time_steps(m, batch, 1, cache, fill=True)  # warm-up (allocator, lazy init)
+                    fill = _time_steps(m, batch, steps, cache, fill=True) if cache is not None else []
+                    if cache is not None:
+                        _time_steps(m, batch, 1, cache, fill=False)  # fills the store for the served steps
+                    served = _time_steps(m, batch, steps, cache, fill=False)
+                finally:
+                    if cache is not None:
+                        cache.detach()
+            return fill, served, None if cache is None else cache.disabled
 
-        _, full = run(False, 0)
+        _, full, _ = run(False, 0)
         samples["full"] = full
         served: dict[str, float] = {}
         fills: dict[str, float] = {}
@@ -176,7 +183,9 @@ def calibrate_prefix_savings(model: nn.Module, batch: Mapping[str, torch.Tensor]
             name = "embeddings" if k == 0 else blocks.blocks[k - 1].name
             if k == 0 and "embeddings" not in blocks.names:
                 continue
-            fill, srv = run(True, k)
+            fill, srv, off = run(True, k)
+            if off:
+                uncached[name] = off
             samples[name] = srv
             served[name] = statistics.median(srv)
             fills[name] = statistics.median(fill) if fill else served[name]
@@ -187,5 +196,5 @@ def calibrate_prefix_savings(model: nn.Module, batch: Mapping[str, torch.Tensor]
     shape = (int(ids.shape[0]), int(ids.shape[1])) if torch.is_tensor(ids) and ids.dim() == 2 else (0, 0)
     return PrefixSavings(full=statistics.median(samples["full"]), served=served, fill=fills, batch_shape=shape,
                          steps=steps, threads=torch.get_num_threads() if threads is None else int(threads),
-                         samples=samples)
+                         samples=samples, uncached=uncached)
 

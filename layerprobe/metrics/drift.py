@@ -25,7 +25,7 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.metrics._weights import _as_tensor, _pairs
 from layerprobe.metrics.core import Weight, Weights
 from layerprobe.metrics.param_groups import GROUPS, param_group
-from layerprobe.metrics.updates import _f64_delta, matrix_updates, update_rank
+from layerprobe.metrics.updates import _f64_delta, matrix_updates, param_update_rank, update_rank
 
 __all__ = [
     "GROUPS",
@@ -35,6 +35,7 @@ __all__ = [
     "max_abs_change",
     "pair_sums",
     "param_group",
+    "param_update_rank",
     "update_rank",
     "weight_cosine",
     "weight_drift",
@@ -388,7 +389,7 @@ def block_anatomy(w0: Mapping, w1: Mapping, with_rank: bool = True) -> dict[str,
         row = {**acc.result(), "n_tensors": acc.n_tensors}
         if group in largest:
             _, name, a, b = largest[group]
-            r = update_rank(_f64_delta(a, b, name))
+            r = param_update_rank(name, _f64_delta(a, b, name))
             assert r is not None  # None only for < 2 dims; largest holds tensors with ≥ 2
             row.update(stable_rank=r["stable_rank"], rank90=r["rank90"], rank_param=name)
         out[group] = row

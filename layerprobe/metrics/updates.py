@@ -11,24 +11,28 @@ from layerprobe.errors import LayerProbeError
 from layerprobe.metrics._weights import _as_tensor, _pairs
 from layerprobe.metrics.core import Weight
 
-__all__ = ["matrix_updates", "update_rank"]
+__all__ = ["matrix_updates", "param_update_rank", "update_rank"]
 
 
 def _rank_key(energy: float) -> str:
     return f"rank{energy * 100:g}"
 
 
-def update_rank(delta: Weight, energy: float = 0.9) -> dict | None:
+def update_rank(delta: Weight, energy: float = 0.9, stacked: bool = False) -> dict | None:
     """Effective rank of an update ΔW = W1 − W0 (float64 singular values).
 
     ``stable_rank`` = ‖ΔW‖²_F / ‖ΔW‖²₂ (between 1 and rank; 0.0 for ΔW = 0). ``rank90`` is the
     smallest k whose top-k singular values hold at least ``energy`` of Σσ²; the key is
     ``f"rank{energy*100:g}"`` (``rank90`` for the default 0.9, ``rank99`` for 0.99); 0 for
-    ΔW = 0. Tensors with more than 2 dims (conv kernels) are reshaped to (out, −1).
+    ΔW = 0. Tensors with more than 2 dims (conv kernels) are reshaped to (out, −1), unless ``stacked``:
+    then the first dim stacks separate matrices (a mixture of experts' fused ``(experts, out, in)``
+    weights) and each is measured alone: the largest of their stable ranks and ``rank90`` (what a
+    LoRA adapter on every expert would need), not the number of experts.
 
     Args:
         delta: the update, shape (out, in) or (out, ...); 1-D or 0-D → not applicable.
         energy: energy fraction in (0, 1].
+        stacked: a 3-D ``delta`` is a stack of matrices along its first dim.
 
     Returns:
         ``{"stable_rank": float, "rank90": int}``, or None for a 1-D/0-D tensor. Non-finite
@@ -52,6 +56,12 @@ def update_rank(delta: Weight, energy: float = 0.9) -> dict | None:
         return None
     if t.numel() == 0:  # (0, n), (n, 0), (0, 3, 2): an empty update has no direction (reshape(0, -1) is ambiguous)
         return {"stable_rank": 0.0, key: 0}
+    if stacked and t.ndim == 3:
+        each = [update_rank(t[i], energy) for i in range(t.shape[0])]
+        if any(r is None or r[key] is None for r in each):  # non-finite (warned once per matrix)
+            return {"stable_rank": float("nan"), key: None}
+        return {"stable_rank": max(r["stable_rank"] for r in each if r),
+                key: max(int(r[key]) for r in each if r)}
     m = t.to(device="cpu", dtype=torch.float64).reshape(t.shape[0], -1)
     if m.numel() == 0:
         return {"stable_rank": 0.0, key: 0}
@@ -68,6 +78,18 @@ def update_rank(delta: Weight, energy: float = 0.9) -> dict | None:
     return {"stable_rank": total / float(s2[0]), key: min(k, int(s2.numel()))}
 
 
+def param_update_rank(name: str, delta: Weight, energy: float = 0.9) -> dict | None:
+    """:func:`update_rank` of the update of parameter ``name``: a 3-D one named ``*expert*`` (a mixture of
+    experts' fused weights) is ranked per expert, any other as :func:`update_rank` does.
+
+    >>> import torch
+    >>> param_update_rank("mlp.experts.down_proj", torch.stack([torch.eye(3)] * 2))["rank90"]
+    3
+    """
+    t = _as_tensor(delta, name)
+    return update_rank(t, energy, stacked=t.ndim == 3 and "expert" in name.lower())
+
+
 def _f64_delta(a: Weight, b: Weight, name: str) -> torch.Tensor:
     ta, tb = _as_tensor(a, name), _as_tensor(b, name)
     if tuple(ta.shape) != tuple(tb.shape):
@@ -78,7 +100,8 @@ def _f64_delta(a: Weight, b: Weight, name: str) -> torch.Tensor:
 
 
 def matrix_updates(w0: Mapping[str, Weight], w1: Mapping[str, Weight], energy: float = 0.9) -> dict[str, dict]:
-    """Rank of the update of every parameter with ≥ 2 dims.
+    """Rank of the update of every parameter with ≥ 2 dims (a 3-D one named ``*expert*``: per expert,
+    see :func:`update_rank`).
 
     Args:
         w0: name → tensor before.
@@ -100,7 +123,7 @@ def matrix_updates(w0: Mapping[str, Weight], w1: Mapping[str, Weight], energy: f
             if tuple(_as_tensor(a, name).shape) != tuple(_as_tensor(b, name).shape):
                 _f64_delta(a, b, name)  # raises the shape error
             continue
-        r = update_rank(_f64_delta(a, b, name), energy)
+        r = param_update_rank(name, _f64_delta(a, b, name), energy)
         assert r is not None  # ≥ 2 dims
         out[name] = {"shape": tuple(_as_tensor(a, name).shape), **r}
     return out

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["KEYS", "PROBE_BATCH_SIZE", "collate", "encode", "length_batches", "longest_first", "pad_id"]
+__all__ = ["KEYS", "PROBE_BATCH_SIZE", "collate", "encode", "forward_inputs", "length_batches", "longest_first",
+           "pad_id", "pad_known"]
 
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -62,3 +66,47 @@ def length_batches(examples: Sequence[dict], batch_size: int, pad: int = 0, devi
     order = longest_first(examples)
     return [collate([examples[i] for i in order[s:s + batch_size]], pad, device)
             for s in range(0, len(order), batch_size)]
+
+
+#: heads of an encoder-decoder model that read the decoder's states at the input's own positions (BART's
+#: classifier at the end-of-sequence tokens): the model shifts the input into the decoder itself
+_SAME_LENGTH_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+
+
+def forward_inputs(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The arguments of one probe pass ``model(**forward_inputs(model, batch))``: only the inputs the model's
+    ``forward`` takes (no ``token_type_ids`` for a model without them), no key/value cache, and for an
+    encoder-decoder model that needs decoder inputs and has none, its decoder start token (one position:
+    the encoder reads the whole input, the decoder gives the first output token's distribution)."""
+    params = inspect.signature(model.forward).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs: dict[str, Any] = {k: v for k, v in batch.items() if k in params or takes_any}
+    if "use_cache" in params:
+        kwargs["use_cache"] = False
+    config = getattr(model, "config", None)
+    if (getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params
+            and "decoder_input_ids" not in kwargs and "decoder_inputs_embeds" not in kwargs
+            and not type(model).__name__.endswith(_SAME_LENGTH_HEADS) and "input_ids" in batch):
+        start = getattr(config, "decoder_start_token_id", None)
+        start = start if start is not None else getattr(config, "pad_token_id", None)
+        if start is not None:
+            ids = batch["input_ids"]
+            kwargs["decoder_input_ids"] = torch.full((ids.shape[0], 1), int(start), dtype=ids.dtype,
+                                                     device=ids.device)
+    return kwargs
+
+
+@contextmanager
+def pad_known(model: nn.Module, pad: int) -> Iterator[None]:
+    """While inside, the model's config names ``pad`` as its padding token if it names none: a decoder's
+    sequence-classification head finds each row's last real token by it and refuses batches of more than
+    one row without it. The config is put back on exit."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "pad_token_id") or config.pad_token_id is not None:
+        yield
+        return
+    config.pad_token_id = int(pad)
+    try:
+        yield
+    finally:
+        config.pad_token_id = None

@@ -139,11 +139,31 @@ def _is_embedding_like(path: str, module: nn.Module | None) -> bool:
     return isinstance(module, nn.Embedding) or "embed" in last or last in {"wte", "wpe"}
 
 
+def _side_path(model: nn.Module, side: str) -> str | None:
+    """The module path of an encoder-decoder model's ``side`` ("encoder" or "decoder"; None for any other model)."""
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return None
+    get = getattr(model, f"get_{side}", None)
+    try:
+        mod = get() if callable(get) else None
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    if not isinstance(mod, nn.Module) or mod is model:
+        return None
+    return next((p for p, m in model.named_modules() if m is mod), None)
+
+
 def find_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The largest ``nn.ModuleList`` of the model (the block stack) and its module path."""
+    """The largest ``nn.ModuleList`` of the model (the block stack) and its module path.
+
+    In an encoder-decoder model (``config.is_encoder_decoder``) the stack is the encoder's: the bottom of
+    the model, which the decoder reads (its own stack, with cross-attention, is usually the larger one)."""
     best: tuple[int, str, nn.ModuleList] | None = None
+    enc = _side_path(model, "encoder")
     for path, mod in model.named_modules():
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+            continue
+        if enc and not path.startswith(enc + "."):
             continue
         if len({type(c) for c in mod}) != 1:
             continue
@@ -238,9 +258,13 @@ def find_blocks(
             while "." in top and not contains_blocks(top.rsplit(".", 1)[0]):
                 top = top.rsplit(".", 1)[0]
             emb_paths.append(top)
+        dec = _side_path(model, "decoder")
+        dec = None if dec is not None and contains_blocks(dec) else dec
         for p, m in named.items():
             if not p or in_blocks(p) or contains_blocks(p):
                 continue
+            if dec and (p == dec or p.startswith(dec + ".")):
+                continue  # blocks in the encoder: the decoder's own embeddings (positions) belong to the decoder
             if any(p == e or p.startswith(e + ".") for e in emb_paths):
                 continue
             if _is_embedding_like(p, m) and any(True for _ in m.parameters(recurse=True)):
@@ -267,7 +291,8 @@ def find_blocks(
 def blocks_from_names(param_names: Sequence[str]) -> Blocks:
     """Infer the entries from parameter names alone (a state dict without a model or config).
 
-    The stack is the ``<path>.<i>.`` prefix holding the most parameters with indices 0..N-1;
+    The stack is the ``<path>.<i>.`` prefix holding the most parameters with indices 0..N-1 (an
+    encoder-decoder's encoder stack when names have both an ``encoder`` and a ``decoder`` component);
     the embeddings are parameters outside it whose path has a component containing "embed"
     (or GPT-2's ``wte``/``wpe``). A leading component shared by every name that also contains
     the stack (``bert.``, ``model.``, ...) is treated as the base-model prefix.
@@ -284,9 +309,14 @@ def blocks_from_names(param_names: Sequence[str]) -> Blocks:
             path = n[: m.start()]
             counts.setdefault(path, {}).setdefault(int(m.group(1)), 0)
             counts[path][int(m.group(1))] += 1
+    # an encoder-decoder's names: the encoder's stack, as find_blocks takes it from the model
+    sides = {part for path in counts for part in path.split(".")}
+    two_sided = "encoder" in sides and "decoder" in sides
     best = None
     for path, idx in counts.items():
         if sorted(idx) != list(range(len(idx))):
+            continue
+        if two_sided and "decoder" in path.split("."):
             continue
         total = sum(idx.values())
         if best is None or total > best[0]:
@@ -312,12 +342,12 @@ def blocks_from_names(param_names: Sequence[str]) -> Blocks:
     emb_modules: list[str] = []
     for n in param_names:
         c = canon(n)
-        if c.startswith(cstack + "."):
-            continue
+        if c.startswith(cstack + ".") or (two_sided and "decoder" in c.split(".")[:-1]):
+            continue  # (the decoder's own embeddings belong to the decoder)
         parts = c.split(".")[:-1]
         for k, part in enumerate(parts):
             low = part.lower()
-            if "embed" in low or low in {"wte", "wpe"}:
+            if "embed" in low or low in {"wte", "wpe", "shared"}:  # BART/T5: "shared", the token embedding
                 mod = ".".join(parts[: k + 1])
                 if mod not in emb_modules:
                     emb_modules.append(mod)

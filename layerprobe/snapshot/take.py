@@ -29,7 +29,7 @@ from layerprobe._version import __version__
 from layerprobe.errors import LayerProbeError
 from layerprobe.io.outputs import atomic_save_torch
 from layerprobe.io.probe_files import fingerprint
-from layerprobe.model.batching import collate, encode, longest_first, pad_id
+from layerprobe.model.batching import collate, encode, forward_inputs, longest_first, pad_id, pad_known
 from layerprobe.model.blocks import OTHER, Blocks, find_blocks
 from layerprobe.model.capture import capture
 from layerprobe.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_POOLING
@@ -211,17 +211,6 @@ def distinct_examples(examples: list[dict]) -> int:
     return len({tuple(int(i) for i in e["input_ids"]) for e in examples})
 
 
-def _forward_kwargs(model: nn.Module, batch: dict) -> dict:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in batch.items() if k in params or takes_kwargs}
-    if "use_cache" in params:
-        kwargs["use_cache"] = False  # decoders: no KV cache for a probe pass
-    return kwargs
-
-
 def run_probe(
     model: nn.Module,
     examples: list[dict],
@@ -241,7 +230,7 @@ def run_probe(
 
     device = input_device(model)  # offloaded (meta) parameters: inputs start on the CPU
     order = longest_first(examples)
-    with capture(model, blocks, pooling=pooling, max_tokens=max_tokens) as cap:
+    with capture(model, blocks, pooling=pooling, max_tokens=max_tokens) as cap, pad_known(model, pad):
         # the bar stays and ends its line (a cleared bar left "\r" and glued the next stderr line on), also
         # when a forward pass raises: closed by ``with`` before the error is printed, not when the traceback
         # is freed; a string names what is probed ("probe checkpoint-500")
@@ -249,8 +238,17 @@ def run_probe(
                   unit="batch", disable=not progress, leave=True) as bar:
             for start in bar:
                 batch = collate([examples[i] for i in order[start : start + batch_size]], pad, device)
-                model(**_forward_kwargs(model, batch))
+                model(**forward_inputs(model, batch))
     outputs = cap.outputs
+    # blocks first: the embeddings' representation is read where the first block takes it
+    missing = sorted((e for e in blocks if e.name not in outputs), key=lambda e: e.kind != "block")
+    if missing and order:
+        e = missing[0]
+        more = f" (and {len(missing) - 1} more entries)" if len(missing) > 1 else ""
+        raise LayerProbeError(
+            f"{type(model).__name__}: entry {e.name} ({', '.join(e.modules)}){more} was never called in a forward "
+            "pass: its module is a container or off the forward path, so it has no representation; pass "
+            "blocks='<pattern>' naming the layers that run")
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     if pooling != "tokens":
@@ -341,7 +339,7 @@ def take_snapshot(
             why = representation_problem(r, constant=False)
             if why:
                 raise LayerProbeError(f"{why} in {name}: the activations overflow or the weights are broken "
-                                      f"(in float16, try --dtype float32); no snapshot written")
+                                      "(in float16, try --dtype float32)")
         meta.update(
             probe_fingerprint=fp,
             n_examples=len(texts),

@@ -74,7 +74,7 @@ from layerprobe.io.outputs import atomic_write_text
 from layerprobe.metrics.cka import linear_cka
 from layerprobe.metrics.distinct import MIN_DISTINCT_ROWS
 from layerprobe.metrics.drift import DriftAccumulator
-from layerprobe.model.batching import PROBE_BATCH_SIZE, length_batches, pad_id
+from layerprobe.model.batching import PROBE_BATCH_SIZE, length_batches, pad_id, pad_known
 from layerprobe.model.blocks import Blocks, find_blocks
 from layerprobe.options import CSV_OPTIONS, DEFAULT_MAX_LENGTH, DEFAULT_POOLING, ProbeOptions
 from layerprobe.results.trajectory import COLUMNS, TRAJECTORY_CSV
@@ -101,7 +101,8 @@ FREEZE_LOG_CSV = "layerprobe_freeze_log.csv"
 
 
 #: Defaults chosen so that tracking costs ≤ 5% of training time on MiniLM-L6 with batch 32
-#: (benchmarks/bench_tracking.py): one check measured 0.54 of a training step, so every 50 steps ≈ 1.1%.
+#: (benchmarks/bench_tracking.py, CPU time): one check measured 0.42 of a training step, so every 50 steps ≈ 0.8%
+#: (with the revert test 2.5 steps, ≈ 5.0%).
 DEFAULT_EVERY_N_STEPS = 50
 DEFAULT_PROBE_SIZE = 64
 
@@ -442,7 +443,7 @@ class Tracker:
         pad = pad_id(self.tokenizer)
         batches = length_batches(self.examples, self.batch_size, pad, device)
         try:
-            with no_store():
+            with no_store(), pad_known(model, pad):
                 rows = revert_test(model, base, batches, blocks=blocks, shortcut=self._shortcut)
         except LayerProbeError as exc:  # e.g. outputs that overflowed: this check has no rows, training goes on
             from layerprobe.errors import LayerProbeWarning
@@ -552,14 +553,14 @@ def _check_revertable(model: nn.Module, example: dict, pad: int) -> None:
     if any(type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor" for p in model.parameters()):
         raise LayerProbeError("Tracker(revert=True): the revert test cannot run on sharded (FSDP) parameters; "
                               "track without it")
-    from layerprobe.model.batching import collate
+    from layerprobe.model.batching import collate, forward_inputs
 
     device = next((p.device for p in model.parameters()), None)
     was = model.training
     model.eval()
     try:
         with torch.no_grad(), no_store():
-            out = model(**collate([example], pad, device))
+            out = model(**forward_inputs(model, collate([example], pad, device)))
     finally:
         model.train(was)
     if getattr(out, "logits", None) is None:

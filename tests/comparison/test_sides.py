@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from conftest import tiny_bert
 import layerprobe as lp
@@ -60,3 +61,21 @@ def test_modules_json_without_a_transformer_is_one_line(tmp_path, capsys):
                                                  "type": "sentence_transformers.models.Pooling"}]))
     assert main(["compare", str(d), str(d)]) == 2
     assert "lists no sentence_transformers.models.Transformer module" in capsys.readouterr().err
+
+
+def test_a_failure_in_the_probe_pass_names_the_model_directory(tmp_path, tokenizer, texts):
+    """Broken weights show only when the probe runs: the one-line error still says which input it was."""
+    from layerprobe import compare
+    from layerprobe.errors import LayerProbeError
+
+    good, bad = tiny_bert(), tiny_bert()
+    with torch.no_grad():
+        bad.encoder.layer[0].output.dense.weight.fill_(float("nan"))
+    for name, m in (("good", good), ("bad dir", bad)):
+        m.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    with pytest.raises(LayerProbeError) as err:
+        compare(str(tmp_path / "good"), str(tmp_path / "bad dir"), probe=texts, progress=False)
+    assert err.value.path == str(tmp_path / "bad dir")
+    assert "non-finite" in err.value.message and "block.0" in err.value.message
+    assert "\n" not in str(err.value) and "snapshot written" not in str(err.value)

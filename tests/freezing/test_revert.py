@@ -231,3 +231,32 @@ def test_a_prefix_cache_never_serves_the_reverted_passes():
         assert cache.stats()["hit_batches"] >= 1
         got = revert_test(tuned, base.state_dict(), batches, ks=[2])[0]
     assert got["kl"] == pytest.approx(want["kl"], rel=1e-6) and got["kl"] > 0
+
+
+def test_a_seq2seq_lm_is_read_at_its_first_decoded_token():
+    """T5ForConditionalGeneration runs on the probe with its decoder start token: the prefix is the encoder's,
+    the outputs the first decoded token's distribution; reverting to its own weights changes nothing, and
+    reverting to moved ones moves the outputs more the larger the prefix."""
+    import copy
+
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from layerprobe import find_blocks
+
+    torch.manual_seed(0)
+    tuned = T5ForConditionalGeneration(T5Config(d_model=16, d_kv=8, d_ff=24, num_layers=3, num_heads=2,
+                                                vocab_size=50, decoder_start_token_id=0)).eval()
+    base = copy.deepcopy(tuned)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in base.encoder.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g) * p.std())
+    ids = torch.randint(2, 50, (10, 7), generator=g)
+    batches = [{"input_ids": ids[:5], "attention_mask": torch.ones(5, 7, dtype=torch.long)},
+               {"input_ids": ids[5:], "attention_mask": torch.ones(5, 7, dtype=torch.long)}]
+    assert find_blocks(tuned).stack == "encoder.block"
+    same = revert_test(tuned, tuned.state_dict(), batches)
+    assert all(r["agreement"] == 1.0 and abs(r["kl"]) < 1e-9 for r in same)
+    rows = revert_test(tuned, base.state_dict(), batches)
+    assert [r["k"] for r in rows] == [0, 1, 2, 3]
+    assert rows[-1]["kl"] > rows[1]["kl"] > 0 and all(math.isfinite(r["tv"]) for r in rows)

@@ -57,3 +57,31 @@ def test_recommend_reports_the_measured_saving_of_the_advised_prefix():
     assert r.freeze == est.freeze and r.est_compute_saving == pytest.approx(0.3)
     assert any(n.startswith("compute saving measured") and "30%" in n and "23% over 3 epochs" in n
                for n in r.notes)  # 1 - (0.9 + 2 * 0.7) / 3
+    assert cal.uncached == {} and any("frozen and cached" in n for n in r.notes)
+    off = PrefixSavings(full=1.0, served=cal.served, fill=cal.served, batch_shape=(32, 64), steps=3, threads=1,
+                        uncached={"block.0": "its blocks hand a position bias up"})
+    note = next(n for n in recommend(e, prefix_savings=off).notes if n.startswith("compute saving measured"))
+    assert "30%" in note and "not cached (the prefix cache is off: its blocks hand a position bias up)" in note
+    assert "filling the cache" not in note
+
+
+def test_calibration_says_where_the_prefix_cache_could_not_serve():
+    """T5's blocks hand their position bias up the stack: the cache turns itself off, the steps are timed
+    frozen without it, and the result says so for every block prefix (the embeddings need no cache)."""
+    import warnings
+
+    from transformers import T5Config, T5ForSequenceClassification
+
+    torch.manual_seed(0)
+    m = T5ForSequenceClassification(T5Config(d_model=16, d_kv=8, d_ff=24, num_layers=2, num_decoder_layers=2,
+                                              num_heads=2, vocab_size=40, num_labels=2, dropout_rate=0.0,
+                                              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    ids = torch.randint(4, 40, (4, 7))
+    ids[:, -1] = 1  # T5's classifier reads the end-of-sequence token
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 0, 1])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing leaks to the user: the result says it
+        cal = calibrate_prefix_savings(m, batch, steps=1)
+    assert cal.prefixes == ["embeddings", "block.0", "block.1"]
+    assert set(cal.uncached) == {"block.0", "block.1"} and all("position bias" in w for w in cal.uncached.values())
+    assert cal.to_dict()["uncached"] == cal.uncached

@@ -112,3 +112,30 @@ def test_other_model_with_repeated_stack_works_without_code_change():
     b = find_blocks(m)
     assert b.names == ["embeddings", "block.0", "block.1"]
     assert b.stack == "encoder.block"
+
+
+@pytest.mark.parametrize("arch", ["bart", "t5"])
+def test_encoder_decoder_blocks_are_the_encoders_from_the_model_and_from_the_names(arch):
+    """The decoder's stack (cross-attention: more parameters) is not the block stack; the model's and the
+    state dict's names give the same entries, and no decoder embedding (BART's decoder positions, T5's
+    decoder relative bias) sits in the embeddings entry."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    if arch == "bart":
+        m = T.BartForSequenceClassification(T.BartConfig(
+            d_model=16, encoder_layers=3, decoder_layers=3, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=24, decoder_ffn_dim=24, vocab_size=50, max_position_embeddings=32))
+    else:
+        m = T.T5ForConditionalGeneration(T.T5Config(d_model=16, d_kv=8, d_ff=24, num_layers=3, num_heads=2,
+                                                    vocab_size=50))
+    b = find_blocks(m)
+    assert b.stack in ("encoder.layers", "encoder.block") and len(b.blocks) == 3
+    names = [n for n, _ in m.named_parameters()]
+    groups = b.group(names)
+    assert not any(".decoder." in "." + n for e, ns in groups.items() if e != "other" for n in ns)
+    assert any(".decoder." in "." + n for n in groups["other"])
+    saved = list(m.state_dict())  # the names a weights file holds (a tied embedding under one of its names)
+    from_names = blocks_from_names(saved)
+    assert from_names.names == b.names and from_names.stack == b.stack
+    assert from_names.group(saved) == b.group(saved)

@@ -78,17 +78,20 @@ ZOO = {
     "falcon": ("FalconConfig", "FalconForSequenceClassification",
                dict(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, vocab_size=V, pad_token_id=0,
                     hidden_dropout=0.0, attention_dropout=0.0, new_decoder_architecture=False, alibi=False)),
-    # encoder-decoders: the larger stack is the block stack (BART: 4 encoder layers over 2 decoder layers)
+    # encoder-decoders: the encoder's stack is the block stack (the decoder's, with cross-attention, is larger)
     "bart": ("BartConfig", "BartForSequenceClassification", _BART),
     "bart-symmetric": ("BartConfig", "BartForSequenceClassification", dict(_BART, decoder_layers=4)),
     "t5": ("T5Config", "T5ForSequenceClassification", _T5),
     "t5-symmetric": ("T5Config", "T5ForSequenceClassification", dict(_T5, num_decoder_layers=4)),
 }
-#: the decoder stack of an encoder-decoder: refused, with a hint to take the encoder's stack instead
-REFUSED = {"bart-symmetric": "model.encoder.layers.*", "t5-symmetric": "transformer.encoder.block.*"}
+#: the encoder's stack of an encoder-decoder (found by default) and its decoder's (refused by the cache, with
+#: the encoder's as the hint)
+ENCODER = {"bart": "model.encoder.layers.*", "bart-symmetric": "model.encoder.layers.*",
+           "t5": "transformer.encoder.block.*", "t5-symmetric": "transformer.encoder.block.*"}
+DECODER = {"bart-symmetric": "model.decoder.layers.*", "t5-symmetric": "transformer.decoder.block.*"}
 #: blocks that hand more than their hidden states up the stack: the cache turns itself off
-OFF = {"t5": "position bias"}
-CACHED = [k for k in ZOO if k not in REFUSED and k not in OFF]
+OFF = {"t5": "position bias", "t5-symmetric": "position bias"}
+CACHED = [k for k in ZOO if k not in OFF]
 
 
 def make(kind: str, seed: int = 0) -> torch.nn.Module:
@@ -227,20 +230,35 @@ def test_a_cache_that_turned_itself_off_stays_off_when_the_prefix_grows():
     cache.detach()
 
 
-@pytest.mark.parametrize("kind", sorted(REFUSED))
-def test_decoder_stack_of_an_encoder_decoder_is_refused_with_the_encoder_as_hint(kind):
+@pytest.mark.parametrize("kind", sorted(ENCODER))
+def test_the_block_stack_of_an_encoder_decoder_is_its_encoders(kind):
     m = make(kind)
     blocks = find_blocks(m)
+    enc = ENCODER[kind].removesuffix(".*")
+    assert f"{blocks.prefix}.{blocks.stack}" == enc and len(blocks.blocks) == 4
+    dec = enc.replace("encoder", "decoder").rsplit(".", 1)[0]
+    groups = blocks.group([n for n, _ in m.named_parameters()])
+    # every encoder parameter is in an entry (embeddings or a block), none of the decoder's is
+    entry_params = [n for e, ns in groups.items() if e != "other" for n in ns]
+    assert not any(n.startswith(dec + ".") for n in entry_params)
+    assert all(n in entry_params for n, _ in m.named_parameters() if n.startswith(enc.rsplit(".", 1)[0] + ".")
+               and ".layer" in n.removeprefix(enc.rsplit(".", 1)[0]))
+
+
+@pytest.mark.parametrize("kind", sorted(DECODER))
+def test_decoder_stack_of_an_encoder_decoder_is_refused_with_the_encoder_as_hint(kind):
+    m = make(kind)
+    blocks = find_blocks(m, blocks=DECODER[kind])
     assert blocks.stack.startswith("decoder")
     freeze(m, bottom_prefix(blocks, 2), blocks)
-    with pytest.raises(LayerProbeError, match=r"encoder-decoder.*" + REFUSED[kind].replace(".", r"\.")
+    with pytest.raises(LayerProbeError, match=r"encoder-decoder.*" + ENCODER[kind].replace(".", r"\.")
                        .replace("*", r"\*")):
         PrefixCache(m, 2, blocks=blocks)
     assert all("forward" not in mod.__dict__ for mod in m.modules())  # nothing left attached
 
 
 def test_the_hinted_encoder_stack_of_a_symmetric_bart_trains_like_plain_freezing():
-    pattern = REFUSED["bart-symmetric"]
+    pattern = ENCODER["bart-symmetric"]
     plain = _train("bart-symmetric", 2, use_cache=False, blocks_pattern=pattern)
     cached = _train("bart-symmetric", 2, use_cache=True, blocks_pattern=pattern)
     _assert_same_training(plain, cached)
@@ -303,9 +321,7 @@ def test_trainer_auto_freeze_runs_freezes_logs_and_the_model_predicts(kind, tmp_
         logits = model(**batch).logits
     assert logits.shape == (5, 3) and torch.isfinite(logits).all()
     s = pol.summary()
-    if kind in REFUSED:  # plain freezing, said once, the training went on
-        assert s["cache"] is None and "encoder-decoder" in s["cache_refused"] and len(off) == 1
-    elif kind in OFF:
+    if kind in OFF:
         assert s["cache"]["hit_batches"] == 0 and OFF[kind] in s["cache"]["disabled"] and off
     elif kind == "albert":  # one shared block: min_train_blocks keeps it training, only the embeddings freeze
         assert pol.frozen == ["embeddings"] and s["cache"] is None and not off
@@ -326,7 +342,7 @@ def test_trainer_auto_freeze_with_the_cache_trains_like_without(kind, tmp_path):
 
 
 def test_trainer_with_the_hinted_encoder_stack_caches_a_symmetric_bart(tmp_path):
-    model, cb, *_ , off = _trainer_run("bart-symmetric", tmp_path, blocks_pattern=REFUSED["bart-symmetric"])
+    model, cb, *_ , off = _trainer_run("bart-symmetric", tmp_path, blocks_pattern=ENCODER["bart-symmetric"])
     s = cb.policy.summary()
     assert not off and s["cache"]["hit_batches"] > 0 and cb.tracker.blocks.stack == "encoder.layers"
 

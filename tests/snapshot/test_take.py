@@ -144,3 +144,54 @@ def test_progress_bar_ends_its_line_when_a_forward_pass_raises(bert, tokenizer, 
     finally:
         handle.remove()
     assert err.endswith("\n") and "1/2" in _last_line(err)
+
+
+def test_models_that_needed_more_than_the_probe_inputs(tokenizer, texts):
+    """A seq2seq LM (T5) runs with its decoder start token and its encoder is the stack; a decoder classifier
+    whose config names no padding token takes padded batches (the tokenizer's pad); both give the same
+    representations as one example per pass."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    v = tokenizer.vocab_size
+    t5 = T.T5ForConditionalGeneration(T.T5Config(d_model=16, d_kv=8, d_ff=24, num_layers=2, num_heads=2,
+                                                 vocab_size=v, decoder_start_token_id=0))
+    qwen = T.Qwen2ForSequenceClassification(T.Qwen2Config(
+        hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=v, num_labels=2, pad_token_id=None))
+    for model, stack in ((t5, "encoder.block"), (qwen, "layers")):
+        snap = take_snapshot(model, tokenizer, texts[:12], batch_size=4, progress=False)
+        one = take_snapshot(model, tokenizer, texts[:12], batch_size=1, progress=False)
+        assert snap.meta["stack"] == stack and len(snap.representations) == 3
+        for name in snap.representations:
+            torch.testing.assert_close(snap.representations[name], one.representations[name], rtol=1e-4, atol=1e-5)
+    assert qwen.config.pad_token_id is None  # the user's config is left as it was
+
+
+def test_an_entry_never_called_is_an_error_not_a_weights_only_snapshot(tokenizer, texts):
+    """Blocks that are containers (Funnel's ModuleList of layers) never run: no representation to compare."""
+    from torch import nn
+
+    class Stacked(nn.Module):  # a block stack of ModuleLists, as Funnel's encoder.blocks
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+            self.encoder = nn.Module()
+            self.encoder.blocks = nn.ModuleList([nn.ModuleList([nn.Linear(32, 32)]) for _ in range(2)])
+
+        def get_input_embeddings(self):
+            return self.bert.get_input_embeddings()
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            h = self.bert.embeddings(input_ids)
+            for group in self.encoder.blocks:
+                for layer in group:
+                    h = layer(h)
+            return h
+
+    from layerprobe import find_blocks
+
+    model = Stacked(tiny_bert())
+    blocks = find_blocks(model, blocks=r"encoder\.blocks\.\d+$", embeddings="bert.embeddings")
+    with pytest.raises(LayerProbeError, match=r"entry block\.0 \(encoder\.blocks\.0\).* never called"):
+        take_snapshot(model, tokenizer, texts[:8], blocks=blocks, progress=False)
