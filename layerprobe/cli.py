@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 import threading
@@ -17,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from layerprobe._version import __version__
-from layerprobe.errors import LayerProbeError
+from layerprobe.errors import LayerProbeError, printable
 from layerprobe.options import DEFAULT_MAX_LENGTH, ESTIMATORS, FORMATS, POOLINGS, CKAOptions, ProbeOptions
 
 __all__ = ["COMMANDS", "build_parser", "cmd_compare", "cmd_demo", "cmd_freeze_list", "cmd_plot_trajectory",
@@ -393,26 +392,26 @@ def cmd_plot_trajectory(args: argparse.Namespace) -> int:
 
 
 def cmd_freeze_list(args: argparse.Namespace) -> int:
-
+    """Parameter names of the entries a saved comparison advises to freeze. The comparison is held to the
+    same checks as ``show`` (``Comparison.load``) and must have been made on this architecture: every
+    entry's parameter count in the JSON equals the model's, else one line naming both, exit 2."""
     from layerprobe.freezing.apply import parameter_names
-    from layerprobe.io.files import load_json
     from layerprobe.io.model_dir import build_meta_model, check_model_dir, model_class
     from layerprobe.io.outputs import atomic_write_text, check_not_an_input, check_output_file, ensure_writable_dir
+    from layerprobe.results.comparison import Comparison
 
     if args.output is not None:
         check_output_file(args.output)
         check_not_an_input(args.output, [args.comparison, args.model])
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))  # created (as snapshot -o), or refused now
-    try:
-        advice = load_json(args.comparison, "comparison JSON")["recommendation"]["freeze"]
-    except (KeyError, TypeError) as exc:
-        raise LayerProbeError(f"not a comparison JSON with recommendation.freeze ({type(exc).__name__})",
-                              args.comparison) from None
-    if not isinstance(advice, list) or not all(isinstance(n, str) for n in advice):
-        raise LayerProbeError("recommendation.freeze is not a list of entry names", args.comparison)
+    result = Comparison.load(args.comparison)  # the one validation of a comparison, as show
+    advice = result.recommendation.freeze
     cfg = check_model_dir(args.model, weights=False)  # the one guard: no custom code, a model class of transformers
     # names only: the saved architecture (with its head) on the meta device, no weights
     model = build_meta_model(args.model, model_class(cfg, os.path.join(args.model, "config.json")))
+    mismatch = result.model_mismatch(model)
+    if mismatch is not None:  # before: the names of another model's entries, exit 0
+        raise LayerProbeError(f"made on another model than {args.model}: {mismatch}", args.comparison)
     try:
         names = parameter_names(model, advice)
     except LayerProbeError as err:  # the comparison was made on another model: name the comparison
@@ -461,19 +460,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: characters that would break the one-line message or act on the terminal (newlines, escape codes)
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped: a file name holding a newline or an escape code
-    keeps the error message on one line and never drives the terminal.
-
-    >>> printable("we\\nird\\x1b[31m.pt: not found")
-    'we\\\\nird\\\\x1b[31m.pt: not found'
-    """
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-
-
 class _BrokenPipe(Exception):
     """Standard output was closed by its reader."""
 

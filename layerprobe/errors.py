@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["LayerProbeError", "LayerProbeTypeError", "LayerProbeWarning", "one_line", "strip_ansi"]
+__all__ = ["LayerProbeError", "LayerProbeTypeError", "LayerProbeWarning", "one_line", "printable", "strip_ansi"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -65,3 +65,16 @@ class LayerProbeWarning(UserWarning):
     another base than the one its config names). The CLI prints it as one line,
     ``layerprobe: warning: ...``; the same text is kept in the result's notes.
     """
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a file name holding a newline or an escape code
+    keeps the error message on one line and never drives the terminal.
+
+    >>> printable("we\\nird\\x1b[31m.pt: not found")
+    'we\\\\nird\\\\x1b[31m.pt: not found'
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

@@ -357,7 +357,8 @@ def test_show_reads_a_schema_1_file_and_renders_missing_numbers(tmp_path, capsys
     capsys.readouterr()
     holes = tmp_path / "holes.json"  # nulls the schema allows, where the renderer formatted numbers
     holes.write_text(json.dumps({**doc, "recommendation": {
-        **doc["recommendation"], "freeze": ["embeddings"], "frozen_param_fraction": None, "est_compute_saving": None,
+        **doc["recommendation"], "freeze": ["embeddings"], "train": doc["recommendation"]["train"][1:],
+        "frozen_param_fraction": None, "est_compute_saving": None,
         "candidates": [{**c, "memory_saved_mb": None} for c in doc["recommendation"]["candidates"]]}}))
     assert main(["show", str(holes)]) == 0
     assert "frozen parameters: — of the model; training compute saved: —" in capsys.readouterr().out

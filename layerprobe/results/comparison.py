@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerprobe.freezing.rule import Recommendation
 from layerprobe.results.rows import entry_rows
-from layerprobe.results.schema import SCHEMA_VERSION, check
+from layerprobe.results.schema import SCHEMA_VERSION, check_comparison
 
 if TYPE_CHECKING:  # pandas is imported when a frame is asked for
     import pandas as pd
@@ -54,10 +54,12 @@ class Comparison:
         """A comparison back from :meth:`to_dict` or a saved ``comparison.json`` (to re-render, re-plot
         or re-advise it without the models; NaN values come back as None).
 
-        The document is held to the JSON contract first (:func:`~layerprobe.results.schema.check`):
-        anything else is a one-line :class:`~layerprobe.errors.LayerProbeError` naming ``path``.
+        The document is held to the JSON contract and to what its values can mean first
+        (:func:`~layerprobe.results.schema.check_comparison`: the schema, then ranges and an advice that agrees
+        with itself): anything else is a one-line :class:`~layerprobe.errors.LayerProbeError` naming ``path``
+        and the field.
         """
-        d = check(d, path)
+        d = check_comparison(d, path)
         return cls(list(d["blocks"]), Recommendation(**d["recommendation"]), dict(d["meta"]), d.get("other"),
                    d.get("cross_layer"))
 
@@ -68,6 +70,35 @@ class Comparison:
         from layerprobe.io.files import load_json
 
         return cls.from_dict(load_json(path, "comparison JSON"), path)
+
+    def model_mismatch(self, model: Any) -> str | None:
+        """Why this comparison was not made on ``model``'s architecture, or None: the first entry that
+        ``model`` lacks or whose parameter count differs (each tied weight counted once, as ``n_params``).
+        The model may have entries the comparison lacks (``compare --blocks``/``--embeddings`` subsets).
+        An entry recorded with 0 parameters (no weights were measured) is not compared.
+
+        >>> from transformers import BertConfig, BertModel
+        >>> small = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        ...                              intermediate_size=20, vocab_size=50))
+        >>> c = Comparison([{"name": "block.0", "kind": "block", "n_params": 1}], None, {})  # type: ignore[arg-type]
+        >>> c.model_mismatch(small)
+        'block.0 has 1 parameters in the comparison, 1,828 in the model'
+        """
+        from layerprobe.model.blocks import find_blocks
+
+        blocks = find_blocks(model)
+        counts = dict.fromkeys(blocks.names, 0)
+        for name, p in model.named_parameters():
+            ref = blocks.entry_of(name)
+            if ref is not None:
+                counts[ref.name] += int(p.numel())
+        for e in self.blocks:
+            if e["name"] not in counts:
+                return f"{e['name']} is not an entry of the model, which has {blocks.names}"
+            if e["n_params"] and e["n_params"] != counts[e["name"]]:
+                return (f"{e['name']} has {e['n_params']:,} parameters in the comparison, "
+                        f"{counts[e['name']]:,} in the model")
+        return None
 
     def to_dict(self) -> dict:
         d = {"schema_version": SCHEMA_VERSION, "blocks": self.blocks,

@@ -11,8 +11,8 @@ from layerprobe.results.rows import entry_rows
 if TYPE_CHECKING:
     from layerprobe.results.comparison import Comparison
 
-__all__ = ["FORMATS", "HEADER", "advice_text", "cross_layer_csv", "render", "table_rows", "to_csv", "to_markdown",
-           "to_table"]
+__all__ = ["FORMATS", "HEADER", "advice_text", "cross_layer_csv", "printable_copy", "render", "table_rows", "to_csv",
+           "to_markdown", "to_table"]
 
 
 def _num(x: object, fmt: str) -> str:
@@ -40,8 +40,38 @@ HEADER = ["entry", "CKA", "drift", "cosine", "params", "most-moved group", "advi
 #: matrices, the rank holding 90% of its update's energy (``groups`` in the JSON has the rest).
 
 
+def _escape(x: Any) -> Any:
+    from layerprobe.errors import printable  # the one escaper of control characters (error lines too)
+
+    if isinstance(x, str):
+        return printable(x)
+    if isinstance(x, dict):
+        return {_escape(k): _escape(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_escape(v) for v in x]
+    return x
+
+
+def printable_copy(c: Comparison) -> Comparison:
+    """``c`` with every string (entry and group names, reasons, notes, labels) escaped for a terminal:
+    a hand-edited ``comparison.json`` whose names or reasons hold escape codes (``\\x1b[2J``) or newlines
+    is shown as ``\\x1b[2J`` and ``\\n``, never acted on, and keeps the table's layout.
+
+    >>> from layerprobe.freezing.rule import Recommendation
+    >>> from layerprobe.results.comparison import Comparison
+    >>> r = Recommendation([], ["b"], {"b": "train\\x1b[2J\\nnow"}, {}, 0.0, "cka")
+    >>> printable_copy(Comparison([], r, {})).recommendation.reasons
+    {'b': 'train\\\\x1b[2J\\\\nnow'}
+    """
+    from layerprobe.freezing.rule import Recommendation
+
+    return type(c)(_escape(c.blocks), Recommendation(**_escape(c.recommendation.to_dict())), _escape(c.meta),
+                   _escape(c.other), _escape(c.cross_layer))
+
+
 def to_table(c: Comparison) -> str:
-    """A plain-text table followed by the advice and its reasons."""
+    """A plain-text table followed by the advice and its reasons (control characters in strings escaped)."""
+    c = printable_copy(c)
     rows = [HEADER, *table_rows(c)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
@@ -55,11 +85,13 @@ def advice_text(c: Comparison) -> str:
     for note in r.notes:
         out.append(f"note: {note}")
     if r.freeze:
+        measured = next((n for n in r.notes if n.startswith("compute saving measured")), None)
+        how = ("(estimate: the frozen blocks' share of the block parameters, prefix cached; --calibrate measures it)"
+               if measured is None else "(measured, prefix not cached)" if "not cached" in measured
+               else "(measured, prefix cached)")
         out.append(f"advice: freeze {', '.join(r.freeze)}; train {', '.join(r.train)}")
         out.append(f"  frozen parameters: {_pct(r.frozen_param_fraction)} of the model; "
-                   f"training compute saved: {_pct(r.est_compute_saving, 0)} "
-                   + ("(measured, prefix cached)" if any(n.startswith("compute saving measured") for n in r.notes)
-                      else "(estimate: the frozen blocks' share of the block parameters, prefix cached; --calibrate measures it)"))
+                   f"training compute saved: {_pct(r.est_compute_saving, 0)} {how}")
     else:
         out.append("advice: freeze nothing — train every block")
     t = r.thresholds
@@ -126,6 +158,8 @@ def candidates_text(r: Any) -> list[str]:
 
 
 def to_markdown(c: Comparison) -> str:
+    """The table in Markdown, then the advice as a quote (control characters in strings escaped)."""
+    c = printable_copy(c)
     rows = [HEADER, *table_rows(c)]
     lines = ["| " + " | ".join(r) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("---" for _ in HEADER) + "|")

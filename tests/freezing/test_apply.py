@@ -112,13 +112,18 @@ def test_policy_nan_and_every_n_steps():
 def test_cli_freeze_list(tmp_path, capsys):
     m = tiny_bert(0, head=True)
     m.save_pretrained(tmp_path / "model")
-    cmp = {"blocks": [], "recommendation": {"freeze": ["embeddings", "block.0"], "train": []}}
-    (tmp_path / "comparison.json").write_text(json.dumps(cmp))
+    from layerprobe import compare
+    from layerprobe.freezing.rule import Thresholds
+
+    c = compare(m, m, thresholds=Thresholds(max_drift=0.1), progress=False)  # nothing moved: all but the top
+    freeze = c.recommendation.freeze
+    assert freeze == ["embeddings", "block.0", "block.1", "block.2"]
+    (tmp_path / "comparison.json").write_text(c.to_json())
     out = tmp_path / "freeze.txt"
     assert main(["freeze-list", str(tmp_path / "comparison.json"), str(tmp_path / "model"), "-o", str(out)]) == 0
     names = out.read_text().splitlines()
-    assert names == parameter_names(m, ["embeddings", "block.0"])
-    assert names[0].startswith("bert.embeddings.") and names[-1].startswith("bert.encoder.layer.0.")
+    assert names == parameter_names(m, freeze)
+    assert names[0].startswith("bert.embeddings.") and names[-1].startswith("bert.encoder.layer.2.")
     capsys.readouterr()
     assert main(["freeze-list", str(tmp_path / "comparison.json"), str(tmp_path / "model")]) == 0
     assert capsys.readouterr().out.splitlines() == names

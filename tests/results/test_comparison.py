@@ -81,3 +81,18 @@ def test_cli_dtype_recorded_and_mismatch_noted(model_dir, tmp_path, capsys):
     assert main(["compare", str(model_dir / "m"), str(model_dir / "m"), "--device", absent]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"layerprobe: error: --device {absent}: ") and len(err.splitlines()) == 1
+
+
+def test_model_mismatch_compares_each_entry_parameter_count(comparison):
+    same = tiny_bert(5)  # other weights, the same architecture
+    assert comparison.model_mismatch(same) is None
+    assert [e["n_params"] for e in comparison.blocks][:2] == [
+        sum(p.numel() for p in same.embeddings.parameters()), sum(p.numel() for p in same.encoder.layer[0].parameters())]
+    wide = tiny_bert(0, hidden_size=64)
+    want = sum(p.numel() for p in wide.embeddings.parameters())
+    assert comparison.model_mismatch(wide) == (f"embeddings has {comparison.blocks[0]['n_params']:,} parameters in the "
+                                               f"comparison, {want:,} in the model")
+    assert comparison.model_mismatch(tiny_bert(0, num_hidden_layers=2)) == (
+        "block.2 is not an entry of the model, which has ['embeddings', 'block.0', 'block.1']")
+    assert comparison.model_mismatch(tiny_bert(0, num_hidden_layers=6)) is None  # a subset (compare --blocks) is fine
+    assert comparison.model_mismatch(tiny_bert(0, head=True)) is None  # a head is outside the entries

@@ -62,3 +62,42 @@ def test_the_rule_line_for_weights_only_names_the_drift_rule_or_none():
                     "at least 1 block(s) train")
     rule = next(ln for ln in _text(recommend(weights_only)) if ln.startswith("  rule:"))
     assert rule == "  rule: none applies (no CKA and no max_drift); at least 1 block(s) train"
+
+
+def test_control_characters_in_a_hand_edited_comparison_are_shown_escaped():
+    """Escape codes in names, reasons and notes never reach the terminal raw; a newline keeps the layout."""
+    import json
+    import os
+
+    from layerprobe.results.comparison import Comparison
+    from layerprobe.results.render import to_markdown, to_table
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "golden", "comparison.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    doc["blocks"][1]["name"] = "block.0\x1b[2J\x1b[31mPWN"
+    doc["recommendation"]["train"][1] = doc["blocks"][1]["name"]
+    doc["recommendation"]["reasons"] = {"block.1": "train\x1b]0;TITLE\x07 multi\nline"}
+    doc["recommendation"]["notes"] = ["\x1b[2Jcleared"]
+    c = Comparison.from_dict(doc)
+    for text in (to_table(c), to_markdown(c)):
+        assert "\x1b" not in text and "\x07" not in text
+        assert "block.0\\x1b[2J\\x1b[31mPWN" in text and "train\\x1b]0;TITLE\\x07 multi\\nline" in text
+        assert "note: \\x1b[2Jcleared" in text
+        assert not any(line.startswith("line") for line in text.splitlines())  # the newline kept its line
+    assert c.recommendation.reasons["block.1"].endswith("multi\nline")  # the data itself is unchanged
+
+
+def test_the_saving_label_says_whether_the_measured_prefix_was_cached():
+    from layerprobe.freezing.step_cost import PrefixSavings
+    from layerprobe.results.comparison import Comparison
+
+    e = [dict(name=n, kind="embeddings" if n == "embeddings" else "block", n_params=10, weight_drift=0.01,
+              cka=0.999 if n in ("embeddings", "block.0") else 0.5) for n in ["embeddings", "block.0", "block.1"]]
+    served = {"embeddings": 0.9, "block.0": 0.6, "block.1": 0.3}
+    for uncached, label in (({}, "(measured, prefix cached)"), ({"block.0": "position bias"},
+                                                                 "(measured, prefix not cached)")):
+        cal = PrefixSavings(full=1.0, served=served, fill=served, batch_shape=(8, 16), steps=1, threads=1,
+                            uncached=uncached)
+        r = recommend(e, prefix_savings=cal)
+        text = advice_text(Comparison([], r, {}))
+        assert "training compute saved: 40% " + label in text

@@ -3,6 +3,7 @@ its shape and values, and docs/json.md is generated from the schema."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import pytest
 from conftest import WORDS, tiny_bert
 from layerprobe.options import CKAOptions
 from layerprobe import compare
+from layerprobe.errors import LayerProbeError
 from layerprobe.results import schema
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "comparison.json")
@@ -159,3 +161,133 @@ def test_check_agrees_with_jsonschema():
            "recommendation": {k: v for k, v in doc["recommendation"].items() if k not in ("candidates", "tolerance",
                                                                                          "predictor")}}
     assert not validator.is_valid(old) and schema.check(old)["recommendation"]["candidates"] == []
+
+
+def test_check_names_an_integer_too_large_for_a_number():
+    """``10**400`` is valid JSON; as a number field it was an OverflowError traceback inside check."""
+    from layerprobe.errors import LayerProbeError
+
+    with open(GOLDEN, encoding="utf-8") as f:
+        doc = json.load(f)
+    doc["blocks"][1]["cka"] = 10**400
+    with pytest.raises(LayerProbeError) as info:
+        schema.check(doc, "c.json")
+    assert str(info.value) == ("c.json: not a layerprobe comparison: $.blocks[1].cka must be number or null, "
+                               "found an integer of 1329 bits")
+    doc["blocks"][1]["cka"] = 0.5
+    doc["blocks"][1]["n_params"] = 10**400  # an integer, as JSON Schema reads it: the range is consistency's
+    assert schema.check(doc, "c.json") is doc
+
+
+# ------------------------------------------------- what the values mean: check_comparison, meaning_problem
+
+
+def _golden(**advice):
+    with open(GOLDEN, encoding="utf-8") as f:
+        doc = json.load(f)
+    doc["recommendation"].update(advice)
+    return doc
+
+
+def _frozen():
+    """The golden comparison advising embeddings + block.0 frozen (a valid advice)."""
+    return _golden(freeze=["embeddings", "block.0"], train=["block.1", "block.2", "block.3"])
+
+
+def _put(doc, path, value):
+    cur = doc
+    for k in path[:-1]:
+        cur = cur[k]
+    cur[path[-1]] = value
+    return doc
+
+
+def test_valid_comparisons_pass():
+    for doc in (_golden(), _frozen()):
+        assert schema.meaning_problem(doc) is None
+        assert schema.check_comparison(copy.deepcopy(doc), "c.json") == doc
+    doc = _frozen()
+    doc["blocks"][1]["cka"] = None  # a missing value stays allowed, its interval too
+    doc["blocks"][1]["cka_ci"] = [None, None]
+    doc["blocks"][2]["weight_drift"] = doc["blocks"][2]["weight_cosine"] = None
+    doc["recommendation"]["frozen_param_fraction"] = None
+    assert schema.meaning_problem(doc) is None
+    doc["blocks"][3]["weight_cosine"] = 1.0 + 1e-12  # round-off at the end of a range
+    doc["blocks"][3]["cka"] = doc["blocks"][3]["cka_ci"][1] + 1e-9
+    assert schema.meaning_problem(doc) is None
+
+
+IMPOSSIBLE = [
+    (("blocks", 1, "cka"), 7.5, "$.blocks[1].cka is 7.5, outside [0, 1] (linear CKA)"),
+    (("blocks", 1, "cka"), -3.0, "$.blocks[1].cka is -3.0, outside [0, 1] (linear CKA)"),
+    (("blocks", 1, "cka"), 1.0001, "$.blocks[1].cka is 1.0001, outside [0, 1]"),
+    (("blocks", 1, "cka_ci"), [0.99, 0.1], "$.blocks[1].cka_ci is [0.99, 0.1]: its low end is above its high end"),
+    (("blocks", 1, "cka_ci"), [0.1, 0.2], "$.blocks[1].cka 0.6811641138707965 is outside its interval cka_ci [0.1, 0.2]"),
+    (("blocks", 1, "cka_ci"), [0.5, 1.5], "$.blocks[1].cka_ci[1] is 1.5, outside [0, 1]"),
+    (("blocks", 1, "weight_cosine"), 5.0, "$.blocks[1].weight_cosine is 5.0, outside [-1, 1] (a cosine)"),
+    (("blocks", 1, "weight_drift"), -1.0, "$.blocks[1].weight_drift is -1.0, below 0 (a distance)"),
+    (("blocks", 1, "max_abs_change"), -0.5, "$.blocks[1].max_abs_change is -0.5, below 0"),
+    (("blocks", 1, "groups", "attn.q", "weight_cosine"), -2.0, "$.blocks[1].groups.attn.q.weight_cosine is -2.0"),
+    (("blocks", 1, "n_params"), 10**400, "$.blocks[1].n_params is an integer of 1329 bits"),
+    (("recommendation", "frozen_param_fraction"), 50.0, "$.recommendation.frozen_param_fraction is 50.0, outside [0, 1]"),
+    (("recommendation", "est_compute_saving"), 1.5, "$.recommendation.est_compute_saving is 1.5, above 1"),
+    (("recommendation", "tolerance"), 5.0, "$.recommendation.tolerance is 5.0, outside [0, 1)"),
+    (("recommendation", "tolerance"), -0.1, "$.recommendation.tolerance is -0.1, outside [0, 1)"),
+    (("recommendation", "thresholds", "min_cka"), 2.0, "$.recommendation.thresholds.min_cka must be a number in [0, 1]"),
+    (("recommendation", "thresholds", "max_drift"), -1.0, "$.recommendation.thresholds.max_drift must be a finite"),
+    (("recommendation", "candidates", 0, "interval"), [2.0, 1.0],
+     "$.recommendation.candidates[0].interval is [2.0, 1.0]: its low end"),
+    (("meta", "ci", "level"), 1.5, "$.meta.ci.level is 1.5, outside (0, 1)"),
+    (("cross_layer", "base", 0, 1), 1.7, "$.cross_layer.base[0][1] is 1.7, outside [0, 1] (linear CKA)"),
+    (("recommendation", "freeze"), ["embeddings", "block.0", "block.1"],
+     "$.recommendation.train[0] 'block.1' is also in $.recommendation.freeze: an entry cannot both freeze and train"),
+    (("recommendation", "freeze"), ["embeddings", "embeddings"],
+     "$.recommendation.freeze[1] 'embeddings' is named twice in $.recommendation.freeze"),
+    (("recommendation", "freeze"), ["embeddings", "block.0", "block.7"],
+     "$.recommendation.freeze[2] 'block.7' is not an entry of $.blocks"),
+    (("recommendation", "freeze"), ["block.0"],
+     "$.recommendation.freeze[0] is 'block.0' where $.blocks[0] is 'embeddings': the frozen entries must be a bottom"),
+    (("blocks", 2, "name"), "block.0", "$.blocks[2].name 'block.0' repeats $.blocks[1].name"),
+]
+
+
+@pytest.mark.parametrize("path, value, want", IMPOSSIBLE)
+def test_impossible_values_are_refused_naming_the_field(path, value, want):
+    doc = _put(_frozen(), path, value)
+    found = schema.meaning_problem(doc)
+    assert found is not None and found.startswith(want), found
+    with pytest.raises(LayerProbeError) as info:
+        schema.check_comparison(doc, "c.json")
+    assert str(info.value).startswith("c.json: impossible comparison: $.") and "\n" not in str(info.value)
+
+
+def test_every_block_frozen_is_refused_unless_the_rule_allowed_it():
+    names = ["embeddings", "block.0", "block.1", "block.2", "block.3"]
+    doc = _golden(freeze=names, train=[])
+    assert schema.meaning_problem(doc) == ("$.recommendation.freeze freezes 4 of the 4 blocks, but at least 1 must "
+                                        "train ($.recommendation.thresholds.min_train_blocks)")
+    doc = _golden(freeze=names[:4], train=names[4:])
+    doc["recommendation"]["thresholds"]["min_train_blocks"] = 2  # 3 of 4 frozen, 2 must train
+    assert schema.meaning_problem(doc).startswith("$.recommendation.freeze freezes 3 of the 4 blocks, but at least 2")
+    doc = _golden(freeze=names, train=[])
+    doc["recommendation"]["thresholds"]["min_train_blocks"] = 0  # compare --min-train-blocks 0 writes this
+    assert schema.meaning_problem(doc) is None
+
+
+def test_ranges_follow_the_estimator_and_the_bootstrap():
+    doc = _frozen()
+    doc["blocks"][1].update(cka=-0.02, cka_ci=None)
+    assert "outside [0, 1] (linear CKA)" in schema.meaning_problem(doc)
+    doc["meta"]["estimator"] = "debiased"  # not clipped: slightly negative is a real value
+    doc["blocks"][1].pop("cka_ci")
+    assert schema.meaning_problem(doc) is None
+    doc["blocks"][1]["cka"] = -1.5
+    assert schema.meaning_problem(doc) == "$.blocks[1].cka is -1.5, outside [-1, 1] (debiased CKA)"
+    doc = _put(_frozen(), ("blocks", 1, "cka_ci"), [0.1, 0.2])
+    doc["meta"]["ci"]["subsampled"] = True  # the interval is centred on a subsample's estimate
+    assert schema.meaning_problem(doc) is None
+
+
+def test_measured_saving_may_be_negative():
+    """A calibrated step can be slower with the prefix cached; the share saved is then below 0, never above 1."""
+    assert schema.meaning_problem(_put(_frozen(), ("recommendation", "est_compute_saving"), -0.2)) is None
