@@ -114,7 +114,21 @@ def _is_run_dir(path: str) -> bool:
            "model.safetensors.index.json", "pytorch_model.bin.index.json")
     if any(os.path.exists(os.path.join(path, n)) for n in own):
         return False
-    return any(_CKPT.match(n) and os.path.isdir(os.path.join(path, n)) for n in os.listdir(path))
+    return any(_CKPT.match(n) for n in os.listdir(path))  # a broken checkpoint-N is refused, not skipped
+
+
+def _checkpoint_dir(path: str) -> str:
+    """``path`` (a ``checkpoint-N`` entry of a run directory) if it is a readable directory; else a
+    one-line error naming it (a dangling link, a link loop, a file): never skipped silently."""
+    from layerprobe.io.files import check_exists
+
+    check_exists(path, "checkpoint", missing="checkpoint not found")
+    if not os.path.isdir(path):
+        raise LayerProbeError("named like a checkpoint but not a directory; expected a checkpoint directory "
+                              "of the run (move or rename it)", path)
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise LayerProbeError("cannot read checkpoint directory: permission denied", path)
+    return path
 
 
 def expand_inputs(paths: Sequence[Any]) -> list[Any]:
@@ -130,8 +144,8 @@ def expand_inputs(paths: Sequence[Any]) -> list[Any]:
     for p in paths:
         if isinstance(p, (str, os.PathLike)) and _is_run_dir(os.fspath(p)):
             d = os.fspath(p)
-            found = [(int(m.group(1)), os.path.join(d, n)) for n in os.listdir(d)
-                     if (m := _CKPT.match(n)) and os.path.isdir(os.path.join(d, n))]
+            found = [(int(m.group(1)), _checkpoint_dir(os.path.join(d, n))) for n in sorted(os.listdir(d))
+                     if (m := _CKPT.match(n))]
             out.extend(path for _, path in sorted(found))
         else:
             out.append(p)

@@ -211,6 +211,23 @@ def adapter_tensors(path: str) -> dict[str, torch.Tensor]:
     raise LayerProbeError("no adapter weights (expected adapter_model.safetensors or adapter_model.bin)", path)
 
 
+def _weights_file(path: str) -> str:
+    """The adapter's weights file (safetensors preferred, as :func:`adapter_tensors` reads it)."""
+    st = os.path.join(path, "adapter_model.safetensors")
+    return st if os.path.isfile(st) else os.path.join(path, "adapter_model.bin")
+
+
+def _targeted(cfg: dict, module: str, match: Any) -> bool:
+    """Whether the config's ``target_modules`` names ``module`` (peft's rule; True when it names none
+    to check against: no ``target_modules``, ``"all-linear"``)."""
+    targets = cfg.get("target_modules")
+    if isinstance(targets, str):
+        return targets == "all-linear" or match(targets, module, True)
+    if isinstance(targets, (list, tuple, set)) and targets:
+        return any(module == t or module.endswith("." + t) for t in targets if isinstance(t, str))
+    return True
+
+
 def _strip(key: str) -> str:
     return key[len("base_model.model."):] if key.startswith("base_model.model.") else key
 
@@ -255,10 +272,29 @@ def read_adapter_parts(path: str) -> tuple[dict, dict[str, dict[str, Any]], dict
         else:
             saved[name] = t
     out = {}
+    wfile = _weights_file(path)
+    f = os.path.join(path, ADAPTER_CONFIG)
+    rank_pattern = cfg.get("rank_pattern") or {}
     for m, ab in modules.items():
         if "A" not in ab or "B" not in ab:
             raise LayerProbeError(f"adapter module {m!r} lacks lora_A or lora_B", path)
         a, b = ab["A"], ab["B"]  # A (r, in), B (out, r); embeddings: A (r, vocab), B (dim, r)
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or not a.is_floating_point() \
+                or not b.is_floating_point():
+            raise LayerProbeError(f"LoRA module {one_line(repr(m), 80)}: lora_A is {list(a.shape)} {a.dtype} and "
+                                  f"lora_B {list(b.shape)} {b.dtype}; expected floating-point A (r, in) and B (out, r) "
+                                  "of the same rank r", wfile)
+        want = pattern_value(rank_pattern, m, r0, match)
+        if int(a.shape[0]) != int(want):
+            raise LayerProbeError(f"LoRA module {one_line(repr(m), 80)} has rank {int(a.shape[0])} (lora_A "
+                                  f"{list(a.shape)}, lora_B {list(b.shape)}) but the config gives r = {want}"
+                                  f"{' (rank_pattern)' if want != r0 else ''}; adapter config and weights disagree",
+                                  f)
+        if not _targeted(cfg, m, match):
+            raise LayerProbeError(f"LoRA module {one_line(repr(m), 80)} is in the weights but not in the config's "
+                                  f"target_modules ({one_line(repr(cfg.get('target_modules')), 80)}"
+                                  f"{', a regular expression matched against the whole module path' if isinstance(cfg.get('target_modules'), str) else ''}"
+                                  "); adapter config and weights disagree", f)
         r = int(a.shape[0]) or r0
         al = float(pattern_value(alpha_pattern, m, alpha, match))  # peft's rule: the keys are regexes
         scale = al / math.sqrt(r) if rslora else al / r
@@ -403,6 +439,19 @@ def peft_config_for(path: str, cfg: dict, model: Any, modules: Sequence[str]) ->
                                           os.path.join(path, ADAPTER_CONFIG))
                 config.layers_to_transform, config.layers_pattern = None, None  # ignored with a string
             setattr(config, key, matched)
+    if getattr(config, "fan_in_fan_out", False):
+        found = dict(model.named_modules())
+        linear = [m for m in modules if isinstance(found.get(m), torch.nn.Linear)]
+        if linear:  # peft turns it off for nn.Linear with a two-line UserWarning per module: one line here
+            import warnings
+
+            from layerprobe.errors import LayerProbeWarning
+
+            warnings.warn(f"{os.path.join(path, ADAPTER_CONFIG)}: fan_in_fan_out = true does not apply to the "
+                          f"nn.Linear module(s) it adapts (e.g. {one_line(linear[0], 60)}); applied as false, "
+                          "as peft does", LayerProbeWarning, stacklevel=2)
+            if len(linear) == len(modules):
+                config.fan_in_fan_out = False
     for key in ("alpha_pattern", "rank_pattern"):
         patterns = cfg.get(key) or {}
         if patterns:

@@ -175,6 +175,9 @@ class _SafetensorsFile:
                         f"{', '.join(_ST_DTYPES)}",
                         path=path,
                     )
+                if _ST_DTYPES[st_dtype].is_complex:
+                    raise LayerProbeError(f"tensor {k!r} has complex dtype {st_dtype}, expected real "
+                                          "floating-point weights", path=path)
                 meta[k] = (tuple(int(d) for d in sl.get_shape()), _ST_DTYPES[st_dtype])
         except LayerProbeError:
             raise

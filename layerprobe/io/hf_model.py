@@ -18,7 +18,7 @@ from torch import nn
 from layerprobe.errors import LayerProbeError, one_line
 from layerprobe.io.checkpoints import _hf_weights_file, _read_index, load_pt_or_snapshot
 from layerprobe.io.files import load_json
-from layerprobe.io.model_dir import check_model_dir, model_class
+from layerprobe.io.model_dir import check_model_dir, model_class, unusable_attention
 from layerprobe.io.tokenizer import load_tokenizer
 
 __all__ = ["DTYPES", "NOT_IN_FILES", "check_loading_info", "load_hf_model", "resolve_device"]
@@ -123,6 +123,8 @@ def load_hf_model(path: str | os.PathLike, device: str | None = None,
         extra: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         if num_labels is not None:
             extra["num_labels"] = int(num_labels)
+        if unusable_attention(cfg, os.path.join(path, "config.json")) is not None:
+            extra["attn_implementation"] = None  # transformers' default (sdpa or eager), never a kernel download
         with torch.random.fork_rng(devices=[]):  # anything not in the files is initialised the same way each time
             torch.manual_seed(0)
             model, info = cls.from_pretrained(path, trust_remote_code=False, output_loading_info=True,

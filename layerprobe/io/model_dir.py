@@ -32,6 +32,7 @@ __all__ = [
     "LAYER_KEYS",
     "MAX_DIMENSION",
     "MAX_LAYERS",
+    "USABLE_ATTENTION",
     "build_meta_model",
     "check_config_values",
     "check_model_dir",
@@ -40,6 +41,7 @@ __all__ = [
     "parameter_names_of_dir",
     "refuse_auto_map",
     "sentence_transformer_dir",
+    "unusable_attention",
 ]
 
 #: largest layer count a config may claim
@@ -113,6 +115,57 @@ def check_config_values(cfg: dict, f: str, config_class: Any = None) -> None:
                                   "remove it from config.json", f)
 
 
+#: attention implementations that need nothing beyond torch; any other one a config asks for (a
+#: flash-attention package, a kernel downloaded from the Hub, a name transformers does not know) is
+#: replaced by transformers' default for the class (``sdpa`` where supported, else ``eager``)
+USABLE_ATTENTION = (None, "eager", "sdpa")
+#: ``(config file, implementation)`` already warned about in this process
+_ATTENTION_WARNED: set[tuple[str, str]] = set()
+
+
+def unusable_attention(cfg: dict, f: str) -> str | None:
+    """The attention implementation ``config.json`` asks for when it is not one of
+    :data:`USABLE_ATTENTION` (then the model is built with transformers' default and one
+    :class:`~layerprobe.errors.LayerProbeWarning` line says so), else None.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     unusable_attention({"_attn_implementation": "flash_attention_2"}, "doc/config.json"), len(w)
+    ('flash_attention_2', 1)
+    >>> unusable_attention({"_attn_implementation": "sdpa"}, "config.json") is None
+    True
+    """
+    import warnings
+
+    from layerprobe.errors import LayerProbeWarning
+
+    def walk(d: dict, depth: int) -> Any:
+        for key in ("_attn_implementation", "attn_implementation"):
+            v = d.get(key)
+            for x in (v.values() if isinstance(v, dict) else [v]):
+                if not (x is None or (isinstance(x, str) and x in USABLE_ATTENTION)):
+                    return x
+        if depth < _CONFIG_DEPTH:
+            for value in d.values():
+                found = walk(value, depth + 1) if isinstance(value, dict) else None
+                if found is not None:
+                    return found
+        return None
+
+    asked = walk(cfg, 0)
+    if asked is None:
+        return None
+    name = asked if isinstance(asked, str) else repr(asked)
+    if (f, name) in _ATTENTION_WARNED:  # the guard, the meta build and the loader all ask: one line per file
+        return name
+    _ATTENTION_WARNED.add((f, name))
+    warnings.warn(f"{f}: attention implementation {one_line(repr(name), 60)} needs more than torch (a flash-attention "
+                  "package or a downloaded kernel) or is unknown; the model is built with transformers' default "
+                  "(sdpa or eager) instead", LayerProbeWarning, stacklevel=1)  # one place: shown once
+    return name
+
+
 def refuse_auto_map(path: str | os.PathLike) -> None:
     """Refuse a directory whose config files ask for custom Python code (``auto_map``): the one check.
 
@@ -164,8 +217,8 @@ def model_class(cfg: dict, f: str) -> Any:
         return cls
     return None
 
-def _weights(path: str) -> tuple[list[str], int]:
-    """Parameter names and total element count of the directory's weights (headers only)."""
+def _weights(path: str) -> tuple[list[str], int, dict[str, torch.dtype]]:
+    """Tensor names, total element count and dtypes of the directory's weights (headers only)."""
     from layerprobe.io.checkpoints import open_checkpoint
 
     with open_checkpoint(path) as src:
@@ -173,7 +226,7 @@ def _weights(path: str) -> tuple[list[str], int]:
         total = 0
         for k in keys:
             total += math.prod(src.shape(k))
-        return keys, total
+        return keys, total, {k: src.dtype(k) for k in keys}
 
 #: the sentence-transformers module type that holds the Hugging Face model
 ST_TRANSFORMER = "sentence_transformers.models.Transformer"
@@ -239,7 +292,13 @@ def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: boo
     claimed = {k: _count(cfg, k, f, 0, MAX_LAYERS) for k in LAYER_KEYS}
     if not weights:
         return cfg
-    keys, elements = _weights(path)
+    quant = cfg.get("quantization_config")
+    if quant is not None:
+        method = quant.get("quant_method") if isinstance(quant, dict) else None
+        raise LayerProbeError(f"a quantized checkpoint (quantization_config, quant_method {one_line(repr(method), 40)}) "
+                              "is not supported: layerprobe compares floating-point weights; dequantize the model and "
+                              "save it again (or compare the unquantized original)", f)
+    keys, elements, dtypes = _weights(path)
     from layerprobe.model.blocks import blocks_from_names
 
     try:
@@ -253,15 +312,52 @@ def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: boo
         if n is not None:
             break
     if build:
-        n_params = _meta_parameter_count(path, cls)
+        meta = build_meta_model(path, cls)
+        n_params = sum(p.numel() for p in meta.parameters())  # tied weights once
+        names = {n for n, _ in meta.named_parameters()}
+        for k in keys:  # transformers would cast integer "weights" to float silently
+            if not dtypes[k].is_floating_point and (k in names or _matches(k, names)):
+                raise LayerProbeError(f"parameter {one_line(repr(k), 80)} is stored as {dtypes[k]}, expected a "
+                                      "floating-point tensor (quantized or broken weights)", _hf_weights_name(path))
+        stray = _stray_block_weights(meta, keys, dtypes)
+        if stray:
+            raise LayerProbeError(f"the weight files hold {len(stray)} block weight(s) the configured model does not "
+                                  f"have, e.g. {one_line(repr(stray[0]), 80)} (config and weights disagree; they would "
+                                  "be left out of the comparison silently)", _hf_weights_name(path))
         if n_params is not None and n_params > elements:
             raise LayerProbeError(f"the configuration implies {n_params:,} parameters but the weight files hold "
                                   f"{elements:,} values (missing weights would be initialised at random)", f)
     return cfg
 
-def _meta_parameter_count(path: str, cls: Any) -> int:
-    """Parameters of the configured model built on the meta device (no memory), tied weights once."""
-    return sum(p.numel() for p in build_meta_model(path, cls).parameters())
+#: buffer names that files saved by older transformers hold inside blocks (not parameters, never trained)
+_OLD_BUFFERS = (".inv_freq", ".position_ids", ".bias_k", ".masked_bias", ".attn.bias")
+
+
+def _stray_block_weights(meta: torch.nn.Module, keys: list[str], dtypes: dict[str, torch.dtype]) -> list[str]:
+    """Floating-point tensors in the files that sit in the model's block stack (``encoder.layer.<N>.``)
+    but are neither a parameter nor a buffer (nor a tied alias) of the configured model."""
+    import re
+
+    params = {n for n, _ in meta.named_parameters(remove_duplicate=False)}
+    known = params | {n for n, _ in meta.named_buffers(remove_duplicate=False)}
+    stacks = {m.group(1) for n in params if (m := re.match(r"(.*?\.)\d+\.", n))}
+    tails = {n.split(".", i)[-1] for n in known for i in range(1, n.count(".") + 1)}  # every dotted suffix
+    out = []
+    for k in keys:
+        if not dtypes[k].is_floating_point or k in known or ("." + k).endswith(_OLD_BUFFERS):
+            continue
+        parts = k.split(".")
+        if k in tails or any(".".join(parts[i:]) in known for i in range(1, len(parts))):
+            continue  # the same name up to a base-model prefix on either side
+        if any(re.match(rf"(?:.*\.)?{re.escape(st)}\d+\.", k) for st in stacks):
+            out.append(k)
+    return sorted(out)
+
+
+def _hf_weights_name(path: str) -> str:
+    from layerprobe.io.checkpoints import _hf_weights_file
+
+    return _hf_weights_file(path)
 
 
 def build_meta_model(path: str | os.PathLike, cls: Any = None) -> torch.nn.Module:
@@ -283,6 +379,9 @@ def build_meta_model(path: str | os.PathLike, cls: Any = None) -> torch.nn.Modul
     hf_logging.set_verbosity(hf_logging.CRITICAL)  # transformers logs a whole config before some errors
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+        f = os.path.join(path, "config.json")
+        if unusable_attention(load_json(f, "config.json"), f) is not None:
+            config._attn_implementation = None  # transformers' default for the class (recursively)
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Initializing zero-element tensors is a no-op"
             return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
@@ -345,7 +444,13 @@ def drop_non_parameters(keys: list[str], dtypes: dict[str, torch.dtype], directo
     known = parameter_names_of_dir(directory) if directory else None
     keep, dropped = [], []
     for k in keys:
-        if not (dtypes[k].is_floating_point or dtypes[k].is_complex):
+        if dtypes[k].is_complex:
+            raise LayerProbeError(f"tensor {one_line(repr(k), 80)} has complex dtype {dtypes[k]}, expected real "
+                                  "floating-point weights", directory)
+        if not dtypes[k].is_floating_point:
+            if known is not None and (k in known[0] or (k not in known[1] and _matches(k, known[0]))):
+                raise LayerProbeError(f"parameter {one_line(repr(k), 80)} is stored as {dtypes[k]}, expected a "
+                                      "floating-point tensor (quantized or broken weights)", directory)
             dropped.append(k)
         elif known is not None and k not in known[0] and not _matches(k, known[0]):
             dropped.append(k)

@@ -292,6 +292,7 @@ def _parse_txt(content: str) -> list[str]:
 def _parse_table(path: str, content: str, sep: str, text_column: str) -> list[str]:
     import pandas as pd
 
+    _check_field_counts(path, content, sep)  # before pandas, which guesses an index for longer rows
     try:
         df = pd.read_csv(
             io.StringIO(content), sep=sep, dtype=str, keep_default_na=False, na_filter=False
@@ -305,6 +306,35 @@ def _parse_table(path: str, content: str, sep: str, text_column: str) -> list[st
             f"text column {text_column!r} not found; columns found: {_names(df.columns)}", path=path
         )
     return [str(v) for v in df[text_column].tolist()]
+
+
+def _check_field_counts(path: str, content: str, sep: str) -> None:
+    """Every row of a CSV/TSV has as many fields as its header. pandas reads a row with more fields
+    than the header by turning the first fields into an index (the text column then holds other
+    values) and pads a shorter row with empty strings: both are refused, naming the first bad line."""
+    import csv
+
+    kind = "TSV" if sep == "\t" else "CSV"
+    limit = csv.field_size_limit()
+    try:
+        csv.field_size_limit(max(limit, len(content) + 1))  # the file's size is bounded where it is read
+        reader = csv.reader(io.StringIO(content, newline=""), delimiter=sep, quotechar='"', doublequote=True,
+                            strict=False)
+        header: list[str] | None = None
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip() and header is not None and len(header) > 1):
+                continue  # a blank line (pandas skips it)
+            if header is None:
+                header = row
+            elif len(row) != len(header):
+                raise LayerProbeError(f"malformed {kind}: line {reader.line_num} has {len(row)} fields, the header "
+                                      f"has {len(header)} (a {'separator' if len(row) > len(header) else 'field'} "
+                                      f"{'too many' if len(row) > len(header) else 'missing'}? quote texts that "
+                                      f"contain {'tabs' if kind == 'TSV' else 'commas'})", path=path)
+    except csv.Error as exc:
+        raise LayerProbeError(f"malformed {kind}: {_one_line(exc, 100)}", path=path) from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _text_value(path: str, value: Any, text_column: str, where: str) -> str | None:

@@ -14,7 +14,7 @@ from layerprobe.errors import LayerProbeError, one_line
 from layerprobe.io.files import load_json, regular_file
 from layerprobe.options import DEFAULT_MAX_LENGTH
 
-__all__ = ["TOKENIZER_FILES", "fit_max_length", "load_tokenizer", "max_positions"]
+__all__ = ["TOKENIZER_FILES", "check_encoded_lengths", "fit_max_length", "load_tokenizer", "max_positions"]
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
                     "sentencepiece.bpe.model", "vocab.model")
@@ -87,3 +87,42 @@ def fit_max_length(model: Any, max_length: int) -> int:
         return limit
     raise LayerProbeError(f"--max-length {max_length} is past the model's {limit} positions "
                           f"(max_position_embeddings); use --max-length {limit} or less")
+
+
+def check_encoded_lengths(tokenizer: Any, examples: list[dict], max_length: int) -> None:
+    """Refuse encodings longer than ``max_length``: a tokenizer does not truncate below its special
+    tokens (``max_length=1`` with BERT's ``[CLS] ... [SEP]``), it returns every text at full length
+    with a log message, so the probe would run untruncated while its metadata said ``max_length``.
+
+    Run on the output of ``tokenizer(texts, truncation=True, max_length=max_length)``.
+
+    Raises:
+        LayerProbeError: one line giving the special tokens and the smallest usable length.
+
+    >>> from transformers import BertTokenizerFast
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    >>> t = Tokenizer(models.WordLevel({"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "a": 3}, unk_token="[UNK]"))
+    >>> t.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    >>> tok = BertTokenizerFast(tokenizer_object=t, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+    >>> check_encoded_lengths(tok, [{"input_ids": [1, 3, 2]}], 3)
+    >>> check_encoded_lengths(tok, [{"input_ids": [1, 3, 3, 2]}], 1)
+    Traceback (most recent call last):
+    ...
+    layerprobe.errors.LayerProbeError: --max-length 1 is below what the tokenizer can produce: its special tokens take 2 of every example, and an example came out 4 tokens long; use --max-length 3 or more
+    """
+    longest = max((len(e["input_ids"]) for e in examples), default=0)
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    try:
+        special = int(count(pair=False)) if callable(count) else None
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot say: the length alone is reported
+        special = None
+    if longest <= max_length and (special is None or max_length > special):
+        return
+    if longest <= max_length and special is not None:  # only special tokens fit: every example is the same
+        raise LayerProbeError(f"--max-length {max_length} leaves no room for text: the tokenizer's special tokens "
+                              f"take {special} of every example; use --max-length {special + 1} or more")
+    took = f"its special tokens take {special} of every example, and " if special is not None else ""
+    least = special + 1 if special is not None else longest
+    raise LayerProbeError(f"--max-length {max_length} is below what the tokenizer can produce: {took}an example "
+                          f"came out {longest} tokens long; use --max-length {least} or more")

@@ -25,7 +25,7 @@ from layerprobe.errors import LayerProbeError, strip_ansi
 from layerprobe.errors import one_line as _one_line
 
 __all__ = ["MAX_PICKLE_BYTES", "MAX_PICKLE_OPS", "MAX_TENSORS", "SNAPSHOT_FORMAT", "count_tensors", "load_pt_or_snapshot",
-           "safe_torch_load"]
+           "safe_torch_load", "tensor_problem"]
 
 #: most tensors one checkpoint file may hold (a .pt/.bin/.pth or a .safetensors), counted before
 #: loading: its index (zip directory, safetensors header) and its pickle are read, no tensor is built.
@@ -311,6 +311,31 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         ) from None
 
 
+def tensor_problem(t: torch.Tensor) -> str | None:
+    """What makes ``t`` unusable as a stored weight, or None: the one per-tensor check of a loaded file.
+
+    A weight must be a dense (strided) tensor with data (not on the meta device), neither quantized
+    nor complex; integer and bool tensors pass (buffers such as ids and masks; a parameter stored as
+    integers is refused where parameters are told apart, :func:`~layerprobe.io.model_dir.drop_non_parameters`).
+
+    >>> tensor_problem(torch.ones(2)) is None
+    True
+    >>> tensor_problem(torch.empty(2, device="meta"))
+    'is on the meta device (it has no data: the model was saved before its weights were materialised)'
+    >>> tensor_problem(torch.ones(2, dtype=torch.complex64))
+    'has complex dtype torch.complex64, expected real floating-point weights'
+    """
+    if t.is_meta:
+        return "is on the meta device (it has no data: the model was saved before its weights were materialised)"
+    if t.layout != torch.strided or t.is_nested:
+        return f"is a {'nested' if t.is_nested else str(t.layout).replace('torch.', '')} tensor, expected a dense one"
+    if t.is_quantized:
+        return f"is a quantized tensor ({t.dtype}), expected floating-point weights"
+    if t.is_complex():
+        return f"has complex dtype {t.dtype}, expected real floating-point weights"
+    return None
+
+
 def _extract_state_dict(path: str, obj: Any) -> dict[str, torch.Tensor]:
     """The flat name → tensor dict inside a loaded ``.pt`` object, validated."""
     if not isinstance(obj, Mapping):
@@ -340,6 +365,9 @@ def _extract_state_dict(path: str, obj: Any) -> dict[str, torch.Tensor]:
                 "(a state dict maps parameter names to tensors)",
                 path=path,
             )
+        problem = tensor_problem(value)
+        if problem:
+            raise LayerProbeError(f"tensor {_one_line(repr(key), 80)} {problem}", path=path)
         out[key] = value
         if len(out) > MAX_TENSORS:
             raise _too_many(path, "in its state dict")

@@ -29,6 +29,7 @@ from layerprobe._version import __version__
 from layerprobe.errors import LayerProbeError
 from layerprobe.io.outputs import atomic_save_torch
 from layerprobe.io.probe_files import fingerprint
+from layerprobe.io.tokenizer import check_encoded_lengths
 from layerprobe.model.batching import collate, encode, forward_inputs, longest_first, pad_id, pad_known
 from layerprobe.model.blocks import OTHER, Blocks, find_blocks
 from layerprobe.model.capture import capture
@@ -192,6 +193,7 @@ def tokenize_probe(tokenizer: Any, texts: list[str], max_length: int) -> tuple[l
     if not texts:
         raise LayerProbeError("the probe set is empty")
     examples = encode(tokenizer, texts, max_length)
+    check_encoded_lengths(tokenizer, examples, max_length)  # a tokenizer that could not truncate that far
     lengths = np.array([len(e["input_ids"]) for e in examples])
     ids = np.zeros((len(examples), int(lengths.max())), dtype=np.int64)
     mask = np.zeros_like(ids)

@@ -167,3 +167,26 @@ def test_series_steps_refused_before_any_work(run, tmp_path, capsys, case):
     lines = err.splitlines()
     assert rc == 2 and len(lines) == 1 and needle in lines[0], err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("dangling", "checkpoint not found (a symbolic link to"),
+    ("loop", "checkpoint is a symbolic link loop"),
+    ("file", "named like a checkpoint but not a directory"),
+])
+def test_broken_checkpoint_entry_in_a_run_dir_is_an_error_not_skipped(run, tmp_path, capsys, case, needle):
+    """A dangling link, a link loop or a file named checkpoint-N was skipped: the run became base vs checkpoint-10."""
+    rd = tmp_path / "run"
+    rd.mkdir()
+    os.symlink(run / "run" / "checkpoint-10", rd / "checkpoint-10")
+    bad = rd / "checkpoint-20"
+    if case == "dangling":
+        os.symlink(tmp_path / "moved_away", bad)
+    elif case == "loop":
+        os.symlink(bad, bad)
+    else:
+        bad.write_text("not a checkpoint")
+    assert main(["compare", str(run / "base"), str(rd), "--format", "json", "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and f"{bad}: {needle}" in lines[0], err

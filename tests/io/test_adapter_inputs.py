@@ -264,3 +264,57 @@ def test_base_named_only_in_the_adapter_config_passes_the_model_dir_checks(f3, c
             assert_one_line(rc, err, f"{name}/config.json", needle)
         with pytest.raises(LayerProbeError, match=needle):
             lp.compare(f3["a"], str(d))
+
+
+def _reshaped(f3, name, key_part, shape):
+    d = _adapter(f3, name)
+    from safetensors.torch import load_file
+
+    sd = load_file(str(d / "adapter_model.safetensors"))
+    key = next(k for k in sd if key_part in k)
+    sd[key] = 0.02 * torch.ones(shape)
+    save_file(sd, str(d / "adapter_model.safetensors"))
+    return d
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_lora_a_and_b_of_different_ranks_name_the_file_module_and_shapes(f3, capsys, probe):
+    """A lora_A of rank 3 beside a lora_B of rank 2 was a size-mismatch RuntimeError traceback."""
+    d = _reshaped(f3, "w_shape", "layer.1.attention.self.query.lora_A", (3, 32))
+    rc, _, err = run(["compare", f3["good"], d, "--quiet", *(["--probe", f3["probe"]] if probe else [])], capsys)
+    assert_one_line(rc, err, "adapter_w_shape/adapter_model.safetensors",
+                    "'bert.encoder.layer.1.attention.self.query'", "lora_A is [3, 32]", "lora_B [32, 2]")
+
+
+@pytest.mark.parametrize("probe", [False, True])
+@pytest.mark.parametrize("case, cfg, needle", [
+    ("r_mismatch", lambda c: c.update(r=8), "has rank 2 (lora_A [2, 32], lora_B [32, 2]) but the config gives r = 8"),
+    ("rank_pattern_mismatch", lambda c: c.update(rank_pattern={"layer.2.attention.self.query": 4}),
+     "bert.encoder.layer.2.attention.self.query' has rank 2"),
+    ("targets_other", lambda c: c.update(target_modules=["value"]), "not in the config's target_modules (['value']"),
+    ("targets_regex_other", lambda c: c.update(target_modules="query"), "a regular expression matched against"),
+])
+def test_adapter_config_and_weights_that_disagree(f3, capsys, case, cfg, needle, probe):
+    """r = 8 over rank-2 tensors ran with exit 0 (and with --probe was cut to 'Error(s) in loading ...')."""
+    d = _adapter(f3, case, cfg=cfg)
+    rc, _, err = run(["compare", f3["good"], d, "--quiet", *(["--probe", f3["probe"]] if probe else [])], capsys)
+    assert_one_line(rc, err, f"adapter_{case}/adapter_config.json", needle)
+
+
+def test_rank_pattern_that_agrees_is_accepted(f3, capsys):
+    d = _adapter(f3, "rank_pattern_ok", cfg=lambda c: c.update(r=8, rank_pattern={"query": 2}))
+    rc, out, err = run(["compare", f3["good"], d, "--quiet", "--format", "json"], capsys)
+    assert rc == 0, err
+    assert strict_json(out)["meta"]["inputs"]["b"].endswith("adapter_rank_pattern_ok")
+
+
+def test_fan_in_fan_out_on_linear_is_one_warning_line(f3, capsys):
+    """peft's two-line UserWarning per module leaked to stderr on success."""
+    d = _adapter(f3, "fan_in_fan_out", cfg=lambda c: c.update(fan_in_fan_out=True))
+    ref = _adapter(f3, "fan_ref")
+    rc, out, err = run(["compare", f3["good"], d, "--probe", f3["probe"], "--quiet", "--format", "json"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 0 and len(lines) == 1 and lines[0].startswith("layerprobe: warning: ") and "fan_in_fan_out" in lines[0]
+    rc2, out2, err2 = run(["compare", f3["good"], ref, "--probe", f3["probe"], "--quiet", "--format", "json"], capsys)
+    assert rc2 == 0, err2
+    assert [b["cka"] for b in strict_json(out)["blocks"]] == [b["cka"] for b in strict_json(out2)["blocks"]]

@@ -328,3 +328,57 @@ def test_zero_element_tensors_on_both_sides(capsys, tmp_path, shape):
     assert rc == 0, err
     doc = strict_json(out)
     assert doc["blocks"][1]["n_params"] == 0 and doc["blocks"][0]["weight_drift"] > 0
+
+
+def _damage(sd, key, how):
+    t = sd[key]
+    if how == "meta":
+        return torch.empty(t.shape, device="meta")
+    if how == "sparse":
+        return t.to_sparse()
+    if how == "complex":
+        return t.to(torch.complex64)
+    if how == "quantized":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch; files still hold them
+            return torch.quantize_per_tensor(t, 0.1, 0, torch.qint8)
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("meta", "is on the meta device"), ("sparse", "is a sparse_coo tensor, expected a dense one"),
+    ("complex", "has complex dtype torch.complex64"), ("quantized", "is a quantized tensor (torch.qint8)"),
+])
+def test_state_dict_tensors_that_are_not_dense_real_weights(f3, capsys, tmp_path, how, needle):
+    """Meta, sparse, complex and quantized tensors were a traceback or (complex) a drift of the real part."""
+    sd = load_file(str(f3["a"]))
+    key = next(k for k in sd if k.endswith("layer.0.output.dense.weight"))
+    sd[key] = _damage(sd, key, how)
+    torch.save(sd, tmp_path / "x.pt")
+    for argv in (["compare", f3["a"], tmp_path / "x.pt"], ["compare", tmp_path / "x.pt", f3["snap"]]):
+        rc, out, err = run([*argv, "--quiet"], capsys)
+        assert_one_line(rc, err, "x.pt", repr(key), needle)
+        assert out == ""
+
+
+def test_complex_safetensors_refused(f3, capsys, tmp_path):
+    sd = load_file(str(f3["a"]))
+    key = next(k for k in sd if k.endswith("layer.0.output.dense.weight"))
+    sd[key] = sd[key].to(torch.complex64)
+    save_file(sd, str(tmp_path / "c.safetensors"))
+    rc, _, err = run(["compare", f3["a"], tmp_path / "c.safetensors", "--quiet"], capsys)
+    assert_one_line(rc, err, "c.safetensors", repr(key), "complex dtype C64")
+
+
+def test_integer_buffers_still_pass_the_tensor_check(f3, capsys, tmp_path):
+    from layerprobe.io.torch_files import tensor_problem
+
+    assert tensor_problem(torch.arange(4)) is None and tensor_problem(torch.ones(2, dtype=torch.bfloat16)) is None
+    sd = load_file(str(f3["a"]))
+    torch.save({**sd, "embeddings.position_ids": torch.arange(16)[None]}, tmp_path / "ids.pt")
+    ref = strict_json(run(["compare", f3["a"], f3["b"], "--format", "json", "--quiet"], capsys)[1])["blocks"]
+    rc, out, err = run(["compare", tmp_path / "ids.pt", f3["b"], "--format", "json", "--quiet"], capsys)
+    assert rc == 0, err
+    assert [b["weight_drift"] for b in strict_json(out)["blocks"]] == [b["weight_drift"] for b in ref]

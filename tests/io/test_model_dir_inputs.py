@@ -192,3 +192,80 @@ def test_freeze_list_reads_the_config_only(f2, capsys, monkeypatch, tmp_path, ca
     assert (good_rc, rc, err) == (0, 0, "")
     assert out == good_out and out.strip()
     assert not f2["marker"].exists(), "code from the model directory ran"
+
+
+def _json_blocks(f2, d, capsys, monkeypatch, probe=True):
+    argv = ["compare", f2["good"], d, "--format", "json", "--quiet", *(["--probe", f2["probe"]] if probe else [])]
+    rc, out, err = run(argv, capsys, monkeypatch)
+    return rc, (json.loads(out)["blocks"] if rc == 0 else None), err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("key, value", [("_attn_implementation", "flash_attention_2"),
+                                        ("attn_implementation", "../../evil"),
+                                        ("_attn_implementation", "kernels-community/flash-attn")])
+def test_unusable_attention_implementation_falls_back_with_one_warning(f2, capsys, monkeypatch, tmp_path, command,
+                                                                       key, value):
+    """flash_attention_2 without its package was an ImportError traceback on every path; a Hub kernel
+    name must never be fetched: the model is built with transformers' default, and one line says so."""
+    d = variant(f2, f"attn_{command}_{key}_{value.replace('/', '_')}", cfg=lambda c: c.update({key: value}))
+    rc, out, err = run(commands_for(f2, d, tmp_path)[command], capsys, monkeypatch)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 0 and len(lines) == 1, err
+    assert lines[0].startswith("layerprobe: warning: ") and repr(value) in lines[0] and "config.json" in lines[0]
+    if command == "snapshot":
+        assert (tmp_path / "x.pt").exists()
+
+
+def test_unusable_attention_gives_the_same_result_as_the_default(f2, capsys, monkeypatch):
+    d = variant(f2, "attn_same_result", cfg=lambda c: c.update(_attn_implementation="flash_attention_2"))
+    rc, blocks, err = _json_blocks(f2, d, capsys, monkeypatch)
+    assert rc == 0, err
+    assert all(b["cka"] == pytest.approx(1.0) and b["weight_drift"] == 0.0 for b in blocks)
+    assert len(blocks) == 5
+
+
+@pytest.mark.parametrize("command", ["snapshot", "compare_probe", "compare_weights"])
+@pytest.mark.parametrize("quant", [{"quant_method": "bitsandbytes", "load_in_8bit": True},
+                                   {"quant_method": "gptq", "bits": 4}])
+def test_quantized_checkpoint_refused_consistently(f2, capsys, monkeypatch, tmp_path, command, quant):
+    """With --probe it was an ImportError traceback (bitsandbytes / optimum); without, exit 0."""
+    d = variant(f2, f"quant_{quant['quant_method']}", cfg=lambda c: c.update(quantization_config=quant))
+    rc, _, err = run(commands_for(f2, d, tmp_path)[command], capsys, monkeypatch)
+    assert_one_line(rc, err, f"quant_{quant['quant_method']}/config.json", "quantized checkpoint",
+                    repr(quant["quant_method"]), "not supported")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def _edit_weights(f2, name, edit):
+    d = variant(f2, name)
+    sd = load_file(os.path.join(d, "model.safetensors"))
+    edit(sd)
+    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    return d
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_integer_parameter_refused_not_reported_missing(f2, capsys, monkeypatch, probe):
+    """Integer weights were 'parameter keys differ ... only in base' (no probe) or cast silently (probe)."""
+    key = "bert.encoder.layer.1.output.dense.weight"
+    d = _edit_weights(f2, "int_param", lambda sd: sd.update({key: sd[key].round().to(torch.int32)}))
+    rc, _, err = _json_blocks(f2, d, capsys, monkeypatch, probe=probe)
+    assert_one_line(rc, err, "int_param/model.safetensors", repr(key), "stored as torch.int32")
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_block_weight_the_model_lacks_is_refused(f2, capsys, monkeypatch, probe):
+    """A stray block tensor was dropped silently (other.unmatched: [], exit 0)."""
+    d = _edit_weights(f2, "stray_block", lambda sd: sd.update({"bert.encoder.layer.9.foo.weight": torch.ones(4, 4)}))
+    rc, _, err = _json_blocks(f2, d, capsys, monkeypatch, probe=probe)
+    assert_one_line(rc, err, "stray_block/model.safetensors", "'bert.encoder.layer.9.foo.weight'",
+                    "block weight(s) the configured model does not have")
+
+
+def test_old_buffers_in_blocks_are_not_stray(f2, capsys, monkeypatch):
+    d = _edit_weights(f2, "old_buffers", lambda sd: sd.update(
+        {"bert.encoder.layer.0.attention.self.rotary_emb.inv_freq": torch.ones(4)}))
+    rc, blocks, err = _json_blocks(f2, d, capsys, monkeypatch, probe=False)
+    assert rc == 0, err
+    assert all(b["weight_drift"] == 0.0 for b in blocks)

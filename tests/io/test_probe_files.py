@@ -219,3 +219,21 @@ def test_check_texts_bound_at_and_over():
         check_texts(["w"] * (MAX_PROBE_EXAMPLES + 1))
     with pytest.raises(LayerProbeError, match="more than the 100,000 accepted"):
         check_texts("w" for _ in range(10**9))  # a generator is never read past the bound
+
+
+@pytest.mark.parametrize("sep, ext", [(",", "csv"), ("\t", "tsv")])
+@pytest.mark.parametrize("rows, line, found", [
+    (["a b 0{s}pos{s}0{s}x", "c d 1{s}pos{s}7{s}x"], 2, 4),  # pandas made the first fields an index: texts '0', '7'
+    (["a b 0{s}pos", "c d 1{s}pos{s}extra"], 3, 3),
+    (["a b 0{s}pos", "", "c d 1"], 4, 1),  # a field missing (a blank line is skipped, as pandas does)
+])
+def test_ragged_table_refused_naming_the_line(tmp_path, sep, ext, rows, line, found):
+    p = tmp_path / f"ragged.{ext}"
+    p.write_text("\n".join([f"text{sep}label", *(r.format(s=sep) for r in rows)]) + "\n")
+    _err(p, f"malformed {ext.upper()}: line {line} has {found} fields, the header has 2")
+
+
+def test_quoted_separators_and_newlines_are_not_ragged(tmp_path):
+    p = tmp_path / "quoted.csv"
+    p.write_text('text,label\n"a, b",pos\n"two\nlines",neg\n\n"c ""q""",pos\n')
+    assert read_probe_texts(p) == ["a, b", "two\nlines", 'c "q"']
