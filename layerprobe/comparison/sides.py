@@ -311,6 +311,12 @@ def _adapter_side(path: str, base: Any, probe_texts: Sequence[str] | None, token
             if k is None:
                 raise LayerProbeError(f"adapter module {m!r} has no weight in the base model", path)
             deltas[k] = mod
+        # peft applies fan_in_fan_out only to Conv1D weights (stored (in, out)) and turns it off for nn.Linear:
+        # a rectangular adapted weight whose B·A has its shape as is says the modules are Linear
+        if fan and any(len(table.shapes[k]) == 2 and table.shapes[k][0] != table.shapes[k][1]
+                       and (int(m["B"].shape[0]), int(m["A"].shape[-1])) == tuple(table.shapes[k])
+                       for k, m in deltas.items() if not m.get("embedding")):
+            fan = False
         replaced = {k: t for name, t in saved.items() if (k := find_key(name, keys)) is not None}
         base_get = table.get
 

@@ -79,3 +79,27 @@ def test_a_failure_in_the_probe_pass_names_the_model_directory(tmp_path, tokeniz
     assert err.value.path == str(tmp_path / "bad dir")
     assert "non-finite" in err.value.message and "block.0" in err.value.message
     assert "\n" not in str(err.value) and "snapshot written" not in str(err.value)
+
+
+def test_fan_in_fan_out_on_linear_modules_is_ignored_as_peft_does(tmp_path):
+    """peft turns fan_in_fan_out off for nn.Linear targets; weights-only, the update is laid out the same."""
+    peft = pytest.importorskip("peft")
+    from layerprobe import compare
+
+    base = tiny_bert()
+    base.save_pretrained(tmp_path / "base")
+    torch.manual_seed(1)
+    tuned = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=2, target_modules=["intermediate.dense"],
+                                                             init_lora_weights=False))
+    tuned.save_pretrained(tmp_path / "plain")
+    cfg_path = tmp_path / "plain" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    (tmp_path / "fan").mkdir()
+    for f in (tmp_path / "plain").iterdir():
+        (tmp_path / "fan" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "fan" / "adapter_config.json").write_text(json.dumps({**cfg, "fan_in_fan_out": True}))
+    rows = {}
+    for name in ("plain", "fan"):
+        c = compare(str(tmp_path / "base"), str(tmp_path / name), progress=False)
+        rows[name] = [(b["weight_drift"], b["weight_cosine"]) for b in c.blocks]
+    assert rows["fan"] == rows["plain"] and rows["plain"][1][0] > 0
