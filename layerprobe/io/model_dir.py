@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from layerprobe.errors import LayerProbeError, one_line
+from layerprobe.errors import LayerProbeError, LayerProbeWarning, one_line
 from layerprobe.io.files import load_json
 
 __all__ = [
@@ -320,10 +321,11 @@ def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: boo
                 raise LayerProbeError(f"parameter {one_line(repr(k), 80)} is stored as {dtypes[k]}, expected a "
                                       "floating-point tensor (quantized or broken weights)", _hf_weights_name(path))
         stray = _stray_block_weights(meta, keys, dtypes)
-        if stray:
-            raise LayerProbeError(f"the weight files hold {len(stray)} block weight(s) the configured model does not "
-                                  f"have, e.g. {one_line(repr(stray[0]), 80)} (config and weights disagree; they would "
-                                  "be left out of the comparison silently)", _hf_weights_name(path))
+        if stray:  # said, not refused: transformers renames some at load (a mixture of experts' per-expert weights)
+            warnings.warn(f"{_hf_weights_name(path)}: the weight files hold {len(stray)} block weight(s) the configured "
+                          f"model has under no such name, e.g. {one_line(repr(stray[0]), 80)}: transformers converts "
+                          "some at load (per-expert weights into fused ones); any it does not are left out",
+                          LayerProbeWarning, stacklevel=2)
         if n_params is not None and n_params > elements:
             raise LayerProbeError(f"the configuration implies {n_params:,} parameters but the weight files hold "
                                   f"{elements:,} values (missing weights would be initialised at random)", f)
