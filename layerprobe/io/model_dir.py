@@ -306,6 +306,9 @@ def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: boo
         found = len(blocks_from_names(keys).blocks)
     except LayerProbeError:
         found = None
+    groups = cfg.get("num_hidden_groups")  # ALBERT: its layers share num_hidden_groups stored groups
+    if isinstance(groups, int) and not isinstance(groups, bool) and 1 <= groups <= MAX_LAYERS:
+        claimed = {"num_hidden_groups": groups}
     for key, n in claimed.items():
         if n is not None and found and n != found:
             raise LayerProbeError(f"{key} = {n} but the weights hold {found} blocks (a layer missing from the "

@@ -272,3 +272,25 @@ def test_old_buffers_in_blocks_are_not_stray(f2, capsys, monkeypatch):
     rc, blocks, err = _json_blocks(f2, d, capsys, monkeypatch, probe=False)
     assert rc == 0, err
     assert all(b["weight_drift"] == 0.0 for b in blocks)
+
+
+def test_albert_layers_sharing_their_groups_are_not_missing(tmp_path):
+    """ALBERT stores num_hidden_groups layer groups for num_hidden_layers layers: 1 group for 3 layers is
+    whole (it was refused as 'num_hidden_layers = 3 but the weights hold 1 blocks'); a group missing is not."""
+    import json
+
+    import transformers as T
+
+    from layerprobe.errors import LayerProbeError
+    from layerprobe.io.model_dir import check_model_dir
+
+    torch.manual_seed(0)
+    m = T.AlbertModel(T.AlbertConfig(vocab_size=40, embedding_size=8, hidden_size=16, num_hidden_layers=3,
+                                     num_attention_heads=2, intermediate_size=24, num_hidden_groups=1))
+    m.save_pretrained(tmp_path / "albert")
+    assert check_model_dir(tmp_path / "albert")["num_hidden_layers"] == 3
+    cfg_path = tmp_path / "albert" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "num_hidden_groups": 2}))
+    with pytest.raises(LayerProbeError, match=r"num_hidden_groups = 2 but the weights hold 1 blocks"):
+        check_model_dir(tmp_path / "albert")
