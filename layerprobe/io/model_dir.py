@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from layerprobe.errors import LayerProbeError, LayerProbeWarning, one_line
+from layerprobe.io.checkpoints import _hf_weights_file
 from layerprobe.io.files import load_json
 
 __all__ = [
@@ -322,10 +323,10 @@ def check_model_dir(path: str | os.PathLike, *, build: bool = True, weights: boo
         for k in keys:  # transformers would cast integer "weights" to float silently
             if not dtypes[k].is_floating_point and (k in names or _matches(k, names)):
                 raise LayerProbeError(f"parameter {one_line(repr(k), 80)} is stored as {dtypes[k]}, expected a "
-                                      "floating-point tensor (quantized or broken weights)", _hf_weights_name(path))
+                                      "floating-point tensor (quantized or broken weights)", _hf_weights_file(path))
         stray = _stray_block_weights(meta, keys, dtypes)
         if stray:  # said, not refused: transformers renames some at load (a mixture of experts' per-expert weights)
-            warnings.warn(f"{_hf_weights_name(path)}: the weight files hold {len(stray)} block weight(s) the configured "
+            warnings.warn(f"{_hf_weights_file(path)}: the weight files hold {len(stray)} block weight(s) the configured "
                           f"model has under no such name, e.g. {one_line(repr(stray[0]), 80)}: transformers converts "
                           "some at load (per-expert weights into fused ones); any it does not are left out",
                           LayerProbeWarning, stacklevel=2)
@@ -357,12 +358,6 @@ def _stray_block_weights(meta: torch.nn.Module, keys: list[str], dtypes: dict[st
         if any(re.match(rf"(?:.*\.)?{re.escape(st)}\d+\.", k) for st in stacks):
             out.append(k)
     return sorted(out)
-
-
-def _hf_weights_name(path: str) -> str:
-    from layerprobe.io.checkpoints import _hf_weights_file
-
-    return _hf_weights_file(path)
 
 
 def build_meta_model(path: str | os.PathLike, cls: Any = None) -> torch.nn.Module:
